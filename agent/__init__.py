@@ -1,0 +1,1 @@
+"""The sensorwire agent: reads sensors and publishes frames on ZeroMQ."""

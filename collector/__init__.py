@@ -1,0 +1,1 @@
+"""The sensorwire collector: subscribes to frames and hands them to sinks."""

@@ -1,0 +1,38 @@
+"""``sensorwire query``: stored samples as a table, CSV or JSON lines."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import TextIO
+
+from sensorwire import render
+from sensorwire.collector import sqlite_store
+from sensorwire.collector.sqlite_store import QueryFilter
+from sensorwire.timefmt import iso_from_ns
+
+
+def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
+    conn = sqlite_store.connect(db, readonly=True)
+    try:
+        rows = sqlite_store.query(conn, f)
+        if fmt == "json":
+            for t, dev, sensor, metric, value, unit, boot_id, seq in rows:
+                out.write(render.json_line({
+                    "time": iso_from_ns(t), "device": dev, "sensor": sensor, "metric": metric,
+                    "value": render._num(value), "unit": unit, "boot_id": boot_id, "seq": seq,
+                }) + "\n")
+        elif fmt == "csv":
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["time", "device", "sensor", "metric", "value", "unit"])
+            for t, dev, sensor, metric, value, unit, _b, _s in rows:
+                w.writerow([iso_from_ns(t), dev, sensor, metric, repr(value), unit or ""])
+        else:
+            out.write(render.table(
+                ["time", "device", "sensor", "metric", "value", "unit"],
+                ((iso_from_ns(t), d, s, m, f"{v:.6g}", u) for t, d, s, m, v, u, _b, _q in rows),
+            ) + "\n")
+        out.flush()
+    finally:
+        conn.close()
+    return 0

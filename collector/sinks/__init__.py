@@ -1,0 +1,180 @@
+"""The sink interface, and the host that runs every sink reliably.
+
+A sink is told three things, in one thread of its own: ``open()``,
+``write(batch)`` any number of times, ``close()``.  ``close`` is called only
+after the last ``write`` has returned, so a sink needs no locks.  A batch is a
+list of ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
+heartbeats (``seq == 0``), in arrival order.
+
+:class:`SinkRunner` owns what makes delivery reliable, once for every sink: a
+bounded queue between reception and the sink (reception never waits on a
+sink), batching (a sink that falls behind gets bigger batches), retry with
+capped backoff for errors marked retryable, and counting of everything
+dropped, per device.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Frame, int]  # (frame, received at, Unix ns)
+
+
+class SinkError(Exception):
+    """A sink could not write; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Sink(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+
+    def write(self, batch: Sequence[Item]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SinkRunner:
+    """Runs one sink in its own thread behind a bounded queue."""
+
+    def __init__(self, sink: Sink, queue_max: int = 200_000, batch_max: int = 5000,
+                 flush_interval_s: float = 0.2, retries: int = 5) -> None:
+        self.sink = sink
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self.flush_interval_s = flush_interval_s
+        self.retries = retries
+        self._q: collections.deque[list[Item]] = collections.deque()
+        self._depth = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self.written = 0
+        self.batches = 0
+        self.dropped = 0
+        self.dropped_by_device: collections.Counter[str] = collections.Counter()
+        self.write_seconds = 0.0
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def start(self) -> None:
+        """Start the thread and wait until the sink is open (its error is raised here)."""
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.sink.name}", daemon=True)
+        self._thread.start()
+        self._opened.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
+
+    def offer(self, batch: list[Item]) -> None:
+        """Queue a batch; what does not fit is dropped and counted per device."""
+        with self._cond:
+            room = self.queue_max - self._depth
+            if room < len(batch):
+                lost = batch[max(room, 0):]
+                batch = batch[: max(room, 0)]
+                self.dropped += len(lost)
+                for frame, _ in lost:
+                    self.dropped_by_device[frame.device_id] += 1
+                log.warning("sink %s: queue full (%d frames): %d frames dropped (%d in all)",
+                            self.sink.name, self.queue_max, len(lost), self.dropped)
+            if batch:
+                self._q.append(batch)
+                self._depth += len(batch)
+                if self._depth >= self.batch_max:
+                    self._cond.notify()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Drain the queue, flush, close the sink. Idempotent."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("sink %s: did not finish within %.0f s; %d frames still queued",
+                          self.sink.name, timeout_s, self._depth)
+            self._thread = None
+
+    def _take(self) -> list[Item] | None:
+        with self._cond:
+            deadline = time.monotonic() + self.flush_interval_s
+            while self._depth < self.batch_max and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if not self._q:
+                return None if self._closing else []
+            out: list[Item] = []
+            while self._q and len(out) < self.batch_max:
+                out.extend(self._q.popleft())
+            self._depth -= len(out)
+            return out
+
+    def _run(self) -> None:
+        try:
+            self.sink.open()
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            while True:
+                batch = self._take()
+                if batch is None:
+                    break
+                if batch:
+                    self._write(batch)
+        finally:
+            try:
+                self.sink.close()
+            except Exception:  # noqa: BLE001
+                log.exception("sink %s: close failed", self.sink.name)
+
+    def _write(self, batch: list[Item]) -> None:
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            t0 = time.perf_counter()
+            try:
+                self.sink.write(batch)
+            except SinkError as exc:
+                if exc.retryable and attempt < self.retries:
+                    log.warning("sink %s: write failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self._drop(batch, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the others
+                log.exception("sink %s: unexpected error", self.sink.name)
+                self._drop(batch, repr(exc))
+                return
+            self.write_seconds += time.perf_counter() - t0
+            self.written += len(batch)
+            self.batches += 1
+            return
+
+    def _drop(self, batch: list[Item], why: str) -> None:
+        self.dropped += len(batch)
+        for frame, _ in batch:
+            self.dropped_by_device[frame.device_id] += 1
+        log.error("sink %s: %d frames dropped: %s", self.sink.name, len(batch), why)

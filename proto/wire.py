@@ -1,0 +1,181 @@
+"""Building and parsing sensorwire messages: the one place that knows the framing.
+
+A message is one ZeroMQ part::
+
+    <topic, ASCII> 0x00 <Frame, protobuf>
+
+Data topics are ``<site>/<device>/<sensor>``; a device's heartbeats go to
+``<site>/<device>/$hb``.  Names never contain ``/``, ``$`` or 0x00, so a
+heartbeat topic cannot collide with a sensor, and a prefix filter on a site
+(``greenhouse/``) or a device (``greenhouse/pi-07/``) also delivers the
+device's heartbeats.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from sensorwire import names
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+DELIM = b"\x00"
+HEARTBEAT = "$hb"
+MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
+
+__all__ = [
+    "DELIM",
+    "HEARTBEAT",
+    "Decoder",
+    "Frame",
+    "WireError",
+    "data_topic",
+    "encode",
+    "heartbeat_topic",
+    "subscriptions",
+]
+
+
+class WireError(Exception):
+    """A message that is not a valid sensorwire frame.
+
+    ``reason`` is a short, stable word used as a counter label
+    (``no_delimiter``, ``bad_topic``, ``decode``, ``topic_mismatch``,
+    ``bad_name``, ``too_many_samples``, ``oversized``, ``multipart``).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def data_topic(site: str, device: str, sensor: str) -> bytes:
+    return f"{site}/{device}/{sensor}".encode("ascii")
+
+
+def heartbeat_topic(site: str, device: str) -> bytes:
+    return f"{site}/{device}/{HEARTBEAT}".encode("ascii")
+
+
+def encode(topic: bytes, frame: Frame) -> bytes:
+    """The one-part message for ``frame`` on ``topic``."""
+    return topic + DELIM + frame.SerializeToString()
+
+
+def subscriptions(prefix: str) -> list[bytes]:
+    """The ZeroMQ subscription filters for a segment-safe topic prefix.
+
+    ``""`` is everything; ``greenhouse`` and ``greenhouse/`` are one site;
+    ``greenhouse/pi-07`` one device (heartbeats included);
+    ``greenhouse/pi-07/bme280`` exactly one sensor (plus that device's
+    heartbeats), never ``bme2801``.  Raises ValueError for a bad prefix.
+    """
+    text = prefix.strip()
+    if text == "":
+        return [b""]
+    parts = text.rstrip("/").split("/")
+    if len(parts) > 3:
+        raise ValueError(f"prefix {prefix!r}: a topic has at most 3 segments (site/device/sensor)")
+    for part in parts:
+        problem = names.segment_problem(part)
+        if problem:
+            raise ValueError(f"prefix {prefix!r}: segment {part!r} {problem}")
+    if len(parts) < 3:
+        return [("/".join(parts) + "/").encode("ascii")]
+    site, device, _sensor = parts
+    return [text.rstrip("/").encode("ascii") + DELIM, heartbeat_topic(site, device) + DELIM]
+
+
+class Decoder:
+    """Splits, decodes and checks messages; keeps a bounded cache of good names.
+
+    ``decode`` returns the frame or raises :class:`WireError`.  A frame is
+    accepted only when its topic is exactly the one its own ``site``,
+    ``device_id`` and ``sensor`` give, its names are valid and it has at most
+    ``max_samples`` samples.
+    """
+
+    def __init__(self, max_samples: int = 1024, cache_size: int = 65536) -> None:
+        self.max_samples = max_samples
+        self._cache_size = cache_size
+        self._good_topics: dict[bytes, bool] = {}  # topic -> is a heartbeat topic
+        self._good_metrics: set[tuple[str, str]] = set()
+
+    def decode(self, msg: bytes) -> Frame:
+        idx = msg.find(DELIM, 0, MAX_TOPIC_BYTES + 1)
+        if idx < 0:
+            raise WireError("no_delimiter", f"no 0x00 after the topic in {len(msg)} bytes")
+        topic = msg[:idx]
+        try:
+            frame = Frame.FromString(msg[idx + 1 :])
+        except DecodeError as exc:
+            raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})")
+        is_heartbeat = self._good_topics.get(topic)
+        if is_heartbeat is None or is_heartbeat != (frame.seq == 0):
+            self._check_topic(topic, frame)
+        elif frame.seq:
+            if f"{frame.site}/{frame.device_id}/{frame.sensor}".encode() != topic:
+                raise WireError("topic_mismatch", self._mismatch(topic, frame))
+        elif f"{frame.site}/{frame.device_id}/{HEARTBEAT}".encode() != topic:
+            raise WireError("topic_mismatch", self._mismatch(topic, frame))
+        samples = frame.samples
+        if len(samples) > self.max_samples:
+            raise WireError(
+                "too_many_samples",
+                f"topic {_show(topic)}: {len(samples)} samples, the limit is {self.max_samples}",
+            )
+        good = self._good_metrics
+        for s in samples:
+            if (s.metric, s.unit) not in good:
+                self._check_sample(topic, s.metric, s.unit)
+        return frame
+
+    def _check_topic(self, topic: bytes, frame: Frame) -> None:
+        try:
+            text = topic.decode("ascii")
+        except UnicodeDecodeError:
+            raise WireError("bad_topic", f"topic {_show(topic)} is not ASCII") from None
+        if frame.seq == 0:
+            if not frame.HasField("heartbeat"):
+                raise WireError("decode", f"topic {text!r}: frame with seq 0 is not a heartbeat")
+            expected = f"{frame.site}/{frame.device_id}/{HEARTBEAT}"
+        else:
+            if frame.HasField("heartbeat"):
+                raise WireError("decode", f"topic {text!r}: heartbeat with a seq")
+            expected = f"{frame.site}/{frame.device_id}/{frame.sensor}"
+        if text != expected:
+            raise WireError("topic_mismatch", self._mismatch(topic, frame))
+        for what, value in (("site", frame.site), ("device", frame.device_id)):
+            problem = names.segment_problem(value)
+            if problem:
+                raise WireError("bad_name", f"topic {text!r}: {what} {value!r} {problem}")
+        if frame.seq:
+            problem = names.segment_problem(frame.sensor)
+            if problem:
+                raise WireError("bad_name", f"topic {text!r}: sensor {frame.sensor!r} {problem}")
+        if len(self._good_topics) >= self._cache_size:
+            self._good_topics.clear()
+        self._good_topics[topic] = frame.seq == 0
+
+    def _check_sample(self, topic: bytes, metric: str, unit: str) -> None:
+        problem = names.metric_problem(metric)
+        if problem:
+            raise WireError("bad_name", f"topic {_show(topic)}: metric {metric[:80]!r} {problem}")
+        problem = names.unit_problem(unit)
+        if problem:
+            raise WireError("bad_name", f"topic {_show(topic)}: unit {unit[:40]!r} {problem}")
+        if len(self._good_metrics) >= self._cache_size:
+            self._good_metrics.clear()
+        self._good_metrics.add((metric, unit))
+
+    @staticmethod
+    def _mismatch(topic: bytes, frame: Frame) -> str:
+        return (
+            f"topic {_show(topic)} does not match the frame's own "
+            f"site {frame.site[:64]!r}, device {frame.device_id[:64]!r}, "
+            f"sensor {frame.sensor[:64]!r}"
+        )
+
+
+def _show(topic: bytes) -> str:
+    return repr(topic[:MAX_TOPIC_BYTES].decode("ascii", "replace"))

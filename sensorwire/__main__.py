@@ -1,0 +1,5 @@
+import sys
+
+from sensorwire.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""Loading TOML configuration into typed, validated objects.
+
+Validation happens once, at start, with msgspec: unknown keys, missing keys and
+wrong types become a :class:`ConfigError` whose message names the file, the key
+path and what was expected, e.g.::
+
+    agent.toml: sensors[1].interval_s: expected a number > 0, got "fast"
+
+Any string may use ``${VAR}`` or ``${VAR:-default}`` to take a value from the
+environment.  Struct ``__post_init__`` checks raise ``ValueError("key: what is
+wrong")`` and the key is joined onto the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from sensorwire import names
+
+T = TypeVar("T")
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>.*)`$", re.S)
+_TYPES = {
+    "float": "a number",
+    "int": "an integer",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a table",
+}
+
+
+class ConfigError(Exception):
+    """A configuration file is wrong; the message says where and how to fix it."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every configuration table: unknown keys are errors."""
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors name the file and the line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p.name}: TOML syntax error: {exc}") from None
+
+
+def expand_env(raw: Any, where: str = "", env: dict[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``raw``."""
+    environ = os.environ if env is None else env
+    if isinstance(raw, str):
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in environ and (environ[var] != "" or default is None):
+                return environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{where or '<top>'}: environment variable {var} is not set "
+                f"(set it, or write ${{{var}:-default}})"
+            )
+        return _ENV.sub(sub, raw)
+    if isinstance(raw, dict):
+        return {k: expand_env(v, _join(where, k), environ) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(raw)]
+    return raw
+
+
+def convert(raw: Any, into: type[T], source: str, prefix: str = "") -> T:
+    """Convert decoded TOML into ``into``, translating msgspec's errors."""
+    try:
+        return msgspec.convert(raw, into)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), raw, source, prefix)) from None
+
+
+def load(path: str | Path, into: type[T]) -> T:
+    """Read, expand and convert one configuration file."""
+    p = Path(path)
+    raw = read_toml(p)
+    try:
+        raw = expand_env(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{p.name}: {exc}") from None
+    return convert(raw, into, p.name)
+
+
+def check_name(value: str, what: str = "name") -> None:
+    """Raise ValueError when ``value`` is not a valid site/device/sensor name."""
+    problem = names.segment_problem(value)
+    if problem:
+        raise ValueError(f"{what}: {value!r} {problem}")
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _explain(message: str, raw: Any, source: str, prefix: str) -> str:
+    m = _AT.match(message)
+    path, msg = (m.group("path"), m.group("msg")) if m else ("", message)
+    path = path.lstrip(".")
+    if prefix:
+        path = prefix + ("" if not path or path.startswith("[") else ".") + path
+
+    def where(p: str) -> str:
+        return f"{source}: {p}: " if p else f"{source}: "
+
+    if msg.startswith("Object contains unknown field"):
+        key = msg.split("`")[1]
+        return where(_join(path, key)) + "unknown key (a typo?)"
+    if msg.startswith("Object missing required field"):
+        key = msg.split("`")[1]
+        return where(_join(path, key)) + "required key is missing"
+    if msg.startswith("Invalid enum value"):
+        return where(path) + f"{msg[0].lower()}{msg[1:]}: see the documented choices"
+    if msg.startswith("Expected"):
+        # "Expected `float`, got `str`"  or  "Expected `float` > 0.0"
+        body = msg[len("Expected ") :]
+        body = re.sub(r", got `[^`]+`$", "", body)
+        body = re.sub(r"`([a-z]+)`", lambda t: _TYPES.get(t.group(1), t.group(1)), body)
+        body = re.sub(r"(\d)\.0\b", r"\1", body)
+        body = body.replace(" | ", " or ")
+        got = _lookup(raw, m.group("path") if m else "")
+        shown = "" if got is _MISSING else f", got {_show(got)}"
+        return where(path) + f"expected {body}{shown}"
+    # __post_init__ messages: "key: what is wrong"
+    km = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (.*)$", msg, re.S)
+    if km:
+        return where(_join(path, km.group(1))) + km.group(2)
+    return where(path) + msg
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    node = raw
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]", path):
+        key, idx = part
+        try:
+            if key:
+                node = node[key]
+            elif idx == "...":
+                return _MISSING
+            else:
+                node = node[int(idx)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

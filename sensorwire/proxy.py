@@ -1,0 +1,105 @@
+"""The XSUB/XPUB proxy where agents and collectors meet.
+
+Agents connect to the XSUB *frontend*, collectors to the XPUB *backend*.
+Frames flow frontend -> backend; subscriptions flow backend -> frontend, so
+filtering happens at the agents.  The proxy counts frames and bytes passed
+and logs a one-line summary every minute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+import time
+from pathlib import Path
+from typing import Literal
+
+import zmq
+
+from sensorwire import configload, zmqutil
+from sensorwire.configload import Config
+from sensorwire.lifecycle import StopSignal
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000  # messages moved per socket per wake-up, so neither direction starves
+
+
+class ProxyConfig(Config):
+    frontend: str
+    backend: str
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    summary_s: float = 60.0
+
+
+def load(path: str | Path) -> ProxyConfig:
+    return configload.load(path, ProxyConfig)
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.frames = 0
+        self.bytes = 0
+        self.subscriptions = 0
+
+    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        front = ctx.socket(zmq.XSUB)
+        back = ctx.socket(zmq.XPUB)
+        try:
+            for s in (front, back):
+                s.setsockopt(zmq.LINGER, 0)
+            zmqutil.bind(front, self.config.frontend)
+            zmqutil.bind(back, self.config.backend)
+            log.info("proxy up: agents -> %s, collectors <- %s", self.config.frontend, self.config.backend)
+            if ready is not None:
+                ready()
+            self._loop(stop, front, back)
+            log.info("proxy stopping: %d frames, %d bytes forwarded", self.frames, self.bytes)
+        finally:
+            front.close()
+            back.close()
+            ctx.term()
+
+    def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+        poller.register(stop.fd, zmq.POLLIN)
+        next_summary = time.monotonic() + self.config.summary_s
+        last_frames = 0
+        while not stop.is_set():
+            timeout = max(0.0, next_summary - time.monotonic()) * 1000
+            events = dict(poller.poll(timeout))
+            if front in events:
+                self._pump(front, back, count=True)
+            if back in events:
+                self.subscriptions += self._pump(back, front, count=False)
+            now = time.monotonic()
+            if now >= next_summary:
+                rate = (self.frames - last_frames) / self.config.summary_s
+                log.info("proxy: %.1f frames/s, %d frames and %d bytes forwarded in all",
+                         rate, self.frames, self.bytes)
+                last_frames = self.frames
+                next_summary = now + self.config.summary_s
+
+    def _pump(self, src: zmq.Socket[bytes], dst: zmq.Socket[bytes], count: bool) -> int:
+        n = 0
+        nbytes = 0
+        recv, send = src.recv, dst.send
+        for _ in range(BATCH):
+            try:
+                msg = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if src.rcvmore:
+                send(msg, zmq.SNDMORE)
+                continue
+            send(msg)
+            n += 1
+            nbytes += len(msg)
+        if count:
+            self.frames += n
+            self.bytes += nbytes
+        return n

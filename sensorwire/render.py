@@ -1,0 +1,64 @@
+"""Frames and rows as JSON lines, tables and CSV for the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.timefmt import iso_from_ns
+
+
+def _num(v: float) -> float | str:
+    # JSON has no NaN/Infinity; print them as strings rather than invalid JSON
+    return v if math.isfinite(v) else str(v)
+
+
+def frame_dict(frame: Frame, topic: str | None = None) -> dict[str, Any]:
+    """The JSON object ``tail`` prints for one frame."""
+    is_hb = frame.seq == 0
+    out: dict[str, Any] = {
+        "topic": topic or f"{frame.site}/{frame.device_id}/{frame.sensor if not is_hb else '$hb'}",
+        "type": "heartbeat" if is_hb else "data",
+        "site": frame.site,
+        "device": frame.device_id,
+        "sensor": None if is_hb else frame.sensor,
+        "boot_id": frame.boot_id,
+        "seq": frame.seq,
+        "time": iso_from_ns(frame.time_unix_nano),
+        "samples": [
+            {"metric": s.metric, "value": _num(s.value), "unit": s.unit or None} for s in frame.samples
+        ],
+    }
+    if is_hb:
+        hb = frame.heartbeat
+        out["heartbeat"] = {
+            "agent_version": hb.agent_version,
+            "uptime_s": round(hb.uptime_s, 3),
+            "interval_s": hb.interval_s,
+            "last_seq": hb.last_seq,
+            "stopping": hb.stopping,
+            "clock_synced": hb.clock_synced,
+            "counters": dict(sorted(hb.counters.items())),
+        }
+    return out
+
+
+def json_line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in cells:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
