@@ -1,98 +1,13 @@
-"""Shared fixtures: free ports, real sensorwire processes, polls with deadlines.
-
-Every process a test starts is stopped at the end of the test; every wait is
-a poll with a deadline, never a bare sleep used as synchronisation.
-"""
+"""Shared fixtures; the helpers themselves live in ``support.py``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-
-from sensorwire.sdnotify import NotifyListener
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tcp() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
-def wait_until(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05,
-               what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-class Proc:
-    """A real ``sensorwire`` process with its log in a file."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None,
-                 ready: bool = True, timeout_s: float = 15.0) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        notify_path = str(workdir / f".{name}.{os.getpid()}.{time.monotonic_ns()}.sock")
-        listener = NotifyListener(notify_path) if ready else None
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
-        full_env.pop("JOURNAL_STREAM", None)
-        if listener is not None:
-            full_env["NOTIFY_SOCKET"] = notify_path
-        full_env.update(env or {})
-        with open(self.log_path, "wb") as logf:
-            self.popen = subprocess.Popen([sys.executable, "-m", "sensorwire", *argv],
-                                          stdout=logf, stderr=subprocess.STDOUT, env=full_env)
-        self.listener = listener
-        if listener is not None:
-            ok = listener.wait_for("READY=1", timeout_s, alive=lambda: self.popen.poll() is None)
-            if not ok:
-                self.kill()
-                raise AssertionError(f"{name} did not become ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, timeout_s: float = 5.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            raise AssertionError(f"{self.name} did not stop within {timeout_s} s:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-    def close(self) -> None:
-        self.kill()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+from support import Proc
 
 
 @pytest.fixture
@@ -109,13 +24,3 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     for p in reversed(started):
         p.close()
 
-
-def run_cli(*argv: str, timeout: float = 60.0, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``sensorwire ARGV`` to completion and capture its output."""
-    return subprocess.run([sys.executable, "-m", "sensorwire", *argv], capture_output=True,
-                          text=True, timeout=timeout, **kw)
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
