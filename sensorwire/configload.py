@@ -88,7 +88,7 @@ def convert(raw: Any, into: type[T], source: str, prefix: str = "") -> T:
     try:
         return msgspec.convert(raw, into)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(str(exc), raw, source, prefix)) from None
+        raise ConfigError(_explain(str(exc), raw, source, prefix, into)) from None
 
 
 def load(path: str | Path, into: type[T]) -> T:
@@ -115,7 +115,7 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _explain(message: str, raw: Any, source: str, prefix: str) -> str:
+def _explain(message: str, raw: Any, source: str, prefix: str, into: Any = None) -> str:
     m = _AT.match(message)
     path, msg = (m.group("path"), m.group("msg")) if m else ("", message)
     path = path.lstrip(".")
@@ -137,7 +137,8 @@ def _explain(message: str, raw: Any, source: str, prefix: str) -> str:
         # "Expected `float`, got `str`"  or  "Expected `float` > 0.0"
         body = msg[len("Expected ") :]
         body = re.sub(r", got `[^`]+`$", "", body)
-        body = re.sub(r"`([a-z]+)`", lambda t: _TYPES.get(t.group(1), t.group(1)), body)
+        expected = _expected(into, m.group("path") if m else "") if into is not None else None
+        body = expected or re.sub(r"`([a-z]+)`", lambda t: _TYPES.get(t.group(1), t.group(1)), body)
         body = re.sub(r"(\d)\.0\b", r"\1", body)
         body = body.replace(" | ", " or ")
         got = _lookup(raw, m.group("path") if m else "")
@@ -151,6 +152,62 @@ def _explain(message: str, raw: Any, source: str, prefix: str) -> str:
 
 
 _MISSING = object()
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _expected(into: Any, path: str) -> str | None:
+    """Describe the type expected at ``path`` in ``into``, bounds included."""
+    from msgspec import inspect as mi
+
+    node: Any = mi.type_info(into)
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]", path):
+        key, _idx = part
+        while isinstance(node, mi.Metadata):
+            node = node.type
+        if key:
+            if not isinstance(node, mi.StructType):
+                return None
+            fields = {f.encode_name: f.type for f in node.fields}
+            if key not in fields:
+                return None
+            node = fields[key]
+        elif isinstance(node, mi.ListType | mi.SetType | mi.VarTupleType):
+            node = node.item_type
+        elif isinstance(node, mi.DictType):
+            node = node.value_type
+        else:
+            return None
+    while isinstance(node, mi.Metadata):
+        node = node.type
+    if isinstance(node, mi.UnionType):
+        parts = [d for d in (_describe(t) for t in node.types) if d]
+        return " or ".join(parts) if parts else None
+    return _describe(node)
+
+
+def _describe(node: Any) -> str | None:
+    from msgspec import inspect as mi
+
+    names = {
+        mi.FloatType: "a number", mi.IntType: "an integer", mi.StrType: "a string",
+        mi.BoolType: "true or false", mi.ListType: "a list", mi.DictType: "a table",
+        mi.StructType: "a table", mi.NoneType: None,
+    }
+    for cls, word in names.items():
+        if isinstance(node, cls):
+            if word is None:
+                return None
+            bounds = [f"{sym} {_fmt(getattr(node, attr))}" for attr, sym in _BOUNDS
+                      if getattr(node, attr, None) is not None]
+            return word + (" " + " and ".join(bounds) if bounds else "")
+    if isinstance(node, mi.LiteralType):
+        return "one of " + ", ".join(json.dumps(v) for v in node.values)
+    return None
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
 
 
 def _lookup(raw: Any, path: str) -> Any:

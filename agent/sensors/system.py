@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,7 +24,7 @@ from sensorwire.agent.sensors import Reading, SensorConfig, SensorKind
 
 
 class SystemConfig(SensorConfig, kw_only=True):
-    interval_s: float = 10.0
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     disks: list[str] = msgspec.field(default_factory=lambda: ["/"])
     temperatures: bool = True
     thermal_files: list[str] = []
@@ -32,8 +32,6 @@ class SystemConfig(SensorConfig, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.interval_s <= 0:
-            raise ValueError("interval_s: must be > 0")
         for d in self.disks:
             if not d.startswith("/"):
                 raise ValueError(f"disks: {d!r} is not an absolute path")

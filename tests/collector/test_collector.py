@@ -1,0 +1,182 @@
+"""The collector stores good frames, once, and counts every bad message."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from support import tcp, wait_until
+
+from sensorwire.collector.config import CollectorConfig, LimitsConfig, StorageConfig, SubscribeConfig
+from sensorwire.collector.runtime import Collector
+from sensorwire.lifecycle import StopSignal
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+
+def frame(device: str, seq: int, sensor: str = "env", site: str = "gh", n: int = 8,
+          boot_id: int = 77) -> Frame:
+    f = Frame(site=site, device_id=device, boot_id=boot_id, seq=seq,
+              time_unix_nano=1_700_000_000_000_000_000 + seq * 1_000_000, sensor=sensor)
+    for i in range(n):
+        f.samples.add(metric=f"m{i}", value=seq + i / 10, unit="C" if i == 0 else "")
+    return f
+
+
+def encode(f: Frame) -> bytes:
+    return wire.encode(wire.data_topic(f.site, f.device_id, f.sensor), f)
+
+
+class Running:
+    """A collector running in a thread, fed by a real PUB socket it connects to."""
+
+    def __init__(self, tmp_path: Path, prefixes: list[str] | None = None, **limits: int) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        ep = tcp()
+        self.pub.bind(ep)
+        self.db = tmp_path / "t.db"
+        cfg = CollectorConfig(
+            subscribe=SubscribeConfig(connect=[ep], prefixes=prefixes or []),
+            storage=StorageConfig(path=str(self.db), flush_interval_s=0.05),
+            limits=LimitsConfig(**limits),
+        )
+        self.collector = Collector(cfg)
+        self.stop = StopSignal()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self.collector.run, args=(self.stop, ready.set))
+        self.thread.start()
+        assert ready.wait(10)
+        # the subscription travels to the PUB asynchronously: send probes until one arrives
+        probe = frame("probe", 1, site="zz")
+        probe_filter_ok = not prefixes
+        if probe_filter_ok:
+            wait_until(lambda: self._probe(probe), what="the collector's subscription")
+            self.base_accepted = self.collector.accepted
+
+    def _probe(self, probe: Frame) -> bool:
+        self.pub.send(encode(probe))
+        return self.collector.accepted > 0
+
+    def send(self, *msgs: bytes | list[bytes]) -> None:
+        for m in msgs:
+            if isinstance(m, list):
+                self.pub.send_multipart(m)
+            else:
+                self.pub.send(m)
+
+    def rows(self, sql: str) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.stop.close()
+        self.pub.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = Running(tmp_path)
+    yield r
+    r.close()
+
+
+def stored_seqs(r: Running, device: str) -> list[int]:
+    return [s for (s,) in r.rows(
+        f"SELECT f.seq FROM frames f JOIN devices d ON d.id=f.device_key WHERE d.device='{device}' ORDER BY f.seq")]
+
+
+def test_bad_messages_are_counted_and_good_ones_after_them_stored(running: Running) -> None:
+    big = frame("pi-1", 99, n=1)
+    big.samples[0].unit = "x" * 30
+    oversized = encode(big) + b"\0" * 70000
+    running.send(
+        encode(frame("pi-1", 1)),
+        b"\x00\xff garbage",                          # no topic, protobuf garbage
+        b"just bytes with no delimiter at all",       # no delimiter
+        [b"gh/pi-1/env", frame("pi-1", 50).SerializeToString()],  # two parts
+        oversized,
+        encode(frame("pi-1", 2))[:-5],                # truncated protobuf
+        wire.encode(b"gh/pi-1/env", frame("pi-2", 60)),  # topic names another device
+        encode(frame("pi-1", 2)),
+        encode(frame("pi-1", 3)),
+    )
+    wait_until(lambda: stored_seqs(running, "pi-1") == [1, 2, 3], what="good frames stored")
+    rejected = running.collector.rejected
+    wait_until(lambda: sum(rejected.values()) == 6, what="6 rejections")
+    assert rejected["multipart"] == 1
+    assert rejected["oversized"] == 1
+    assert rejected["no_delimiter"] == 1
+    assert rejected["topic_mismatch"] == 1
+    assert rejected["decode"] == 2
+    assert stored_seqs(running, "pi-2") == []
+
+
+def test_a_frame_that_arrives_twice_is_stored_once(running: Running) -> None:
+    for _ in range(3):
+        running.send(encode(frame("pi-1", 1)), encode(frame("pi-1", 2)))
+    running.send(encode(frame("pi-1", 3)))
+    wait_until(lambda: stored_seqs(running, "pi-1") == [1, 2, 3], what="frames stored")
+    n_samples = running.rows("SELECT count(*) FROM samples v JOIN frames f ON f.id=v.frame_id "
+                             "JOIN devices d ON d.id=f.device_key WHERE d.device='pi-1'")[0][0]
+    assert n_samples == 3 * 8
+
+
+def test_samples_keep_values_units_and_the_frame_identity(running: Running) -> None:
+    running.send(encode(frame("pi-9", 5, boot_id=2**64 - 1)))
+    wait_until(lambda: stored_seqs(running, "pi-9") == [5], what="frame stored")
+    rows = running.rows("SELECT metric, value, unit, boot_id, seq FROM readings WHERE device='pi-9' ORDER BY metric")
+    assert rows[0] == ("m0", 5.0, "C", -1, 5)  # boot_id 2**64-1 is stored as the signed -1
+    assert rows[1][2] is None
+    assert len(rows) == 8
+
+
+def test_filters_are_segment_safe(tmp_path: Path) -> None:
+    r = Running(tmp_path, prefixes=["gh/pi-1/bme280"])
+    try:
+        def sent_and_stored() -> bool:
+            r.send(encode(frame("pi-1", 1, sensor="bme2801")), encode(frame("pi-1", 1, sensor="bme280")))
+            return bool(r.rows("SELECT 1 FROM frames WHERE sensor='bme280'"))
+        wait_until(sent_and_stored, what="bme280 stored")
+        r.send(encode(frame("pi-1", 2, sensor="bme2801")), encode(frame("pi-1", 2, sensor="bme280")))
+        wait_until(lambda: r.rows("SELECT max(seq) FROM frames WHERE sensor='bme280'")[0][0] == 2,
+                   what="second bme280 frame")
+        assert r.rows("SELECT count(*) FROM frames WHERE sensor='bme2801'")[0][0] == 0
+    finally:
+        r.close()
+
+
+def test_too_many_samples_are_rejected(tmp_path: Path) -> None:
+    r = Running(tmp_path, max_samples_per_frame=16)
+    try:
+        r.send(encode(frame("pi-1", 1, n=17)), encode(frame("pi-1", 2, n=16)))
+        wait_until(lambda: stored_seqs(r, "pi-1") == [2], what="the small frame")
+        assert r.collector.rejected["too_many_samples"] == 1
+    finally:
+        r.close()
+
+
+def test_stop_flushes_everything_received(tmp_path: Path) -> None:
+    r = Running(tmp_path)
+    try:
+        for seq in range(1, 2001):
+            r.send(encode(frame("pi-1", seq)))
+        wait_until(lambda: r.collector.accepted - r.base_accepted >= 2000, what="all received")
+    finally:
+        r.close()
+    conn = sqlite3.connect(r.db)
+    n = conn.execute("SELECT count(*) FROM frames f JOIN devices d ON d.id=f.device_key "
+                     "WHERE d.device='pi-1'").fetchone()[0]
+    conn.close()
+    assert n == 2000

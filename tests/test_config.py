@@ -1,0 +1,104 @@
+"""Configuration is validated once, strictly, with messages that say where and what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import run_cli, write
+
+from sensorwire import checkconfig, configload
+from sensorwire.agent import config as agent_config
+from sensorwire.configload import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+AGENT = """\
+site = "greenhouse"
+device_id = "pi-07"
+[publish]
+connect = ["tcp://127.0.0.1:5556"]
+[[sensors]]
+name = "env"
+kind = "simulated"
+metrics = [{ name = "t", signal = "constant", value = 1.0 }]
+[[sensors]]
+name = "health"
+kind = "system"
+interval_s = %s
+"""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_config_loads(path: Path) -> None:
+    role, cfg = checkconfig.load_any(path)
+    assert role in path.name and cfg is not None
+
+
+def test_wrong_type_names_file_key_path_and_value(tmp_path: Path) -> None:
+    p = write(tmp_path / "agent.toml", AGENT % '"fast"')
+    with pytest.raises(ConfigError) as err:
+        agent_config.load(p)
+    assert str(err.value) == 'agent.toml: sensors[1].interval_s: expected a number > 0, got "fast"'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (AGENT % "-1", "agent.toml: sensors[1].interval_s: expected a number > 0, got -1"),
+        (AGENT % "1" + "bogus = 1\n", "agent.toml: sensors[1].bogus: unknown key (a typo?)"),
+        ((AGENT % "1").replace('site = "greenhouse"\n', ""), "agent.toml: site: required key is missing"),
+        ((AGENT % "1").replace('kind = "system"', 'kind = "nope"'), "agent.toml: sensors[1].kind: unknown sensor kind 'nope'"),
+        ((AGENT % "1").replace('"pi-07"', '"pi 07"'), "agent.toml: device_id: 'pi 07' may hold only"),
+        ((AGENT % "1").replace('signal = "constant"', 'signal = "cosine"'), "agent.toml: sensors[0].metrics[0].signal"),
+        ((AGENT % "1").replace('name = "health"', 'name = "env"'), "agent.toml: sensors[1].name: 'env' is already"),
+    ],
+)
+def test_bad_agent_files_are_explained(tmp_path: Path, text: str, expected: str) -> None:
+    p = write(tmp_path / "agent.toml", text)
+    with pytest.raises(ConfigError) as err:
+        agent_config.load(p)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path / "agent.toml", 'site = "x"\n[publish\n')
+    with pytest.raises(ConfigError) as err:
+        agent_config.load(p)
+    assert "agent.toml: TOML syntax error" in str(err.value) and "line 2" in str(err.value)
+
+
+def test_environment_variables_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SW_SITE", "farm")
+    monkeypatch.delenv("SW_EP", raising=False)
+    p = write(tmp_path / "agent.toml", (AGENT % "1")
+              .replace('"greenhouse"', '"${SW_SITE}"')
+              .replace('"tcp://127.0.0.1:5556"', '"${SW_EP:-tcp://10.0.0.1:1}"'))
+    cfg = agent_config.load(p)
+    assert cfg.site == "farm" and cfg.publish.connect == ["tcp://10.0.0.1:1"]
+
+
+def test_an_unset_variable_without_default_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="site: environment variable NOPE_X is not set"):
+        configload.expand_env({"site": "${NOPE_X}"}, env={})
+
+
+def test_check_config_exits_2_with_the_message(tmp_path: Path) -> None:
+    p = write(tmp_path / "agent.toml", AGENT % '"fast"')
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 2
+    assert 'agent.toml: sensors[1].interval_s: expected a number > 0, got "fast"' in r.stderr
+
+
+@pytest.mark.parametrize("role", ["agent", "proxy", "collector"])
+def test_each_role_refuses_a_bad_config_with_exit_2(tmp_path: Path, role: str) -> None:
+    p = write(tmp_path / f"{role}.toml", "log_level = 3\n")
+    r = run_cli(role, "-c", str(p), timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert f"{role}.toml: " in r.stderr
+
+
+def test_collector_prefix_is_validated(tmp_path: Path) -> None:
+    p = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\nprefixes = ["a b"]\n')
+    with pytest.raises(ConfigError, match=r"collector.toml: subscribe.prefixes: \[0\] prefix 'a b'"):
+        checkconfig.load_any(p)
