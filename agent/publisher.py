@@ -9,7 +9,7 @@ anybody listens for a topic.  ``XPUB_NODROP`` makes a full send queue visible
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -31,7 +31,8 @@ class Publisher:
         self.site = site
         self.device_id = device_id
         self.config = config
-        self.boot_id = secrets.randbits(64) or 1
+        # os.urandom, not secrets: secrets pulls in hashlib/OpenSSL (3.5 MB of RSS on a Pi)
+        self.boot_id = int.from_bytes(os.urandom(8), "little") or 1
         self.seq = 0
         self.started = time.monotonic()
         self.counters: dict[str, int] = {

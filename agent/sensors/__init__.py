@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -92,9 +91,17 @@ def register(k: SensorKind) -> None:
     _REGISTERED[k.name] = k
 
 
+def _entry_points(name: str | None = None) -> list[Any]:
+    # imported here: importlib.metadata costs 2 MB of RSS, and only plug-ins need it
+    from importlib import metadata
+
+    eps = metadata.entry_points(group="sensorwire.sensors")
+    return [ep for ep in eps if name is None or ep.name == name]
+
+
 def available() -> list[str]:
     names = set(_BUILTIN) | set(_REGISTERED)
-    names.update(ep.name for ep in metadata.entry_points(group="sensorwire.sensors"))
+    names.update(ep.name for ep in _entry_points())
     return sorted(names)
 
 
@@ -106,7 +113,7 @@ def kind(name: str) -> SensorKind:
     if module is not None:
         found: SensorKind = importlib.import_module(module).KIND
         return found
-    for ep in metadata.entry_points(group="sensorwire.sensors", name=name):
+    for ep in _entry_points(name):
         loaded: SensorKind = ep.load()
         return loaded
     raise KeyError(name)
