@@ -38,6 +38,7 @@ class Running:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop at the sender: the tests count exactly
         ep = tcp()
         self.pub.bind(ep)
         self.db = tmp_path / "t.db"
