@@ -1,10 +1,12 @@
 """The sink interface, and the host that runs every sink reliably.
 
-A sink is told three things, in one thread of its own: ``open()``,
-``write(batch)`` any number of times, ``close()``.  ``close`` is called only
-after the last ``write`` has returned, so a sink needs no locks.  A batch is a
-list of ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
-heartbeats (``seq == 0``), in arrival order.
+A sink is told these things, in one thread of its own: ``open()``,
+``write(batch)`` and, if it has the method, ``event(ev)`` any number of times,
+in arrival order, then ``close()``.  ``close`` is called only after the last
+``write`` has returned, so a sink needs no locks.  A batch is a list of
+``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
+heartbeats (``seq == 0``), in arrival order; events are
+:mod:`sensorwire.collector.events` (device presence, frames lost for good).
 
 :class:`SinkRunner` owns what makes delivery reliable, once for every sink: a
 bounded queue between reception and the sink (reception never waits on a
@@ -22,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from sensorwire.collector.events import Event
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class EventSink(Sink, Protocol):
+    def event(self, ev: Event) -> None: ...
+
+
 class SinkRunner:
     """Runs one sink in its own thread behind a bounded queue."""
 
@@ -57,7 +64,7 @@ class SinkRunner:
         self.batch_max = batch_max
         self.flush_interval_s = flush_interval_s
         self.retries = retries
-        self._q: collections.deque[list[Item]] = collections.deque()
+        self._q: collections.deque[list[Item] | Event] = collections.deque()
         self._depth = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -101,6 +108,14 @@ class SinkRunner:
                 if self._depth >= self.batch_max:
                     self._cond.notify()
 
+    def offer_event(self, ev: Event) -> None:
+        """Queue an event after the frames already queued (events are never dropped)."""
+        if not hasattr(self.sink, "event"):
+            return
+        with self._cond:
+            self._q.append(ev)
+            self._cond.notify()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Drain the queue, flush, close the sink. Idempotent."""
         with self._cond:
@@ -113,19 +128,22 @@ class SinkRunner:
                           self.sink.name, timeout_s, self._depth)
             self._thread = None
 
-    def _take(self) -> list[Item] | None:
+    def _take(self) -> list[Item] | Event | None:
         with self._cond:
             deadline = time.monotonic() + self.flush_interval_s
-            while self._depth < self.batch_max and not self._closing:
+            while (self._depth < self.batch_max and not self._closing
+                   and not (self._q and not isinstance(self._q[0], list))):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             if not self._q:
                 return None if self._closing else []
+            if not isinstance(self._q[0], list):
+                return self._q.popleft()
             out: list[Item] = []
-            while self._q and len(out) < self.batch_max:
-                out.extend(self._q.popleft())
+            while self._q and isinstance(self._q[0], list) and len(out) < self.batch_max:
+                out.extend(self._q.popleft())  # type: ignore[arg-type]
             self._depth -= len(out)
             return out
 
@@ -139,11 +157,14 @@ class SinkRunner:
         self._opened.set()
         try:
             while True:
-                batch = self._take()
-                if batch is None:
+                work = self._take()
+                if work is None:
                     break
-                if batch:
-                    self._write(batch)
+                if isinstance(work, list):
+                    if work:
+                        self._write(work)
+                else:
+                    self._event(work)
         finally:
             try:
                 self.sink.close()
@@ -172,6 +193,12 @@ class SinkRunner:
             self.written += len(batch)
             self.batches += 1
             return
+
+    def _event(self, ev: Event) -> None:
+        try:
+            self.sink.event(ev)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a sink bug must not stop the others
+            log.exception("sink %s: event %r failed", self.sink.name, ev)
 
     def _drop(self, batch: list[Item], why: str) -> None:
         self.dropped += len(batch)
