@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,19 @@ class PublishConfig(Config):
     bind: list[str] = []
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     sndhwm: Annotated[int, msgspec.Meta(ge=0)] = 10000
+    # recently sent frames kept for gap repair: whichever bound is reached first
+    ring_frames: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10000
+    ring_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+
+
+class SpoolConfig(Config):
+    enabled: bool = True
+    dir: str = ""
+    max_mb: Annotated[float, msgspec.Meta(gt=0)] = 64.0
+    overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    fsync: Literal["never", "interval", "always"] = "interval"
+    fsync_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    replay_rate: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
 
 
 class AgentFile(Config):
@@ -26,6 +40,7 @@ class AgentFile(Config):
     device_id: str = ""
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     sensors: list[dict[str, Any]] = []
 
     def __post_init__(self) -> None:
@@ -42,7 +57,18 @@ class AgentConfig:
     device_id: str
     log_level: str
     publish: PublishConfig
+    spool: SpoolConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
+
+    @property
+    def spool_dir(self) -> Path:
+        """``[spool] dir``, or ``$STATE_DIRECTORY/spool/<device>`` (systemd), or
+        ``~/.local/state/sensorwire/spool/<device>``."""
+        if self.spool.dir:
+            return Path(self.spool.dir).expanduser()
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        base = Path(state) if state else Path.home() / ".local/state/sensorwire"
+        return base / "spool" / self.device_id
 
 
 def default_device_id() -> str:
@@ -65,6 +91,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
         device_id=top.device_id or default_device_id(),
         log_level=top.log_level,
         publish=top.publish,
+        spool=top.spool,
         sensors=parsed,
     )
 

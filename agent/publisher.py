@@ -1,33 +1,53 @@
-"""The agent's publishing socket: frame building, sequence numbers, heartbeats.
+"""The agent's publishing socket: frames, heartbeats, spool, replay and repair.
 
-The socket is an XPUB: it works like a PUB, and it also sees the
-subscriptions of the collectors behind the proxy, so the agent knows whether
-anybody listens for a topic.  ``XPUB_NODROP`` makes a full send queue visible
-(``zmq.Again``) instead of a silent drop, so every drop is counted.
+The socket is an XPUB: a PUB that also sees the subscriptions of the
+collectors behind the proxy.  With ``ZMQ_IMMEDIATE`` a lost connection drops
+its subscriptions, so the agent always knows whether anybody listens for a
+topic.  Every data frame then takes one of three roads:
+
+- somebody listens: it is sent, and kept in a bounded *ring* of recent frames
+  for gap repair;
+- nobody listens, or ZeroMQ refuses it at the send high-water mark
+  (``XPUB_NODROP`` makes that visible): it goes to the :class:`Spool`
+  (with the spool disabled it is sent anyway, or counted as dropped);
+- it is replayed later from the spool, oldest first, at ``replay_rate``,
+  interleaved with live frames, keeping its ``boot_id``, ``seq`` and time.
+
+Collectors ask for missing ``seq`` ranges with a :class:`RepairRequest` that
+travels upstream through the proxy (0x02 + protobuf).  The agent resends what
+its ring holds, leaves what its spool holds to the replay, and reports the
+rest as unavailable in an immediate heartbeat.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
 
 import zmq
+from google.protobuf.message import DecodeError
 
 from sensorwire import __version__, zmqutil
-from sensorwire.agent.config import PublishConfig
+from sensorwire.agent.config import PublishConfig, SpoolConfig
 from sensorwire.agent.sensors import Reading
+from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 log = logging.getLogger(__name__)
 
+REPAIR_MAX_SEQS = 100_000   # per request: bounds the work one message can cause
+REPAIR_MAX_BYTES = 64 * 1024
+
 
 class Publisher:
-    """Owns the XPUB socket; used only by the agent's main thread."""
+    """Owns the XPUB socket and the spool; used only by the agent's main thread."""
 
-    def __init__(self, site: str, device_id: str, config: PublishConfig) -> None:
+    def __init__(self, site: str, device_id: str, config: PublishConfig,
+                 spool: Spool | None = None, replay_rate: float = 1000.0) -> None:
         self.site = site
         self.device_id = device_id
         self.config = config
@@ -35,24 +55,40 @@ class Publisher:
         self.boot_id = int.from_bytes(os.urandom(8), "little") or 1
         self.seq = 0
         self.started = time.monotonic()
-        self.counters: dict[str, int] = {
-            "frames_sent": 0,
-            "heartbeats_sent": 0,
-            "dropped_hwm": 0,
-            "sent_unsubscribed": 0,
-        }
+        self.spool = spool
+        self.replay_rate = replay_rate
+        self.counters: dict[str, int] = collections.Counter(
+            frames_sent=0, heartbeats_sent=0, dropped_hwm=0, spooled=0,
+            replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0,
+        )
         self.subscriptions: set[bytes] = set()
         self._listened: dict[bytes, bool] = {}
         self._topics: dict[str, bytes] = {}
         self._frame = Frame()
         self._hb_topic = wire.heartbeat_topic(site, device_id)
+        self._ring: collections.OrderedDict[int, tuple[float, bytes]] = collections.OrderedDict()
+        self._pass_left = 0          # spool records still to look at in this replay pass
+        self._tokens = 0.0
+        self._last_replay = time.monotonic()
+        self._held: tuple[int, int, bytes] | None = None   # a replayed frame ZeroMQ refused
+        self._unavailable: list[SeqRange] = []
         self.sock: zmq.Socket[bytes] | None = None
 
+    @staticmethod
+    def make_spool(config: SpoolConfig, folder: os.PathLike[str] | str) -> Spool | None:
+        if not config.enabled:
+            return None
+        return Spool(folder, max_bytes=int(config.max_mb * 1024 * 1024), overflow=config.overflow,
+                     fsync=config.fsync, fsync_interval_s=config.fsync_interval_s)
+
     def open(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+        if self.spool is not None:
+            self.spool.open()
         sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for absent peers: their subscriptions go
         try:
             for ep in self.config.bind:
                 zmqutil.bind(sock, ep)
@@ -65,27 +101,42 @@ class Publisher:
         return sock
 
     def close(self) -> None:
+        if self._held is not None and self.spool is not None:
+            self.spool.append(*self._held)  # back where it came from, for the next start
+            self._held = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        if self.spool is not None:
+            self.spool.close()
 
-    # -- subscriptions ----------------------------------------------------
-    def handle_subscriptions(self) -> None:
-        """Read the subscription messages waiting on the socket."""
+    # -- what arrives on the socket: subscriptions and repair requests ----------
+    def handle_incoming(self) -> None:
         assert self.sock is not None
+        changed = False
         while True:
             try:
                 msg = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             if not msg:
                 continue
-            if msg[0] == 1:
+            kind = msg[0]
+            if kind == 1:
                 self.subscriptions.add(msg[1:])
-            elif msg[0] == 0:
+                changed = True
+            elif kind == 0:
                 self.subscriptions.discard(msg[1:])
+                changed = True
+            elif kind == 2:
+                self._repair(msg[1:])
+        if changed:
             self._listened.clear()
             log.debug("subscriptions now %r", sorted(self.subscriptions))
+            if self.spool is not None and self.spool.pending and self.subscriptions:
+                self._pass_left = self.spool.pending  # look at every spooled frame once more
+                log.info("subscriber present: replaying %d spooled frames at up to %.0f/s",
+                         self._pass_left, self.replay_rate)
 
     def listened(self, topic: bytes) -> bool:
         """Is at least one subscriber listening for ``topic``?"""
@@ -96,7 +147,7 @@ class Publisher:
             self._listened[topic] = known
         return known
 
-    # -- frames -----------------------------------------------------------
+    # -- data frames --------------------------------------------------------------
     def topic(self, sensor: str) -> bytes:
         t = self._topics.get(sensor)
         if t is None:
@@ -120,8 +171,148 @@ class Publisher:
         topic = self.topic(sensor)
         return topic, topic + wire.DELIM + f.SerializeToString()
 
+    def publish(self, topic: bytes, msg: bytes) -> None:
+        """Send the data frame just built (``self.seq``), or spool it."""
+        seq = self.seq
+        if self.spool is not None and not self.listened(topic):
+            if self.spool.append(self.boot_id, seq, msg):
+                self.counters["spooled"] += 1
+            return
+        if not self.listened(topic):
+            self.counters["sent_unsubscribed"] += 1
+        if self._send(msg):
+            self.counters["frames_sent"] += 1
+            self._remember(seq, msg)
+        elif self.spool is not None:
+            if self.spool.append(self.boot_id, seq, msg):
+                self.counters["spooled"] += 1
+        else:
+            self.counters["dropped_hwm"] += 1
+
+    def _send(self, msg: bytes) -> bool:
+        assert self.sock is not None
+        try:
+            self.sock.send(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def _remember(self, seq: int, msg: bytes) -> None:
+        ring = self._ring
+        if self.config.ring_frames == 0:
+            return
+        now = time.monotonic()
+        ring[seq] = (now, msg)
+        limit = self.config.ring_frames
+        oldest = now - self.config.ring_s
+        while ring and (len(ring) > limit or next(iter(ring.values()))[0] < oldest):
+            ring.popitem(last=False)
+
+    # -- replay ------------------------------------------------------------------
+    @property
+    def replaying(self) -> bool:
+        return self._pass_left > 0 or self._held is not None
+
+    def replay(self) -> float | None:
+        """Send what the pace allows; returns seconds until the next step, or None."""
+        spool = self.spool
+        if spool is None or not self.replaying:
+            return None
+        now = time.monotonic()
+        burst = max(1.0, self.replay_rate / 20)
+        self._tokens = min(burst, self._tokens + (now - self._last_replay) * self.replay_rate)
+        self._last_replay = now
+        while self._tokens >= 1.0:
+            if self._held is not None:
+                boot_id, seq, msg = self._held
+            else:
+                if self._pass_left <= 0:
+                    break
+                rec = spool.next()
+                self._pass_left -= 1
+                if rec is None:
+                    self._pass_left = 0
+                    break
+                boot_id, seq, msg = rec.boot_id, rec.seq, rec.message
+            topic = msg[: msg.find(wire.DELIM)]
+            if not self.listened(topic):
+                self._held = None
+                spool.append(boot_id, seq, msg)  # still nobody for it: back to the tail
+                continue
+            if not self._send(msg):
+                self._held = (boot_id, seq, msg)
+                return 0.01
+            self._held = None
+            self._tokens -= 1.0
+            self.counters["replayed"] += 1
+            if boot_id == self.boot_id:
+                self._remember(seq, msg)
+        if not self.replaying:
+            log.info("replay done: %d frames replayed so far; %d still spooled",
+                     self.counters["replayed"], spool.pending)
+            return None
+        return max(0.001, (1.0 - self._tokens) / self.replay_rate)
+
+    # -- gap repair -----------------------------------------------------------------
+    def _repair(self, payload: bytes) -> None:
+        if len(payload) > REPAIR_MAX_BYTES:
+            log.warning("ignored a repair request of %d bytes", len(payload))
+            return
+        try:
+            req = RepairRequest.FromString(payload)
+        except DecodeError:
+            log.warning("ignored an undecodable repair request")
+            return
+        if req.device_id != self.device_id:
+            return
+        budget = REPAIR_MAX_SEQS
+        resent = 0
+        unavailable: list[SeqRange] = []
+        for r in req.ranges:
+            first, last = r.first, min(r.last, r.first + budget - 1)
+            if last < first or first < 1:
+                continue
+            budget -= last - first + 1
+            run_start: int | None = None
+            for seq in range(first, last + 1):
+                have = False
+                if r.boot_id == self.boot_id:
+                    if seq > self.seq:
+                        break
+                    hit = self._ring.get(seq)
+                    if hit is not None and self._send(hit[1]):
+                        resent += 1
+                        have = True
+                if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):
+                    have = True  # the replay will bring it
+                if have:
+                    if run_start is not None:
+                        unavailable.append(SeqRange(boot_id=r.boot_id, first=run_start, last=seq - 1))
+                        run_start = None
+                elif run_start is None:
+                    run_start = seq
+            if run_start is not None:
+                end = min(last, self.seq) if r.boot_id == self.boot_id else last
+                if end >= run_start:
+                    unavailable.append(SeqRange(boot_id=r.boot_id, first=run_start, last=end))
+            if budget <= 0:
+                break
+        self.counters["repaired"] += resent
+        n_gone = sum(u.last - u.first + 1 for u in unavailable)
+        self.counters["unavailable"] += n_gone
+        log.info("repair request for %d ranges: %d frames sent again, %d no longer available",
+                 len(req.ranges), resent, n_gone)
+        if unavailable:
+            self._unavailable.extend(unavailable)
+
+    def take_unavailable(self) -> list[SeqRange]:
+        out, self._unavailable = self._unavailable, []
+        return out
+
+    # -- heartbeats -----------------------------------------------------------------
     def build_heartbeat(self, interval_s: float, stopping: bool = False,
-                        extra: Iterable[tuple[str, int]] = ()) -> bytes:
+                        extra: Iterable[tuple[str, int]] = (),
+                        unavailable: Iterable[SeqRange] = ()) -> bytes:
         f = self._frame
         f.Clear()
         f.site = self.site
@@ -136,19 +327,22 @@ class Publisher:
         hb.stopping = stopping
         for k, v in self.counters.items():
             hb.counters[k] = v
+        hb.counters["ring_frames"] = len(self._ring)
+        if self.spool is not None:
+            for k, v in self.spool.stats().items():
+                hb.counters[k] = v
         for k, v in extra:
             hb.counters[k] = v
+        hb.unavailable.extend(unavailable)
         return self._hb_topic + wire.DELIM + f.SerializeToString()
 
-    def send(self, topic: bytes, msg: bytes, heartbeat: bool = False) -> bool:
-        """Hand one message to ZeroMQ; False (and counted) when the queue is full."""
-        assert self.sock is not None
-        if not self.listened(topic):
-            self.counters["sent_unsubscribed"] += 1
-        try:
-            self.sock.send(msg, zmq.NOBLOCK)
-        except zmq.Again:
+    def send_heartbeat(self, msg: bytes) -> None:
+        if self._send(msg):
+            self.counters["heartbeats_sent"] += 1
+        else:
             self.counters["dropped_hwm"] += 1
-            return False
-        self.counters["heartbeats_sent" if heartbeat else "frames_sent"] += 1
-        return True
+
+    def flush(self) -> None:
+        """Once per loop iteration: what was spooled reaches the OS."""
+        if self.spool is not None:
+            self.spool.flush()

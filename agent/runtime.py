@@ -28,6 +28,7 @@ from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.sensors import Reading, Sensor, SensorConfig, SensorKind, StreamSensor
 from sensorwire.lifecycle import StopSignal
+from sensorwire.proto.v1.telemetry_pb2 import SeqRange
 from sensorwire.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.publisher = Publisher(config.site, config.device_id, config.publish)
+        spool = Publisher.make_spool(config.spool, config.spool_dir)
+        self.publisher = Publisher(config.site, config.device_id, config.publish, spool,
+                                   replay_rate=config.spool.replay_rate)
         self.states = create_sensors(config)
         self._stream_q: collections.deque[tuple[SensorState, int, Sequence[Reading]]] = (
             collections.deque()
@@ -140,14 +143,21 @@ class Agent:
                 nth[i] = 0
         heapq.heapify(due)
         sock = self.publisher.sock
+        publisher = self.publisher
+        replay_in: float | None = None
         while not stop.is_set():
             now = time.monotonic()
-            timeout_ms = max(0.0, (due[0][0] - now) * 1000.0) if due else None
-            events = dict(poller.poll(timeout_ms))
+            wait = (due[0][0] - now) if due else 3600.0
+            if replay_in is not None:
+                wait = min(wait, replay_in)
+            events = dict(poller.poll(max(0.0, wait) * 1000.0))
             if stop.is_set():
                 break
             if sock in events:
-                self.publisher.handle_subscriptions()
+                publisher.handle_incoming()
+                unavailable = publisher.take_unavailable()
+                if unavailable:
+                    self._heartbeat(False, unavailable)
             if self._waker.fd in events:
                 self._waker.drain()
             self._publish_stream_readings()
@@ -167,6 +177,8 @@ class Agent:
                 if delay > 0:
                     nxt = max(nxt, now + delay)
                 heapq.heappush(due, (nxt, order, idx))
+            replay_in = publisher.replay()
+            publisher.flush()
 
     def _poll_sensor(self, st: SensorState) -> float:
         """Read one polled sensor and publish; returns a retry delay after an open failure."""
@@ -192,11 +204,12 @@ class Agent:
 
     def _publish(self, sensor: str, readings: Sequence[Reading], time_ns: int) -> None:
         topic, msg = self.publisher.build_data(sensor, readings, time_ns)
-        self.publisher.send(topic, msg)
+        self.publisher.publish(topic, msg)
 
-    def _heartbeat(self, stopping: bool) -> None:
-        msg = self.publisher.build_heartbeat(self.config.publish.heartbeat_s, stopping, self._counters())
-        self.publisher.send(self.publisher._hb_topic, msg, heartbeat=True)
+    def _heartbeat(self, stopping: bool, unavailable: Sequence[SeqRange] = ()) -> None:
+        msg = self.publisher.build_heartbeat(self.config.publish.heartbeat_s, stopping,
+                                             self._counters(), unavailable)
+        self.publisher.send_heartbeat(msg)
 
     def _counters(self) -> list[tuple[str, int]]:
         out = [("sensor_errors", sum(s.errors for s in self.states)),
@@ -209,8 +222,12 @@ class Agent:
         self._publish_stream_readings()
         self._heartbeat(True)
         c = self.publisher.counters
-        log.info("agent stopping: %d frames sent, %d heartbeats, %d dropped at the send queue",
-                 c["frames_sent"], c["heartbeats_sent"], c["dropped_hwm"])
+        spool = self.publisher.spool
+        log.info("agent stopping: last seq %d; %d frames sent, %d heartbeats, %d spooled (%d still "
+                 "in the spool), %d replayed, %d dropped", self.publisher.seq, c["frames_sent"],
+                 c["heartbeats_sent"],
+                 c["spooled"], spool.pending if spool else 0, c["replayed"],
+                 c["dropped_hwm"] + (spool.dropped if spool else 0))
 
     # -- stream sensors -------------------------------------------------------
     def _start_streams(self) -> None:

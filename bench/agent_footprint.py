@@ -27,8 +27,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(ep: str, simulated: int) -> str:
-    text = f'site = "bench"\ndevice_id = "pi-bench"\n[publish]\nbind = ["{ep}"]\n'
+def config(ep: str, simulated: int, spool: Path) -> str:
+    text = f'site = "bench"\ndevice_id = "pi-bench"\n[publish]\nbind = ["{ep}"]\n[spool]\ndir = "{spool}"\n'
     for i in range(simulated):
         text += (f'[[sensors]]\nname = "sim{i}"\nkind = "simulated"\ninterval_s = 1.0\nseed = {i}\n'
                  'metrics = [{ name = "t", unit = "C", signal = "sine", mean = 20.0, amplitude = 2.0, '
@@ -41,7 +41,7 @@ def measure(simulated: int, seconds: float) -> dict[str, float]:
     ep = f"tcp://127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "agent.toml"
-        cfg.write_text(config(ep, simulated))
+        cfg.write_text(config(ep, simulated, Path(d) / "spool"))
         p = subprocess.Popen([sys.executable, "-m", "sensorwire", "--log-level", "warning", "agent", "-c", str(cfg)])
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sub = ctx.socket(zmq.SUB)

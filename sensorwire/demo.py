@@ -32,10 +32,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def agent_toml(site: str, device: str, seed: int, frontend: str) -> str:
+def agent_toml(site: str, device: str, seed: int, frontend: str, spool_dir: Path) -> str:
     return f"""\
 site = "{site}"
 device_id = "{device}"
+[spool]
+dir = "{spool_dir}"
 [publish]
 connect = ["{frontend}"]
 heartbeat_s = 2.0
@@ -114,7 +116,8 @@ def run(duration_s: float = 20.0, workdir: str = "sensorwire-demo") -> int:
         procs.start("collector", "collector", "-c", str(wd / "collector.toml"))
         for site, device, seed in AGENTS:
             cfg = wd / f"agent-{device}.toml"
-            cfg.write_text(agent_toml(site, device, seed, f"tcp://127.0.0.1:{front}"))
+            cfg.write_text(agent_toml(site, device, seed, f"tcp://127.0.0.1:{front}",
+                                    wd / "spool" / device))
             procs.start(f"agent-{device}", "agent", "-c", str(cfg))
         print("running; try in another terminal:  sensorwire tail --connect "
               f"tcp://127.0.0.1:{back}", flush=True)

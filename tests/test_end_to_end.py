@@ -14,9 +14,11 @@ import pytest
 from support import free_port, run_cli, wait_until, write
 
 
-def agent_toml(device: str, frontend: str, site: str = "gh") -> str:
+def agent_toml(device: str, frontend: str, site: str = "gh", spool_dir: str = "") -> str:
     return f"""\
 site = "{site}"
+[spool]
+dir = "{spool_dir}"
 device_id = "{device}"
 [publish]
 connect = ["{frontend}"]
@@ -54,7 +56,8 @@ def stack(tmp_path: Path, procs: Any) -> dict[str, Any]:
     proxy = procs("proxy", "proxy", "--frontend", front, "--backend", back)
     collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
         f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')))
-    agents = [procs(f"agent-{d}", "agent", "-c", str(write(tmp_path / f"agent-{d}.toml", agent_toml(d, front))))
+    agents = [procs(f"agent-{d}", "agent", "-c", str(write(tmp_path / f"agent-{d}.toml",
+                                                                     agent_toml(d, front, spool_dir=str(tmp_path / f"spool-{d}")))))
               for d in ("pi-1", "pi-2")]
     return {"front": front, "back": back, "db": db, "proxy": proxy, "collector": collector, "agents": agents}
 
@@ -79,7 +82,7 @@ def test_two_agents_through_proxy_into_sqlite_with_contiguous_seq(stack: dict[st
         assert {"temperature", "door", "cpu.percent", "memory.used_percent"} <= metrics
     # SIGTERM loses nothing the collector had received: the agents' own counts match
     for a in stack["agents"]:
-        sent = int(a.log().split("agent stopping: ")[1].split(" frames sent")[0])
+        sent = int(a.log().split("agent stopping: last seq ")[1].split(";")[0])
         device = a.name.split("-", 1)[1]
         s = seqs(db, device)
         assert s[-1] == sent, f"{device}: sent {sent}, last stored {s[-1]}"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsensorwire/v1/telemetry.proto\x12\rsensorwire.v1\"5\n\x06Sample\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\"\xed\x01\n\tHeartbeat\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x12\n\ninterval_s\x18\x03 \x01(\x01\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x10\n\x08stopping\x18\x05 \x01(\x08\x12\x38\n\x08\x63ounters\x18\x06 \x03(\x0b\x32&.sensorwire.v1.Heartbeat.CountersEntry\x12\x14\n\x0c\x63lock_synced\x18\x07 \x01(\x08\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc3\x01\n\x05\x46rame\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x03 \x01(\x06\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x16\n\x0etime_unix_nano\x18\x05 \x01(\x10\x12\x0e\n\x06sensor\x18\x06 \x01(\t\x12&\n\x07samples\x18\x07 \x03(\x0b\x32\x15.sensorwire.v1.Sample\x12+\n\theartbeat\x18\x08 \x01(\x0b\x32\x18.sensorwire.v1.Heartbeatb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsensorwire/v1/telemetry.proto\x12\rsensorwire.v1\"5\n\x06Sample\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\"8\n\x08SeqRange\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\x06\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x04\"\x9b\x02\n\tHeartbeat\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x12\n\ninterval_s\x18\x03 \x01(\x01\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x10\n\x08stopping\x18\x05 \x01(\x08\x12\x38\n\x08\x63ounters\x18\x06 \x03(\x0b\x32&.sensorwire.v1.Heartbeat.CountersEntry\x12\x14\n\x0c\x63lock_synced\x18\x07 \x01(\x08\x12,\n\x0bunavailable\x18\x08 \x03(\x0b\x32\x17.sensorwire.v1.SeqRange\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc3\x01\n\x05\x46rame\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x03 \x01(\x06\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x16\n\x0etime_unix_nano\x18\x05 \x01(\x10\x12\x0e\n\x06sensor\x18\x06 \x01(\t\x12&\n\x07samples\x18\x07 \x03(\x0b\x32\x15.sensorwire.v1.Sample\x12+\n\theartbeat\x18\x08 \x01(\x0b\x32\x18.sensorwire.v1.Heartbeat\"K\n\rRepairRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x06ranges\x18\x02 \x03(\x0b\x32\x17.sensorwire.v1.SeqRangeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLE']._serialized_start=48
   _globals['_SAMPLE']._serialized_end=101
-  _globals['_HEARTBEAT']._serialized_start=104
-  _globals['_HEARTBEAT']._serialized_end=341
-  _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_start=294
-  _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_end=341
-  _globals['_FRAME']._serialized_start=344
-  _globals['_FRAME']._serialized_end=539
+  _globals['_SEQRANGE']._serialized_start=103
+  _globals['_SEQRANGE']._serialized_end=159
+  _globals['_HEARTBEAT']._serialized_start=162
+  _globals['_HEARTBEAT']._serialized_end=445
+  _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_start=398
+  _globals['_HEARTBEAT_COUNTERSENTRY']._serialized_end=445
+  _globals['_FRAME']._serialized_start=448
+  _globals['_FRAME']._serialized_end=643
+  _globals['_REPAIRREQUEST']._serialized_start=645
+  _globals['_REPAIRREQUEST']._serialized_end=720
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,9 +49,9 @@ class FlakySensor:
 sensors.register(SensorKind("flaky", FlakyConfig, FlakySensor))
 
 
-def agent_cfg(ep: str, **extra: Any) -> agent_config.AgentConfig:
+def agent_cfg(ep: str, spool_dir: Path, **extra: Any) -> agent_config.AgentConfig:
     raw = {
-        "site": "gh", "device_id": "pi-1",
+        "site": "gh", "device_id": "pi-1", "spool": {"dir": str(spool_dir)},
         "publish": {"bind": [ep], "heartbeat_s": 0.2},
         "sensors": [
             {"name": "env", "kind": "simulated", "interval_s": 0.02,
@@ -87,10 +88,10 @@ class Listener:
 
 
 @pytest.fixture
-def run_agent(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Agent, Listener, StopSignal]]:
+def run_agent(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> Iterator[tuple[Agent, Listener, StopSignal]]:
     caplog.set_level(logging.INFO)
     ep = tcp()
-    agent = Agent(agent_cfg(ep))
+    agent = Agent(agent_cfg(ep, tmp_path / "spool"))
     listener = Listener(ep)
     stop = StopSignal()
     ready = threading.Event()

@@ -1,0 +1,353 @@
+"""The agent's store-and-forward spool: bounded, append-only, restart-proof.
+
+Frames that nobody listens for (or that ZeroMQ refuses at the send
+high-water mark) are appended here and replayed, oldest first, when a
+subscriber is back.  The layout is friendly to SD cards:
+
+- a folder of *segment* files ``seg-000000000001.spool``, each a magic header
+  then records ``<u32 length><u32 crc32><u64 boot_id><u64 seq><message>``;
+- records are only ever appended, written in batches (``flush()`` once per
+  loop iteration, or when 64 KiB are buffered); existing data is never
+  rewritten; a fully replayed segment is deleted;
+- ``fsync`` is ``never``, ``interval`` (at most once per ``fsync_interval_s``)
+  or ``always`` (after every write);
+- the total size stays under ``max_bytes``: ``drop_oldest`` deletes the oldest
+  segment, ``drop_newest`` refuses new frames; either way every frame lost is
+  counted;
+- a record torn by a crash (short or with a bad checksum) ends its segment's
+  readable part and is counted as ``corrupt``.
+
+A lock file keeps two agents from sharing one folder.  Only the agent's main
+thread uses a Spool.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import fcntl
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SWSPOOL1"
+_HEAD = struct.Struct("<IIQQ")
+_BUF_MAX = 64 * 1024
+_MAX_RECORD = 16 * 1024 * 1024
+
+Overflow = Literal["drop_oldest", "drop_newest"]
+Fsync = Literal["never", "interval", "always"]
+
+
+class SpoolError(Exception):
+    """The spool folder cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    size: int = 0          # bytes on disk (after the header)
+    records: int = 0       # records written
+    consumed: int = 0      # records read by replay
+
+
+@dataclass(frozen=True)
+class Record:
+    boot_id: int
+    seq: int
+    message: bytes
+
+
+class Spool:
+    def __init__(self, folder: str | Path, max_bytes: int, overflow: Overflow = "drop_oldest",
+                 fsync: Fsync = "interval", fsync_interval_s: float = 1.0,
+                 segment_bytes: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self.fsync = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self.segment_bytes = segment_bytes or max(64 * 1024, min(8 << 20, max_bytes // 8))
+        self._segments: collections.deque[_Segment] = collections.deque()
+        self._writer: BinaryIO | None = None
+        self._reader: BinaryIO | None = None
+        self._reader_seg: _Segment | None = None
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._last_fsync = 0.0
+        self._lock_fd: int | None = None
+        self._next_number = 1
+        # per boot: [min seq, max seq, frames pending]
+        self.boots: dict[int, list[int]] = {}
+        self.dropped = 0
+        self.corrupt = 0
+        self.appended = 0
+        self.replayed = 0
+        self.bytes_written_total = 0
+        self._day = ""
+        self.bytes_written_today = 0
+
+    # -- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool folder {self.folder}: {exc.strerror}; set [spool] dir "
+                             "to a writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpoolError(f"spool folder {self.folder} is in use by another agent; give each "
+                             "agent its own [spool] dir") from None
+        self._lock_fd = fd
+        for path in sorted(self.folder.glob("seg-*.spool")):
+            try:
+                number = int(path.stem[4:])
+            except ValueError:
+                continue
+            seg = _Segment(number, path)
+            for rec in self._scan(seg):
+                seg.records += 1
+                self._note(rec.boot_id, rec.seq)
+            if seg.records == 0:
+                path.unlink(missing_ok=True)
+                continue
+            self._segments.append(seg)
+            self._next_number = number + 1
+        if self._segments:
+            log.info("spool %s: %d frames in %d segments waiting for replay",
+                     self.folder, self.pending, len(self._segments))
+
+    def close(self) -> None:
+        try:
+            self.flush(force_sync=self.fsync != "never")
+        finally:
+            for f in (self._writer, self._reader):
+                if f is not None:
+                    f.close()
+            self._writer = self._reader = None
+            self._reader_seg = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Frames waiting for replay."""
+        return sum(s.records - s.consumed for s in self._segments)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size + len(MAGIC) for s in self._segments) + self._buf_len
+
+    def holds(self, boot_id: int, seq: int) -> bool:
+        """Might ``seq`` of ``boot_id`` still be waiting here? (cheap, may say yes wrongly)"""
+        b = self.boots.get(boot_id)
+        return b is not None and b[0] <= seq <= b[1]
+
+    def _note(self, boot_id: int, seq: int) -> None:
+        b = self.boots.get(boot_id)
+        if b is None:
+            self.boots[boot_id] = [seq, seq, 1]
+        else:
+            if seq < b[0]:
+                b[0] = seq
+            if seq > b[1]:
+                b[1] = seq
+            b[2] += 1
+
+    def _forget(self, boot_id: int) -> None:
+        b = self.boots.get(boot_id)
+        if b is not None:
+            b[2] -= 1
+            if b[2] <= 0:
+                del self.boots[boot_id]
+
+    # -- writing --------------------------------------------------------------
+    def append(self, boot_id: int, seq: int, message: bytes) -> bool:
+        """Spool one frame; False (and counted) when ``drop_newest`` refuses it."""
+        record = _HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message
+        if self.size_bytes + len(record) > self.max_bytes:
+            if self.overflow == "drop_newest" or not self._make_room(len(record)):
+                self.dropped += 1
+                return False
+        seg = self._tail_for(len(record))
+        seg.size += len(record)
+        seg.records += 1
+        self._buf.append(record)
+        self._buf_len += len(record)
+        self._note(boot_id, seq)
+        self.appended += 1
+        if self._buf_len >= _BUF_MAX or self.fsync == "always":
+            self.flush()
+        return True
+
+    def flush(self, force_sync: bool = False) -> None:
+        """Write buffered records to the OS; fsync as the policy says."""
+        if self._buf and self._writer is not None:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._buf_len = 0
+            self._writer.write(data)
+            self._writer.flush()
+            self._count_written(len(data))
+            now = time.monotonic()
+            if (self.fsync == "always" or force_sync
+                    or (self.fsync == "interval" and now - self._last_fsync >= self.fsync_interval_s)):
+                os.fsync(self._writer.fileno())
+                self._last_fsync = now
+        elif force_sync and self._writer is not None:
+            os.fsync(self._writer.fileno())
+
+    def _count_written(self, n: int) -> None:
+        day = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+        if day != self._day:
+            self._day = day
+            self.bytes_written_today = 0
+        self.bytes_written_today += n
+        self.bytes_written_total += n
+
+    def _tail_for(self, record_len: int) -> _Segment:
+        tail = self._segments[-1] if self._segments else None
+        if tail is None or self._writer is None or tail.size + record_len > self.segment_bytes:
+            self.flush()
+            if self._writer is not None:
+                self._writer.close()
+            number = self._next_number
+            self._next_number += 1
+            path = self.folder / f"seg-{number:012d}.spool"
+            self._writer = open(path, "ab")  # noqa: SIM115 - kept open while it is the tail
+            self._writer.write(MAGIC)
+            self._count_written(len(MAGIC))
+            tail = _Segment(number, path)
+            self._segments.append(tail)
+        return tail
+
+    def _make_room(self, need: int) -> bool:
+        """Delete oldest segments (counting their unread frames) until ``need`` fits."""
+        while self.size_bytes + need > self.max_bytes and len(self._segments) > 1:
+            head = self._segments.popleft()
+            lost = head.records - head.consumed
+            if self._reader_seg is head:
+                self._close_reader()
+            for rec in self._scan(head, skip=head.consumed):
+                self._forget(rec.boot_id)
+            head.path.unlink(missing_ok=True)
+            self.dropped += lost
+            log.warning("spool %s full (%d bytes): dropped the oldest %d frames (%d in all)",
+                        self.folder, self.max_bytes, lost, self.dropped)
+        return self.size_bytes + need <= self.max_bytes
+
+    # -- reading --------------------------------------------------------------
+    def next(self) -> Record | None:
+        """The oldest frame not yet replayed (it counts as taken), or None."""
+        while self._segments:
+            head = self._segments[0]
+            if head.consumed >= head.records:
+                self._retire(head)
+                continue
+            if self._reader_seg is not head:
+                self._close_reader()
+                if head is self._segments[-1]:
+                    self.flush()
+                self._reader = open(head.path, "rb")  # noqa: SIM115
+                self._reader.seek(len(MAGIC))
+                self._reader_seg = head
+                for _ in range(head.consumed):
+                    self._read_one(self._reader)
+            elif head is self._segments[-1] and self._buf:
+                self.flush()
+            assert self._reader is not None
+            rec = self._read_one(self._reader)
+            if rec is None:  # torn record: the rest of this segment is unreadable
+                self.corrupt += head.records - head.consumed
+                head.consumed = head.records
+                continue
+            head.consumed += 1
+            self.replayed += 1
+            self._forget(rec.boot_id)
+            return rec
+        return None
+
+    def _retire(self, seg: _Segment) -> None:
+        if self._reader_seg is seg:
+            self._close_reader()
+        if seg is self._segments[-1] and self._writer is not None:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+        self._segments.popleft()
+        seg.path.unlink(missing_ok=True)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
+        self._reader_seg = None
+
+    @staticmethod
+    def _read_one(f: BinaryIO) -> Record | None:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size:
+            return None
+        length, crc, boot_id, seq = _HEAD.unpack(head)
+        if length > _MAX_RECORD:
+            return None
+        msg = f.read(length)
+        if len(msg) < length or zlib.crc32(msg) != crc:
+            return None
+        return Record(boot_id, seq, msg)
+
+    def _scan(self, seg: _Segment, skip: int = 0) -> Iterator[Record]:
+        try:
+            with open(seg.path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    log.warning("spool: %s is not a spool segment; ignored", seg.path)
+                    return
+                n = 0
+                while True:
+                    pos = f.tell()
+                    rec = self._read_one(f)
+                    if rec is None:
+                        if f.seek(0, os.SEEK_END) > pos:
+                            self.corrupt += 1
+                            log.warning("spool: %s: a torn record at byte %d; the rest of the "
+                                        "segment is skipped", seg.path, pos)
+                        if seg.size == 0:
+                            seg.size = pos - len(MAGIC)
+                        return
+                    n += 1
+                    if n > skip:
+                        yield rec
+        except FileNotFoundError:
+            return
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "spool_frames": self.pending,
+            "spool_bytes": self.size_bytes,
+            "spool_dropped": self.dropped,
+            "spool_corrupt": self.corrupt,
+            "spool_replayed": self.replayed,
+            "spool_bytes_written_today": self.bytes_written_today,
+            "spool_bytes_written_total": self.bytes_written_total,
+        }

@@ -1,0 +1,101 @@
+"""The spool keeps frames in order, within its bound, across restarts and crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sensorwire.agent.spool import Spool, SpoolError
+
+
+def msg(i: int, size: int = 200) -> bytes:
+    return f"gh/pi-1/env\x00{i:08d}".encode() + b"x" * (size - 20)
+
+
+def drain(s: Spool) -> list[int]:
+    out = []
+    while (rec := s.next()) is not None:
+        out.append(rec.seq)
+    return out
+
+
+def test_frames_come_back_oldest_first_with_their_identity(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        for i in range(1, 101):
+            assert s.append(7, i, msg(i))
+        rec = s.next()
+        assert rec is not None and (rec.boot_id, rec.seq, rec.message) == (7, 1, msg(1))
+        assert drain(s) == list(range(2, 101))
+        assert s.pending == 0 and s.next() is None
+        assert list(tmp_path.glob("seg-*")) == []  # fully replayed segments are deleted
+
+
+def test_survives_a_restart(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.open()
+    for i in range(1, 51):
+        s.append(7, i, msg(i))
+    s.flush()  # what the agent does once per loop iteration; then the process dies
+    s2 = Spool(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(SpoolError, match="in use by another agent"):
+        s2.open()
+    s.close()
+    with Spool(tmp_path, max_bytes=1 << 20) as s3:
+        assert s3.pending == 50 and s3.holds(7, 25)
+        s3.append(8, 1, msg(1))
+        assert drain(s3) == list(range(1, 51)) + [1]
+
+
+def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        for i in range(1, 11):
+            s.append(7, i, msg(i))
+    [seg] = tmp_path.glob("seg-*.spool")
+    data = seg.read_bytes()
+    seg.write_bytes(data[:-50])  # a crash in the middle of the last write
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert drain(s) == list(range(1, 10))
+        assert s.corrupt == 1
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_the_size_bound_holds_and_drops_are_counted(tmp_path: Path, overflow: str) -> None:
+    max_bytes = 256 * 1024
+    with Spool(tmp_path, max_bytes=max_bytes, overflow=overflow,  # type: ignore[arg-type]
+               segment_bytes=32 * 1024) as s:
+        for i in range(1, 5001):
+            s.append(7, i, msg(i))
+            s.flush()
+            assert sum(p.stat().st_size for p in tmp_path.glob("seg-*")) <= max_bytes
+        kept = drain(s)
+        assert len(kept) + s.dropped == 5000
+        assert s.dropped > 0
+        if overflow == "drop_oldest":
+            assert kept[-1] == 5000 and kept == list(range(kept[0], 5001))
+        else:
+            assert kept == list(range(1, len(kept) + 1))
+
+
+def test_interleaved_reading_and_writing(tmp_path: Path) -> None:
+    got = []
+    with Spool(tmp_path, max_bytes=1 << 20, segment_bytes=64 * 1024) as s:
+        n = 0
+        for _ in range(50):
+            for _ in range(30):
+                n += 1
+                s.append(1, n, msg(n))
+            for _ in range(20):
+                rec = s.next()
+                if rec:
+                    got.append(rec.seq)
+        got += drain(s)
+    assert got == list(range(1, n + 1))
+
+
+def test_bytes_written_to_flash_are_counted(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20, fsync="always") as s:
+        for i in range(10):
+            s.append(1, i + 1, msg(i, 200))
+        assert s.bytes_written_today == s.bytes_written_total
+        assert s.bytes_written_total == 8 + 10 * (24 + 200)
