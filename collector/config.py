@@ -43,8 +43,23 @@ class LimitsConfig(Config):
     max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
 
 
+class PresenceConfig(Config):
+    # silence after which a device is offline; default: 3 x the heartbeat interval it announces
+    offline_after_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class RepairConfig(Config):
+    enabled: bool = True
+    delay_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 6
+    # how far back the seq tracking of each device resumes from storage at start
+    resume_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+
+
 class CollectorConfig(Config):
     subscribe: SubscribeConfig
+    presence: PresenceConfig = msgspec.field(default_factory=PresenceConfig)
+    repair: RepairConfig = msgspec.field(default_factory=RepairConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

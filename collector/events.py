@@ -38,4 +38,14 @@ class Lost:
         return self.last - self.first + 1
 
 
-Event = Presence | Lost
+@dataclass(frozen=True)
+class Counts:
+    """Frames the collector dropped as duplicates or saw out of order, since the last Counts."""
+
+    site: str
+    device: str
+    duplicates: int
+    out_of_order: int
+
+
+Event = Presence | Lost | Counts

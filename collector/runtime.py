@@ -1,10 +1,14 @@
-"""The collector's receive loop: SUB socket -> decode and check -> sink queues.
+"""The collector's receive loop: XSUB socket -> decode, check, account -> sink queues.
 
-One thread owns the SUB socket.  It drains the socket in batches (``recv``
-with ``NOBLOCK`` until empty), decodes and checks each message, and hands the
-batch to every sink's bounded queue.  Nothing on this path waits for a sink.
-Bad messages are counted by reason and logged, rate-limited; they never stop
-the loop.
+One thread owns the socket.  It drains it in batches (``recv`` with
+``NOBLOCK`` until empty), decodes and checks each message, runs loss
+accounting (:mod:`sensorwire.collector.tracking`: duplicates are dropped
+here), and hands the batch to every sink's bounded queue.  Nothing on this
+path waits for a sink.  Bad messages are counted by reason and logged,
+rate-limited; they never stop the loop.
+
+The socket is an XSUB rather than a SUB so that gap-repair requests can
+travel upstream to the agents on the same connection.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import zmq
 
 from sensorwire import zmqutil
 from sensorwire.collector.config import CollectorConfig
+from sensorwire.collector.events import Counts, Event
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
+from sensorwire.collector.tracking import Tracker
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)
 
 DRAIN_MAX = 5000  # messages taken per wake-up before handing a batch on
+TICK_S = 0.5      # presence, repair requests and counters are looked at this often
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -52,6 +59,13 @@ class Collector:
         self.received = 0
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.sock: zmq.Socket[bytes] | None = None
+        self.tracker = Tracker(
+            self.subscribe_filters(), emit=self._emit, send_request=self._send_request,
+            offline_after_s=config.presence.offline_after_s, repair=config.repair.enabled,
+            repair_delay_s=config.repair.delay_s, repair_attempts=config.repair.attempts,
+        )
+        self._counts_sent: dict[str, tuple[int, int]] = {}
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -62,11 +76,32 @@ class Collector:
                     out.append(f)
         return out
 
+    def _emit(self, ev: Event) -> None:
+        for r in self.runners:
+            r.offer_event(ev)
+
+    def _send_request(self, msg: bytes) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.send(msg, zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("repair request not sent: the upstream queue is full")
+
+    def _resume(self) -> None:
+        since = time.time_ns() - int(self.config.repair.resume_s * 1e9)
+        for sink in self.sinks:
+            resume = getattr(sink, "resume", None)
+            if resume is not None:
+                self.tracker.resume(resume(since))
+                return
+
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
         for r in self.runners:
             r.start()
+        self._resume()
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
+        sub = ctx.socket(zmq.XSUB)
+        self.sock = sub
         try:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, self.config.subscribe.rcvhwm)
@@ -74,7 +109,7 @@ class Collector:
             # precise limit is checked below, where a violation is counted.
             sub.setsockopt(zmq.MAXMSGSIZE, max(1 << 20, 4 * self.config.limits.max_message_bytes))
             for f in self.subscribe_filters():
-                sub.setsockopt(zmq.SUBSCRIBE, f)
+                sub.send(b"\x01" + f)  # XSUB subscribes by message; resent on every reconnect
             for ep in self.config.subscribe.bind:
                 zmqutil.bind(sub, ep)
             for ep in self.config.subscribe.connect:
@@ -87,8 +122,10 @@ class Collector:
                 ready()
             self._loop(stop, sub)
         finally:
+            self.sock = None
             sub.close()
             ctx.term()
+            self._flush_counts()
             for r in self.runners:
                 r.close()
             self._summary(final=True)
@@ -99,20 +136,40 @@ class Collector:
         poller.register(stop.fd, zmq.POLLIN)
         summary_s = self.config.summary_s
         next_summary = time.monotonic() + summary_s
+        next_tick = time.monotonic() + TICK_S
         while not stop.is_set():
-            timeout = max(0.0, next_summary - time.monotonic()) * 1000
+            timeout = max(0.0, min(next_summary, next_tick) - time.monotonic()) * 1000
             events = dict(poller.poll(timeout))
             if sub in events:
                 self.drain(sub)
-            if time.monotonic() >= next_summary:
+            now = time.monotonic()
+            if now >= next_tick:
+                self.tracker.tick(now, time.time_ns())
+                self._flush_counts()
+                next_tick = now + TICK_S
+            if now >= next_summary:
                 self._summary()
-                next_summary = time.monotonic() + summary_s
+                next_summary = now + summary_s
+
+    def _flush_counts(self) -> None:
+        """Hand duplicate and out-of-order counts that changed to the sinks."""
+        for dev in self.tracker.devices.values():
+            if not dev.changed:
+                continue
+            dev.changed = False
+            before = self._counts_sent.get(dev.device, (0, 0))
+            now = (dev.duplicates, dev.out_of_order)
+            if now != before:
+                self._counts_sent[dev.device] = now
+                self._emit(Counts(dev.site, dev.device, now[0] - before[0], now[1] - before[1]))
 
     def drain(self, sub: zmq.Socket[bytes]) -> int:
         """Take what is waiting on ``sub`` (up to DRAIN_MAX), check it, queue it."""
         batch: list[Item] = []
         now = time.time_ns()
+        mono = time.monotonic()
         decode = self.decoder.decode
+        on_frame = self.tracker.on_frame
         limit = self.config.limits.max_message_bytes
         recv = sub.recv
         n = 0
@@ -133,14 +190,18 @@ class Collector:
                 self._reject("oversized", f"{len(msg)} bytes, the limit is {limit} ([limits] max_message_bytes)")
                 continue
             try:
-                batch.append((decode(msg), now))
+                frame = decode(msg)
             except wire.WireError as exc:
                 self._reject(exc.reason, exc.detail)
+                continue
+            if on_frame(frame, mono, now):
+                batch.append((frame, now))
         self.received += n
         if batch:
             self.accepted += len(batch)
             for r in self.runners:
-                r.offer(batch)
+                for frame, _ in r.offer(batch):
+                    self.tracker.forget(frame, mono)
         return n
 
     def _reject(self, reason: str, detail: str) -> None:
@@ -152,6 +213,10 @@ class Collector:
         stored = ", ".join(f"{r.sink.name}: {r.written} written, {r.dropped} dropped, queue {r.depth}"
                            for r in self.runners)
         rejected = sum(self.rejected.values())
-        log.info("collector%s: %d messages received, %d accepted, %d rejected %s; %s",
+        t = self.tracker.totals()
+        log.info("collector%s: %d messages received, %d accepted, %d rejected %s; devices %d (%d "
+                 "online), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; %s",
                  " stopping" if final else "", self.received, self.accepted, rejected,
-                 dict(self.rejected) if rejected else "", stored or "no sinks")
+                 dict(self.rejected) if rejected else "", t["devices"], t["online"], t["gaps"],
+                 t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
+                 stored or "no sinks")

@@ -2,7 +2,10 @@
 
 Schema (version 1; ``docs/storage.md`` documents it for people)::
 
-    devices(id, device UNIQUE, site, first_seen_ns, last_seen_ns)
+    devices(id, device UNIQUE, site, first_seen_ns, last_seen_ns, state, state_since_ns,
+            heartbeat_s, duplicates, out_of_order, lost)
+    boots  (device_key, boot_id, max_seq, announced_seq, stored, first_seen_ns, last_seen_ns)
+    presence(device_key, time_ns, state, previous)
     series (id, device_key, sensor, metric, unit, UNIQUE(device_key, sensor, metric, unit))
     frames (id, device_key, boot_id, seq, sensor, time_ns, received_ns, flags,
             UNIQUE(device_key, boot_id, seq))
@@ -17,11 +20,14 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sensorwire.collector.events import Event, Lost, Presence
+from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 SCHEMA_VERSION = 1
@@ -36,8 +42,31 @@ CREATE TABLE IF NOT EXISTS devices (
     device TEXT NOT NULL UNIQUE,
     site TEXT NOT NULL,
     first_seen_ns INTEGER NOT NULL,
-    last_seen_ns INTEGER NOT NULL
+    last_seen_ns INTEGER NOT NULL,
+    state TEXT,
+    state_since_ns INTEGER,
+    heartbeat_s REAL,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    out_of_order INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS boots (
+    device_key INTEGER NOT NULL REFERENCES devices(id),
+    boot_id INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL DEFAULT 0,
+    announced_seq INTEGER NOT NULL DEFAULT 0,
+    stored INTEGER NOT NULL DEFAULT 0,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    PRIMARY KEY (device_key, boot_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence (
+    device_key INTEGER NOT NULL REFERENCES devices(id),
+    time_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    previous TEXT
+);
+CREATE INDEX IF NOT EXISTS presence_device_time ON presence (device_key, time_ns);
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
     device_key INTEGER NOT NULL REFERENCES devices(id),
@@ -168,6 +197,10 @@ class SqliteWriter:
         cur = conn.cursor()
         rows: list[tuple[int, int, float]] = []
         last_seen: dict[int, int] = {}
+        # per (device_key, boot_id): [max seq stored, frames stored, announced seq, last seen]
+        boots: dict[tuple[int, int], list[int]] = {}
+        dups_by_dev: dict[int, int] = {}
+        heartbeat_s: dict[int, float] = {}
         insert_frame = (
             "INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns) "
             "VALUES (?,?,?,?,?,?)"
@@ -178,21 +211,48 @@ class SqliteWriter:
             for frame, received in batch:
                 dev = self._device_key(cur, frame, received)
                 last_seen[dev] = received
+                boot = to_i64(frame.boot_id)
+                bs = boots.get((dev, boot))
+                if bs is None:
+                    bs = boots[(dev, boot)] = [0, 0, 0, received]
+                bs[3] = received
                 if frame.seq == 0:
+                    hb = frame.heartbeat
+                    if hb.last_seq > bs[2]:
+                        bs[2] = hb.last_seq
+                    if hb.interval_s:
+                        heartbeat_s[dev] = hb.interval_s
                     continue
-                cur.execute(insert_frame, (dev, to_i64(frame.boot_id), frame.seq, frame.sensor,
+                cur.execute(insert_frame, (dev, boot, frame.seq, frame.sensor,
                                            frame.time_unix_nano, received))
                 if cur.rowcount != 1:
                     dups += 1
+                    dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
                     continue
                 fid = cur.lastrowid
                 stored += 1
+                if frame.seq > bs[0]:
+                    bs[0] = frame.seq
+                bs[1] += 1
                 sensor = frame.sensor
                 for s in frame.samples:
                     rows.append((fid, self._series_key(cur, dev, sensor, s.metric, s.unit), s.value))  # type: ignore[arg-type]
             cur.executemany("INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES (?,?,?)", rows)
             cur.executemany("UPDATE devices SET last_seen_ns=max(last_seen_ns, ?) WHERE id=?",
                             [(t, d) for d, t in last_seen.items()])
+            cur.executemany(
+                "INSERT INTO boots(device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, "
+                "last_seen_ns) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "max_seq=max(max_seq, excluded.max_seq), stored=stored+excluded.stored, "
+                "announced_seq=max(announced_seq, excluded.announced_seq), "
+                "last_seen_ns=max(last_seen_ns, excluded.last_seen_ns)",
+                [(d, b, v[0], v[1], v[2], v[3], v[3]) for (d, b), v in boots.items()])
+            if dups_by_dev:
+                cur.executemany("UPDATE devices SET duplicates=duplicates+? WHERE id=?",
+                                [(n, d) for d, n in dups_by_dev.items()])
+            if heartbeat_s:
+                cur.executemany("UPDATE devices SET heartbeat_s=? WHERE id=?",
+                                [(v, d) for d, v in heartbeat_s.items()])
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -203,6 +263,73 @@ class SqliteWriter:
         self.frames_stored += stored
         self.samples_stored += len(rows)
         self.duplicates += dups
+
+
+    def event(self, ev: Event) -> None:
+        """Record a presence transition, frames lost for good, or drop counts."""
+        conn = self.conn
+        assert conn is not None
+        key = self._device_key_by_name(ev.site, ev.device)
+        with conn:
+            if isinstance(ev, Presence):
+                conn.execute("INSERT INTO presence(device_key, time_ns, state, previous) VALUES (?,?,?,?)",
+                             (key, ev.time_ns, ev.state, ev.previous))
+                conn.execute("UPDATE devices SET state=?, state_since_ns=? WHERE id=?",
+                             (ev.state, ev.time_ns, key))
+            elif isinstance(ev, Lost):
+                conn.execute("UPDATE devices SET lost=lost+? WHERE id=?", (ev.count, key))
+            else:
+                conn.execute("UPDATE devices SET duplicates=duplicates+?, out_of_order=out_of_order+? "
+                             "WHERE id=?", (ev.duplicates, ev.out_of_order, key))
+
+    def _device_key_by_name(self, site: str, device: str) -> int:
+        assert self.conn is not None
+        key = self._devices.get(device)
+        if key is None:
+            now = time.time_ns()
+            key = int(self.conn.execute(
+                "INSERT INTO devices(device, site, first_seen_ns, last_seen_ns) VALUES (?,?,?,?) "
+                "ON CONFLICT(device) DO UPDATE SET site=excluded.site RETURNING id",
+                (device, site, now, now)).fetchone()[0])
+            self._devices[device] = key
+        return key
+
+    def resume(self, since_ns: int) -> list[ResumeBoot]:
+        """The boots seen since ``since_ns``, with the seqs missing from storage."""
+        assert self.conn is not None
+        out: list[ResumeBoot] = []
+        rows = self.conn.execute(
+            "SELECT d.site, d.device, d.id, b.boot_id, b.max_seq, b.announced_seq, b.stored, "
+            "b.last_seen_ns, d.state FROM boots b JOIN devices d ON d.id = b.device_key "
+            "WHERE b.last_seen_ns >= ?", (since_ns,)).fetchall()
+        for site, device, key, boot, max_seq, announced, stored, last_ns, state in rows:
+            top = max(max_seq, announced)
+            missing: list[tuple[int, int]] = []
+            if top > stored:
+                expect = 1
+                for (seq,) in self.conn.execute(
+                        "SELECT seq FROM frames WHERE device_key=? AND boot_id=? ORDER BY seq",
+                        (key, boot)):
+                    if seq > expect:
+                        missing.append((expect, seq - 1))
+                    expect = seq + 1
+                if top >= expect:
+                    missing.append((expect, top))
+            out.append(ResumeBoot(site, device, to_u64(boot), top, missing, last_ns, state))
+        return out
+
+
+def status(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """One dict per device: presence and loss counters, computed from what is stored."""
+    rows = conn.execute(
+        "SELECT d.site, d.device, d.state, d.last_seen_ns, "
+        "coalesce(sum(b.stored), 0), coalesce(sum(max(b.max_seq, b.announced_seq) - b.stored), 0), "
+        "d.duplicates, max(count(b.boot_id) - 1, 0), d.out_of_order, d.lost, d.heartbeat_s, "
+        "d.state_since_ns FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
+        "GROUP BY d.id ORDER BY d.site, d.device").fetchall()
+    keys = ("site", "device", "state", "last_seen_ns", "frames", "gaps", "duplicates", "restarts",
+            "out_of_order", "lost", "heartbeat_s", "state_since_ns")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 @dataclass(frozen=True)

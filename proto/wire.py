@@ -20,11 +20,13 @@ from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 DELIM = b"\x00"
 HEARTBEAT = "$hb"
+REPAIR = b"\x02"  # first byte of a repair request travelling upstream (0x00/0x01 are (un)subscribe)
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
 
 __all__ = [
     "DELIM",
     "HEARTBEAT",
+    "REPAIR",
     "Decoder",
     "Frame",
     "WireError",

@@ -36,8 +36,6 @@ def agent_toml(site: str, device: str, seed: int, frontend: str, spool_dir: Path
     return f"""\
 site = "{site}"
 device_id = "{device}"
-[spool]
-dir = "{spool_dir}"
 [publish]
 connect = ["{frontend}"]
 heartbeat_s = 2.0
@@ -55,6 +53,8 @@ metrics = [
 name = "health"
 kind = "system"
 interval_s = 5.0
+[spool]
+dir = "{spool_dir}"
 """
 
 

@@ -90,8 +90,9 @@ class SinkRunner:
             self._thread.join()
             raise self._open_error
 
-    def offer(self, batch: list[Item]) -> None:
-        """Queue a batch; what does not fit is dropped and counted per device."""
+    def offer(self, batch: list[Item]) -> list[Item]:
+        """Queue a batch; what does not fit is dropped, counted per device and returned."""
+        lost: list[Item] = []
         with self._cond:
             room = self.queue_max - self._depth
             if room < len(batch):
@@ -107,6 +108,7 @@ class SinkRunner:
                 self._depth += len(batch)
                 if self._depth >= self.batch_max:
                     self._cond.notify()
+        return lost
 
     def offer_event(self, ev: Event) -> None:
         """Queue an event after the frames already queued (events are never dropped)."""

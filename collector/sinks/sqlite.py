@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from sensorwire.collector.events import Event
 from sensorwire.collector.sinks import Item, SinkError
+from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.collector.sqlite_store import SqliteWriter
 
 
@@ -25,6 +27,15 @@ class SqliteSink:
             raise SinkError(f"{self.writer.path}: {exc}", retryable=True) from exc
         except sqlite3.DatabaseError as exc:
             raise SinkError(f"{self.writer.path}: {exc}", retryable=False) from exc
+
+    def event(self, ev: Event) -> None:
+        try:
+            self.writer.event(ev)
+        except sqlite3.Error as exc:
+            raise SinkError(f"{self.writer.path}: {exc}", retryable=False) from exc
+
+    def resume(self, since_ns: int) -> list[ResumeBoot]:
+        return self.writer.resume(since_ns)
 
     def close(self) -> None:
         self.writer.close()

@@ -1,0 +1,272 @@
+"""Loss accounting, device presence and gap repair, in the collector's receive thread.
+
+For every device the tracker follows the ``seq`` stream of each ``boot_id``:
+frames received, gaps (seqs missing: holes, and a tail that a heartbeat's
+``last_seq`` reveals), duplicates (dropped here, before any sink sees them),
+out-of-order frames (a replay or repair filling a gap), restarts (a new
+``boot_id``), and frames the agent said are lost for good.
+
+It also decides presence: ``online`` on any frame, ``offline`` after
+``offline_after_s`` of silence (default three of the device's announced
+heartbeat intervals), ``stopped`` on a heartbeat marked ``stopping``; each
+transition becomes a :class:`~sensorwire.collector.events.Presence` event.
+
+And it asks for missing frames: a :class:`RepairRequest` per device with gaps,
+first after ``repair_delay_s`` (a replay may fill them by itself), then with
+exponential backoff, up to ``repair_attempts`` times.
+
+Per-frame work is a few dictionary and attribute reads; everything else
+happens in :meth:`Tracker.tick`, about once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from sensorwire.collector.events import Event, Lost, Presence, State
+from sensorwire.collector.ranges import RangeSet
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
+
+log = logging.getLogger(__name__)
+
+MAX_BOOTS = 8              # boots followed per device (the newest)
+MAX_RANGES_PER_REQUEST = 256
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+@dataclass(slots=True)
+class BootTrack:
+    max_seq: int = 0
+    missing: RangeSet = field(default_factory=RangeSet)
+    lost: RangeSet = field(default_factory=RangeSet)
+    last_seen: float = 0.0
+
+
+@dataclass(slots=True)
+class DeviceTrack:
+    site: str
+    device: str
+    boots: dict[int, BootTrack] = field(default_factory=dict)
+    current_boot: int = 0
+    state: State | None = None
+    last_seen: float = 0.0        # monotonic
+    last_seen_ns: int = 0
+    heartbeat_s: float | None = None
+    frames: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    restarts: int = 0
+    lost: int = 0
+    gaps_retired: int = 0         # gaps of boots no longer followed
+    repair_due: float | None = None
+    repair_attempt: int = 0
+    changed: bool = False
+    tracked: bool = True          # False when the filters cover only some of its sensors
+
+    @property
+    def gaps(self) -> int:
+        return self.gaps_retired + sum(b.missing.count + b.lost.count for b in self.boots.values())
+
+
+@dataclass(frozen=True)
+class ResumeBoot:
+    """What storage knows about one boot when the collector starts."""
+
+    site: str
+    device: str
+    boot_id: int
+    max_seq: int
+    missing: list[tuple[int, int]]
+    last_seen_ns: int
+    state: State | None = None
+
+
+class Tracker:
+    def __init__(self, filters: Iterable[bytes], emit: Callable[[Event], None],
+                 send_request: Callable[[bytes], None], offline_after_s: float | None = None,
+                 repair: bool = True, repair_delay_s: float = 0.5, repair_attempts: int = 6) -> None:
+        self._filters = list(filters)
+        self.emit = emit
+        self.send_request = send_request
+        self.offline_after_s = offline_after_s
+        self.repair = repair
+        self.repair_delay_s = repair_delay_s
+        self.repair_attempts = repair_attempts
+        self.devices: dict[str, DeviceTrack] = {}
+        self.requests_sent = 0
+
+    # -- start-up ---------------------------------------------------------------------
+    def resume(self, boots: Iterable[ResumeBoot]) -> None:
+        now, now_ns = time.monotonic(), time.time_ns()
+        for rb in boots:
+            dev = self._device(rb.site, rb.device)
+            b = dev.boots.setdefault(rb.boot_id, BootTrack())
+            b.max_seq = max(b.max_seq, rb.max_seq)
+            for first, last in rb.missing:
+                b.missing.add(first, last)
+            seen = now - max(0, now_ns - rb.last_seen_ns) / 1e9
+            b.last_seen = seen
+            if rb.last_seen_ns >= dev.last_seen_ns:
+                dev.current_boot = rb.boot_id
+                dev.last_seen_ns = rb.last_seen_ns
+                dev.last_seen = seen
+                dev.state = rb.state
+            if b.missing and dev.tracked and self.repair:
+                dev.repair_due = now + self.repair_delay_s
+        if self.devices:
+            gaps = sum(d.gaps for d in self.devices.values())
+            log.info("resumed seq tracking of %d devices from storage (%d frames missing)",
+                     len(self.devices), gaps)
+
+    def _device(self, site: str, device: str) -> DeviceTrack:
+        dev = self.devices.get(device)
+        if dev is None:
+            dev = self.devices[device] = DeviceTrack(site, device)
+            prefix = f"{site}/{device}/".encode()
+            dev.tracked = any(prefix.startswith(f) for f in self._filters)
+        return dev
+
+    # -- every frame ----------------------------------------------------------------------
+    def on_frame(self, frame: Frame, now: float, now_ns: int) -> bool:
+        """Account for one checked frame; False when it is a duplicate to drop."""
+        dev = self.devices.get(frame.device_id)
+        if dev is None:
+            dev = self._device(frame.site, frame.device_id)
+        boot_id = frame.boot_id
+        b = dev.boots.get(boot_id)
+        if b is None:
+            b = self._new_boot(dev, boot_id)
+        dev.last_seen = b.last_seen = now
+        dev.last_seen_ns = now_ns
+        dev.changed = True
+        if dev.state != "online":
+            self._transition(dev, "online", now_ns)
+        seq = frame.seq
+        if seq == 0:
+            hb = frame.heartbeat
+            dev.heartbeat_s = hb.interval_s or None
+            if hb.last_seq > b.max_seq and dev.tracked:
+                self._gap(dev, b, b.max_seq + 1, hb.last_seq, now)
+                b.max_seq = hb.last_seq
+            for r in hb.unavailable:
+                self._unavailable(dev, r)
+            if hb.stopping and boot_id == dev.current_boot:
+                self._transition(dev, "stopped", now_ns)
+            return True
+        if seq == b.max_seq + 1:
+            b.max_seq = seq
+        elif seq > b.max_seq:
+            if dev.tracked:
+                self._gap(dev, b, b.max_seq + 1, seq - 1, now)
+            b.max_seq = seq
+        elif b.missing.discard(seq) or b.lost.discard(seq):
+            dev.out_of_order += 1
+        else:
+            dev.duplicates += 1
+            return False
+        dev.frames += 1
+        return True
+
+    def _new_boot(self, dev: DeviceTrack, boot_id: int) -> BootTrack:
+        b = dev.boots[boot_id] = BootTrack()
+        if dev.current_boot and dev.current_boot != boot_id:
+            dev.restarts += 1
+        dev.current_boot = boot_id
+        if len(dev.boots) > MAX_BOOTS:
+            oldest = min(dev.boots, key=lambda k: dev.boots[k].last_seen)
+            gone = dev.boots.pop(oldest)
+            dev.gaps_retired += gone.missing.count + gone.lost.count
+        return b
+
+    def _gap(self, dev: DeviceTrack, b: BootTrack, first: int, last: int, now: float) -> None:
+        b.missing.add(first, last)
+        if self.repair and dev.repair_due is None:
+            dev.repair_due = now + self.repair_delay_s
+            dev.repair_attempt = 0
+
+    def _unavailable(self, dev: DeviceTrack, r: SeqRange) -> None:
+        b = dev.boots.get(r.boot_id)
+        if b is None:
+            return
+        n = b.missing.remove(r.first, r.last)
+        if n:
+            b.lost.add(r.first, r.last)
+            dev.lost += n
+            log.warning("device %s: %d frames (boot %d, seq %d-%d) are lost for good: the agent "
+                        "no longer has them", dev.device, n, r.boot_id, r.first, r.last)
+            self.emit(Lost(dev.site, dev.device, r.boot_id, r.first, r.last))
+
+    def forget(self, frame: Frame, now: float) -> None:
+        """A frame accepted earlier never reached storage: treat it as missing again."""
+        dev = self.devices.get(frame.device_id)
+        if dev is None or frame.seq == 0 or not dev.tracked:
+            return
+        b = dev.boots.get(frame.boot_id)
+        if b is not None:
+            b.missing.add(frame.seq, frame.seq)
+            dev.frames -= 1
+            if self.repair and dev.repair_due is None:
+                dev.repair_due = now + self.repair_delay_s
+                dev.repair_attempt = 0
+
+    def _transition(self, dev: DeviceTrack, state: State, now_ns: int) -> None:
+        previous = dev.state
+        dev.state = state
+        if previous is not None or state == "online":
+            level = logging.INFO if state != "offline" else logging.WARNING
+            log.log(level, "device %s/%s is %s (was %s)", dev.site, dev.device, state, previous or "unknown")
+        self.emit(Presence(dev.site, dev.device, state, previous, now_ns, dev.last_seen_ns))
+
+    # -- about once a second -----------------------------------------------------------------
+    def tick(self, now: float, now_ns: int) -> None:
+        for dev in self.devices.values():
+            if dev.state == "online":
+                limit = self.offline_after_s or 3 * (dev.heartbeat_s or DEFAULT_HEARTBEAT_S)
+                if now - dev.last_seen > limit:
+                    self._transition(dev, "offline", now_ns)
+            if dev.repair_due is not None and now >= dev.repair_due:
+                self._request(dev, now)
+
+    def _request(self, dev: DeviceTrack, now: float) -> None:
+        req = RepairRequest(device_id=dev.device)
+        n = 0
+        for boot_id, b in dev.boots.items():
+            for first, last in b.missing:
+                req.ranges.add(boot_id=boot_id, first=first, last=last)
+                n += last - first + 1
+                if len(req.ranges) >= MAX_RANGES_PER_REQUEST:
+                    break
+        if not req.ranges:
+            dev.repair_due = None
+            dev.repair_attempt = 0
+            return
+        dev.repair_attempt += 1
+        if dev.repair_attempt > self.repair_attempts:
+            log.warning("device %s: %d frames still missing after %d repair requests; giving up "
+                        "until new gaps appear", dev.device, n, self.repair_attempts)
+            dev.repair_due = None
+            dev.repair_attempt = 0
+            return
+        self.send_request(wire.REPAIR + req.SerializeToString())
+        self.requests_sent += 1
+        log.info("device %s: asked for %d missing frames in %d ranges (attempt %d)",
+                 dev.device, n, len(req.ranges), dev.repair_attempt)
+        dev.repair_due = now + min(30.0, 2.0 ** dev.repair_attempt)
+
+    # -- summaries -----------------------------------------------------------------------------
+    def totals(self) -> dict[str, int]:
+        out = dict(devices=len(self.devices), online=0, frames=0, gaps=0, duplicates=0,
+                   out_of_order=0, restarts=0, lost=0)
+        for d in self.devices.values():
+            out["online"] += d.state == "online"
+            out["frames"] += d.frames
+            out["gaps"] += d.gaps
+            out["duplicates"] += d.duplicates
+            out["out_of_order"] += d.out_of_order
+            out["restarts"] += d.restarts
+            out["lost"] += d.lost
+        return out
