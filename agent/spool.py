@@ -76,7 +76,7 @@ class Spool:
         self.overflow = overflow
         self.fsync = fsync
         self.fsync_interval_s = fsync_interval_s
-        self.segment_bytes = segment_bytes or max(64 * 1024, min(8 << 20, max_bytes // 8))
+        self.segment_bytes = segment_bytes or max(4096, min(8 << 20, max_bytes // 8))
         self._segments: collections.deque[_Segment] = collections.deque()
         self._writer: BinaryIO | None = None
         self._reader: BinaryIO | None = None

@@ -99,6 +99,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return query.run(args.db, f, args.format)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from sensorwire.collector import status
+
+    return status.run(args.db, args.format)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from sensorwire import checkconfig
 
@@ -176,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=_positive_int, metavar="N")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_query)
+
+    st = sub.add_parser("status", help="devices: presence and loss counters",
+                        description="One row per device: state (online, offline, stopped), last "
+                        "seen, frames stored, gaps (frames missing), duplicates, restarts.")
+    st.add_argument("--db", required=True, metavar="FILE", help="the collector's SQLite file")
+    st.add_argument("--format", choices=("table", "json"), default="table")
+    st.set_defaults(func=cmd_status)
 
     k = sub.add_parser("check-config", help="validate an agent, proxy or collector file",
                        description="Validate a configuration file and say what is wrong.")
