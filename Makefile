@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean lint
+.PHONY: demo test bench venv clean lint sysdeps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sensorwire demo
 
-test: $(STAMP)
+# System tools some tests need (faketime for the clock tests). Installed with apt-get
+# when missing and running as root; otherwise those tests skip and say why.
+SYSDEPS := faketime
+sysdeps:
+	@missing=""; for t in $(SYSDEPS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing"; \
+	    apt-get install -y -q $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	  else echo "note: missing$$missing: the tests that need them will be skipped"; fi; \
+	fi
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -31,6 +31,7 @@ import zmq
 from google.protobuf.message import DecodeError
 
 from sensorwire import __version__, zmqutil
+from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import PublishConfig, SpoolConfig
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
@@ -47,7 +48,8 @@ class Publisher:
     """Owns the XPUB socket and the spool; used only by the agent's main thread."""
 
     def __init__(self, site: str, device_id: str, config: PublishConfig,
-                 spool: Spool | None = None, replay_rate: float = 1000.0) -> None:
+                 spool: Spool | None = None, replay_rate: float = 1000.0,
+                 clock: ClockState | None = None) -> None:
         self.site = site
         self.device_id = device_id
         self.config = config
@@ -73,6 +75,9 @@ class Publisher:
         self._held: tuple[int, int, bytes] | None = None   # a replayed frame ZeroMQ refused
         self._unavailable: list[SeqRange] = []
         self.sock: zmq.Socket[bytes] | None = None
+        self.clock = clock
+        self.clock_synced = clock.synced() if clock is not None else True
+        self._flags = 0 if self.clock_synced else 1
 
     @staticmethod
     def make_spool(config: SpoolConfig, folder: os.PathLike[str] | str) -> Spool | None:
@@ -165,6 +170,7 @@ class Publisher:
         f.seq = self.seq
         f.time_unix_nano = time_ns
         f.sensor = sensor
+        f.flags = self._flags
         add = f.samples.add
         for metric, value, unit in readings:
             add(metric=metric, value=value, unit=unit)
@@ -325,6 +331,10 @@ class Publisher:
         hb.interval_s = interval_s
         hb.last_seq = self.seq
         hb.stopping = stopping
+        if self.clock is not None:
+            self.clock_synced = self.clock.synced()
+            self._flags = 0 if self.clock_synced else 1
+        hb.clock_synced = self.clock_synced
         for k, v in self.counters.items():
             hb.counters[k] = v
         hb.counters["ring_frames"] = len(self._ring)

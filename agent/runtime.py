@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.sensors import Reading, Sensor, SensorConfig, SensorKind, StreamSensor
@@ -90,7 +91,7 @@ class Agent:
         self.config = config
         spool = Publisher.make_spool(config.spool, config.spool_dir)
         self.publisher = Publisher(config.site, config.device_id, config.publish, spool,
-                                   replay_rate=config.spool.replay_rate)
+                                   replay_rate=config.spool.replay_rate, clock=ClockState())
         self.states = create_sensors(config)
         self._stream_q: collections.deque[tuple[SensorState, int, Sequence[Reading]]] = (
             collections.deque()

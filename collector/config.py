@@ -56,8 +56,14 @@ class RepairConfig(Config):
     resume_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
 
 
+class TimeConfig(Config):
+    # frames of a device whose clock is further off than this are flagged (frames.flags & 2)
+    max_skew_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
 class CollectorConfig(Config):
     subscribe: SubscribeConfig
+    time: TimeConfig = msgspec.field(default_factory=TimeConfig)
     presence: PresenceConfig = msgspec.field(default_factory=PresenceConfig)
     repair: RepairConfig = msgspec.field(default_factory=RepairConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)

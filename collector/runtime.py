@@ -64,6 +64,7 @@ class Collector:
             self.subscribe_filters(), emit=self._emit, send_request=self._send_request,
             offline_after_s=config.presence.offline_after_s, repair=config.repair.enabled,
             repair_delay_s=config.repair.delay_s, repair_attempts=config.repair.attempts,
+            max_skew_s=config.time.max_skew_s,
         )
         self._counts_sent: dict[str, tuple[int, int]] = {}
 

@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS devices (
     heartbeat_s REAL,
     duplicates INTEGER NOT NULL DEFAULT 0,
     out_of_order INTEGER NOT NULL DEFAULT 0,
-    lost INTEGER NOT NULL DEFAULT 0
+    lost INTEGER NOT NULL DEFAULT 0,
+    clock_offset_s REAL,
+    clock_synced INTEGER
 );
 CREATE TABLE IF NOT EXISTS boots (
     device_key INTEGER NOT NULL REFERENCES devices(id),
@@ -201,9 +203,10 @@ class SqliteWriter:
         boots: dict[tuple[int, int], list[int]] = {}
         dups_by_dev: dict[int, int] = {}
         heartbeat_s: dict[int, float] = {}
+        clocks: dict[int, tuple[float, int]] = {}
         insert_frame = (
-            "INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns) "
-            "VALUES (?,?,?,?,?,?)"
+            "INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns, flags) "
+            "VALUES (?,?,?,?,?,?,?)"
         )
         stored = dups = 0
         cur.execute("BEGIN")
@@ -222,9 +225,10 @@ class SqliteWriter:
                         bs[2] = hb.last_seq
                     if hb.interval_s:
                         heartbeat_s[dev] = hb.interval_s
+                    clocks[dev] = ((frame.time_unix_nano - received) / 1e9, int(hb.clock_synced))
                     continue
                 cur.execute(insert_frame, (dev, boot, frame.seq, frame.sensor,
-                                           frame.time_unix_nano, received))
+                                           frame.time_unix_nano, received, frame.flags))
                 if cur.rowcount != 1:
                     dups += 1
                     dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
@@ -253,6 +257,9 @@ class SqliteWriter:
             if heartbeat_s:
                 cur.executemany("UPDATE devices SET heartbeat_s=? WHERE id=?",
                                 [(v, d) for d, v in heartbeat_s.items()])
+            if clocks:
+                cur.executemany("UPDATE devices SET clock_offset_s=?, clock_synced=? WHERE id=?",
+                                [(o, sy, d) for d, (o, sy) in clocks.items()])
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -325,10 +332,11 @@ def status(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT d.site, d.device, d.state, d.last_seen_ns, "
         "coalesce(sum(b.stored), 0), coalesce(sum(max(b.max_seq, b.announced_seq) - b.stored), 0), "
         "d.duplicates, max(count(b.boot_id) - 1, 0), d.out_of_order, d.lost, d.heartbeat_s, "
-        "d.state_since_ns FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
+        "d.state_since_ns, d.clock_offset_s, d.clock_synced "
+        "FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
         "GROUP BY d.id ORDER BY d.site, d.device").fetchall()
     keys = ("site", "device", "state", "last_seen_ns", "frames", "gaps", "duplicates", "restarts",
-            "out_of_order", "lost", "heartbeat_s", "state_since_ns")
+            "out_of_order", "lost", "heartbeat_s", "state_since_ns", "clock_offset_s", "clock_synced")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 

@@ -4,7 +4,9 @@ Everything comes from storage, so it works while the collector runs and after
 it stopped.  ``frames`` are the frames stored, ``gaps`` the frames missing
 from storage (holes in each boot's ``seq`` and the tail its heartbeats
 announced), ``duplicates`` frames received more than once, ``restarts`` new
-``boot_id``\\s after the first, ``lost`` frames the agent said it no longer has.
+``boot_id``\\s after the first, ``lost`` frames the agent said it no longer has,
+``clock_offset_s`` the device's clock minus the collector's (from its last
+heartbeat: transit time included) and ``clock_synced`` what the device says.
 A device recorded ``online`` whose last frame is older than three heartbeat
 intervals is shown ``offline`` (the collector that recorded it may be down).
 """
@@ -41,6 +43,8 @@ def rows(db: str, now_ns: int | None = None) -> list[dict[str, Any]]:
             "frames": r["frames"], "gaps": r["gaps"], "duplicates": r["duplicates"],
             "restarts": r["restarts"], "out_of_order": r["out_of_order"], "lost": r["lost"],
             "heartbeat_s": r["heartbeat_s"],
+            "clock_offset_s": None if r["clock_offset_s"] is None else round(r["clock_offset_s"], 3),
+            "clock_synced": None if r["clock_synced"] is None else bool(r["clock_synced"]),
         })
     return out
 
@@ -52,7 +56,7 @@ def run(db: str, fmt: str, out: TextIO = sys.stdout) -> int:
             out.write(render.json_line(r) + "\n")
     else:
         cols = ["site", "device", "state", "last_seen", "frames", "gaps", "duplicates", "restarts",
-                "out_of_order", "lost"]
+                "out_of_order", "lost", "clock_offset_s", "clock_synced"]
         out.write(render.table(cols, ([r[c] for c in cols] for r in found)) + "\n")
     out.flush()
     return 0

@@ -34,6 +34,8 @@ from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 log = logging.getLogger(__name__)
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
+MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
+FLAG_UNSYNCED, FLAG_SKEWED, FLAG_TIME_REPLACED = 1, 2, 4
 MAX_RANGES_PER_REQUEST = 256
 DEFAULT_HEARTBEAT_S = 5.0
 
@@ -66,6 +68,9 @@ class DeviceTrack:
     repair_attempt: int = 0
     changed: bool = False
     tracked: bool = True          # False when the filters cover only some of its sensors
+    clock_offset_s: float | None = None   # device clock minus collector clock, from heartbeats
+    clock_synced: bool | None = None
+    skewed: bool = False
 
     @property
     def gaps(self) -> int:
@@ -88,7 +93,8 @@ class ResumeBoot:
 class Tracker:
     def __init__(self, filters: Iterable[bytes], emit: Callable[[Event], None],
                  send_request: Callable[[bytes], None], offline_after_s: float | None = None,
-                 repair: bool = True, repair_delay_s: float = 0.5, repair_attempts: int = 6) -> None:
+                 repair: bool = True, repair_delay_s: float = 0.5, repair_attempts: int = 6,
+                 max_skew_s: float = 300.0) -> None:
         self._filters = list(filters)
         self.emit = emit
         self.send_request = send_request
@@ -96,8 +102,11 @@ class Tracker:
         self.repair = repair
         self.repair_delay_s = repair_delay_s
         self.repair_attempts = repair_attempts
+        self.max_skew_s = max_skew_s
         self.devices: dict[str, DeviceTrack] = {}
         self.requests_sent = 0
+        self.times_replaced = 0
+        self.frames_skewed = 0
 
     # -- start-up ---------------------------------------------------------------------
     def resume(self, boots: Iterable[ResumeBoot]) -> None:
@@ -149,6 +158,7 @@ class Tracker:
         if seq == 0:
             hb = frame.heartbeat
             dev.heartbeat_s = hb.interval_s or None
+            self._clock(dev, hb.clock_synced, (frame.time_unix_nano - now_ns) / 1e9)
             if hb.last_seq > b.max_seq and dev.tracked:
                 self._gap(dev, b, b.max_seq + 1, hb.last_seq, now)
                 b.max_seq = hb.last_seq
@@ -169,7 +179,29 @@ class Tracker:
             dev.duplicates += 1
             return False
         dev.frames += 1
+        if frame.time_unix_nano < MIN_VALID_NS:
+            frame.time_unix_nano = now_ns  # never store 1970 as if it were true
+            frame.flags |= FLAG_TIME_REPLACED
+            self.times_replaced += 1
+        elif dev.skewed:
+            frame.flags |= FLAG_SKEWED
+            self.frames_skewed += 1
         return True
+
+    def _clock(self, dev: DeviceTrack, synced: bool, offset_s: float) -> None:
+        """Follow a device's clock offset (smoothed over heartbeats) and flag a skew."""
+        old = dev.clock_offset_s
+        dev.clock_offset_s = offset_s if old is None or abs(offset_s - old) > 60 else 0.7 * old + 0.3 * offset_s
+        dev.clock_synced = synced
+        skewed = abs(dev.clock_offset_s) > self.max_skew_s
+        if skewed != dev.skewed:
+            dev.skewed = skewed
+            if skewed:
+                log.warning("device %s: its clock is %.1f s off (more than max_skew_s %.0f; clock "
+                            "synchronised: %s): its frames are flagged", dev.device,
+                            dev.clock_offset_s, self.max_skew_s, "yes" if synced else "no")
+            else:
+                log.info("device %s: its clock is within %.0f s again", dev.device, self.max_skew_s)
 
     def _new_boot(self, dev: DeviceTrack, boot_id: int) -> BootTrack:
         b = dev.boots[boot_id] = BootTrack()

@@ -54,7 +54,7 @@ class Heartbeat(_message.Message):
     def __init__(self, agent_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., interval_s: _Optional[float] = ..., last_seq: _Optional[int] = ..., stopping: _Optional[bool] = ..., counters: _Optional[_Mapping[str, int]] = ..., clock_synced: _Optional[bool] = ..., unavailable: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("site", "device_id", "boot_id", "seq", "time_unix_nano", "sensor", "samples", "heartbeat")
+    __slots__ = ("site", "device_id", "boot_id", "seq", "time_unix_nano", "sensor", "samples", "heartbeat", "flags")
     SITE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Frame(_message.Message):
     SENSOR_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
     site: str
     device_id: str
     boot_id: int
@@ -71,7 +72,8 @@ class Frame(_message.Message):
     sensor: str
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     heartbeat: Heartbeat
-    def __init__(self, site: _Optional[str] = ..., device_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., time_unix_nano: _Optional[int] = ..., sensor: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    flags: int
+    def __init__(self, site: _Optional[str] = ..., device_id: _Optional[str] = ..., boot_id: _Optional[int] = ..., seq: _Optional[int] = ..., time_unix_nano: _Optional[int] = ..., sensor: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., flags: _Optional[int] = ...) -> None: ...
 
 class RepairRequest(_message.Message):
     __slots__ = ("device_id", "ranges")

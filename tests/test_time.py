@@ -1,0 +1,81 @@
+"""Devices with wrong clocks are flagged, and a clock that never set is never stored as true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import free_port, run_cli, wait_until, write
+
+pytestmark = pytest.mark.slow
+
+needs_faketime = pytest.mark.skipif(
+    shutil.which("faketime") is None and not os.environ.get("SENSORWIRE_REQUIRE_ALL"),
+    reason="needs faketime (Debian package faketime; `make test` installs it when run as root)",
+)
+
+
+def agent_toml(device: str, front: str, tmp: Path) -> str:
+    return f"""\
+site = "gh"
+device_id = "{device}"
+[publish]
+connect = ["{front}"]
+heartbeat_s = 0.3
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.1
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
+[spool]
+dir = "{tmp / ('spool-' + device)}"
+"""
+
+
+@needs_faketime
+def test_wrong_clocks_are_flagged_and_a_clock_before_2020_is_replaced(tmp_path: Path, procs: Any) -> None:
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    db = tmp_path / "t.db"
+    procs("proxy", "proxy", "--frontend", front, "--backend", back)
+    procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
+          f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n'
+          '[time]\nmax_skew_s = 60\n')))
+    env = {"FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+    for device, fake in (("pi-late", "-2h"), ("pi-1999", "@1999-12-31 23:00:00"), ("pi-ok", None)):
+        prefix = ["faketime", "-f", fake] if fake else []
+        procs(device, "agent", "-c", str(write(tmp_path / f"{device}.toml", agent_toml(device, front, tmp_path))),
+              prefix=prefix, env=env)
+
+    def rows(device: str) -> list[tuple[int, int, int]]:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT f.time_ns, f.received_ns, f.flags FROM frames f JOIN devices d "
+                                "ON d.id = f.device_key WHERE d.device = ? ORDER BY f.seq", (device,)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+    wait_until(lambda: all(len(rows(d)) >= 20 for d in ("pi-late", "pi-1999", "pi-ok")), timeout_s=30,
+               what="frames from all three")
+
+    def status() -> dict[str, Any]:
+        import json
+        r = run_cli("status", "--db", str(db), "--format", "json")
+        return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
+    s = status()
+    assert -7300 < s["pi-late"]["clock_offset_s"] < -7100
+    assert abs(s["pi-ok"]["clock_offset_s"]) < 5
+    assert s["pi-1999"]["clock_offset_s"] < -600_000_000
+    # after the first heartbeat told the collector about the skew, every frame is flagged 2
+    late = rows("pi-late")[5:]
+    assert all(flags & 2 for _, _, flags in late)
+    assert all(t < r - 7000e9 for t, r, _ in late)  # the device's own time is kept, marked
+    # a time before 2020 is never stored as if it were true: receive time, flag 4
+    for t, r, flags in rows("pi-1999"):
+        assert flags & 4 and t == r and t > time.time_ns() - 3600e9
+    assert not any(flags & 6 for _, _, flags in rows("pi-ok"))
