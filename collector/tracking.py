@@ -34,6 +34,7 @@ from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 log = logging.getLogger(__name__)
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
+JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
 FLAG_UNSYNCED, FLAG_SKEWED, FLAG_TIME_REPLACED = 1, 2, 4
 MAX_RANGES_PER_REQUEST = 256
@@ -43,6 +44,7 @@ DEFAULT_HEARTBEAT_S = 5.0
 @dataclass(slots=True)
 class BootTrack:
     max_seq: int = 0
+    floor: int = 0          # seqs below this came before we listened: accepted, never gaps
     missing: RangeSet = field(default_factory=RangeSet)
     lost: RangeSet = field(default_factory=RangeSet)
     last_seen: float = 0.0
@@ -104,6 +106,7 @@ class Tracker:
         self.repair_attempts = repair_attempts
         self.max_skew_s = max_skew_s
         self.devices: dict[str, DeviceTrack] = {}
+        self.started = time.monotonic()
         self.requests_sent = 0
         self.times_replaced = 0
         self.frames_skewed = 0
@@ -148,7 +151,7 @@ class Tracker:
         boot_id = frame.boot_id
         b = dev.boots.get(boot_id)
         if b is None:
-            b = self._new_boot(dev, boot_id)
+            b = self._new_boot(dev, boot_id, frame, now)
         dev.last_seen = b.last_seen = now
         dev.last_seen_ns = now_ns
         dev.changed = True
@@ -173,7 +176,7 @@ class Tracker:
             if dev.tracked:
                 self._gap(dev, b, b.max_seq + 1, seq - 1, now)
             b.max_seq = seq
-        elif b.missing.discard(seq) or b.lost.discard(seq):
+        elif b.missing.discard(seq) or b.lost.discard(seq) or seq < b.floor:
             dev.out_of_order += 1
         else:
             dev.duplicates += 1
@@ -203,8 +206,14 @@ class Tracker:
             else:
                 log.info("device %s: its clock is within %.0f s again", dev.device, self.max_skew_s)
 
-    def _new_boot(self, dev: DeviceTrack, boot_id: int) -> BootTrack:
+    def _new_boot(self, dev: DeviceTrack, boot_id: int, frame: Frame, now: float) -> BootTrack:
         b = dev.boots[boot_id] = BootTrack()
+        if now - self.started < JOIN_GRACE_S:
+            # We may have joined this boot's stream late: what came before its first frame we
+            # see was not ours to miss.  Later than this, a new boot is followed from seq 1.
+            first = frame.heartbeat.last_seq + 1 if frame.seq == 0 else frame.seq
+            b.floor = first
+            b.max_seq = first - 1
         if dev.current_boot and dev.current_boot != boot_id:
             dev.restarts += 1
         dev.current_boot = boot_id
