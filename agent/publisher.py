@@ -135,6 +135,8 @@ class Publisher:
                 changed = True
             elif kind == 2:
                 self._repair(msg[1:])
+            elif kind == 3:  # a directly connected subscriber asks whether it is subscribed
+                self._send(wire.ACK + msg[1:65])
         if changed:
             self._listened.clear()
             log.debug("subscriptions now %r", sorted(self.subscriptions))

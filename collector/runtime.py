@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from collections.abc import Callable
 import time
 
@@ -67,6 +68,11 @@ class Collector:
             max_skew_s=config.time.max_skew_s,
         )
         self._counts_sent: dict[str, tuple[int, int]] = {}
+        self.cached_ignored = 0
+        self._nonce = os.urandom(8).hex().encode()
+        self._started = time.monotonic()
+        self._live_at: float | None = None
+        self._next_ping = 0.0
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -111,6 +117,7 @@ class Collector:
             sub.setsockopt(zmq.MAXMSGSIZE, max(1 << 20, 4 * self.config.limits.max_message_bytes))
             for f in self.subscribe_filters():
                 sub.send(b"\x01" + f)  # XSUB subscribes by message; resent on every reconnect
+            sub.send(b"\x01" + wire.ACK + self._nonce)
             for ep in self.config.subscribe.bind:
                 zmqutil.bind(sub, ep)
             for ep in self.config.subscribe.connect:
@@ -144,6 +151,10 @@ class Collector:
             if sub in events:
                 self.drain(sub)
             now = time.monotonic()
+            if self._live_at is None and now >= self._next_ping:
+                # "are my subscriptions live?" - answered by the proxy (or a bound agent)
+                sub.send(wire.PING + self._nonce)
+                self._next_ping = now + 1.0
             if now >= next_tick:
                 self.tracker.tick(now, time.time_ns())
                 self._flush_counts()
@@ -193,7 +204,13 @@ class Collector:
             try:
                 frame = decode(msg)
             except wire.WireError as exc:
-                self._reject(exc.reason, exc.detail)
+                if msg.startswith(wire.ACK):
+                    self._ack(msg)
+                else:
+                    self._reject(exc.reason, exc.detail)
+                continue
+            if frame.flags & wire.FLAG_CACHED:
+                self.cached_ignored += 1  # a proxy's last value: stored when it first passed
                 continue
             if on_frame(frame, mono, now):
                 batch.append((frame, now))
@@ -204,6 +221,12 @@ class Collector:
                 for frame, _ in r.offer(batch):
                     self.tracker.forget(frame, mono)
         return n
+
+    def _ack(self, msg: bytes) -> None:
+        if msg[len(wire.ACK):] == self._nonce and self._live_at is None:
+            self._live_at = time.monotonic()
+            log.info("subscriptions are live upstream, %.2f s after start: every frame from now "
+                     "on is received or accounted for", self._live_at - self._started)
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from sensorwire.collector.events import Event, Lost, Presence, State
 from sensorwire.collector.ranges import RangeSet
 from sensorwire.proto import wire
+from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 MAX_BOOTS = 8              # boots followed per device (the newest)
 JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
-FLAG_UNSYNCED, FLAG_SKEWED, FLAG_TIME_REPLACED = 1, 2, 4
 MAX_RANGES_PER_REQUEST = 256
 DEFAULT_HEARTBEAT_S = 5.0
 

@@ -21,12 +21,21 @@ from sensorwire.proto.v1.telemetry_pb2 import Frame
 DELIM = b"\x00"
 HEARTBEAT = "$hb"
 REPAIR = b"\x02"  # first byte of a repair request travelling upstream (0x00/0x01 are (un)subscribe)
+PING = b"\x03"    # upstream: "are my subscriptions live?" + a nonce of at most 64 bytes
+ACK = b"$ack/"    # downstream answer: ACK + nonce (no 0x00: never a frame)
+FLAG_UNSYNCED = 1       # Frame.flags: the agent's clock was not known to be synchronised
+FLAG_SKEWED = 2         # set in storage: the device's clock was more than max_skew_s off
+FLAG_TIME_REPLACED = 4  # set in storage: a time before 2020 replaced by the receive time
+FLAG_CACHED = 8         # sent again from a proxy's last-value cache
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
 
 __all__ = [
     "DELIM",
     "HEARTBEAT",
     "REPAIR",
+    "PING",
+    "ACK",
+    "mark_cached",
     "Decoder",
     "Frame",
     "WireError",
@@ -62,6 +71,14 @@ def heartbeat_topic(site: str, device: str) -> bytes:
 def encode(topic: bytes, frame: Frame) -> bytes:
     """The one-part message for ``frame`` on ``topic``."""
     return topic + DELIM + frame.SerializeToString()
+
+
+def mark_cached(msg: bytes) -> bytes:
+    """The same message with FLAG_CACHED set in its frame."""
+    end = msg.find(DELIM)
+    frame = Frame.FromString(msg[end + 1 :])
+    frame.flags |= FLAG_CACHED
+    return msg[: end + 1] + frame.SerializeToString()
 
 
 def subscriptions(prefix: str) -> list[bytes]:

@@ -1,9 +1,21 @@
 """The XSUB/XPUB proxy where agents and collectors meet.
 
 Agents connect to the XSUB *frontend*, collectors to the XPUB *backend*.
-Frames flow frontend -> backend; subscriptions flow backend -> frontend, so
-filtering happens at the agents.  The proxy counts frames and bytes passed
-and logs a one-line summary every minute.
+Frames flow frontend -> backend; subscriptions and gap-repair requests flow
+backend -> frontend, so filtering happens at the agents.  The proxy counts
+frames and bytes passed and logs a one-line summary every minute.
+
+Two more things happen here:
+
+- a *ping* from a subscriber (``0x03`` + nonce, sent after its subscriptions)
+  is answered on the backend with ``$ack/<nonce>``: the subscriber then knows
+  its subscriptions are live here;
+- with ``last_value_cache = true`` the proxy keeps the last frame of every
+  topic and, when a subscription arrives, sends the frames of the topics it
+  matches at once (the ZeroMQ guide's last-value cache; the backend is an XPUB
+  with ``XPUB_VERBOSE`` so every subscription is seen).  Those frames carry
+  flag 8 (``from a last-value cache``) so collectors do not count or store
+  them twice; ``sensorwire tail`` shows them.
 """
 
 from __future__ import annotations
@@ -12,13 +24,17 @@ import logging
 from collections.abc import Callable
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 import zmq
+from google.protobuf.message import DecodeError
 
 from sensorwire import configload, zmqutil
 from sensorwire.configload import Config
 from sensorwire.lifecycle import StopSignal
+from sensorwire.proto import wire
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +45,9 @@ class ProxyConfig(Config):
     frontend: str
     backend: str
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    summary_s: float = 60.0
+    summary_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    last_value_cache: bool = False
+    last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
 
 
 def load(path: str | Path) -> ProxyConfig:
@@ -42,6 +60,8 @@ class Proxy:
         self.frames = 0
         self.bytes = 0
         self.subscriptions = 0
+        self.cache: dict[bytes, bytes] | None = {} if config.last_value_cache else None
+        self.cache_sent = 0
 
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -50,6 +70,8 @@ class Proxy:
         try:
             for s in (front, back):
                 s.setsockopt(zmq.LINGER, 0)
+            if self.cache is not None:
+                back.setsockopt(zmq.XPUB_VERBOSE, 1)
             zmqutil.bind(front, self.config.frontend)
             zmqutil.bind(back, self.config.backend)
             log.info("proxy up: agents -> %s, collectors <- %s", self.config.frontend, self.config.backend)
@@ -73,9 +95,9 @@ class Proxy:
             timeout = max(0.0, next_summary - time.monotonic()) * 1000
             events = dict(poller.poll(timeout))
             if front in events:
-                self._pump(front, back, count=True)
+                self._downstream(front, back)
             if back in events:
-                self.subscriptions += self._pump(back, front, count=False)
+                self._upstream(back, front)
             now = time.monotonic()
             if now >= next_summary:
                 rate = (self.frames - last_frames) / self.config.summary_s
@@ -84,22 +106,60 @@ class Proxy:
                 last_frames = self.frames
                 next_summary = now + self.config.summary_s
 
-    def _pump(self, src: zmq.Socket[bytes], dst: zmq.Socket[bytes], count: bool) -> int:
-        n = 0
-        nbytes = 0
-        recv, send = src.recv, dst.send
+    def _downstream(self, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
+        """Frames from agents to collectors (and into the last-value cache)."""
+        n = nbytes = 0
+        recv, send = front.recv, back.send
+        cache = self.cache
         for _ in range(BATCH):
             try:
                 msg = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if src.rcvmore:
+            if front.rcvmore:  # not sensorwire: pass it on whole, collectors count it
                 send(msg, zmq.SNDMORE)
                 continue
             send(msg)
             n += 1
             nbytes += len(msg)
-        if count:
-            self.frames += n
-            self.bytes += nbytes
-        return n
+            if cache is not None:
+                end = msg.find(wire.DELIM, 0, wire.MAX_TOPIC_BYTES + 1)
+                if end > 0:
+                    topic = msg[:end]
+                    cache.pop(topic, None)
+                    cache[topic] = msg
+                    if len(cache) > self.config.last_value_topics:
+                        del cache[next(iter(cache))]
+        self.frames += n
+        self.bytes += nbytes
+
+    def _upstream(self, back: zmq.Socket[bytes], front: zmq.Socket[bytes]) -> None:
+        """Subscriptions and repair requests to agents; pings answered here."""
+        for _ in range(BATCH):
+            try:
+                msg = back.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind = msg[:1]
+            if kind == wire.PING:
+                back.send(wire.ACK + msg[1:65])
+                continue
+            front.send(msg)
+            if kind == b"\x01":
+                self.subscriptions += 1
+                if self.cache is not None:
+                    self._send_cached(back, msg[1:])
+
+    def _send_cached(self, back: zmq.Socket[bytes], prefix: bytes) -> None:
+        assert self.cache is not None
+        sent = 0
+        for topic, msg in list(self.cache.items()):
+            if (topic + wire.DELIM).startswith(prefix):
+                try:
+                    back.send(wire.mark_cached(msg))
+                except DecodeError:
+                    continue  # not a frame: nothing to cache (collectors rejected it already)
+                sent += 1
+        self.cache_sent += sent
+        if sent:
+            log.debug("last-value cache: %d frames for a new subscription %r", sent, prefix)

@@ -31,6 +31,7 @@ def frame_dict(frame: Frame, topic: str | None = None) -> dict[str, Any]:
         "samples": [
             {"metric": s.metric, "value": _num(s.value), "unit": s.unit or None} for s in frame.samples
         ],
+        "cached": bool(frame.flags & 8),
     }
     if is_hb:
         hb = frame.heartbeat

@@ -1,9 +1,16 @@
-"""``sensorwire tail``: print every frame as one JSON line, like mosquitto_sub."""
+"""``sensorwire tail``: print every frame as one JSON line, like mosquitto_sub.
+
+It subscribes with an XSUB socket and pings upstream, so it can say on stderr
+when its subscriptions are live; with a proxy's last-value cache on, the
+current value of every matching topic arrives at once (``"cached": true``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from typing import TextIO
 
 import zmq
@@ -21,20 +28,27 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
     for p in prefixes or [""]:
         filters += [f for f in wire.subscriptions(p) if f not in filters]
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
+    sub = ctx.socket(zmq.XSUB)
     sub.setsockopt(zmq.LINGER, 0)
     decoder = wire.Decoder()
     printed = 0
+    nonce = os.urandom(8).hex().encode()
+    live = False
     try:
-        for f in filters:
-            sub.setsockopt(zmq.SUBSCRIBE, f)
         for ep in endpoints:
             zmqutil.connect(sub, ep)
+        for f in filters:
+            sub.send(b"\x01" + f)
+        sub.send(b"\x01" + wire.ACK + nonce)
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(stop.fd, zmq.POLLIN)
+        next_ping = 0.0
         while not stop.is_set():
-            events = dict(poller.poll())
+            if not live and time.monotonic() >= next_ping:
+                sub.send(wire.PING + nonce)
+                next_ping = time.monotonic() + 1.0
+            events = dict(poller.poll(None if live else 1000))
             if sub not in events:
                 continue
             while True:
@@ -50,7 +64,12 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                 try:
                     frame = decoder.decode(msg)
                 except wire.WireError as exc:
-                    log.warning("skipped a bad message: %s", exc)
+                    if msg == wire.ACK + nonce:
+                        if not live:
+                            live = True
+                            log.info("subscribed: %s", ", ".join(p or "everything" for p in prefixes or [""]))
+                    elif not msg.startswith(wire.ACK):
+                        log.warning("skipped a bad message: %s", exc)
                     continue
                 topic = msg[: msg.index(wire.DELIM)].decode("ascii")
                 out.write(render.json_line(render.frame_dict(frame, topic)) + "\n")
