@@ -20,6 +20,7 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         started.append(p)
         return p
 
+    start.started = started  # type: ignore[attr-defined]
     yield start
     for p in reversed(started):
         p.close()

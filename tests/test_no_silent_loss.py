@@ -65,6 +65,9 @@ class Stack:
                     agent_toml(device, self.front, self.tmp / f"spool-{device}", **kw))
         return self.procs(f"agent-{device}-{n}", "agent", "-c", str(cfg))
 
+    def procs_started(self) -> list[Any]:
+        return [p for p in self.procs.started if not p.name.startswith("agent")]
+
     def seqs(self, device: str) -> list[tuple[int, int]]:
         """(boot_id, seq) stored for ``device``, in order."""
         if not self.db.exists():
@@ -98,11 +101,20 @@ def complete(stack: Stack, device: str, upto: int) -> bool:
 
 
 def stop_agents_and_check_every_seq(stack: Stack) -> None:
+    # frames lost in flight are repaired from the agents' rings while they run
+    wait_until(lambda: all(s["gaps"] == 0 for s in stack.status().values()), timeout_s=20,
+               what="gaps repaired")
     for device, agent in stack.agents.items():
         assert agent.terminate() == 0, agent.log()
         n = last_seq(agent)
-        wait_until(lambda d=device, n=n: complete(stack, d, n), timeout_s=20,
-                   what=f"{device}: seqs 1..{n} stored")
+        try:
+            wait_until(lambda d=device, n=n: complete(stack, d, n), timeout_s=20,
+                       what=f"{device}: seqs 1..{n} stored")
+        except AssertionError:
+            have = {s for _, s in stack.seqs(device)}
+            missing = sorted(set(range(1, n + 1)) - have)
+            logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in [agent, *stack.procs_started()])
+            raise AssertionError(f"{device}: missing {missing[:50]} of 1..{n}\n{logs}") from None
     wait_until(lambda: all(s["gaps"] == 0 for s in stack.status().values()), timeout_s=10,
                what="no gaps in status")
 
