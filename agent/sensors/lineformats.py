@@ -60,7 +60,8 @@ def decode(line: bytes) -> str:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadLine("undecodable", f"byte {line[exc.start]:#04x} at {exc.start} is not UTF-8") from None
+        raise BadLine("undecodable",
+                      f"byte {line[exc.start]:#04x} at {exc.start} is not UTF-8") from None
     m = _CONTROL.search(text)
     if m:
         raise BadLine("undecodable", f"control character {m.group()!r} at {m.start()}")
@@ -129,7 +130,8 @@ class LineSplitter:
             if not line:
                 continue  # the \n of \r\n, or a blank line
             if len(line) > self.max_line_bytes:
-                raise BadLine("too_long", f"{len(line)} bytes (max_line_bytes = {self.max_line_bytes})")
+                raise BadLine("too_long",
+                              f"{len(line)} bytes (max_line_bytes = {self.max_line_bytes})")
             return line
 
 
@@ -290,7 +292,8 @@ class NmeaFormat:
             for b in body.encode("ascii"):
                 got ^= b
         except (ValueError, UnicodeEncodeError):
-            raise BadLine("checksum", f"{given[:8]!r} is not a checksum, or the text is not ASCII") from None
+            raise BadLine("checksum",
+                          f"{given[:8]!r} is not a checksum, or the text is not ASCII") from None
         if got != want:
             raise BadLine("checksum", f"*{given[:8]} given, *{got:02X} computed")
         fields = body.split(",")

@@ -226,7 +226,8 @@ def test_nmea_bad_lines() -> None:
     assert reason(f.parse, "$GPGGA,1235" + GGA) == "checksum"  # a partial line run into the next
     assert reason(f.parse, "GPGGA,123519") == "malformed"
     assert reason(f.parse, nmea("GPGGA,123519,4807.038")) == "malformed"
-    assert reason(f.parse, nmea("GPGGA,1,4807.038,N,01131.000,E,x,08,0.9,545.4,M,,M,,")) == "not_numeric"
-    assert reason(f.parse, nmea("GPGGA,1,4877.038,N,01131.000,E,1,08,0.9,545.4,M,,M,,")) == "malformed"
-    assert reason(f.parse, nmea("GPGGA,1,4807.038,Q,01131.000,E,1,08,0.9,545.4,M,,M,,")) == "malformed"
+    gga = "GPGGA,1,{lat},{ns},01131.000,E,{q},08,0.9,545.4,M,,M,,"
+    assert reason(f.parse, nmea(gga.format(lat="4807.038", ns="N", q="x"))) == "not_numeric"
+    assert reason(f.parse, nmea(gga.format(lat="4877.038", ns="N", q="1"))) == "malformed"
+    assert reason(f.parse, nmea(gga.format(lat="4807.038", ns="Q", q="1"))) == "malformed"
     assert reason(f.parse, nmea("GPRMC,1,X,4807.038,N,01131.000,E,0,0,010124,,")) == "malformed"
