@@ -227,6 +227,10 @@ class SerialSensor:
         log.debug("sensor %s: opened %s", c.name, c.port)
 
     def read_next(self, timeout_s: float) -> Sequence[Reading] | None:
+        """The next good line's readings, or None after about ``timeout_s`` without one.
+
+        A read may overrun the deadline by a quarter of what was left (see ``_read``).
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             readings = self._next_reading()
@@ -290,15 +294,17 @@ class SerialSensor:
         port = self._port
         if port is None:
             raise SerialPortError(f"{self.config.port}: not open")
-        started = time.monotonic()
         try:
-            if wait != self._timeout:
+            # setting pyserial's timeout reconfigures the port (a tcgetattr at least):
+            # keep it while it is at most a quarter longer than the wait
+            if self._timeout is None or not wait <= self._timeout <= wait * 1.25:
                 port.timeout = wait
                 self._timeout = wait
+            started = time.monotonic()
             data: bytes = port.read(port.in_waiting or 1)
         except (serial.SerialException, OSError) as exc:
             raise SerialPortError(f"{self.config.port}: lost: {exc}") from exc
-        if not data and wait >= 0.02 and time.monotonic() - started < wait / 2:
+        if not data and self._timeout >= 0.02 and time.monotonic() - started < self._timeout / 2:
             # no data long before the timeout: end of input (a closed socket or pty)
             raise SerialPortError(f"{self.config.port}: lost: end of input")
         return data
