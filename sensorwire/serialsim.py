@@ -126,8 +126,8 @@ class Device:
         if self.fmt == "csv":
             return [f"{temp:.2f},{hum:.1f},{pres:.1f}"]
         if self.fmt == "kv":
-            return [f"temperature={temp:.2f} humidity={hum:.1f} pm2_5={max(0, 8 + r.gauss(0, 2)):.0f} "
-                    f"id=sim-1"]
+            pm = max(0.0, 8 + r.gauss(0, 2))
+            return [f"temperature={temp:.2f} humidity={hum:.1f} pm2_5={pm:.0f} id=sim-1"]
         if self.fmt == "json":
             return [f'{{"temperature": {temp:.2f}, "humidity": {hum:.1f}, "ok": true, '
                     f'"battery": {{"volts": {3.7 + r.gauss(0, 0.01):.3f}}}, "id": "sim-1"}}']
@@ -153,7 +153,8 @@ class Device:
         r = self.rng
         choice = r.randrange(3 if self.fmt == "nmea" else 2)
         if choice == 0:  # line noise at the wrong baud rate: not UTF-8
-            return bytes([0xFF, 0xFE] + [r.randrange(0x80, 0x100) for _ in range(r.randrange(4, 24))])
+            noise = [r.randrange(0x80, 0x100) for _ in range(r.randrange(4, 24))]
+            return bytes([0xFF, 0xFE, *noise])
         if choice == 1:  # a line cut short by a reset
             if self.fmt == "csv":
                 return good[: good.index(",")].encode()  # too few columns

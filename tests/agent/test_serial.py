@@ -90,7 +90,8 @@ FORMAT_CASES: dict[str, tuple[dict[str, Any], list[str], list[list[Reading]]]] =
         [[("fix_quality", 1.0, ""), ("satellites", 8.0, "count"), ("hdop", 0.9, ""),
           ("latitude", pytest.approx(48.1173), "deg"),
           ("longitude", pytest.approx(11.516667), "deg"), ("altitude", 545.4, "m")],
-         [("latitude", pytest.approx(48.1173), "deg"), ("longitude", pytest.approx(11.516667), "deg"),
+         [("latitude", pytest.approx(48.1173), "deg"),
+          ("longitude", pytest.approx(11.516667), "deg"),
           ("speed", pytest.approx(11.5236, abs=1e-4), "m/s"), ("course", 84.4, "deg")]],
     ),
     "regex": (
@@ -178,15 +179,15 @@ def test_noise_nmea_gives_exactly_the_valid_readings_and_counts_the_bad(
                                  "bad_lines.undecodable": 1}
 
 
-def test_a_missing_port_raises_a_retryable_error(tmp_path: Path,
-                                                 make_sensor: Callable[..., SerialSensor]) -> None:
+def test_a_missing_port_raises_a_retryable_error(
+        tmp_path: Path, make_sensor: Callable[..., SerialSensor]) -> None:
     sensor = make_sensor(port=str(tmp_path / "ttyUSB9"), format="json")
     with pytest.raises(SerialPortError, match="ttyUSB9"):
         sensor.open()
 
 
-def test_unplug_then_replug_at_a_repointed_symlink(tmp_path: Path,
-                                                   make_sensor: Callable[..., SerialSensor]) -> None:
+def test_unplug_then_replug_at_a_repointed_symlink(
+        tmp_path: Path, make_sensor: Callable[..., SerialSensor]) -> None:
     link = tmp_path / "ttyGPS"
     first, second = Pty(), Pty()
     try:

@@ -222,7 +222,7 @@ def test_noise_stores_exactly_the_valid_readings_and_counts_exactly_the_bad(
             gga(1) + b"\r\n",
             b"\xff\xfe\x13\x88\xa0\xfa\r\n",                   # line noise: undecodable
             wrong_checksum(gga(2)) + b"\r\n",                 # checksum
-            b"$GPGGA,1200", gga(3) + b"\r\n",                 # cut short, run into the next: checksum
+            b"$GPGGA,1200", gga(3) + b"\r\n",                 # cut, run into the next: checksum
             gga(4)[:25] + b"\r\n",                            # cut short: no checksum
             nmea("GPGSV,1,1,01,03,03,111,00").encode() + b"\r\n",  # another sentence type: skipped
             b"$" + b"9" * 600 + b"\r\n",                      # too_long
