@@ -192,7 +192,9 @@ def run(fmt: str, rate_hz: float, garbage: float, stop: StopSignal,
                     pty.write(line.encode() + b"\r\n")
                     good += 1
             n += 1
-            stop.event.wait(max(0.0, start + n * period - clock()))
+            # wait on the signal pipe, not stop.event: Event.set() in a signal handler
+            # deadlocks when the signal lands while this thread holds the event's lock
+            select.select([stop.fd], [], [], max(0.0, start + n * period - clock()))
         log.info("stopped: %d good and %d corrupt lines written, %d writes dropped (nobody read)",
                  good, bad, pty.dropped_writes)
     return 0
