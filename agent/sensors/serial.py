@@ -209,6 +209,7 @@ class SerialSensor:
     def open(self) -> None:
         import serial  # pyserial: only agents with a serial sensor load it
 
+        self.close()
         c = self.config
         try:
             self._port = serial.serial_for_url(
@@ -313,6 +314,8 @@ class SerialSensor:
         import serial
 
         assert self._poll is not None
+        if self._port is None:
+            raise SerialPortError(f"{self.config.port}: not open")
         try:
             self._port.write(self._poll)
         except (serial.SerialException, OSError) as exc:
