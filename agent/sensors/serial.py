@@ -18,6 +18,10 @@ What the host may rely on:
   the tail of a line the device began before the port was open); with
   ``poll`` nothing is discarded, since the device speaks only when asked.
 
+pyserial opens and configures every port.  Native ports and ``socket://``
+are then read straight from their descriptor (one ``select`` and one
+``read`` per burst of bytes, which is what pyserial's own read does, without
+its per-call overhead); other URL handlers are read through pyserial.
 pyserial is imported only when a port is opened or listed.
 """
 
@@ -27,6 +31,7 @@ import glob
 import logging
 import os
 import re
+import select
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +61,9 @@ PARITIES = ("N", "E", "O", "M", "S")
 STOPBITS = (1, 1.5, 2)
 BYTESIZES = (5, 6, 7, 8)
 WRITE_TIMEOUT_S = 1.0
+READ_MAX = 4096
+# native POSIX ports and socket://; other handlers (loop://, rfc2217://, spy://) read via pyserial
+_FD_READERS = ("serial.serialposix", "serial.urlhandler.protocol_socket")
 
 
 class SerialPortError(Exception):
@@ -201,6 +209,7 @@ class SerialSensor:
         self._poll = config.poll.encode("utf-8") if config.poll is not None else None
         self._next_poll = 0.0
         self._port: Any = None
+        self._fd: int | None = None  # a native port's descriptor, read directly
         self._timeout: float | None = None
         self._bad: dict[str, int] = {}
         self._bad_total = 0
@@ -220,6 +229,8 @@ class SerialSensor:
         except (serial.SerialException, OSError, ValueError) as exc:
             raise SerialPortError(f"cannot open {c.port}: {exc}") from exc
         self._timeout = 0.5
+        # ports whose pyserial read is select + read on one descriptor are read directly
+        self._fd = self._port.fileno() if type(self._port).__module__ in _FD_READERS else None
         if self._poll is None:
             self._lines.resync()
         else:
@@ -249,6 +260,7 @@ class SerialSensor:
 
     def close(self) -> None:
         port, self._port = self._port, None
+        self._fd = None
         if port is not None:
             try:
                 port.close()
@@ -290,6 +302,9 @@ class SerialSensor:
                          self.config.name, exc.reason, exc.detail, shown, self._bad_total)
 
     def _read(self, wait: float) -> bytes:
+        """What arrives within ``wait`` seconds (b"" when nothing does)."""
+        if self._fd is not None:
+            return self._read_fd(self._fd, wait)
         import serial
 
         port = self._port
@@ -307,6 +322,22 @@ class SerialSensor:
             raise SerialPortError(f"{self.config.port}: lost: {exc}") from exc
         if not data and self._timeout >= 0.02 and time.monotonic() - started < self._timeout / 2:
             # no data long before the timeout: end of input (a closed socket or pty)
+            raise SerialPortError(f"{self.config.port}: lost: end of input")
+        return data
+
+    def _read_fd(self, fd: int, wait: float) -> bytes:
+        """A native port: one select and one read per burst, what pyserial's read does
+        inside, without its per-call overhead (this is the hot path at high line rates)."""
+        try:
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                return b""
+            data = os.read(fd, READ_MAX)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except (OSError, ValueError) as exc:
+            raise SerialPortError(f"{self.config.port}: lost: {exc}") from exc
+        if not data:  # readable but empty: hung up (unplugged, or the pty's other side closed)
             raise SerialPortError(f"{self.config.port}: lost: end of input")
         return data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -257,6 +258,28 @@ def test_poll_writes_the_request_every_interval_and_reads_each_answer(
     assert [r[0][1] for r in got] == [1.5, 2.5, 3.5]
     assert requests[:3] == [b"READ"] * 3
     assert elapsed >= 0.35  # three polls, 0.2 s apart
+
+
+def test_a_pyserial_url_without_a_descriptor_works_too(
+        make_sensor: Callable[..., SerialSensor]) -> None:
+    """loop:// sends back what is written: the poll string is its own answer."""
+    sensor = make_sensor(port="loop://", format="kv", poll="t=21.5 h=40\r\n", interval_s=0.1)
+    sensor.open()
+    assert collect(sensor, 2) == [[("t", 21.5, ""), ("h", 40.0, "")]] * 2
+
+
+def test_socket_url_reads_lines_and_notices_the_peer_closing(
+        make_sensor: Callable[..., SerialSensor]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        sensor = make_sensor(port=f"socket://127.0.0.1:{port}", format="csv", fields=["a"])
+        sensor.open()
+        peer, _ = server.accept()
+        with peer:
+            peer.sendall(b"\n1\n2\n")
+            assert collect(sensor, 2) == [[("a", 1.0, "")], [("a", 2.0, "")]]
+        with pytest.raises(SerialPortError, match="lost"):
+            wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the loss to show")
 
 
 # -- configuration --------------------------------------------------------------
