@@ -110,6 +110,10 @@ def cpu_s(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def thread_cpu_s(proc: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+
+
 def run(duration_s: float, rate_hz: float, idle_s: float) -> int:
     with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp, Pty() as pty:
         workdir = Path(tmp)
@@ -146,7 +150,7 @@ def run(duration_s: float, rate_hz: float, idle_s: float) -> int:
             # load: numbered lines at a steady rate
             total = int(duration_s * rate_hz)
             written_ns: dict[int, int] = {}
-            c0, w0 = cpu_s(proc), time.monotonic()
+            c0, w0, t0 = cpu_s(proc), time.monotonic(), thread_cpu_s(proc)
             for n in range(1, total + 1):
                 due = w0 + (n - 1) / rate_hz
                 while (left := due - time.monotonic()) > 0:
@@ -159,6 +163,9 @@ def run(duration_s: float, rate_hz: float, idle_s: float) -> int:
                 receive(sub, decoder, tally, 50)
             w1 = time.monotonic()
             load_cpu = (cpu_s(proc) - c0) / (w1 - w0) * 100
+            t1 = thread_cpu_s(proc)
+            per_thread = sorted(((t1[i] - t0.get(i, 0.0)) / (w1 - w0) * 100 for i in t1),
+                                reverse=True)
             receive(sub, decoder, tally, 1500)  # one more heartbeat for the counters
         finally:
             sub.close()
@@ -188,7 +195,8 @@ def run(duration_s: float, rate_hz: float, idle_s: float) -> int:
             print(f"  write -> agent stamp   median {statistics.median(delays_ms):.2f} ms, "
                   f"p99 {p99:.2f} ms, max {delays_ms[-1]:.2f} ms")
         print(f"  agent CPU, idle        {idle_cpu:.2f} % of one core ({idle_s:g} s)")
-        print(f"  agent CPU, under load  {load_cpu:.2f} % of one core ({w1 - w0:.1f} s)")
+        print(f"  agent CPU, under load  {load_cpu:.2f} % of one core ({w1 - w0:.1f} s); "
+              f"busiest threads {', '.join(f'{p:.2f} %' for p in per_thread[:3])}")
         ok = lost == 0 and load_cpu < 5.0
         print(f"  target (no loss, < 5 % of a core): {'met' if ok else 'NOT met'}")
         return 0 if ok else 1
