@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_check_config)
 
     d = sub.add_parser("demo", help="run a proxy, a collector and simulated agents locally",
-                       description="Start a proxy, a collector and three simulated agents on "
-                       "free local ports, run them, stop them and show what was stored.")
+                       description="Start a proxy, a collector, three simulated agents and one "
+                       "on a simulated serial device on free local ports, run them, stop them "
+                       "and show what was stored.")
     d.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds (default 20)")
     d.add_argument("--dir", default="sensorwire-demo", metavar="DIR",
                    help="where configs, logs and the database go (default ./sensorwire-demo)")

@@ -2,8 +2,9 @@
 
 Starts a proxy, a collector, three simulated agents and one agent reading a
 simulated serial device (``sensorwire serial-sim`` on a pty) as real
-processes on free loopback ports, lets them run, stops them with SIGTERM and prints what
-was stored per device, then the ``sensorwire query`` command to look closer.
+processes on free loopback ports, lets them run, stops them with SIGTERM and
+prints what was stored per device, then the ``sensorwire query`` command to
+look closer.
 """
 
 from __future__ import annotations
@@ -144,8 +145,7 @@ def run(duration_s: float = 20.0, workdir: str = "sensorwire-demo") -> int:
         f'[storage]\nkind = "sqlite"\npath = "{db}"\n')
     procs = Procs(wd)
     print(f"sensorwire demo: proxy on ports {front}/{back}, {len(AGENTS) + 1} agents, "
-          f"{duration_s:.0f} s; "
-          f"files in {wd}", flush=True)
+          f"{duration_s:.0f} s; files in {wd}", flush=True)
     try:
         procs.start("proxy", "proxy", "-c", str(wd / "proxy.toml"))
         procs.start("collector", "collector", "-c", str(wd / "collector.toml"))
