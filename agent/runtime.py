@@ -216,6 +216,8 @@ class Agent:
         out = [("sensor_errors", sum(s.errors for s in self.states)),
                ("stream_dropped", self.stream_dropped)]
         out += [(f"sensor_errors.{s.name}", s.errors) for s in self.states if s.errors]
+        for s in self.states:
+            out += _sensor_counters(s)
         return out
 
     def _shutdown(self) -> None:
@@ -277,6 +279,28 @@ class Agent:
                     return
                 st, t, readings = self._stream_q.popleft()
             self._publish(st.name, readings, t)
+
+
+def _sensor_counters(st: SensorState) -> list[tuple[str, int]]:
+    """A sensor's own counters, when it has a ``counters()`` method (optional).
+
+    The sensor's name goes after the counter's first segment: a serial
+    sensor ``gps`` reporting ``bad_lines`` and ``bad_lines.checksum`` gives
+    ``bad_lines.gps`` and ``bad_lines.gps.checksum``.
+    """
+    counters = getattr(st.sensor, "counters", None)
+    if counters is None:
+        return []
+    try:
+        items = list(counters().items())
+    except Exception as exc:  # noqa: BLE001 - a sensor's bug must not stop the heartbeat
+        log.debug("sensor %s: counters() failed: %s", st.name, exc)
+        return []
+    out: list[tuple[str, int]] = []
+    for key, value in items:
+        head, dot, tail = key.partition(".")
+        out.append((f"{head}.{st.name}{dot}{tail}", value))
+    return out
 
 
 def _close_quietly(st: SensorState) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -119,9 +120,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(duration_s=args.duration, workdir=args.dir)
 
 
+def cmd_serial_list(args: argparse.Namespace) -> int:
+    from sensorwire import render
+    from sensorwire.agent.sensors.serial import list_ports
+
+    ports = list_ports()
+    if not ports:
+        print("no serial ports found", file=sys.stderr)
+        return EXIT_OK
+    print(render.table(["port", "stable path", "description", "vid:pid"],
+                       [(p.device, p.by_id, p.description, p.vid_pid) for p in ports]))
+    return EXIT_OK
+
+
+def cmd_serial_sim(args: argparse.Namespace) -> int:
+    from sensorwire import serialsim
+    from sensorwire.lifecycle import StopSignal
+
+    with StopSignal().install() as stop:
+        return serialsim.run(args.format, args.rate, args.garbage, stop)
+
+
 # -- parsing ------------------------------------------------------------------
 class _Usage(Exception):
     pass
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
+    return v
 
 
 def _positive_int(text: str) -> int:
@@ -198,12 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_check_config)
 
     d = sub.add_parser("demo", help="run a proxy, a collector and simulated agents locally",
-                       description="Start a proxy, a collector and three simulated agents on "
-                       "free local ports, run them, stop them and show what was stored.")
+                       description="Start a proxy, a collector, three simulated agents and one "
+                       "on a simulated serial device on free local ports, run them, stop them "
+                       "and show what was stored.")
     d.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds (default 20)")
     d.add_argument("--dir", default="sensorwire-demo", metavar="DIR",
                    help="where configs, logs and the database go (default ./sensorwire-demo)")
     d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serial", help="serial ports on this machine",
+                       description="Serial port tools.")
+    s_sub = s.add_subparsers(dest="serial_command", metavar="COMMAND", required=True)
+    sl = s_sub.add_parser("list", help="list serial ports with their stable paths",
+                          description="List the serial ports: device, stable "
+                          "/dev/serial/by-id/ path, description and USB VID:PID.")
+    sl.set_defaults(func=cmd_serial_list)
+
+    ss = sub.add_parser("serial-sim", help="a simulated serial device on a pseudo-terminal",
+                        description="Create a pseudo-terminal, print its path as the first "
+                        "line, and write lines of FORMAT to it until stopped.")
+    ss.add_argument("--format", required=True, choices=("csv", "kv", "json", "nmea"))
+    ss.add_argument("--rate", type=_positive_float, default=1.0, metavar="HZ",
+                    help="readings per second (nmea: fixes, a GGA and an RMC sentence each; "
+                    "default 1)")
+    ss.add_argument("--garbage", type=_fraction, default=0.0, metavar="FRACTION",
+                    help="fraction of lines written corrupt (default 0)")
+    ss.set_defaults(func=cmd_serial_sim)
     return p
 
 

@@ -1,13 +1,16 @@
 """``sensorwire demo``: the whole data path on one machine, in one command.
 
-Starts a proxy, a collector and three simulated agents as real processes on
-free loopback ports, lets them run, stops them with SIGTERM and prints what
-was stored per device, then the ``sensorwire query`` command to look closer.
+Starts a proxy, a collector, three simulated agents and one agent reading a
+simulated serial device (``sensorwire serial-sim`` on a pty) as real
+processes on free loopback ports, lets them run, stops them with SIGTERM and
+prints what was stored per device, then the ``sensorwire query`` command to
+look closer.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -24,6 +27,7 @@ AGENTS = [
     ("greenhouse", "pi-02", 2),
     ("cold-store", "pi-03", 3),
 ]
+SERIAL_AGENT = ("workshop", "pi-04")
 
 
 def free_port() -> int:
@@ -58,6 +62,24 @@ dir = "{spool_dir}"
 """
 
 
+def serial_agent_toml(site: str, device: str, port: str, frontend: str) -> str:
+    return f"""\
+site = "{site}"
+device_id = "{device}"
+[publish]
+connect = ["{frontend}"]
+heartbeat_s = 2.0
+[[sensors]]
+name = "bench"
+kind = "serial"
+port = "{port}"
+baudrate = 115200
+format = "csv"
+fields = ["temperature", "humidity", "pressure"]
+units = {{ temperature = "C", humidity = "%", pressure = "hPa" }}
+"""
+
+
 class Procs:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -80,6 +102,21 @@ class Procs:
                 raise RuntimeError(f"{name} did not become ready; see {self.workdir / (name + '.log')}")
         finally:
             listener.close()
+
+    def start_serial_sim(self, name: str, *argv: str, timeout_s: float = 15.0) -> str:
+        """Start ``sensorwire serial-sim``; returns the pty path it prints first."""
+        logf = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([sys.executable, "-m", "sensorwire", "serial-sim", *argv],
+                                stdout=subprocess.PIPE, stderr=logf)
+        logf.close()
+        self.procs.append((name, proc))
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        path = proc.stdout.readline().decode().strip() if ready else ""
+        proc.stdout.close()
+        if not path:
+            raise RuntimeError(f"{name} gave no pty path; see {self.workdir / (name + '.log')}")
+        return path
 
     def stop(self, timeout_s: float = 5.0) -> list[tuple[str, int | None]]:
         out: list[tuple[str, int | None]] = []
@@ -109,8 +146,8 @@ def run(duration_s: float = 20.0, workdir: str = "sensorwire-demo") -> int:
         f'[subscribe]\nconnect = ["tcp://127.0.0.1:{back}"]\n'
         f'[storage]\nkind = "sqlite"\npath = "{db}"\n')
     procs = Procs(wd)
-    print(f"sensorwire demo: proxy on ports {front}/{back}, 3 agents, {duration_s:.0f} s; "
-          f"files in {wd}", flush=True)
+    print(f"sensorwire demo: proxy on ports {front}/{back}, {len(AGENTS) + 1} agents, "
+          f"{duration_s:.0f} s; files in {wd}", flush=True)
     try:
         procs.start("proxy", "proxy", "-c", str(wd / "proxy.toml"))
         procs.start("collector", "collector", "-c", str(wd / "collector.toml"))
@@ -119,6 +156,12 @@ def run(duration_s: float = 20.0, workdir: str = "sensorwire-demo") -> int:
             cfg.write_text(agent_toml(site, device, seed, f"tcp://127.0.0.1:{front}",
                                     wd / "spool" / device))
             procs.start(f"agent-{device}", "agent", "-c", str(cfg))
+        site, device = SERIAL_AGENT
+        port = procs.start_serial_sim("serial-sim", "--format", "csv", "--rate", "2",
+                                      "--garbage", "0.05")
+        cfg = wd / f"agent-{device}.toml"
+        cfg.write_text(serial_agent_toml(site, device, port, f"tcp://127.0.0.1:{front}"))
+        procs.start(f"agent-{device}", "agent", "-c", str(cfg))
         print("running; try in another terminal:  sensorwire tail --connect "
               f"tcp://127.0.0.1:{back}", flush=True)
         deadline = time.monotonic() + duration_s

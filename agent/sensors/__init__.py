@@ -59,6 +59,10 @@ class StreamSensor(Protocol):
 
     The host calls ``read_next(timeout_s)`` in a thread of its own; it blocks
     for at most ``timeout_s`` and returns one sample's readings, or None.
+
+    Any sensor may also have ``counters() -> dict[str, int]`` (e.g. bad input
+    by reason); the host calls it from its main thread for every heartbeat,
+    so it must be cheap and must not block.
     """
 
     def open(self) -> None: ...
