@@ -200,6 +200,11 @@ def _describe(node: Any) -> str | None:
                 return None
             bounds = [f"{sym} {_fmt(getattr(node, attr))}" for attr, sym in _BOUNDS
                       if getattr(node, attr, None) is not None]
+            if isinstance(node, mi.IntType):  # msgspec keeps integer bounds as gt/lt: say >= / <=
+                bounds = [b.replace("> ", ">= ").replace(str(node.gt), str(node.gt + 1))
+                          if b.startswith("> ") and node.gt is not None else
+                          b.replace("< ", "<= ").replace(str(node.lt), str(node.lt - 1))
+                          if b.startswith("< ") and node.lt is not None else b for b in bounds]
             return word + (" " + " and ".join(bounds) if bounds else "")
     if isinstance(node, mi.LiteralType):
         return "one of " + ", ".join(json.dumps(v) for v in node.values)
