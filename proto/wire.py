@@ -20,14 +20,17 @@ from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 DELIM = b"\x00"
 HEARTBEAT = "$hb"
+ALERT = "alert"
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
 
 __all__ = [
     "DELIM",
     "HEARTBEAT",
     "Decoder",
+    "ALERT",
     "Frame",
     "WireError",
+    "alert_topic",
     "data_topic",
     "encode",
     "heartbeat_topic",
@@ -55,6 +58,12 @@ def data_topic(site: str, device: str, sensor: str) -> bytes:
 
 def heartbeat_topic(site: str, device: str) -> bytes:
     return f"{site}/{device}/{HEARTBEAT}".encode("ascii")
+
+
+def alert_topic(site: str, device: str, rule: str) -> bytes:
+    """``alert/<site>/<device>/<rule>``: where alerts are republished (four segments,
+    so never mistaken for a data topic)."""
+    return f"{ALERT}/{site}/{device}/{rule}".encode("ascii")
 
 
 def encode(topic: bytes, frame: Frame) -> bytes:
