@@ -102,6 +102,7 @@ class Instance:
     started_ns: int = 0               # firing: when it fired
     notified_ns: int = 0              # firing: the last "firing" notification
     value: float | None = None        # the last value the condition saw
+    threshold: float | None = None    # firing: the threshold it crossed
     last_seen_ns: int | None = None   # stale: the last sample
     window: collections.deque[tuple[int, float]] | None = None  # rate: (sample time, value)
     scheduled: int | None = None      # the due time of this instance's live heap entry
@@ -136,6 +137,7 @@ class ActiveAlert:
     started_ns: int
     notified_ns: int
     value: float | None
+    threshold: float | None = None
 
 
 @dataclass
@@ -171,6 +173,7 @@ class Engine:
             inst = self._instance(rule, a.site, a.device, a.sensor, a.metric)
             inst.phase = "firing"
             inst.started_ns, inst.notified_ns, inst.value = a.started_ns, a.notified_ns, a.value
+            inst.threshold = a.threshold
             self._schedule(inst)
         return unknown
 
@@ -342,13 +345,14 @@ class Engine:
     def _notification(self, inst: Instance, state: Literal["firing", "resolved"], t: int) -> Notification:
         self.transitions += 1
         r = inst.rule
-        threshold = r.crossed(inst.value) if r.kind != "offline" else None
+        if state == "firing" and t == inst.started_ns:
+            inst.threshold = r.crossed(inst.value)
         return Notification(
             rule=r.name, severity=r.config.severity, state=state, site=inst.site,
             device=inst.device, sensor=inst.sensor, metric=inst.metric, value=inst.value,
-            threshold=threshold, started_ns=inst.started_ns,
+            threshold=inst.threshold, started_ns=inst.started_ns,
             resolved_ns=t if state == "resolved" else None,
-            summary=summary(inst, state, t),
+            summary=summary(inst, state, t), time_ns=t,
         )
 
     # -- bookkeeping ----------------------------------------------------------

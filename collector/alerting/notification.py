@@ -46,11 +46,7 @@ class Notification:
     started_ns: int
     resolved_ns: int | None
     summary: str
-
-    @property
-    def time_ns(self) -> int:
-        """When the transition happened: the start when firing, the end when resolved."""
-        return self.resolved_ns if self.resolved_ns is not None else self.started_ns
+    time_ns: int  # when it was sent: started, resolved, or a repeat's time (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return {

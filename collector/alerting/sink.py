@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Ticks look this far behind the wall clock, so a frame received just before a
 # tick but still in the queue is never overtaken by a stale alert.
-TICK_LAG_NS = 500_000_000
+TICK_LAG_NS = 1_000_000_000
 UNSAVED_MAX = 10_000
 
 

@@ -86,9 +86,11 @@ class AlertStore:
     def active(self) -> list[ActiveAlert]:
         assert self.conn is not None
         return [
-            ActiveAlert(rule, site, device, sensor or None, metric or None, started, notified, value)
-            for rule, site, device, sensor, metric, started, notified, value in self.conn.execute(
-                "SELECT rule, site, device, sensor, metric, started_ns, notified_ns, value "
+            ActiveAlert(rule, site, device, sensor or None, metric or None, started, notified, value,
+                        threshold)
+            for rule, site, device, sensor, metric, started, notified, value, threshold
+            in self.conn.execute(
+                "SELECT rule, site, device, sensor, metric, started_ns, notified_ns, value, threshold "
                 "FROM alert_instances ORDER BY started_ns")
         ]
 
@@ -143,7 +145,7 @@ class AlertStore:
 # -- readers for ``sensorwire alerts`` ------------------------------------------
 def history(conn: sqlite3.Connection, since_ns: int | None = None) -> Iterator[Notification]:
     """Every notification sent, oldest first."""
-    sql = f"SELECT {_COLUMNS} FROM alert_history"
+    sql = f"SELECT {_COLUMNS}, time_ns FROM alert_history"
     args: list[int] = []
     if since_ns is not None:
         sql += " WHERE time_ns >= ?"
@@ -176,4 +178,4 @@ def active(conn: sqlite3.Connection, since_ns: int | None = None) -> Iterator[No
         raise
     for rule, sev, site, device, sensor, metric, value, threshold, started, summ in rows:
         yield Notification(rule, sev, "firing", site, device, sensor or None, metric or None,
-                           value, threshold, started, None, summ)
+                           value, threshold, started, None, summ, started)
