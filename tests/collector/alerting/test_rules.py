@@ -152,3 +152,16 @@ def test_a_device_matches_when_some_sensor_of_it_could() -> None:
     assert Pattern("greenhouse/*/env").matches_device("greenhouse", "pi-07")
     assert not Pattern("greenhouse/pi-08/**").matches_device("greenhouse", "pi-07")
     assert not Pattern("cold-store/**").matches_device("greenhouse", "pi-07")
+
+
+def test_the_commented_examples_in_config_collector_toml_are_valid(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    for var in ("HOOK_TOKEN", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD"):
+        monkeypatch.setenv(var, "https://example.org/x")
+    example = (Path(__file__).resolve().parents[3] / "config" / "collector.toml").read_text()
+    section = example[example.index("# -- Alerting"):]
+    lines = [line[2:] for line in section.splitlines() if re.match(r"# (\[|[a-z_]+ = )", line)]
+    cfg = collector_config.load(write(tmp_path / "collector.toml", TOP + "\n".join(lines) + "\n"))
+    assert len(cfg.alerts) == 4 and len(cfg.notifiers) == 6
