@@ -55,7 +55,8 @@ class CollectorConfig(Config):
     notifiers: list[AnyNotifierConfig] = []
 
     def __post_init__(self) -> None:
-        alert_rules.check_references(self.alerts, [(n.name, type(n).__struct_config__.tag) for n in self.notifiers])
+        declared = [(n.name, str(type(n).__struct_config__.tag)) for n in self.notifiers]
+        alert_rules.check_references(self.alerts, declared)
 
 
 def load(path: str | Path) -> CollectorConfig:

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_query)
 
-    al = sub.add_parser("alerts", help="list stored alerts; 'alerts test' replays history through rules",
+    al = sub.add_parser("alerts", help="list stored alerts; 'alerts test' replays history "
+                        "through the rules",
                         description="List the alerts the collector stored: the history of "
                         "notifications, or with --active those firing now. 'sensorwire alerts test "
                         "-c collector.toml --db FILE' replays stored samples through the rules "
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     at = al_sub.add_parser("test", help="replay stored samples through the rules, notify nobody",
                            description="Replay the samples stored since --since (default 24h) "
                            "through the [[alerts]] rules of a collector file and print what would "
-                           "have fired and resolved, and when. Nobody is notified, nothing is written.")
+                           "have fired and resolved, and when. Nobody is notified, nothing is "
+                           "written.")
     at.add_argument("-c", "--config", required=True, metavar="FILE", help="collector.toml")
     # own dests: a subparser's defaults would overwrite the same options given before 'test'
     at.add_argument("--db", dest="test_db", metavar="FILE",

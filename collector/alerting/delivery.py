@@ -62,7 +62,7 @@ class Courier:
             if self._closing or len(self._q) >= self.queue_max:
                 self.dropped += 1
                 log.warning("notifier %s: queue full (%d): dropped %s %s of %s (%d dropped in all)",
-                            self.name, self.queue_max, n.rule, n.state, n.topic_name(), self.dropped)
+                        self.name, self.queue_max, n.rule, n.state, n.topic_name(), self.dropped)
                 return
             self._q.append(n)
             self._cond.notify()
@@ -92,8 +92,9 @@ class Courier:
             self._abort.set()  # stop waiting between attempts
             t.join(1.0)
         if t.is_alive() or self._q:
+            left = len(self._q) + (1 if self._busy else 0)
             log.error("notifier %s: not finished within %.0f s at shutdown; %d notifications "
-                      "not delivered", self.name, timeout_s, len(self._q) + (1 if self._busy else 0))
+                      "not delivered", self.name, timeout_s, left)
         self._thread = None
 
     def _run(self) -> None:

@@ -60,7 +60,8 @@ class Rule:
         self.threshold = config.threshold
         self.clear = config.clear_value
         self.band = config.clear_band
-        self.outside = (float(config.outside[0]), float(config.outside[1])) if config.outside else None
+        lo_hi = config.outside
+        self.outside = (float(lo_hi[0]), float(lo_hi[1])) if lo_hi else None
 
     def condition(self, v: float) -> bool:
         k = self.kind
@@ -177,11 +178,13 @@ class Engine:
             self._schedule(inst)
         return unknown
 
-    def seed(self, site: str, device: str, sensor: str, metrics: Iterable[str], seen_ns: int) -> None:
+    def seed(self, site: str, device: str, sensor: str, metrics: Iterable[str],
+             seen_ns: int) -> None:
         """A series known from storage, last seen at ``seen_ns``: stale rules watch it
         from the start, not only after its first sample."""
         rules = self._rules_for(site, device, sensor)
-        todo = [(r, m) for m in metrics for r in rules.by_metric.get(m, ()) if r.kind == "stale"]
+        todo: list[tuple[Rule, str | None]] = [
+            (r, m) for m in metrics for r in rules.by_metric.get(m, ()) if r.kind == "stale"]
         todo += [(r, None) for r in rules.any_metric]
         for r, m in todo:
             inst = self._instance(r, site, device, sensor, m)
@@ -272,16 +275,16 @@ class Engine:
         if math.isnan(value):
             return
         if kind in ("rate_above", "rate_below"):
-            inst = self._instance(r, site, device, sensor, metric)
-            rate = _rate(inst, r, value, sample_ns)
+            rated = self._instance(r, site, device, sensor, metric)
+            rate = _rate(rated, r, value, sample_ns)
             if rate is not None:
-                self._evaluate(out, inst, rate, t)
+                self._evaluate(out, rated, rate, t)
             return
-        inst = self._instances.get((r.name, site, device, sensor, metric))
-        if inst is None:
+        found = self._instances.get((r.name, site, device, sensor, metric))
+        if found is None:
             if not r.condition(value):
                 return  # the common case: nothing to remember
-            inst = self._instance(r, site, device, sensor, metric)
+        inst = found or self._instance(r, site, device, sensor, metric)
         self._evaluate(out, inst, value, t)
         if inst.phase == "ok":
             self._drop(inst)
@@ -342,7 +345,8 @@ class Engine:
         inst.phase = "ok"
         out.append(self._notification(inst, "resolved", t))
 
-    def _notification(self, inst: Instance, state: Literal["firing", "resolved"], t: int) -> Notification:
+    def _notification(self, inst: Instance, state: Literal["firing", "resolved"],
+                      t: int) -> Notification:
         self.transitions += 1
         r = inst.rule
         if state == "firing" and t == inst.started_ns:

@@ -104,7 +104,8 @@ class AlertRule(Config):
         """The value past which an above/below/rate rule resolves."""
         if isinstance(self.clear, float | int):
             return float(self.clear)
-        return self.threshold if self.kind in ("above", "below", "rate_above", "rate_below") else None
+        has_clear = self.kind in ("above", "below", "rate_above", "rate_below")
+        return self.threshold if has_clear else None
 
     @property
     def clear_band(self) -> tuple[float, float] | None:

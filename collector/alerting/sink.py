@@ -117,7 +117,8 @@ class AlertSink:
         except sqlite3.Error as exc:
             self.store_errors += 1
             if len(todo) > UNSAVED_MAX:
-                log.error("alerting: %d alert transitions not stored and dropped", len(todo) - UNSAVED_MAX)
+                log.error("alerting: %d alert transitions not stored and dropped",
+                          len(todo) - UNSAVED_MAX)
                 todo = todo[-UNSAVED_MAX:]
             self._unsaved = todo
             log.error("alerting: cannot store %d alert transitions (%s); trying again later",

@@ -4,7 +4,8 @@ Two tables of their own, created when missing (``docs/alerting.md``
 documents them)::
 
     alert_instances(rule, site, device, sensor, metric, severity, value, threshold,
-                    started_ns, notified_ns, summary, PRIMARY KEY(rule, site, device, sensor, metric))
+                    started_ns, notified_ns, summary,
+                    PRIMARY KEY(rule, site, device, sensor, metric))
     alert_history  (id, time_ns, rule, severity, state, site, device, sensor, metric,
                     value, threshold, started_ns, resolved_ns, summary)
 
@@ -60,6 +61,16 @@ CREATE INDEX IF NOT EXISTS alert_history_time ON alert_history (time_ns);
 
 _COLUMNS = ("rule, severity, state, site, device, sensor, metric, value, threshold, "
             "started_ns, resolved_ns, summary")
+_INSERT_HISTORY = f"INSERT INTO alert_history(time_ns, {_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+_UPSERT_FIRING = (
+    "INSERT INTO alert_instances(rule, site, device, sensor, metric, severity, value, threshold, "
+    "started_ns, notified_ns, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO UPDATE SET severity=excluded.severity, value=excluded.value, "
+    "threshold=excluded.threshold, started_ns=excluded.started_ns, "
+    "notified_ns=excluded.notified_ns, summary=excluded.summary"
+)
+_DELETE = ("DELETE FROM alert_instances "
+           "WHERE rule=? AND site=? AND device=? AND sensor=? AND metric=?")
 
 
 class AlertStore:
@@ -86,20 +97,19 @@ class AlertStore:
     def active(self) -> list[ActiveAlert]:
         assert self.conn is not None
         return [
-            ActiveAlert(rule, site, device, sensor or None, metric or None, started, notified, value,
-                        threshold)
+            ActiveAlert(rule, site, device, sensor or None, metric or None, started, notified,
+                        value, threshold)
             for rule, site, device, sensor, metric, started, notified, value, threshold
             in self.conn.execute(
-                "SELECT rule, site, device, sensor, metric, started_ns, notified_ns, value, threshold "
-                "FROM alert_instances ORDER BY started_ns")
+                "SELECT rule, site, device, sensor, metric, started_ns, notified_ns, value, "
+                "threshold FROM alert_instances ORDER BY started_ns")
         ]
 
     def forget(self, alerts: Sequence[ActiveAlert]) -> None:
         """Delete firing alerts (of rules no longer configured)."""
         assert self.conn is not None
         self.conn.executemany(
-            "DELETE FROM alert_instances WHERE rule=? AND site=? AND device=? AND sensor=? AND metric=?",
-            [(a.rule, a.site, a.device, a.sensor or "", a.metric or "") for a in alerts])
+            _DELETE, [(a.rule, a.site, a.device, a.sensor or "", a.metric or "") for a in alerts])
 
     def record(self, notes: Sequence[Notification]) -> None:
         """Store notifications in one transaction: history, and what fires now."""
@@ -111,20 +121,14 @@ class AlertStore:
             for n in notes:
                 key = (n.rule, n.site, n.device, n.sensor or "", n.metric or "")
                 cur.execute(
-                    f"INSERT INTO alert_history(time_ns, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    _INSERT_HISTORY,
                     (n.time_ns, n.rule, n.severity, n.state, n.site, n.device, n.sensor, n.metric,
                      n.value, n.threshold, n.started_ns, n.resolved_ns, n.summary))
                 if n.state == "firing":
-                    cur.execute(
-                        "INSERT INTO alert_instances(rule, site, device, sensor, metric, severity, "
-                        "value, threshold, started_ns, notified_ns, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT DO UPDATE SET severity=excluded.severity, value=excluded.value, "
-                        "threshold=excluded.threshold, started_ns=excluded.started_ns, "
-                        "notified_ns=excluded.notified_ns, summary=excluded.summary",
-                        (*key, n.severity, n.value, n.threshold, n.started_ns, n.time_ns, n.summary))
+                    cur.execute(_UPSERT_FIRING, (*key, n.severity, n.value, n.threshold,
+                                                 n.started_ns, n.time_ns, n.summary))
                 else:
-                    cur.execute("DELETE FROM alert_instances WHERE rule=? AND site=? AND device=? "
-                                "AND sensor=? AND metric=?", key)
+                    cur.execute(_DELETE, key)
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

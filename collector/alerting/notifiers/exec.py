@@ -26,7 +26,8 @@ class ExecConfig(NotifierConfig, tag="exec", kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.command or not self.command[0]:
-            raise ValueError("command: give the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"{name}\"]")
+            raise ValueError("command: give the program and its arguments, "
+                             'e.g. ["/usr/local/bin/notify", "{name}"]')
         for i, arg in enumerate(self.command):
             try:
                 notification.check_template(arg)

@@ -13,7 +13,6 @@ retryable; other statuses are permanent.
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from typing import Annotated, Literal
@@ -79,8 +78,9 @@ class WebhookNotifier:
             raise NotifyError(f"{c.url}: HTTP {exc.code} {exc.reason}", retryable) from None
         except urllib.error.URLError as exc:
             raise NotifyError(f"{c.url}: {exc.reason}", retryable=True) from None
-        except (TimeoutError, socket.timeout):
-            raise NotifyError(f"{c.url}: no answer within {c.timeout_s:g} s", retryable=True) from None
+        except TimeoutError:
+            raise NotifyError(f"{c.url}: no answer within {c.timeout_s:g} s",
+                              retryable=True) from None
         except OSError as exc:  # connection reset while reading, etc.
             raise NotifyError(f"{c.url}: {exc}", retryable=True) from None
 

@@ -198,3 +198,13 @@ def test_transitions_do_not_depend_on_when_ticks_happen() -> None:
     got += busy.tick(at(t + 100))
     assert [n.to_dict() for n in got] == [n.to_dict() for n in expected]
     assert len(expected) > 4
+
+
+def test_the_worked_example_of_docs_alerting_md() -> None:
+    e = Engine([rule(name="greenhouse-hot", **HOT)])
+    values = [34.0, 35.5, 34.8, 36.0, 36.4, 36.9, 34.2, 35.8, 33.6, 32.9]
+    notes = feed(e, [(i * 20.0, v) for i, v in enumerate(values)])
+    assert brief(notes) == [("firing", 90.0), ("resolved", 180.0)]
+    assert [n.value for n in notes] == [36.4, 32.9]
+    assert notes[1].summary == ("greenhouse/pi-07/env temperature is 32.9, back past clear 33 "
+                                "after 1m30s (greenhouse-hot, critical)")
