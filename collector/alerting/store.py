@@ -81,8 +81,12 @@ class AlertStore:
         self.conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        conn = sqlite_store.connect(self.path)
+        if not self.path.parent.exists():
+            raise sqlite_store.StoreError(f"{self.path}: the folder {self.path.parent} does not exist")
+        conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
         try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
         except sqlite3.Error:
             conn.close()
@@ -138,10 +142,15 @@ class AlertStore:
     def known_series(self) -> Iterator[tuple[str, str, str, list[str], int]]:
         """``(site, device, sensor, metrics, device last seen)`` of every stored series."""
         assert self.conn is not None
-        rows = self.conn.execute(
-            "SELECT d.site, d.device, s.sensor, group_concat(s.metric, char(0)), d.last_seen_ns "
-            "FROM series s JOIN devices d ON d.id = s.device_key "
-            "GROUP BY d.id, s.sensor")
+        try:
+            rows = self.conn.execute(
+                "SELECT d.site, d.device, s.sensor, group_concat(s.metric, char(0)), d.last_seen_ns "
+                "FROM series s JOIN devices d ON d.id = s.device_key "
+                "GROUP BY d.id, s.sensor").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return  # no samples stored yet
+            raise
         for site, device, sensor, metrics, seen in rows:
             yield site, device, sensor, sorted(set(metrics.split("\0"))), seen
 
