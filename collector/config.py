@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 import msgspec
 
 from sensorwire import configload
-from sensorwire.configload import Config
+from sensorwire.collector.alerting import rules as alert_rules
+from sensorwire.collector.alerting.notifiers import AnyNotifierConfig
+from sensorwire.configload import Config, ConfigError
 from sensorwire.proto import wire
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -70,7 +72,16 @@ class CollectorConfig(Config):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: Positive = 60.0
+    alerts: list[alert_rules.AlertRule] = []      # docs/alerting.md
+    notifiers: list[AnyNotifierConfig] = []
+
+    def __post_init__(self) -> None:
+        declared = [(n.name, str(type(n).__struct_config__.tag)) for n in self.notifiers]
+        alert_rules.check_references(self.alerts, declared)
 
 
 def load(path: str | Path) -> CollectorConfig:
-    return configload.load(path, CollectorConfig)
+    try:
+        return configload.load(path, CollectorConfig)
+    except ConfigError as exc:  # errors about [[alerts]] / [[notifiers]] name the rule
+        raise ConfigError(alert_rules.name_the_rule(str(exc), path)) from None

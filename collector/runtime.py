@@ -43,6 +43,11 @@ def make_sinks(config: CollectorConfig) -> list[Sink]:
         from sensorwire.collector.sinks.sqlite import SqliteSink
 
         sinks.append(SqliteSink(config.storage.path))
+    if config.alerts:
+        from sensorwire.collector.alerting.sink import AlertSink
+
+        db = config.storage.path if config.storage.kind == "sqlite" else None
+        sinks.append(AlertSink(config.alerts, config.notifiers, db))
     return sinks
 
 

@@ -27,6 +27,7 @@ FLAG_UNSYNCED = 1       # Frame.flags: the agent's clock was not known to be syn
 FLAG_SKEWED = 2         # set in storage: the device's clock was more than max_skew_s off
 FLAG_TIME_REPLACED = 4  # set in storage: a time before 2020 replaced by the receive time
 FLAG_CACHED = 8         # sent again from a proxy's last-value cache
+ALERT = "alert"
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
 
 __all__ = [
@@ -37,8 +38,10 @@ __all__ = [
     "ACK",
     "mark_cached",
     "Decoder",
+    "ALERT",
     "Frame",
     "WireError",
+    "alert_topic",
     "data_topic",
     "encode",
     "heartbeat_topic",
@@ -66,6 +69,12 @@ def data_topic(site: str, device: str, sensor: str) -> bytes:
 
 def heartbeat_topic(site: str, device: str) -> bytes:
     return f"{site}/{device}/{HEARTBEAT}".encode("ascii")
+
+
+def alert_topic(site: str, device: str, rule: str) -> bytes:
+    """``alert/<site>/<device>/<rule>``: where alerts are republished (four segments,
+    so never mistaken for a data topic)."""
+    return f"{ALERT}/{site}/{device}/{rule}".encode("ascii")
 
 
 def encode(topic: bytes, frame: Frame) -> bytes:

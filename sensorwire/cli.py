@@ -106,6 +106,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status.run(args.db, args.format)
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from sensorwire.collector.alerting import listing
+    from sensorwire.timefmt import parse_time_ns
+
+    if args.db is None:
+        raise _Usage("alerts: give --db FILE (the collector's SQLite file)")
+    try:
+        since = parse_time_ns(args.since) if args.since else None
+    except ValueError as exc:
+        raise _Usage(f"alerts: {exc}") from None
+    return listing.run(args.db, args.active, since, args.format)
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from sensorwire.collector import config as collector_config
+    from sensorwire.collector.alerting import replay
+    from sensorwire.timefmt import parse_time_ns
+
+    cfg = collector_config.load(args.config)
+    try:
+        since = parse_time_ns(args.test_since or args.since or "24h")
+    except ValueError as exc:
+        raise _Usage(f"alerts test: {exc}") from None
+    db = args.test_db or args.db or cfg.storage.path
+    if not cfg.alerts:
+        raise ConfigError(f"{args.config}: no [[alerts]] rules to test")
+    return replay.run(cfg.alerts, db, since, args.test_format or args.format)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from sensorwire import checkconfig
 
@@ -231,6 +260,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--db", required=True, metavar="FILE", help="the collector's SQLite file")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_status)
+
+    al = sub.add_parser("alerts", help="list stored alerts; 'alerts test' replays history "
+                        "through the rules",
+                        description="List the alerts the collector stored: the history of "
+                        "notifications, or with --active those firing now. 'sensorwire alerts test "
+                        "-c collector.toml --db FILE' replays stored samples through the rules "
+                        "instead and prints what would have fired and resolved, notifying nobody.")
+    al.add_argument("--db", metavar="FILE", help="the collector's SQLite file")
+    al.add_argument("--active", action="store_true", help="only the alerts firing now")
+    al.add_argument("--since", metavar="DURATION_OR_ISO", help="e.g. 24h, 7d, 2026-11-28T00:00:00Z")
+    al.add_argument("--format", choices=("table", "json"), default="table",
+                    help="json: one object per line with the notification's fields")
+    al.set_defaults(func=cmd_alerts)
+    al_sub = al.add_subparsers(dest="action", metavar="[test]", required=False)
+    at = al_sub.add_parser("test", help="replay stored samples through the rules, notify nobody",
+                           description="Replay the samples stored since --since (default 24h) "
+                           "through the [[alerts]] rules of a collector file and print what would "
+                           "have fired and resolved, and when. Nobody is notified, nothing is "
+                           "written.")
+    at.add_argument("-c", "--config", required=True, metavar="FILE", help="collector.toml")
+    # own dests: a subparser's defaults would overwrite the same options given before 'test'
+    at.add_argument("--db", dest="test_db", metavar="FILE",
+                    help="default: [storage] path of the collector file")
+    at.add_argument("--since", dest="test_since", metavar="DURATION_OR_ISO", help="default 24h")
+    at.add_argument("--format", dest="test_format", choices=("table", "json"))
+    at.set_defaults(func=cmd_alerts_test)
 
     k = sub.add_parser("check-config", help="validate an agent, proxy or collector file",
                        description="Validate a configuration file and say what is wrong.")

@@ -50,7 +50,7 @@ class Proc:
     """A real ``sensorwire`` process with its log in a file."""
 
     def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None,
-                 ready: bool = True, timeout_s: float = 15.0, prefix: list[str] | None = None) -> None:
+                 ready: bool = True, timeout_s: float = 15.0) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         # unix socket paths are limited to 108 bytes: keep it short, outside tmp_path
@@ -63,7 +63,7 @@ class Proc:
             full_env["NOTIFY_SOCKET"] = notify_path
         full_env.update(env or {})
         with open(self.log_path, "wb") as logf:
-            self.popen = subprocess.Popen([*(prefix or []), sys.executable, "-m", "sensorwire", *argv],
+            self.popen = subprocess.Popen([sys.executable, "-m", "sensorwire", *argv],
                                           stdout=logf, stderr=subprocess.STDOUT, env=full_env)
         self.listener = listener
         if listener is not None:

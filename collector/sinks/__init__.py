@@ -3,7 +3,10 @@
 A sink is told these things, in one thread of its own: ``open()``,
 ``write(batch)`` and, if it has the method, ``event(ev)`` any number of times,
 in arrival order, then ``close()``.  ``close`` is called only after the last
-``write`` has returned, so a sink needs no locks.  A batch is a list of
+``write`` has returned, so a sink needs no locks.  A sink that has the method
+``tick(now_ns)`` is also called at least every ``flush_interval_s`` (when
+frames flow and when none arrive at all), with the wall clock in Unix ns: for
+sinks that act on time passing, such as alerting on stale data.  A batch is a list of
 ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
 heartbeats (``seq == 0``), in arrival order; events are
 :mod:`sensorwire.collector.events` (device presence, frames lost for good).
@@ -21,7 +24,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sensorwire.collector.events import Event
@@ -52,6 +55,10 @@ class Sink(Protocol):
 
 class EventSink(Sink, Protocol):
     def event(self, ev: Event) -> None: ...
+
+
+class TickSink(Sink, Protocol):
+    def tick(self, now_ns: int) -> None: ...
 
 
 class SinkRunner:
@@ -157,6 +164,8 @@ class SinkRunner:
             self._opened.set()
             return
         self._opened.set()
+        tick = getattr(self.sink, "tick", None)
+        next_tick = time.monotonic() + self.flush_interval_s
         try:
             while True:
                 work = self._take()
@@ -167,6 +176,9 @@ class SinkRunner:
                         self._write(work)
                 else:
                     self._event(work)
+                if tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.flush_interval_s
+                    self._tick(tick)
         finally:
             try:
                 self.sink.close()
@@ -201,6 +213,12 @@ class SinkRunner:
             self.sink.event(ev)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a sink bug must not stop the others
             log.exception("sink %s: event %r failed", self.sink.name, ev)
+
+    def _tick(self, tick: Callable[[int], None]) -> None:
+        try:
+            tick(time.time_ns())
+        except Exception:  # noqa: BLE001 - a sink bug must not stop the others
+            log.exception("sink %s: tick failed", self.sink.name)
 
     def _drop(self, batch: list[Item], why: str) -> None:
         self.dropped += len(batch)

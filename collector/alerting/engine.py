@@ -1,0 +1,481 @@
+"""The alert state machines: rules applied to samples, presence and time.
+
+Each (rule, site, device, sensor, metric) is one alert *instance*::
+
+    ok ──condition true──▶ pending ──held for_s──▶ firing ──cleared──▶ ok
+     ▲                       │                      │ (notify "resolved")
+     └──condition false──────┘                      └─ every repeat_s: notify "firing" again
+                                (notify "firing")
+
+With ``for_s = 0`` an instance goes from ok to firing at once.  A threshold
+instance fires when the value is past the threshold (``above``: value >
+above) and resolves only once it is back past ``clear`` (value <= clear);
+readings in between change nothing: that is the hysteresis band.
+
+The engine is pure: it never reads a clock and does no I/O.  Every method
+takes the time (Unix ns, the collector's clock: when a frame was received),
+and timed transitions (``for_s`` elapsed, ``stale_s`` elapsed, ``repeat_s``)
+are stamped at the exact time they became due, however late :meth:`Engine.tick`
+is called, so a live run and a replay of the same frames give the same
+transitions at the same times.  Rates use the samples' own times.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sensorwire.collector.alerting.notification import Notification
+from sensorwire.collector.alerting.patterns import Pattern
+from sensorwire.collector.alerting.rules import AlertRule
+from sensorwire.collector.events import Presence
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+NS = 1_000_000_000
+RATE_POINTS_MAX = 256  # samples kept per rate instance (decimated beyond)
+_CACHE_MAX = 65536
+
+Key = tuple[str, str, str, str, str]  # rule, site, device, sensor ('' = none), metric ('' = none)
+Phase = Literal["ok", "pending", "firing"]
+
+
+class Rule:
+    """An :class:`AlertRule` made ready for evaluation."""
+
+    def __init__(self, config: AlertRule) -> None:
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.pattern = Pattern(config.match)
+        self.metric = config.metric
+        self.for_ns = int(config.for_s * NS)
+        self.repeat_ns = int(config.repeat_s * NS) if config.repeat_s else None
+        self.stale_ns = int(config.stale_s * NS) if config.stale_s else None
+        self.window_ns = int(config.window * NS)
+        self.threshold = config.threshold
+        self.clear = config.clear_value
+        self.band = config.clear_band
+        lo_hi = config.outside
+        self.outside = (float(lo_hi[0]), float(lo_hi[1])) if lo_hi else None
+
+    def condition(self, v: float) -> bool:
+        k = self.kind
+        if k in ("above", "rate_above"):
+            return v > self.threshold  # type: ignore[operator]
+        if k in ("below", "rate_below"):
+            return v < self.threshold  # type: ignore[operator]
+        lo, hi = self.outside  # type: ignore[misc]
+        return v < lo or v > hi
+
+    def cleared(self, v: float) -> bool:
+        k = self.kind
+        if k in ("above", "rate_above"):
+            return v <= self.clear  # type: ignore[operator]
+        if k in ("below", "rate_below"):
+            return v >= self.clear  # type: ignore[operator]
+        lo, hi = self.band  # type: ignore[misc]
+        return lo <= v <= hi
+
+    def crossed(self, v: float | None) -> float | None:
+        """The threshold to report: for ``outside``, the bound the value is past."""
+        if self.outside is None:
+            return self.threshold
+        lo, hi = self.outside
+        if v is None:
+            return None
+        return lo if v < (lo + hi) / 2 else hi
+
+
+@dataclass(eq=False)
+class Instance:
+    rule: Rule
+    site: str
+    device: str
+    sensor: str | None
+    metric: str | None
+    phase: Phase = "ok"
+    since_ns: int = 0                 # pending: when the condition became true
+    started_ns: int = 0               # firing: when it fired
+    notified_ns: int = 0              # firing: the last "firing" notification
+    value: float | None = None        # the last value the condition saw
+    threshold: float | None = None    # firing: the threshold it crossed
+    last_seen_ns: int | None = None   # stale: the last sample
+    window: collections.deque[tuple[int, float]] | None = None  # rate: (sample time, value)
+    scheduled: int | None = None      # the due time of this instance's live heap entry
+    token: int = -1
+    gone: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.rule.name, self.site, self.device, self.sensor or "", self.metric or "")
+
+    def deadline(self) -> int | None:
+        """When something happens to this instance next, if nothing else does."""
+        r = self.rule
+        if self.phase == "pending":
+            return self.since_ns + r.for_ns
+        if self.phase == "firing":
+            return self.notified_ns + r.repeat_ns if r.repeat_ns else None
+        if r.stale_ns is not None and self.last_seen_ns is not None:
+            return self.last_seen_ns + r.stale_ns
+        return None
+
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """A firing alert as stored, to carry over a restart."""
+
+    rule: str
+    site: str
+    device: str
+    sensor: str | None
+    metric: str | None
+    started_ns: int
+    notified_ns: int
+    value: float | None
+    threshold: float | None = None
+
+
+@dataclass
+class _TopicRules:
+    by_metric: dict[str, list[Rule]] = field(default_factory=dict)
+    any_metric: list[Rule] = field(default_factory=list)   # stale rules without a metric
+
+
+class Engine:
+    """Evaluates rules; every method returns the notifications it caused, in order."""
+
+    def __init__(self, rules: Sequence[AlertRule]) -> None:
+        self.rules = [Rule(r) for r in rules]
+        self._by_name = {r.name: r for r in self.rules}
+        self._offline = [r for r in self.rules if r.kind == "offline"]
+        self._sample_rules = [r for r in self.rules if r.kind != "offline"]
+        self.now_ns = 0
+        self._instances: dict[Key, Instance] = {}
+        self._heap: list[tuple[int, int, Instance]] = []
+        self._counter = itertools.count()
+        self._topics: dict[tuple[str, str, str], _TopicRules] = {}
+        self.transitions = 0
+
+    # -- inputs ---------------------------------------------------------------
+    def restore(self, active: Iterable[ActiveAlert]) -> list[ActiveAlert]:
+        """Carry firing alerts over a restart; returns those whose rule is gone."""
+        unknown: list[ActiveAlert] = []
+        for a in active:
+            rule = self._by_name.get(a.rule)
+            if rule is None:
+                unknown.append(a)
+                continue
+            inst = self._instance(rule, a.site, a.device, a.sensor, a.metric)
+            inst.phase = "firing"
+            inst.started_ns, inst.notified_ns, inst.value = a.started_ns, a.notified_ns, a.value
+            inst.threshold = a.threshold
+            self._schedule(inst)
+        return unknown
+
+    def seed(self, site: str, device: str, sensor: str, metrics: Iterable[str],
+             seen_ns: int) -> None:
+        """A series known from storage, last seen at ``seen_ns``: stale rules watch it
+        from the start, not only after its first sample."""
+        rules = self._rules_for(site, device, sensor)
+        todo: list[tuple[Rule, str | None]] = [
+            (r, m) for m in metrics for r in rules.by_metric.get(m, ()) if r.kind == "stale"]
+        todo += [(r, None) for r in rules.any_metric]
+        for r, m in todo:
+            inst = self._instance(r, site, device, sensor, m)
+            if inst.last_seen_ns is None or inst.last_seen_ns < seen_ns:
+                inst.last_seen_ns = seen_ns
+            self._schedule(inst)
+
+    def observe(self, frame: Frame, received_ns: int) -> list[Notification]:
+        """A frame arrived (heartbeats are ignored: presence covers devices)."""
+        out = self.tick(received_ns) if self._due(received_ns) else []
+        if frame.seq == 0:
+            return out
+        t = max(received_ns, self.now_ns)
+        self.now_ns = t
+        site, device, sensor = frame.site, frame.device_id, frame.sensor
+        rules = self._rules_for(site, device, sensor)
+        if rules.by_metric:
+            by_metric = rules.by_metric
+            for s in frame.samples:
+                matched = by_metric.get(s.metric)
+                if matched:
+                    for r in matched:
+                        self._sample(out, r, site, device, sensor, s.metric, s.value,
+                                     frame.time_unix_nano, t)
+        for r in rules.any_metric:
+            self._seen(out, self._instance(r, site, device, sensor, None), t)
+        return out
+
+    def presence(self, ev: Presence) -> list[Notification]:
+        """A device went offline, came back online or stopped cleanly."""
+        t = max(ev.time_ns, self.now_ns)
+        out = self.tick(t) if self._due(t) else []
+        self.now_ns = t
+        for r in self._offline:
+            if not r.pattern.matches_device(ev.site, ev.device):
+                continue
+            key = (r.name, ev.site, ev.device, "", "")
+            silent = max(0, t - ev.last_seen_ns) / NS if ev.last_seen_ns else None
+            inst = self._instances.get(key)
+            if ev.state == "offline":
+                if inst is None:
+                    inst = self._instance(r, ev.site, ev.device, None, None)
+                    inst.value = silent
+                    inst.last_seen_ns = ev.last_seen_ns or None
+                    self._begin(out, inst, t)
+            elif inst is not None:  # online again, or stopped on purpose: not silent
+                inst.value = silent
+                if inst.phase == "firing":
+                    self._resolve(out, inst, t)
+                self._drop(inst)
+        return out
+
+    def tick(self, now_ns: int) -> list[Notification]:
+        """Let time pass up to ``now_ns``: fire what waited long enough, find stale data."""
+        out: list[Notification] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ns:
+            _, token, inst = heapq.heappop(heap)
+            if token != inst.token or inst.gone:
+                continue
+            inst.scheduled = None
+            due = inst.deadline()
+            if due is None:
+                continue
+            if due > now_ns:
+                self._schedule(inst)
+                continue
+            self.now_ns = max(self.now_ns, due)
+            self._on_deadline(out, inst, due)
+            self._schedule(inst)
+        self.now_ns = max(self.now_ns, now_ns)
+        return out
+
+    def next_deadline(self) -> int | None:
+        """The earliest time :meth:`tick` may have something to do."""
+        return self._heap[0][0] if self._heap else None
+
+    def firing(self) -> list[Instance]:
+        return [i for i in self._instances.values() if i.phase == "firing"]
+
+    # -- state machine --------------------------------------------------------
+    def _sample(self, out: list[Notification], r: Rule, site: str, device: str, sensor: str,
+                metric: str, value: float, sample_ns: int, t: int) -> None:
+        kind = r.kind
+        if kind == "stale":
+            self._seen(out, self._instance(r, site, device, sensor, metric), t)
+            return
+        if math.isnan(value):
+            return
+        if kind in ("rate_above", "rate_below"):
+            rated = self._instance(r, site, device, sensor, metric)
+            rate = _rate(rated, r, value, sample_ns)
+            if rate is not None:
+                self._evaluate(out, rated, rate, t)
+            return
+        found = self._instances.get((r.name, site, device, sensor, metric))
+        if found is None:
+            if not r.condition(value):
+                return  # the common case: nothing to remember
+        inst = found or self._instance(r, site, device, sensor, metric)
+        self._evaluate(out, inst, value, t)
+        if inst.phase == "ok":
+            self._drop(inst)
+
+    def _evaluate(self, out: list[Notification], inst: Instance, v: float, t: int) -> None:
+        r = inst.rule
+        inst.value = v
+        if inst.phase == "ok":
+            if r.condition(v):
+                self._begin(out, inst, t)
+        elif inst.phase == "pending":
+            if not r.condition(v):
+                inst.phase = "ok"
+        elif r.cleared(v):
+            self._resolve(out, inst, t)
+
+    def _seen(self, out: list[Notification], inst: Instance, t: int) -> None:
+        """A stale rule's instance got a sample."""
+        previous = inst.last_seen_ns
+        inst.last_seen_ns = t
+        if inst.phase == "firing":
+            inst.value = (t - previous) / NS if previous is not None else None
+            self._resolve(out, inst, t)
+        else:
+            inst.phase = "ok"
+        self._schedule(inst)
+
+    def _begin(self, out: list[Notification], inst: Instance, t: int) -> None:
+        """The condition became true at ``t``."""
+        if inst.rule.for_ns > 0:
+            inst.phase = "pending"
+            inst.since_ns = t
+            self._schedule(inst)
+        else:
+            self._fire(out, inst, t)
+
+    def _on_deadline(self, out: list[Notification], inst: Instance, at: int) -> None:
+        r = inst.rule
+        if inst.phase == "pending":
+            if r.kind in ("stale", "offline") and inst.last_seen_ns is not None:
+                inst.value = (at - inst.last_seen_ns) / NS
+            self._fire(out, inst, at)
+        elif inst.phase == "firing":
+            inst.notified_ns = at
+            out.append(self._notification(inst, "firing", at))
+        else:  # a stale rule's silence has lasted stale_s
+            assert inst.last_seen_ns is not None
+            inst.value = (at - inst.last_seen_ns) / NS
+            self._begin(out, inst, at)
+
+    def _fire(self, out: list[Notification], inst: Instance, t: int) -> None:
+        inst.phase = "firing"
+        inst.started_ns = inst.notified_ns = t
+        out.append(self._notification(inst, "firing", t))
+        self._schedule(inst)
+
+    def _resolve(self, out: list[Notification], inst: Instance, t: int) -> None:
+        inst.phase = "ok"
+        out.append(self._notification(inst, "resolved", t))
+
+    def _notification(self, inst: Instance, state: Literal["firing", "resolved"],
+                      t: int) -> Notification:
+        self.transitions += 1
+        r = inst.rule
+        if state == "firing" and t == inst.started_ns:
+            inst.threshold = r.crossed(inst.value)
+        return Notification(
+            rule=r.name, severity=r.config.severity, state=state, site=inst.site,
+            device=inst.device, sensor=inst.sensor, metric=inst.metric, value=inst.value,
+            threshold=inst.threshold, started_ns=inst.started_ns,
+            resolved_ns=t if state == "resolved" else None,
+            summary=summary(inst, state, t), time_ns=t,
+        )
+
+    # -- bookkeeping ----------------------------------------------------------
+    def _due(self, t: int) -> bool:
+        return bool(self._heap) and self._heap[0][0] <= t
+
+    def _instance(self, r: Rule, site: str, device: str, sensor: str | None,
+                  metric: str | None) -> Instance:
+        key = (r.name, site, device, sensor or "", metric or "")
+        inst = self._instances.get(key)
+        if inst is None:
+            inst = Instance(r, site, device, sensor, metric)
+            if r.kind in ("rate_above", "rate_below"):
+                inst.window = collections.deque()
+            self._instances[key] = inst
+        return inst
+
+    def _drop(self, inst: Instance) -> None:
+        inst.gone = True
+        self._instances.pop(inst.key, None)
+
+    def _schedule(self, inst: Instance) -> None:
+        due = inst.deadline()
+        if due is None or (inst.scheduled is not None and inst.scheduled <= due):
+            return  # an entry at or before ``due`` is queued; it looks again then
+        inst.token = next(self._counter)
+        inst.scheduled = due
+        heapq.heappush(self._heap, (due, inst.token, inst))
+
+    def _rules_for(self, site: str, device: str, sensor: str) -> _TopicRules:
+        key = (site, device, sensor)
+        found = self._topics.get(key)
+        if found is None:
+            found = _TopicRules()
+            for r in self._sample_rules:
+                if r.pattern.matches(site, device, sensor):
+                    if r.metric is None:
+                        found.any_metric.append(r)
+                    else:
+                        found.by_metric.setdefault(r.metric, []).append(r)
+            if len(self._topics) >= _CACHE_MAX:
+                self._topics.clear()
+            self._topics[key] = found
+        return found
+
+
+def _rate(inst: Instance, r: Rule, value: float, sample_ns: int) -> float | None:
+    """Units per second between the newest sample and the oldest one within
+    ``window_s``; None until the samples span half the window."""
+    w = inst.window
+    assert w is not None
+    if w and sample_ns <= w[-1][0]:
+        return None  # a duplicate or a sample out of order: no new information
+    w.append((sample_ns, value))
+    horizon = sample_ns - r.window_ns
+    while w[0][0] < horizon:
+        w.popleft()
+    if len(w) > RATE_POINTS_MAX:  # bounded memory: keep every other sample, and both ends
+        kept = list(w)
+        w.clear()
+        w.extend(kept[:-1:2])
+        w.append(kept[-1])
+    span = w[-1][0] - w[0][0]
+    if span * 2 < r.window_ns:
+        return None
+    return (w[-1][1] - w[0][1]) / (span / NS)
+
+
+# -- summaries ----------------------------------------------------------------
+def summary(inst: Instance, state: str, t: int) -> str:
+    r = inst.rule
+    where = "/".join(p for p in (inst.site, inst.device, inst.sensor) if p)
+    what = f"{where} {inst.metric}" if inst.metric else where
+    v = inst.value
+    k = r.kind
+    tail = f" ({r.name}, {r.config.severity})"
+    if state == "resolved":
+        lasted = _duration((t - inst.started_ns) / NS)
+        if k == "offline":
+            return f"{where} is back after {_duration(v) if v is not None else 'a silence'}; " \
+                   f"alert lasted {lasted}{tail}"
+        if k == "stale":
+            return f"{what} has samples again; alert lasted {lasted}{tail}"
+        if k == "outside":
+            lo, hi = r.band  # type: ignore[misc]
+            return f"{what} is {_g(v)}, back inside [{_g(lo)}, {_g(hi)}] after {lasted}{tail}"
+        unit = "/s" if k.startswith("rate") else ""
+        return f"{what} is {'changing at ' if unit else ''}{_g(v)}{unit}, back past clear " \
+               f"{_g(r.clear)}{unit} after {lasted}{tail}"
+    if k == "offline":
+        silent = f" for {_duration(v)}" if v is not None else ""
+        return f"{where} is offline (silent{silent}){tail}"
+    if k == "stale":
+        return f"{what}: no sample for {_duration(v)} (stale_s = {_g(r.threshold)}){tail}"
+    if k == "outside":
+        lo, hi = r.outside  # type: ignore[misc]
+        return f"{what} is {_g(v)}, outside [{_g(lo)}, {_g(hi)}]{tail}"
+    if k in ("rate_above", "rate_below"):
+        verb = "above" if k == "rate_above" else "below"
+        return f"{what} is changing at {_g(v)}/s, {verb} {_g(r.threshold)}/s over " \
+               f"{_g(r.window_ns / NS)} s{tail}"
+    return f"{what} is {_g(v)}, {k} {_g(r.threshold)}{tail}"
+
+
+def _g(v: float | None) -> str:
+    return "?" if v is None else f"{v:.6g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.3g} s" if seconds < 10 else f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"

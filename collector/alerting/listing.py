@@ -1,0 +1,49 @@
+"""``sensorwire alerts``: stored alerts, as a table or JSON lines.
+
+Without ``--active``: the history, every notification sent (firing and
+resolved), oldest first.  With ``--active``: the alerts firing now.  JSON is
+one object per line with exactly the notification's fields.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+from sensorwire import render
+from sensorwire.collector import sqlite_store
+from sensorwire.collector.alerting import store
+from sensorwire.collector.alerting.notification import Notification
+from sensorwire.timefmt import iso_from_ns
+
+HEADERS = ["time", "state", "severity", "rule", "where", "value", "threshold", "summary"]
+
+
+def run(db: str, active: bool, since_ns: int | None, fmt: str, out: TextIO = sys.stdout) -> int:
+    conn = sqlite_store.connect(db, readonly=True)
+    try:
+        notes = store.active(conn, since_ns) if active else store.history(conn, since_ns)
+        write(notes, fmt, out)
+    finally:
+        conn.close()
+    return 0
+
+
+def write(notes: Iterable[Notification], fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        for n in notes:
+            out.write(render.json_line(n.to_dict()) + "\n")
+    else:
+        out.write(render.table(HEADERS, (row(n) for n in notes)) + "\n")
+    out.flush()
+
+
+def row(n: Notification) -> list[str]:
+    where = n.topic_name() + (f" {n.metric}" if n.metric else "")
+    return [iso_from_ns(n.time_ns), n.state, n.severity, n.rule, where, _g(n.value),
+            _g(n.threshold), n.summary]
+
+
+def _g(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"

@@ -1,0 +1,58 @@
+"""``sensorwire alerts`` and ``sensorwire alerts test``: both forms, as written in the issue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from alerting_support import Live
+from support import run_cli, wait_until
+
+RULES = """
+[[alerts]]
+name = "greenhouse-hot"
+match = "greenhouse/*/env"
+metric = "temperature"
+above = 35.0
+clear = 33.0
+"""
+
+
+@pytest.mark.slow
+def test_alerts_and_alerts_test_from_the_command_line(live: Callable[..., Live]) -> None:
+    c = live(RULES)
+    for v in (30.0, 36.0, 34.0, 32.0, 36.0):
+        c.send({"temperature": v})
+    wait_until(lambda: len(c.history()) == 3, what="3 transitions")
+    c.close()
+    config = str(c.db.parent / "collector.toml")
+
+    listed = run_cli("alerts", "--db", str(c.db), "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    live_objs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [o["state"] for o in live_objs] == ["firing", "resolved", "firing"]
+
+    active = run_cli("alerts", "--db", str(c.db), "--active", "--since", "1h")
+    assert active.returncode == 0
+    assert len(active.stdout.splitlines()) == 3 and "firing" in active.stdout.splitlines()[2]
+
+    for argv in (["alerts", "test", "-c", config, "--db", str(c.db), "--since", "24h", "--format", "json"],
+                 ["alerts", "--db", str(c.db), "--format", "json", "test", "-c", config],
+                 ["alerts", "test", "-c", config, "--format", "json"]):  # --db from [storage] path
+        r = run_cli(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert [json.loads(line) for line in r.stdout.splitlines()] == live_objs, argv
+
+    table = run_cli("alerts", "test", "-c", config, "--db", str(c.db), "--since", "24h")
+    assert table.stdout.splitlines()[-1] == \
+        "3 notifications would have been sent: 2 firing, 1 resolved; 1 still firing at the end"
+
+
+def test_alerts_argument_errors_exit_2(tmp_path: object) -> None:
+    r = run_cli("alerts")
+    assert r.returncode == 2 and "give --db FILE" in r.stderr
+    r = run_cli("alerts", "--db", "x.db", "--since", "yesterday")
+    assert r.returncode == 2 and "neither a duration" in r.stderr
+    r = run_cli("alerts", "test", "--db", "x.db")
+    assert r.returncode == 2 and "-c/--config" in r.stderr

@@ -1,0 +1,210 @@
+"""The alert state machines, driven with explicit times: no clocks, no sleeps."""
+
+from __future__ import annotations
+
+import random
+
+from alerting_support import NS, T0, at, brief, feed, frame, rule
+
+from sensorwire.collector.alerting.engine import ActiveAlert, Engine
+from sensorwire.collector.events import Presence
+
+
+def step(segments: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+    """A step signal sampled every second: ``(from_s, to_s, value)`` segments."""
+    return [(float(t), v) for a, b, v in segments for t in range(int(a), int(b))]
+
+
+HOT = dict(match="greenhouse/*/env", metric="temperature", above=35.0, clear=33.0, for_s=30.0,
+           severity="critical")
+
+
+def test_a_step_crossing_and_recrossing_gives_exactly_the_expected_notifications() -> None:
+    e = Engine([rule(name="greenhouse-hot", **HOT)])
+    signal = step([
+        (0, 10, 30.0),     # ok
+        (10, 60, 36.0),    # above from 10 s: pending, fires at 40 s (for_s = 30)
+        (60, 80, 34.0),    # inside the band (33, 35]: still firing, nothing sent
+        (80, 100, 32.0),   # past clear: resolved at 80 s
+        (100, 120, 36.0),  # above for 20 s only ...
+        (120, 130, 30.0),  # ... so it never fires
+        (130, 200, 36.0),  # above from 130 s: fires at 160 s
+    ])
+    notes = feed(e, signal)
+    assert brief(notes) == [("firing", 40.0), ("resolved", 80.0), ("firing", 160.0)]
+    fired, resolved = notes[0], notes[1]
+    assert fired.to_dict() == {
+        "rule": "greenhouse-hot", "severity": "critical", "state": "firing", "site": "greenhouse",
+        "device": "pi-07", "sensor": "env", "metric": "temperature", "value": 36.0,
+        "threshold": 35.0, "started": "2027-01-15T08:00:40.000000Z", "resolved": None,
+        "summary": "greenhouse/pi-07/env temperature is 36, above 35 (greenhouse-hot, critical)",
+    }
+    assert resolved.started_ns == fired.started_ns and resolved.value == 32.0
+    assert resolved.to_dict()["resolved"] == "2027-01-15T08:01:20.000000Z"
+
+
+def test_flapping_inside_the_hysteresis_band_sends_nothing_more() -> None:
+    e = Engine([rule(**HOT | {"for_s": 0.0})])
+    notes = feed(e, [(0, 36.0)])
+    assert brief(notes) == [("firing", 0.0)]
+    flapping = [(float(t), [34.9, 33.1, 35.0, 33.5][t % 4]) for t in range(1, 500)]
+    assert feed(e, flapping) == []
+    assert brief(feed(e, [(500, 33.0)])) == [("resolved", 500.0)]
+
+
+def test_flapping_across_the_threshold_never_outlasts_for_s() -> None:
+    e = Engine([rule(**HOT)])
+    flapping = [(float(t), 36.0 if (t // 10) % 2 == 0 else 34.0) for t in range(1000)]
+    assert feed(e, flapping) == []
+
+
+def test_below_and_outside_with_their_own_bands() -> None:
+    e = Engine([rule(name="cold", metric="temperature", below=2.0, clear=4.0),
+                rule(name="band", metric="temperature", outside=[0.0, 10.0], clear=[1.0, 9.0])])
+    notes = feed(e, [(0, 5.0), (1, 1.0), (2, 3.0), (3, -1.0), (4, 0.5), (5, 4.5), (6, 12.0), (7, 9.5),
+                     (8, 8.0)])
+    got = [(n.rule, n.state, (n.time_ns - T0) / NS, n.threshold) for n in notes]
+    assert got == [
+        ("cold", "firing", 1.0, 2.0),
+        ("band", "firing", 3.0, 0.0),
+        ("cold", "resolved", 5.0, 2.0),
+        ("band", "resolved", 5.0, 0.0),  # 4.5 is inside [1, 9]
+        ("band", "firing", 6.0, 10.0),
+        ("band", "resolved", 8.0, 10.0),  # 9.5 was still outside the clear band
+    ]
+
+
+def test_only_matching_topics_and_metrics_count() -> None:
+    e = Engine([rule(**HOT | {"for_s": 0.0})])
+    out = e.observe(frame({"temperature": 40.0}, 0, site="cold-store"), at(0))
+    out += e.observe(frame({"temperature": 40.0}, 0, sensor="env2"), at(0))
+    out += e.observe(frame({"humidity": 40.0}, 0), at(0))
+    assert out == []
+    assert brief(e.observe(frame({"temperature": 40.0}, 1, device="pi-08"), at(1))) == [("firing", 1.0)]
+
+
+def test_stale_fires_at_the_exact_deadline_and_resolves_when_data_returns() -> None:
+    e = Engine([rule(name="sensor-stale", match="**", stale_s=10.0)])
+    assert feed(e, [(float(t), 20.0) for t in range(6)]) == []
+    assert e.tick(at(14.9)) == []
+    notes = e.tick(at(60))  # however late the tick, the alert started at 5 + 10 s
+    assert brief(notes) == [("firing", 15.0)]
+    n = notes[0]
+    assert (n.metric, n.sensor, n.threshold, n.value) == (None, "env", 10.0, 10.0)
+    assert e.tick(at(100)) == []
+    back = feed(e, [(120, 20.0)])
+    assert brief(back) == [("resolved", 120.0)]
+    assert back[0].started_ns == at(15)
+
+
+def test_stale_with_a_metric_ignores_other_metrics_of_the_sensor() -> None:
+    e = Engine([rule(name="s", metric="temperature", stale_s=10.0)])
+    feed(e, [(0, 20.0)])
+    out = feed(e, [(float(t), 1.0) for t in range(1, 30)], metric="humidity")
+    assert brief(out) == [("firing", 10.0)]
+
+
+def test_seeded_series_go_stale_without_a_first_sample() -> None:
+    e = Engine([rule(name="s", stale_s=10.0)])
+    e.seed("greenhouse", "pi-07", "env", ["temperature"], at(0))
+    assert brief(e.tick(at(11))) == [("firing", 10.0)]
+
+
+def test_device_offline_fires_and_resolves_on_presence() -> None:
+    e = Engine([rule(name="pi-offline", match="greenhouse/**", device_offline=True, for_s=5.0)])
+    def ev(state: str, t: float, prev: str | None, seen: float) -> Presence:
+        return Presence("greenhouse", "pi-07", state, prev, at(t), at(seen))  # type: ignore[arg-type]
+    assert e.presence(ev("online", 0, None, 0)) == []
+    assert e.presence(ev("offline", 30, "online", 15)) == []
+    notes = e.tick(at(40))
+    assert brief(notes) == [("firing", 35.0)]
+    n = notes[0]
+    assert (n.sensor, n.metric, n.threshold, n.value) == (None, None, None, 20.0)
+    assert n.summary.startswith("greenhouse/pi-07 is offline (silent for 20 s)")
+    back = e.presence(ev("online", 90, "offline", 15))
+    assert brief(back) == [("resolved", 90.0)]
+    # other sites do not match; a short outage (shorter than for_s) sends nothing
+    other = Presence("cold-store", "pi-01", "offline", "online", at(100), at(90))
+    assert e.presence(other) == [] and e.tick(at(200)) == []
+    assert e.presence(ev("offline", 300, "online", 290)) == []
+    assert e.presence(ev("online", 302, "offline", 290)) == [] and e.tick(at(400)) == []
+
+
+def test_a_clean_stop_is_not_an_outage() -> None:
+    e = Engine([rule(name="off", device_offline=True)])
+    assert e.presence(Presence("gh", "pi-1", "stopped", "online", at(10), at(9))) == []
+    fired = e.presence(Presence("gh", "pi-1", "offline", "online", at(20), at(10)))
+    assert brief(fired) == [("firing", 20.0)]
+    assert brief(e.presence(Presence("gh", "pi-1", "stopped", "offline", at(30), at(10)))) == \
+        [("resolved", 30.0)]
+
+
+def test_rate_of_change_fires_on_a_fast_rise_not_a_slow_one() -> None:
+    fast_rise = rule(name="fast-rise", metric="temperature", rate_above=0.5, window_s=60.0)
+    slow = feed(Engine([fast_rise]), [(float(t), -20.0 + 0.1 * t) for t in range(0, 600, 2)])
+    assert slow == []
+    e = Engine([fast_rise])
+    flat = [(float(t), -20.0) for t in range(0, 120, 2)]
+    rise = [(float(t), -20.0 + 1.0 * (t - 120)) for t in range(120, 200, 2)]
+    notes = feed(e, flat + rise)
+    assert [n.state for n in notes] == ["firing"]
+    assert 120 < (notes[0].time_ns - T0) / NS <= 180
+    assert notes[0].value is not None and notes[0].value > 0.5
+    after = feed(e, [(float(t), 60.0) for t in range(200, 400, 2)])
+    assert [n.state for n in after] == ["resolved"]
+
+
+def test_rate_memory_is_bounded() -> None:
+    e = Engine([rule(name="r", metric="temperature", rate_below=-1.0, window_s=3600.0)])
+    feed(e, [(t / 10, 0.0) for t in range(20_000)])
+    [inst] = e._instances.values()
+    assert inst.window is not None and len(inst.window) <= 256
+
+
+def test_repeat_s_renotifies_while_firing() -> None:
+    e = Engine([rule(**HOT | {"for_s": 0.0, "repeat_s": 60.0})])
+    notes = feed(e, [(0, 36.0)]) + e.tick(at(185))
+    assert brief(notes) == [("firing", 0.0), ("firing", 60.0), ("firing", 120.0), ("firing", 180.0)]
+    assert {n.started_ns for n in notes} == {at(0)}
+
+
+def test_a_restored_firing_alert_is_not_fired_again() -> None:
+    e = Engine([rule(name="greenhouse-hot", **HOT)])
+    gone = e.restore([ActiveAlert("greenhouse-hot", "greenhouse", "pi-07", "env", "temperature",
+                                  at(0), at(0), 36.0),
+                      ActiveAlert("removed-rule", "greenhouse", "pi-07", "env", "x", at(0), at(0), 1.0)])
+    assert [a.rule for a in gone] == ["removed-rule"]
+    assert feed(e, [(float(t), 36.0) for t in range(100, 200)]) == []
+    notes = feed(e, [(200, 30.0)])
+    assert brief(notes) == [("resolved", 200.0)] and notes[0].started_ns == at(0)
+
+
+def test_transitions_do_not_depend_on_when_ticks_happen() -> None:
+    rules = [rule(name="hot", **{k: v for k, v in HOT.items() if k != "severity"}),
+             rule(name="stale", stale_s=7.0, for_s=3.0)]
+    rng = random.Random(5)
+    readings = []
+    t = 0.0
+    for _ in range(400):
+        t += rng.choice([0.5, 1.0, 1.0, 2.0, 15.0])
+        readings.append((t, rng.choice([30.0, 34.0, 36.0, 36.0, 36.0])))
+    quiet = Engine(rules)
+    expected = feed(quiet, readings) + quiet.tick(at(t + 100))
+    busy = Engine(rules)
+    got = []
+    for i, (rt, v) in enumerate(readings):
+        got += busy.tick(at(rt - rng.random()))
+        got += busy.observe(frame({"temperature": v}, rt, seq=i + 1), at(rt))
+    got += busy.tick(at(t + 100))
+    assert [n.to_dict() for n in got] == [n.to_dict() for n in expected]
+    assert len(expected) > 4
+
+
+def test_the_worked_example_of_docs_alerting_md() -> None:
+    e = Engine([rule(name="greenhouse-hot", **HOT)])
+    values = [34.0, 35.5, 34.8, 36.0, 36.4, 36.9, 34.2, 35.8, 33.6, 32.9]
+    notes = feed(e, [(i * 20.0, v) for i, v in enumerate(values)])
+    assert brief(notes) == [("firing", 90.0), ("resolved", 180.0)]
+    assert [n.value for n in notes] == [36.4, 32.9]
+    assert notes[1].summary == ("greenhouse/pi-07/env temperature is 32.9, back past clear 33 "
+                                "after 1m30s (greenhouse-hot, critical)")

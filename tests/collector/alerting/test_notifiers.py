@@ -1,0 +1,241 @@
+"""Notifiers deliver to real endpoints: HTTP on loopback, an SMTP server, a
+process, a ZeroMQ socket; the courier retries, backs off and never blocks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+from alerting_support import NS, T0, Hook
+from support import free_port, tcp, wait_until
+
+from sensorwire.collector.alerting.delivery import Courier, Dispatcher
+from sensorwire.collector.alerting.notification import Notification
+from sensorwire.collector.alerting.notifiers import AnyNotifierConfig, NotifyError, build
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+FIRING = Notification(
+    rule="greenhouse-hot", severity="critical", state="firing", site="greenhouse", device="pi-07",
+    sensor="env", metric="temperature", value=36.5, threshold=35.0, started_ns=T0 + 456789_000,
+    resolved_ns=None, summary='greenhouse/pi-07/env temperature is 36.5, above 35 "quoted"',
+    time_ns=T0 + 456789_000,
+)
+
+
+def notifier(**kw: Any) -> AnyNotifierConfig:
+    return msgspec.convert(kw, AnyNotifierConfig)  # type: ignore[arg-type]
+
+
+def courier_for(**kw: Any) -> Courier:
+    cfg = notifier(**kw)
+    c = Courier(build(cfg), retries=cfg.retries, backoff_s=cfg.backoff_s, queue_max=cfg.queue_max)
+    c.start()
+    return c
+
+
+def test_the_notification_json_has_exactly_the_documented_fields() -> None:
+    d = json.loads(FIRING.to_json())
+    assert list(d) == ["rule", "severity", "state", "site", "device", "sensor", "metric", "value",
+                       "threshold", "started", "resolved", "summary"]
+    assert d["started"] == "2027-01-15T08:00:00.456789Z" and d["resolved"] is None
+
+
+def test_webhook_answering_500_twice_then_200_delivers_exactly_once(hook: Hook) -> None:
+    hook.script = ["500", "500"]
+    c = courier_for(name="hook", kind="webhook", url=hook.url, retries=3, backoff_s=0.05)
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.delivered == 1, what="delivery")
+        wait_until(c.idle, what="the courier to be idle")
+    finally:
+        c.close()
+    assert [a for a, _, _ in hook.requests] == ["500", "500", "200"]
+    assert hook.delivered() == [FIRING.to_dict()]
+    assert (c.delivered, c.failed, c.retried) == (1, 0, 2)
+
+
+def test_webhook_that_keeps_failing_is_counted_and_a_4xx_is_not_retried(hook: Hook) -> None:
+    hook.then = "503"
+    c = courier_for(name="hook", kind="webhook", url=hook.url, retries=2, backoff_s=0.01)
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.failed == 1, what="giving up")
+        assert hook.count() == 3
+        hook.then = "404"
+        c.offer(FIRING)
+        wait_until(lambda: c.failed == 2, what="a permanent failure")
+        assert hook.count() == 4
+    finally:
+        c.close()
+
+
+def test_webhook_template_shapes_the_body_for_slack(hook: Hook) -> None:
+    c = courier_for(name="slack", kind="webhook", url=hook.url,
+                    template='{"text": ":fire: {summary} (value {value}, since {started})"}',
+                    headers={"X-Alert": "{rule}/{state}"})
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.delivered == 1, what="delivery")
+    finally:
+        c.close()
+    [(_, headers, body)] = hook.requests
+    assert json.loads(body) == {"text": ':fire: greenhouse/pi-07/env temperature is 36.5, above 35 '
+                                        '"quoted" (value 36.5, since 2027-01-15T08:00:00.456789Z)'}
+    assert headers["X-Alert"] == "greenhouse-hot/firing"
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_a_plain_text_template_is_not_json_escaped(hook: Hook) -> None:
+    c = courier_for(name="ntfy", kind="webhook", url=hook.url, content_type="text/plain",
+                    template="{summary}", headers={"Title": "{rule} {state}"})
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.delivered == 1, what="delivery")
+    finally:
+        c.close()
+    assert hook.requests[0][2].decode() == FIRING.summary
+
+
+@pytest.mark.slow
+def test_a_hanging_webhook_does_not_hold_up_other_notifiers(hook: Hook) -> None:
+    hook.then = "hang"
+    fine = Hook()
+    d = Dispatcher([notifier(name="stuck", kind="webhook", url=hook.url, timeout_s=30.0),
+                    notifier(name="fine", kind="webhook", url=fine.url)])
+    d.start()
+    try:
+        for i in range(5):
+            d.deliver(FIRING, ["stuck", "fine"])
+        wait_until(lambda: len(fine.delivered()) == 5, what="the healthy hook's 5 deliveries")
+        assert hook.count() == 1  # still waiting on its first
+    finally:
+        hook.release.set()
+        t0 = time.monotonic()
+        d.close(timeout_s=2.0)
+        fine.close()
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(hook: Hook) -> None:
+    hook.then = "hang"
+    c = courier_for(name="hook", kind="webhook", url=hook.url, queue_max=3, timeout_s=30.0)
+    try:
+        wait_until(lambda: (c.offer(FIRING), hook.count() == 1)[1], what="the first request")
+        t0 = time.monotonic()
+        for _ in range(10):
+            c.offer(FIRING)
+        assert time.monotonic() - t0 < 0.5
+        assert c.depth == 3 and c.dropped >= 7
+    finally:
+        hook.release.set()
+        c.close(timeout_s=2.0)
+
+
+def test_exec_gets_the_json_on_stdin_and_placeholders_in_argv(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = "import sys; open(sys.argv[1], 'w').write(sys.argv[2] + '|' + sys.stdin.read())"
+    c = courier_for(name="run", kind="exec", command=[sys.executable, "-c", script, str(out), "{name}:{state}"])
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.delivered == 1, what="the command")
+    finally:
+        c.close()
+    args, stdin = out.read_text().split("|", 1)
+    assert args == "greenhouse-hot:firing"
+    assert json.loads(stdin) == FIRING.to_dict()
+
+
+def test_exec_failures_are_classified() -> None:
+    bad = build(notifier(name="x", kind="exec", command=["/nonexistent/notify"]))
+    with pytest.raises(NotifyError) as err:
+        bad.send(FIRING)
+    assert not err.value.retryable
+    failing = build(notifier(name="y", kind="exec", command=[sys.executable, "-c", "raise SystemExit(3)"]))
+    with pytest.raises(NotifyError, match="exit status 3") as err:
+        failing.send(FIRING)
+    assert err.value.retryable
+
+
+def test_publish_sends_an_alert_frame_on_its_topic() -> None:
+    ep = tcp()
+    pub = build(notifier(name="bus", kind="publish", bind=[ep]))
+    pub.open()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"alert/greenhouse/")
+    sub.connect(ep)
+    try:
+        def received() -> bytes | None:
+            pub.send(FIRING)
+            return sub.recv() if sub.poll(100) else None
+        msg = wait_until(received, what="an alert message")
+    finally:
+        sub.close()
+        ctx.term()
+        pub.close()
+    topic, payload = msg.split(wire.DELIM, 1)
+    assert topic == b"alert/greenhouse/pi-07/greenhouse-hot"
+    f = Frame.FromString(payload)
+    assert (f.site, f.device_id, f.sensor, f.time_unix_nano) == ("greenhouse", "pi-07", "greenhouse-hot", FIRING.started_ns)
+    assert f.seq >= 1
+    assert {s.metric: s.value for s in f.samples} == {"firing": 1.0, "severity": 3.0, "value": 36.5, "threshold": 35.0}
+
+
+def test_email_is_delivered_to_a_local_smtp_server() -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.mails: list[tuple[str, list[str], bytes]] = []
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 OK"
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"sw", b"secret")
+        return AuthResult(success=ok)
+
+    inbox = Inbox()
+    port = free_port()
+    smtpd = Controller(inbox, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                       auth_require_tls=False)
+    smtpd.start()
+    try:
+        c = courier_for(name="mail", kind="email", host="127.0.0.1", port=port, to=["ops@example.org"],
+                        username="sw", password="secret", retries=0, timeout_s=5.0,
+                        **{"from": "sensorwire@example.org"})
+        try:
+            c.offer(FIRING)
+            wait_until(lambda: c.delivered + c.failed == 1, what="the mail")
+        finally:
+            c.close()
+        assert c.delivered == 1
+        [(sender, to, content)] = inbox.mails
+        assert sender == "sensorwire@example.org" and to == ["ops@example.org"]
+        text = content.decode()
+        assert "Subject: [firing] greenhouse-hot: greenhouse/pi-07/env temperature is 36.5" in text
+        assert '"rule": "greenhouse-hot"' in text
+    finally:
+        smtpd.stop()
+
+
+def test_an_unreachable_smtp_server_is_retryable() -> None:
+    n = build(notifier(name="m", kind="email", host="127.0.0.1", port=free_port(), to=["a@b"],
+                       timeout_s=2.0, **{"from": "x@y"}))
+    with pytest.raises(NotifyError) as err:
+        n.send(FIRING)
+    assert err.value.retryable
+
+
+def test_started_is_the_fire_time() -> None:
+    assert FIRING.to_dict()["started"].endswith(".456789Z") and NS == 10**9

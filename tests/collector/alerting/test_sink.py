@@ -1,0 +1,117 @@
+"""The alerting sink inside a running collector: stores, notifies, survives restarts,
+and never holds up storage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from alerting_support import Hook, Live
+from support import wait_until
+
+HOT = """
+[[alerts]]
+name = "greenhouse-hot"
+match = "greenhouse/*/env"
+metric = "temperature"
+above = 35.0
+clear = 33.0
+severity = "critical"
+notify = ["hook"]
+
+[[notifiers]]
+name = "hook"
+kind = "webhook"
+url = "{url}"
+timeout_s = {timeout}
+retries = 0
+"""
+
+
+def test_a_firing_alert_is_stored_and_posted_once(live: Callable[..., Live], hook: Hook) -> None:
+    c = live(HOT.format(url=hook.url, timeout=5))
+    for v in (30.0, 36.0, 37.0, 36.0, 34.0, 36.0):
+        c.send({"temperature": v})
+    wait_until(lambda: c.history() == [("greenhouse-hot", "firing")], what="firing stored")
+    c.send({"temperature": 32.0})
+    wait_until(lambda: len(hook.delivered()) == 2, what="firing and resolved posted")
+    firing, resolved = hook.delivered()
+    assert (firing["state"], firing["value"], resolved["state"], resolved["value"]) == \
+        ("firing", 36.0, "resolved", 32.0)
+    assert resolved["started"] == firing["started"] and resolved["resolved"] is not None
+    assert c.history() == [("greenhouse-hot", "firing"), ("greenhouse-hot", "resolved")]
+    assert c.rows("SELECT count(*) FROM alert_instances") == [(0,)]
+
+
+@pytest.mark.slow
+def test_a_hanging_webhook_does_not_delay_storage_of_samples(live: Callable[..., Live], hook: Hook) -> None:
+    hook.then = "hang"
+    c = live(HOT.format(url=hook.url, timeout=60))
+    c.send({"temperature": 36.0})
+    wait_until(lambda: hook.count() == 1, what="the webhook to be called (and hang)")
+    for i in range(300):
+        c.send({"temperature": 32.0 if i % 2 else 36.0})
+    # every sample is stored, and every transition recorded, while the webhook still hangs
+    wait_until(lambda: c.stored() == 301, what="all 301 frames stored")
+    wait_until(lambda: len(c.history()) == 300, what="all 300 transitions stored")
+    assert hook.count() == 1 and not hook.release.is_set()
+    assert c.alerting.dispatcher is not None
+    assert c.alerting.dispatcher.couriers["hook"].depth > 100
+
+
+@pytest.mark.slow
+def test_a_restart_while_firing_sends_no_second_firing(live: Callable[..., Live], hook: Hook) -> None:
+    first = live(HOT.format(url=hook.url, timeout=5))
+    first.send({"temperature": 36.0})
+    wait_until(lambda: len(hook.delivered()) == 1, what="the firing notification")
+    first.close()
+    second = live(HOT.format(url=hook.url, timeout=5), name="restarted")
+    for v in (36.5, 37.0, 34.0):
+        second.send({"temperature": v})
+    wait_until(lambda: second.stored() == 4, what="the new frames stored")
+    second.send({"temperature": 30.0})
+    wait_until(lambda: len(hook.delivered()) == 2, what="the resolved notification")
+    assert [d["state"] for d in hook.delivered()] == ["firing", "resolved"]
+    first_started = hook.delivered()[0]["started"]
+    assert hook.delivered()[1]["started"] == first_started
+
+
+STALE = """
+[[alerts]]
+name = "sensor-stale"
+match = "greenhouse/**"
+stale_s = 0.3
+"""
+
+
+def test_stale_fires_when_no_frames_arrive_at_all_and_resolves(live: Callable[..., Live]) -> None:
+    c = live(STALE)
+    c.send({"temperature": 20.0})
+    wait_until(lambda: c.history() == [("sensor-stale", "firing")], timeout_s=15,
+               what="stale firing with no frames arriving")
+    c.send({"temperature": 20.0})
+    wait_until(lambda: c.history()[-1:] == [("sensor-stale", "resolved")], what="resolved")
+    [(summary,)] = c.rows("SELECT summary FROM alert_history WHERE state = 'firing'")
+    assert summary.startswith("greenhouse/pi-07/env: no sample for")
+
+
+def test_alerts_listing_shows_history_and_active(live: Callable[..., Live], hook: Hook) -> None:
+    from io import StringIO
+
+    from sensorwire.collector.alerting import listing
+
+    c = live(HOT.format(url=hook.url, timeout=5))
+    c.send({"temperature": 36.0})
+    c.send({"temperature": 36.0}, device="pi-08")
+    c.send({"temperature": 30.0})
+    wait_until(lambda: len(c.history()) == 3, what="3 transitions")
+    out = StringIO()
+    listing.run(str(c.db), active=True, since_ns=None, fmt="json", out=out)
+    [active] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert active["device"] == "pi-08" and active["state"] == "firing" and active["resolved"] is None
+    out = StringIO()
+    listing.run(str(c.db), active=False, since_ns=None, fmt="table", out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:5] == ["time", "state", "severity", "rule", "where"]
+    assert len(lines) == 5 and "greenhouse/pi-08/env temperature" in lines[3]
