@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,6 +12,7 @@ import msgspec
 from sensorwire import configload, names
 from sensorwire.agent import sensors
 from sensorwire.configload import Config, ConfigError, check_name
+from sensorwire.metrics import MetricsConfig
 
 
 class PublishConfig(Config):
@@ -26,6 +27,7 @@ class AgentFile(Config):
     device_id: str = ""
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     sensors: list[dict[str, Any]] = []
 
     def __post_init__(self) -> None:
@@ -43,6 +45,7 @@ class AgentConfig:
     log_level: str
     publish: PublishConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def default_device_id() -> str:
@@ -66,6 +69,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
         log_level=top.log_level,
         publish=top.publish,
         sensors=parsed,
+        metrics=top.metrics,
     )
 
 

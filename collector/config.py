@@ -9,6 +9,7 @@ import msgspec
 
 from sensorwire import configload
 from sensorwire.configload import Config
+from sensorwire.metrics import CollectorMetricsConfig
 from sensorwire.proto import wire
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -49,6 +50,7 @@ class CollectorConfig(Config):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: Positive = 60.0
+    metrics: CollectorMetricsConfig = msgspec.field(default_factory=CollectorMetricsConfig)
 
 
 def load(path: str | Path) -> CollectorConfig:

@@ -4,6 +4,9 @@ Agents connect to the XSUB *frontend*, collectors to the XPUB *backend*.
 Frames flow frontend -> backend; subscriptions flow backend -> frontend, so
 filtering happens at the agents.  The proxy counts frames and bytes passed
 and logs a one-line summary every minute.
+
+On SIGHUP it re-reads its file: ``log_level`` and ``summary_s`` apply at once;
+``frontend`` and ``backend`` need a restart.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import zmq
 
 from sensorwire import configload, zmqutil
 from sensorwire.configload import Config
 from sensorwire.lifecycle import StopSignal
+from sensorwire.metrics import MetricsConfig
+from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ class ProxyConfig(Config):
     backend: str
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: float = 60.0
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
 
 def load(path: str | Path) -> ProxyConfig:
@@ -42,8 +49,10 @@ class Proxy:
         self.frames = 0
         self.bytes = 0
         self.subscriptions = 0
+        self._rate = Rate()
 
-    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
+    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
+            service: Service | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         front = ctx.socket(zmq.XSUB)
         back = ctx.socket(zmq.XPUB)
@@ -55,14 +64,15 @@ class Proxy:
             log.info("proxy up: agents -> %s, collectors <- %s", self.config.frontend, self.config.backend)
             if ready is not None:
                 ready()
-            self._loop(stop, front, back)
+            self._loop(stop, front, back, service or NO_SERVICE)
             log.info("proxy stopping: %d frames, %d bytes forwarded", self.frames, self.bytes)
         finally:
             front.close()
             back.close()
             ctx.term()
 
-    def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
+    def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes],
+              svc: Service) -> None:
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
@@ -71,7 +81,8 @@ class Proxy:
         last_frames = 0
         while not stop.is_set():
             timeout = max(0.0, next_summary - time.monotonic()) * 1000
-            events = dict(poller.poll(timeout))
+            events = dict(poller.poll(svc.timeout_ms(timeout)))
+            svc.tick()
             if front in events:
                 self._pump(front, back, count=True)
             if back in events:
@@ -83,6 +94,23 @@ class Proxy:
                          rate, self.frames, self.bytes)
                 last_frames = self.frames
                 next_summary = now + self.config.summary_s
+
+    # -- reload and status (sensorwire.service) -----------------------------------------------
+    def reload(self, config: ProxyConfig) -> None:
+        """Apply a new configuration: summary_s at once; endpoints need a restart."""
+        fixed = [k for k in ("frontend", "backend") if getattr(config, k) != getattr(self.config, k)]
+        if config.metrics != self.config.metrics:
+            fixed.append("metrics")
+        if fixed:
+            log.warning("reload: %s changed but take effect only after a restart; keeping %s",
+                        ", ".join(fixed), ", ".join(f"{k}={getattr(self.config, k)!r}" for k in fixed))
+            config = msgspec.structs.replace(config, **{k: getattr(self.config, k) for k in fixed})
+        self.config = config
+
+    def status(self) -> str:
+        """The one-line STATUS= for systemd."""
+        rate = self._rate.per_s(self.frames)
+        return f"forwarding {rate:.1f} frames/s; {self.frames} frames, {self.bytes} bytes in all"
 
     def _pump(self, src: zmq.Socket[bytes], dst: zmq.Socket[bytes], count: bool) -> int:
         n = 0
