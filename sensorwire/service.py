@@ -56,8 +56,10 @@ class Rate:
 class Service:
     def __init__(self, stop: StopSignal | None = None, status: Callable[[], str] | None = None,
                  reload: Callable[[], None] | None = None, status_s: float = STATUS_S,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``reload`` re-reads the file and applies it (raises ConfigError for a bad one)."""
+        self._clock = clock
         self._stop = stop
         self._status = status
         self._reload = reload
@@ -80,7 +82,7 @@ class Service:
     # -- systemd messages --------------------------------------------------
     def ready(self) -> None:
         sdnotify.notify("READY=1" + self._status_field())
-        self._next_status = time.monotonic() + self.status_s
+        self._next_status = self._clock() + self.status_s
 
     def stopping(self) -> None:
         sdnotify.notify("STOPPING=1\nSTATUS=stopping")
@@ -100,7 +102,7 @@ class Service:
         """``timeout_ms`` (None: forever) capped at the next ping or status, rounded up."""
         due = self.watchdog.due_in()
         if self._notifying and self._status is not None:
-            s = max(0.0, self._next_status - time.monotonic())
+            s = max(0.0, self._next_status - self._clock())
             due = s if due is None else min(due, s)
         if due is None:
             return timeout_ms
@@ -115,9 +117,9 @@ class Service:
             self._stop.drain()  # the wake-up byte, or the poll would return at once forever
             self.reload()
         self.watchdog.kick()
-        if self._notifying and self._status is not None and time.monotonic() >= self._next_status:
+        if self._notifying and self._status is not None and self._clock() >= self._next_status:
             sdnotify.notify(self._status_field().lstrip("\n"))
-            self._next_status = time.monotonic() + self.status_s
+            self._next_status = self._clock() + self.status_s
 
     def reload(self) -> bool:
         """Re-read the configuration; on any error keep the running one. True when applied."""
