@@ -24,6 +24,7 @@ Names, by role:
   ``sensorwire_sink_queue_frames``, ``sensorwire_sink_queue_capacity_frames``,
   ``sensorwire_sink_write_duration_seconds`` (histogram), and from the metrics sink
   ``sensorwire_end_to_end_latency_seconds`` (histogram), ``sensorwire_devices_online``,
+  ``sensorwire_heartbeats_received_total``,
   ``sensorwire_sensor_value{site,device,sensor,metric}`` (with ``export_values``).
 """
 
@@ -159,6 +160,9 @@ def _metrics_sink_families(sink: Any) -> Iterable[Family]:
     yield Family("sensorwire_end_to_end_latency_seconds", "histogram",
                  "Receive time at the collector minus the frame's sample time (data frames)."
                  ).add(sink.latency)
+    yield Family("sensorwire_heartbeats_received_total", "counter",
+                 "Heartbeats accepted (also counted in sensorwire_frames_accepted_total)."
+                 ).add(sink.heartbeats)
     yield Family("sensorwire_devices_online", "gauge",
                  "Devices whose frames keep coming and whose last heartbeat did not say stopping."
                  ).add(sink.devices_online())
