@@ -130,6 +130,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from sensorwire import install
+
+    try:
+        return install.run(args.role, user=args.user, config=args.config, dry_run=args.dry_run,
+                           root=args.root)
+    except install.InstallError as exc:
+        print(f"sensorwire: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sensorwire import demo
 
@@ -209,6 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--role", choices=("agent", "proxy", "collector"),
                    help="default: guessed from the file name, then from its keys")
     k.set_defaults(func=cmd_check_config)
+
+    i = sub.add_parser("install-service", help="install the systemd unit of a role",
+                       description="Write /etc/systemd/system/sensorwire-ROLE.service for the "
+                       "sensorwire installed here, install a default configuration if there is "
+                       "none, and print the systemctl commands to enable and start it.")
+    i.add_argument("role", choices=("agent", "proxy", "collector"))
+    i.add_argument("--user", metavar="NAME",
+                   help="run as this existing user (default: a dynamic user made by systemd)")
+    i.add_argument("--config", metavar="PATH",
+                   help="the configuration file (default: /etc/sensorwire/ROLE.toml)")
+    i.add_argument("--dry-run", action="store_true",
+                   help="write nothing; print exactly the unit file to stdout, the rest to stderr")
+    i.add_argument("--root", metavar="DIR",
+                   help="write under DIR as if it were / (the unit's own paths stay as they are)")
+    i.set_defaults(func=cmd_install_service)
 
     d = sub.add_parser("demo", help="run a proxy, a collector and simulated agents locally",
                        description="Start a proxy, a collector and three simulated agents on "
