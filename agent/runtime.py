@@ -312,13 +312,15 @@ class Agent:
         fixed = _restart_only(self.config, config)
         if fixed:
             log.warning("reload: %s changed but take effect only after a restart", ", ".join(fixed))
-        publish = msgspec.structs.replace(self.config.publish, heartbeat_s=config.publish.heartbeat_s)
+        publish = msgspec.structs.replace(self.config.publish,
+                                          heartbeat_s=config.publish.heartbeat_s)
         self._stop_streams(plan.retired)
         for st in plan.retired:
             if st.thread is not None:
                 st.thread.join(timeout=2.0)
                 if st.thread.is_alive():
-                    log.warning("sensor %s: its reader did not stop within 2 s; left to finish", st.name)
+                    log.warning("sensor %s: its reader did not stop within 2 s; left to finish",
+                                st.name)
                     continue
             _close_quietly(st)
         self.states = plan.states
@@ -383,7 +385,7 @@ def _restart_only(old: AgentConfig, new: AgentConfig) -> list[str]:
             continue
         if getattr(old, f.name) != getattr(new, f.name):
             out.append(f.name)
-    for f in msgspec.structs.fields(old.publish):
-        if f.name != "heartbeat_s" and getattr(old.publish, f.name) != getattr(new.publish, f.name):
-            out.append(f"publish.{f.name}")
+    for key in (f.name for f in msgspec.structs.fields(old.publish)):
+        if key != "heartbeat_s" and getattr(old.publish, key) != getattr(new.publish, key):
+            out.append(f"publish.{key}")
     return out

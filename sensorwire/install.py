@@ -42,8 +42,8 @@ def installed_executable() -> str:
     found = shutil.which("sensorwire")
     if found:
         return str(Path(found).absolute())
-    raise InstallError(f"cannot find the sensorwire command (looked in {beside.parent} and on PATH); "
-                       "install sensorwire with pip first")
+    raise InstallError(f"cannot find the sensorwire command (looked in {beside.parent} and on "
+                       "PATH); install sensorwire with pip first")
 
 
 def _under(root: str | None, path: str) -> Path:
@@ -100,4 +100,5 @@ def _check(path: Path, role: str, info: TextIO) -> None:
     try:
         checkconfig.load_any(path, role)
     except ConfigError as exc:
-        print(f"warning: the configuration is not valid, the service will not start: {exc}", file=info)
+        print(f"warning: the configuration is not valid, the service will not start: {exc}",
+              file=info)

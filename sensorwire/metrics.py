@@ -63,7 +63,7 @@ class MetricsConfig(Config):
                 raise ValueError(f"listen: {problem}")
 
     def endpoint(self, role: str) -> tuple[str, bool]:
-        """``(listen, explicit)``: the address to serve on ("" for none), and whether the file set it."""
+        """``(listen, explicit)``: where to serve ("" for nowhere); did the file say so?"""
         if self.listen is not None:
             return self.listen, True
         return DEFAULT_LISTEN[role], False

@@ -98,12 +98,14 @@ class Proxy:
     # -- reload and status (sensorwire.service) -----------------------------------------------
     def reload(self, config: ProxyConfig) -> None:
         """Apply a new configuration: summary_s at once; endpoints need a restart."""
-        fixed = [k for k in ("frontend", "backend") if getattr(config, k) != getattr(self.config, k)]
+        fixed = [k for k in ("frontend", "backend")
+                 if getattr(config, k) != getattr(self.config, k)]
         if config.metrics != self.config.metrics:
             fixed.append("metrics")
         if fixed:
+            kept = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in fixed)
             log.warning("reload: %s changed but take effect only after a restart; keeping %s",
-                        ", ".join(fixed), ", ".join(f"{k}={getattr(self.config, k)!r}" for k in fixed))
+                        ", ".join(fixed), kept)
             config = msgspec.structs.replace(config, **{k: getattr(self.config, k) for k in fixed})
         self.config = config
 

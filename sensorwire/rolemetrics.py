@@ -85,11 +85,13 @@ def agent_families(agent: Agent) -> Iterable[Family]:
            .add(agent.stream_dropped, "stream_queue_full"))
     spool: Any = getattr(pub, "spool", None)
     if spool is not None and hasattr(spool, "pending"):
-        yield Family("sensorwire_spool_frames", "gauge", "Frames waiting in the spool.").add(spool.pending)
+        yield Family("sensorwire_spool_frames", "gauge",
+                     "Frames waiting in the spool.").add(spool.pending)
     yield Family("sensorwire_subscriptions", "gauge",
                  "Subscriptions the agent's socket has seen (collectors listening)."
                  ).add(len(pub.subscriptions))
-    yield Family("sensorwire_last_seq", "gauge", "The seq of the last data frame built.").add(pub.seq)
+    yield Family("sensorwire_last_seq", "gauge",
+                 "The seq of the last data frame built.").add(pub.seq)
     yield Family("sensorwire_agent_info", "gauge", "The agent's names and boot_id; always 1.",
                  ("site", "device", "boot_id")).add(1, pub.site, pub.device_id, str(pub.boot_id))
     readings = Family("sensorwire_sensor_readings_total", "counter",
@@ -111,12 +113,14 @@ def proxy_families(proxy: Proxy) -> Iterable[Family]:
     yield Family("sensorwire_bytes_forwarded_total", "counter",
                  "Bytes forwarded from agents to collectors.").add(proxy.bytes)
     yield Family("sensorwire_subscriptions_forwarded_total", "counter",
-                 "Subscription messages forwarded from collectors to agents.").add(proxy.subscriptions)
+                 "Subscription messages forwarded from collectors to agents."
+                 ).add(proxy.subscriptions)
 
 
 def collector_families(collector: Collector) -> Iterable[Family]:
     yield Family("sensorwire_frames_received_total", "counter",
-                 "Messages received (data frames and heartbeats, good and bad).").add(collector.received)
+                 "Messages received (data frames and heartbeats, good and bad)."
+                 ).add(collector.received)
     yield Family("sensorwire_bytes_received_total", "counter",
                  "Bytes of messages received.").add(getattr(collector, "bytes_received", 0))
     yield Family("sensorwire_frames_accepted_total", "counter",
@@ -131,7 +135,8 @@ def collector_families(collector: Collector) -> Iterable[Family]:
                      "Frames written by each sink.", ("sink",))
     dropped = Family("sensorwire_sink_frames_dropped_total", "counter",
                      "Frames a sink dropped (queue full, or a write given up).", ("sink",))
-    depth = Family("sensorwire_sink_queue_frames", "gauge", "Frames queued for each sink.", ("sink",))
+    depth = Family("sensorwire_sink_queue_frames", "gauge",
+                   "Frames queued for each sink.", ("sink",))
     capacity = Family("sensorwire_sink_queue_capacity_frames", "gauge",
                       "The most frames a sink's queue holds.", ("sink",))
     latency = Family("sensorwire_sink_write_duration_seconds", "histogram",

@@ -98,17 +98,19 @@ class Service:
         return "\nSTATUS=" + line.replace("\n", " ")
 
     # -- called by the loop ------------------------------------------------
-    def timeout_ms(self, timeout_ms: float | None) -> float | None:
-        """``timeout_ms`` (None: forever) capped at the next ping or status, rounded up."""
+    def timeout_ms(self, timeout_ms: float | None) -> int | None:
+        """``timeout_ms`` (None: forever) capped at the next ping or status, in whole ms.
+
+        Rounded up: a poll timeout truncated to 0 ms would spin until the deadline.
+        """
         due = self.watchdog.due_in()
         if self._notifying and self._status is not None:
             s = max(0.0, self._next_status - self._clock())
             due = s if due is None else min(due, s)
-        if due is None:
-            return timeout_ms
-        # rounded up: a timeout truncated to 0 ms would spin until the deadline
-        cap = float(math.ceil(due * 1000.0))
-        return cap if timeout_ms is None else min(timeout_ms, cap)
+        if due is not None:
+            cap = due * 1000.0
+            timeout_ms = cap if timeout_ms is None else min(timeout_ms, cap)
+        return None if timeout_ms is None else math.ceil(timeout_ms)
 
     def tick(self) -> None:
         """After each wake-up: ping, status, and a reload if SIGHUP came."""

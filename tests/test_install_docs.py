@@ -144,16 +144,18 @@ class Machine:
                 assert self.units[name].popen.poll() is None, self.units[name].log.read_text()
         elif verb == "reload":
             for name in names:
-                u = self.units[name]
-                n = sum("READY=1" in m for m in u.listener.messages)
-                u.popen.send_signal(signal.SIGHUP)
-                assert u.listener.wait_for("RELOADING=1", 10)
-                wait_until(lambda: u.listener.wait_for("\0never", 0.05)
-                           or sum("READY=1" in m for m in u.listener.messages) > n,
-                           timeout_s=10, what=f"READY=1 after reloading {name}")
-                assert "reload failed" not in u.log.read_text()
+                self.reload(self.units[name])
         else:
             raise AssertionError(f"systemctl {verb}: not known to this test")
+
+    def reload(self, u: Unit) -> None:
+        n = sum("READY=1" in m for m in u.listener.messages)
+        u.popen.send_signal(signal.SIGHUP)
+        assert u.listener.wait_for("RELOADING=1", 10)
+        wait_until(lambda: u.listener.wait_for("\0never", 0.05)
+                   or sum("READY=1" in m for m in u.listener.messages) > n,
+                   timeout_s=10, what=f"READY=1 after reloading {u.name}")
+        assert "reload failed" not in u.log.read_text()
 
     def start(self, name: str) -> None:
         unit = (self.root / "etc/systemd/system" / f"{name}.service").read_text()
@@ -210,7 +212,8 @@ def machine(tmp_path: Path) -> Iterator[Machine]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_install_sections_work_as_written(machine: Machine) -> None:
-    server, pi = section_commands("Install on the server"), section_commands("Install on a Raspberry Pi")
+    server = section_commands("Install on the server")
+    pi = section_commands("Install on a Raspberry Pi")
     assert any("install-service collector" in c for c in server)
     assert any("install-service agent" in c for c in pi)
     for line in server:

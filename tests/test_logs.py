@@ -53,7 +53,8 @@ def test_journal_stream_of_another_stream_is_ignored(tmp_path: Path) -> None:
 
 def test_on_a_terminal_timestamps_and_levels(tmp_path: Path) -> None:
     first = run_logging(tmp_path, journal=False).splitlines()[0]
-    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    sensorwire.x: hello there$", first)
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    sensorwire.x: hello there$",
+                    first)
 
 
 @pytest.mark.slow

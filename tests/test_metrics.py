@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, run_cli, wait_until, write
-
 from sensorwire.collector.sinks.metrics import MetricsSink
-from sensorwire.metrics import Histogram, MetricsConfig
 from sensorwire.proto.v1.telemetry_pb2 import Frame
+from support import free_port, run_cli, tcp, wait_until, write
+
+from sensorwire.metrics import Histogram, MetricsConfig
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -48,7 +48,7 @@ listen = "127.0.0.1:{metrics_port}"
 name = "env"
 kind = "simulated"
 interval_s = 0.02
-metrics = [{{ name = "temperature", unit = "C", signal = "sine", mean = 20.0, amplitude = 2.0, period_s = 10.0 }},
+metrics = [{{ name = "temperature", unit = "C", signal = "sine", period_s = 10.0 }},
            {{ name = "door", signal = "constant", value = 1.5 }}]
 """
 
@@ -71,7 +71,8 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
     pm, cm = free_port(), free_port()
     db = tmp_path / "telemetry.db"
     proxy = procs("proxy", "proxy", "-c", str(write(tmp_path / "proxy.toml",
-                  f'frontend = "{front}"\nbackend = "{back}"\n[metrics]\nlisten = "127.0.0.1:{pm}"\n')))
+                  f'frontend = "{front}"\nbackend = "{back}"\n'
+                  f'[metrics]\nlisten = "127.0.0.1:{pm}"\n')))
     collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
         f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n'
         f'[metrics]\nlisten = "127.0.0.1:{cm}"\nexport_values = true\n')))
@@ -113,16 +114,20 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
     stored = db_frames(db)
     for d in ams:
         assert db_frames(db, d) >= sent[d]  # everything sent before the scrape was stored
-    assert value(c, "sensorwire_frames_received_total") == value(c, "sensorwire_frames_accepted_total")
+    received = value(c, "sensorwire_frames_received_total")
+    assert received == value(c, "sensorwire_frames_accepted_total")
     assert value(c, "sensorwire_decode_errors_total", reason="decode") == 0
     assert value(c, "sensorwire_sink_frames_dropped_total", sink="sqlite") == 0
     assert value(c, "sensorwire_sink_queue_frames", sink="sqlite") == 0
     assert value(c, "sensorwire_end_to_end_latency_seconds_count") == stored
     assert value(c, "sensorwire_end_to_end_latency_seconds_bucket", le="+Inf") == stored
-    assert value(c, "sensorwire_end_to_end_latency_seconds_bucket", le="1.0") == stored  # local: fast
+    # local, so fast
+    assert value(c, "sensorwire_end_to_end_latency_seconds_bucket", le="1.0") == stored
     assert value(c, "sensorwire_sink_write_duration_seconds_count", sink="sqlite") > 0
-    assert value(c, "sensorwire_bytes_received_total") == value(p, "sensorwire_bytes_forwarded_total") > 0
-    assert value(c, "sensorwire_devices_online") == 0  # both said "stopping" in their last heartbeat
+    nbytes = value(c, "sensorwire_bytes_received_total")
+    assert nbytes == value(p, "sensorwire_bytes_forwarded_total") > 0
+    # both said "stopping" in their last heartbeat
+    assert value(c, "sensorwire_devices_online") == 0
     assert value(c, "sensorwire_build_info", role="collector", version="0.1.0") == 1
     assert collector.terminate() == 0 and proxy.terminate() == 0
 
@@ -174,8 +179,8 @@ def test_a_taken_port_stops_the_start_only_when_the_file_set_it(tmp_path: Path, 
                     f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
         r = run_cli("proxy", "-c", str(cfg), timeout=30)
         assert r.returncode == 1
-        assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use ([metrics] listen)" \
-            in r.stderr
+        assert (f"cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+                "([metrics] listen)") in r.stderr
 
 
 def test_a_default_endpoint_on_a_taken_port_warns_and_runs_without(
@@ -185,17 +190,17 @@ def test_a_default_endpoint_on_a_taken_port_warns_and_runs_without(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
         with MetricsServer(listen, [], explicit=False) as server:
             assert not server.start()
     assert "running without metrics" in caplog.text
-    with MetricsServer("127.0.0.1:%d" % free_port(), []) as server:
+    with MetricsServer(f"127.0.0.1:{free_port()}", []) as server:
         assert server.start() and server.port
 
 
 def test_the_agent_does_not_load_prometheus_client_with_metrics_off(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "agent.toml", 'site = "gh"\n[publish]\nbind = ["tcp://127.0.0.1:%d"]\n'
-                % free_port() + '[[sensors]]\nname = "env"\nkind = "simulated"\n'
+    cfg = write(tmp_path / "agent.toml", f'site = "gh"\n[publish]\nbind = ["{tcp()}"]\n'
+                '[[sensors]]\nname = "env"\nkind = "simulated"\n'
                 'metrics = [{ name = "t", signal = "constant", value = 1.0 }]\n')
     code = ("import os, signal, sys, threading\n"
             "from sensorwire import cli\n"

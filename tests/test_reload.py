@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 import zmq
-from support import Proc, free_port, tcp, wait_until, write
-
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
+from support import Proc, free_port, tcp, wait_until, write
 
 
 def sensor(name: str, interval_s: float = 0.05, value: float = 1.0) -> str:
@@ -58,9 +57,11 @@ def hup(p: Proc) -> None:
 
 
 @pytest.mark.slow
-def test_agent_reload_adds_removes_and_changes_sensors_without_a_gap(tmp_path: Path, procs: Any) -> None:
+def test_agent_reload_adds_removes_and_changes_sensors_without_a_gap(tmp_path: Path,
+                                                                     procs: Any) -> None:
     ep = tcp()
-    cfg = write(tmp_path / "agent.toml", agent_toml(ep, sensor("env"), sensor("door"), sensor("old")))
+    cfg = write(tmp_path / "agent.toml",
+                agent_toml(ep, sensor("env"), sensor("door"), sensor("old")))
     p = procs("agent", "agent", "-c", str(cfg))
     sub = Sub(ep)
     try:
@@ -129,13 +130,15 @@ def test_collector_reload_changes_its_prefixes(tmp_path: Path, procs: Any) -> No
     db = tmp_path / "telemetry.db"
 
     def collector_toml(prefix: str) -> str:
-        return (f'[subscribe]\nconnect = ["{eps["pi-1"]}", "{eps["pi-2"]}"]\nprefixes = ["{prefix}"]\n'
+        return (f'[subscribe]\nconnect = ["{eps["pi-1"]}", "{eps["pi-2"]}"]\n'
+                f'prefixes = ["{prefix}"]\n'
                 f'[storage]\npath = "{db}"\nflush_interval_s = 0.05\n[metrics]\nlisten = ""\n')
 
     def count(device: str) -> int:
         with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT count(*) FROM frames f JOIN devices d ON d.id = f.device_key "
-                                    "WHERE d.device = ?", (device,)).fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM frames f JOIN devices d "
+                                    "ON d.id = f.device_key WHERE d.device = ?",
+                                    (device,)).fetchone()[0])
 
     cfg = write(tmp_path / "collector.toml", collector_toml("gh/pi-1"))
     c = procs("collector", "collector", "-c", str(cfg))
@@ -153,7 +156,8 @@ def test_collector_reload_changes_its_prefixes(tmp_path: Path, procs: Any) -> No
 @pytest.mark.slow
 def test_proxy_reload_applies_the_log_level(tmp_path: Path, procs: Any) -> None:
     front, back = free_port(), free_port()
-    text = f'frontend = "tcp://127.0.0.1:{front}"\nbackend = "tcp://127.0.0.1:{back}"\n[metrics]\nlisten = ""\n'
+    text = (f'frontend = "tcp://127.0.0.1:{front}"\nbackend = "tcp://127.0.0.1:{back}"\n'
+            '[metrics]\nlisten = ""\n')
     cfg = write(tmp_path / "proxy.toml", text)
     p = procs("proxy", "proxy", "-c", str(cfg))
     write(cfg, 'log_level = "warning"\n' + text)

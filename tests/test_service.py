@@ -44,7 +44,8 @@ def test_watchdog_follows_the_environment() -> None:
     assert not Watchdog.from_env({"WATCHDOG_USEC": "400000"}).enabled  # no NOTIFY_SOCKET
     wd = Watchdog.from_env({"WATCHDOG_USEC": "400000", "NOTIFY_SOCKET": "/x"})
     assert wd.interval_s == pytest.approx(0.2)
-    other = Watchdog.from_env({"WATCHDOG_USEC": "400000", "NOTIFY_SOCKET": "/x", "WATCHDOG_PID": "1"})
+    other = Watchdog.from_env({"WATCHDOG_USEC": "400000", "NOTIFY_SOCKET": "/x",
+                               "WATCHDOG_PID": "1"})
     assert not other.enabled  # meant for pid 1, not for us
     mine = {"WATCHDOG_USEC": "400000", "NOTIFY_SOCKET": "/x", "WATCHDOG_PID": str(os.getpid())}
     assert Watchdog.from_env(mine).enabled

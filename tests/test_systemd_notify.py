@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Proc, free_port, wait_until, write
+from support import Proc, free_port, write
 
 from sensorwire.sdnotify import NotifyListener
 
@@ -54,8 +54,9 @@ metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
 """)
 
 
-def start_role(role: str, tmp_path: Path, procs: Callable[..., Proc]) -> tuple[Proc, Callable[[], None], int]:
-    """Start ``role``; return it, a check that its sockets and sinks are up, and its metrics port."""
+def start_role(role: str, tmp_path: Path,
+               procs: Callable[..., Proc]) -> tuple[Proc, Callable[[], None], int]:
+    """Start ``role``; return it, a check that its sockets and sinks are up, its metrics port."""
     mport = free_port()
     env = {"WATCHDOG_USEC": str(WATCHDOG_USEC)}
     if role == "agent":
@@ -65,7 +66,8 @@ def start_role(role: str, tmp_path: Path, procs: Callable[..., Proc]) -> tuple[P
     if role == "proxy":
         front, back = free_port(), free_port()
         cfg = write(tmp_path / "proxy.toml", f'frontend = "tcp://127.0.0.1:{front}"\n'
-                    f'backend = "tcp://127.0.0.1:{back}"\n[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+                    f'backend = "tcp://127.0.0.1:{back}"\n'
+                    f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
         p = procs(role, "proxy", "-c", str(cfg), env=env)
 
         def up() -> None:

@@ -112,7 +112,8 @@ def test_install_service_with_its_own_config_path_and_a_bad_config(tmp_path: Pat
     own.write_text('site = "x"\n')
     r = run_cli("install-service", "agent", "--root", str(root), "--config", "/srv/agent.toml")
     assert r.returncode == 0, r.stderr
-    assert " agent -c /srv/agent.toml" in (root / "etc/systemd/system/sensorwire-agent.service").read_text()
+    unit = (root / "etc/systemd/system/sensorwire-agent.service").read_text()
+    assert " agent -c /srv/agent.toml" in unit
     assert "warning: the configuration is not valid" in r.stdout and "publish" in r.stdout
 
 
@@ -127,4 +128,5 @@ def test_install_service_says_why_it_cannot_write(tmp_path: Path) -> None:
     (tmp_path / "etc").write_text("a file where a folder should be")
     r = run_cli("install-service", "proxy", "--root", str(tmp_path))
     assert r.returncode == 1
-    assert f"sensorwire: cannot write {tmp_path}/etc/systemd/system/sensorwire-proxy.service: " in r.stderr
+    unit = tmp_path / "etc/systemd/system/sensorwire-proxy.service"
+    assert f"sensorwire: cannot write {unit}: " in r.stderr

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sensorwire.collector.events import Event
-from sensorwire.metrics import Histogram
 from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class ReloadableSink(Sink, Protocol):
     def reload(self, config: object) -> None: ...
 
 
-WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,8 @@ class SinkRunner:
             try:
                 self.sink.reload(ev.config)  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - the sink keeps its previous settings
-                log.exception("sink %s: reload failed; it keeps its previous settings", self.sink.name)
+                log.exception("sink %s: reload failed; it keeps its previous settings",
+                              self.sink.name)
             return
         try:
             self.sink.event(ev)  # type: ignore[attr-defined]

@@ -46,6 +46,6 @@ def test_once_names_the_sensor_that_failed_and_exits_1(tmp_path: Path) -> None:
     r = run_cli("agent", "--once", "-c", str(cfg))
     assert r.returncode == 1
     assert [json.loads(line)["sensor"] for line in r.stdout.splitlines()] == ["env", "health"]
-    assert f"sensor board (system): FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" \
-        in r.stderr
+    assert ("sensor board (system): FileNotFoundError: [Errno 2] No such file or directory: "
+            f"'{missing}'") in r.stderr
     assert r.stderr.rstrip().endswith("sensorwire: 1 of 3 sensors failed: board")
