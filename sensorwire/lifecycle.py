@@ -70,6 +70,14 @@ class StopSignal:
         except OSError:
             pass
 
+    def request_reload(self) -> None:
+        """Ask for a reload, as SIGHUP does, from any thread."""
+        self.hup.set()
+        try:
+            self._wsock.send(b"\0")
+        except OSError:
+            pass
+
     def is_set(self) -> bool:
         return self.event.is_set()
 
