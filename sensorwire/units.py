@@ -20,9 +20,10 @@ What every unit does:
   working directory, so a relative ``path = "telemetry.db"`` lands there);
   configuration read from ``ConfigurationDirectory`` (``/etc/sensorwire``);
 - the agent also gets the ``dialout`` group and the serial devices
-  (``/dev/ttyUSB*``, ``ttyACM*``, ``ttyAMA*``, ``ttyS*``), and sees the
-  whole of /proc for its ``system`` sensor; proxy and collector get no
-  devices at all and only their own /proc.
+  (``/dev/ttyUSB*``, ``ttyACM*``, ``ttyAMA*``, ``ttyS*``); proxy and
+  collector get no devices at all and a user namespace of their own.  Every
+  role sees only its own processes in /proc, but all of /proc's other files
+  (the ``system`` sensor and the ``process_*`` metrics read them).
 """
 
 from __future__ import annotations
@@ -78,14 +79,12 @@ DeviceAllow=char-ttyUSB rw
 DeviceAllow=char-ttyACM rw
 DeviceAllow=char-ttyAMA rw
 DeviceAllow=char-ttyS rw
-# the system sensor reads /proc/stat, /proc/meminfo, /proc/net/dev
-ProcSubset=all
 """
 
 _SERVER_DEVICES = """\
 PrivateDevices=yes
 PrivateUsers=yes
-ProcSubset=pid
+# not ProcSubset=pid: process_* metrics need /proc/stat (the boot time)
 """
 
 
