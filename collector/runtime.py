@@ -197,18 +197,24 @@ class Collector:
         before = self.subscribe_filters()
         self.config = config
         after = self.subscribe_filters()
-        if self._sub is not None and before != after:
-            for f in before:
-                if f not in after:
-                    self._sub.setsockopt(zmq.UNSUBSCRIBE, f)
-            for f in after:
-                if f not in before:
-                    self._sub.setsockopt(zmq.SUBSCRIBE, f)
+        if before != after:
+            self._resubscribe(before, after)
             log.info("reload: filters now %s", [f.decode("ascii", "replace") for f in after])
         if config.limits != old.limits:
             self.decoder = wire.Decoder(max_samples=config.limits.max_samples_per_frame)
         for r in self.runners:
             r.offer_reload(config)
+
+    def _resubscribe(self, before: list[bytes], after: list[bytes]) -> None:
+        """Change the socket's subscriptions from ``before`` to ``after``."""
+        if self._sub is None:
+            return
+        for f in before:
+            if f not in after:
+                self._sub.setsockopt(zmq.UNSUBSCRIBE, f)
+        for f in after:
+            if f not in before:
+                self._sub.setsockopt(zmq.SUBSCRIBE, f)
 
     def status(self) -> str:
         """The one-line STATUS= for systemd."""
