@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +13,7 @@ import msgspec
 from sensorwire import configload, names
 from sensorwire.agent import sensors
 from sensorwire.configload import Config, ConfigError, check_name
+from sensorwire.metrics import MetricsConfig
 
 
 class PublishConfig(Config):
@@ -41,6 +42,7 @@ class AgentFile(Config):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     sensors: list[dict[str, Any]] = []
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ class AgentConfig:
     publish: PublishConfig
     spool: SpoolConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def spool_dir(self) -> Path:
@@ -93,6 +96,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
         publish=top.publish,
         spool=top.spool,
         sensors=parsed,
+        metrics=top.metrics,
     )
 
 

@@ -10,18 +10,25 @@ reading, a subscription message or a signal: no busy polling.
 The host owns reliability: a sensor that raises is counted and logged once
 when it starts failing and once when it recovers; ``open`` is retried with
 capped exponential backoff; the other sensors go on.
+
+On SIGHUP (:meth:`Agent.reload`) sensors are added, removed or changed while
+the others go on untouched, on their schedules; the publisher, its socket,
+its ``boot_id`` and its ``seq`` stay, so no stream has a gap.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 
 from sensorwire.agent.clock import ClockState
@@ -30,6 +37,7 @@ from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.sensors import Reading, Sensor, SensorConfig, SensorKind, StreamSensor
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto.v1.telemetry_pb2 import SeqRange
+from sensorwire.service import NO_SERVICE, Rate, Service
 from sensorwire.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,7 @@ class SensorState:
     backoff_s: float = BACKOFF_MIN_S
     last_error: str = ""
     thread: threading.Thread | None = field(default=None, repr=False)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)  # stream thread
 
     @property
     def name(self) -> str:
@@ -99,10 +108,12 @@ class Agent:
         self._stream_lock = threading.Lock()
         self.stream_dropped = 0
         self._waker = Waker()
-        self._threads_stop = threading.Event()
+        self._replan: set[int] | None = None  # after a reload: ids of the new states
+        self._rate = Rate()
 
     # -- the loop -------------------------------------------------------------
-    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
+    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
+            service: Service | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             sock = self.publisher.open(ctx)
@@ -118,10 +129,10 @@ class Agent:
             )
             if ready is not None:
                 ready()
-            self._loop(stop, poller)
+            self._loop(stop, poller, service or NO_SERVICE)
             self._shutdown()
         finally:
-            self._threads_stop.set()
+            self._stop_streams(self.states)
             for st in self.states:
                 if st.thread is not None:
                     st.thread.join(timeout=2.0)
@@ -130,19 +141,9 @@ class Agent:
             self._waker.close()
             ctx.term()
 
-    def _loop(self, stop: StopSignal, poller: zmq.Poller) -> None:
+    def _loop(self, stop: StopSignal, poller: zmq.Poller, svc: Service = NO_SERVICE) -> None:
         start = time.monotonic()
-        hb_interval = self.config.publish.heartbeat_s
-        # heap of (due, order, index): index -1 is the heartbeat
-        due: list[tuple[float, int, int]] = [(start, -1, -1)]
-        periods: dict[int, float] = {-1: hb_interval}
-        nth: dict[int, int] = {-1: 0}
-        for i, st in enumerate(self.states):
-            if not st.kind.streaming:
-                due.append((start, i, i))
-                periods[i] = st.config.interval_s
-                nth[i] = 0
-        heapq.heapify(due)
+        due, periods, nth = self._plan(start, start, None)
         sock = self.publisher.sock
         publisher = self.publisher
         replay_in: float | None = None
@@ -151,9 +152,13 @@ class Agent:
             wait = (due[0][0] - now) if due else 3600.0
             if replay_in is not None:
                 wait = min(wait, replay_in)
-            events = dict(poller.poll(max(0.0, wait) * 1000.0))
+            events = dict(poller.poll(svc.timeout_ms(max(0.0, wait) * 1000.0)))
             if stop.is_set():
                 break
+            svc.tick()
+            if self._replan is not None:  # a reload changed the sensors
+                due, periods, nth = self._plan(start, time.monotonic(), self._replan)
+                self._replan = None
             if sock in events:
                 publisher.handle_incoming()
                 unavailable = publisher.take_unavailable()
@@ -180,6 +185,34 @@ class Agent:
                 heapq.heappush(due, (nxt, order, idx))
             replay_in = publisher.replay()
             publisher.flush()
+
+    def _plan(self, start: float, now: float, fresh: set[int] | None
+              ) -> tuple[list[tuple[float, int, int]], dict[int, float], dict[int, int]]:
+        """The schedule: a heap of (due, order, index into states; -1 the heartbeat).
+
+        Due times are whole multiples of each period from ``start``.  On a
+        re-plan (``fresh`` holds the ids of new sensors) the others keep their
+        phase: their next slot after ``now``; new sensors are due at once.
+        """
+        due: list[tuple[float, int, int]] = []
+        periods: dict[int, float] = {}
+        nth: dict[int, int] = {}
+        polled = [(-1, self.config.publish.heartbeat_s, False)] + [
+            (i, st.config.interval_s, fresh is None or id(st) in fresh)
+            for i, st in enumerate(self.states) if not st.kind.streaming]
+        for i, period, at_once in polled:
+            periods[i] = period
+            if fresh is None:
+                nth[i] = 0
+                due.append((start, i, i))
+            elif at_once:
+                nth[i] = int((now - start) / period)
+                due.append((now, i, i))
+            else:
+                nth[i] = math.ceil((now - start) / period)
+                due.append((start + nth[i] * period, i, i))
+        heapq.heapify(due)
+        return due, periods, nth
 
     def _poll_sensor(self, st: SensorState) -> float:
         """Read one polled sensor and publish; returns a retry delay after an open failure."""
@@ -221,7 +254,7 @@ class Agent:
         return out
 
     def _shutdown(self) -> None:
-        self._threads_stop.set()
+        self._stop_streams(self.states)
         self._publish_stream_readings()
         self._heartbeat(True)
         c = self.publisher.counters
@@ -233,17 +266,22 @@ class Agent:
                  c["dropped_hwm"] + (spool.dropped if spool else 0))
 
     # -- stream sensors -------------------------------------------------------
-    def _start_streams(self) -> None:
-        for st in self.states:
+    def _start_streams(self, states: Sequence[SensorState] | None = None) -> None:
+        for st in self.states if states is None else states:
             if st.kind.streaming:
                 st.thread = threading.Thread(
                     target=self._stream_reader, args=(st,), name=f"sensor-{st.name}", daemon=True
                 )
                 st.thread.start()
 
+    def _stop_streams(self, states: Sequence[SensorState]) -> None:
+        """Ask the reader threads of ``states`` to stop (they notice within 0.5 s)."""
+        for st in states:
+            st.stop.set()
+
     def _stream_reader(self, st: SensorState) -> None:
         sensor: StreamSensor = st.sensor  # type: ignore[assignment]
-        stop = self._threads_stop
+        stop = st.stop
         while not stop.is_set():
             if not st.opened:
                 try:
@@ -281,6 +319,48 @@ class Agent:
             self._publish(st.name, readings, t)
 
 
+    # -- reload and status (sensorwire.service) -----------------------------------------------
+    def reload(self, config: AgentConfig) -> None:
+        """Apply a new configuration: sensors added, removed or changed; others untouched.
+
+        Called from the loop (SIGHUP).  New sensor objects are made first, so an
+        error leaves everything as it was; ``publish.heartbeat_s`` and
+        ``log_level`` apply too; the names, endpoints and the rest of
+        ``[publish]`` need a restart (a warning says so).
+        """
+        plan = _Reloading(self.states, config)
+        fixed = _restart_only(self.config, config)
+        if fixed:
+            log.warning("reload: %s changed but take effect only after a restart", ", ".join(fixed))
+        publish = msgspec.structs.replace(self.config.publish,
+                                          heartbeat_s=config.publish.heartbeat_s)
+        self._stop_streams(plan.retired)
+        for st in plan.retired:
+            if st.thread is not None:
+                st.thread.join(timeout=2.0)
+                if st.thread.is_alive():
+                    log.warning("sensor %s: its reader did not stop within 2 s; left to finish",
+                                st.name)
+                    continue
+            _close_quietly(st)
+        self.states = plan.states
+        self.config = dataclasses.replace(self.config, sensors=config.sensors, publish=publish,
+                                           log_level=config.log_level)
+        self._start_streams(plan.fresh)
+        self._replan = {id(st) for st in plan.fresh}
+        log.info("reload: %d sensors; added %s, changed %s, removed %s", len(plan.states),
+                 plan.added or "none", plan.changed or "none", plan.removed or "none")
+
+    def status(self) -> str:
+        """The one-line STATUS= for systemd."""
+        failing = [st.name for st in self.states if st.failing]
+        rate = self._rate.per_s(self.publisher.counters.get("frames_sent", 0))
+        text = f"publishing {rate:.1f} frames/s; {len(self.states)} sensors"
+        if failing:
+            text += f", {len(failing)} failing ({', '.join(failing[:5])})"
+        return text + f"; last seq {self.publisher.seq}"
+
+
 def _sensor_counters(st: SensorState) -> list[tuple[str, int]]:
     """A sensor's own counters, when it has a ``counters()`` method (optional).
 
@@ -309,3 +389,45 @@ def _close_quietly(st: SensorState) -> None:
     except Exception as exc:  # noqa: BLE001
         log.debug("sensor %s: close failed: %s", st.name, exc)
     st.opened = False
+
+
+# -- reload helpers ---------------------------------------------------------------------------
+def _sensor_key(kind: SensorKind, cfg: SensorConfig) -> tuple[str, SensorConfig]:
+    return kind.name, cfg
+
+
+class _Reloading:
+    """What a reload changes, worked out before anything is touched."""
+
+    def __init__(self, old: list[SensorState], config: AgentConfig) -> None:
+        by_name = {st.name: st for st in old}
+        self.states: list[SensorState] = []
+        self.fresh: list[SensorState] = []
+        self.added: list[str] = []
+        self.changed: list[str] = []
+        for kind, cfg in config.sensors:
+            st = by_name.get(cfg.name)
+            if st is not None and _sensor_key(st.kind, st.config) == _sensor_key(kind, cfg):
+                self.states.append(st)
+                continue
+            new = SensorState(kind, cfg, kind.factory(cfg))  # may raise: nothing changed yet
+            self.states.append(new)
+            self.fresh.append(new)
+            (self.changed if st is not None else self.added).append(cfg.name)
+        kept = {id(st) for st in self.states}
+        self.retired = [st for st in old if id(st) not in kept]
+        self.removed = [st.name for st in self.retired if st.name not in self.changed]
+
+
+def _restart_only(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """Keys that changed but apply only at the next start."""
+    out = []
+    for f in dataclasses.fields(old):
+        if f.name in ("sensors", "log_level", "publish"):
+            continue
+        if getattr(old, f.name) != getattr(new, f.name):
+            out.append(f.name)
+    for key in (f.name for f in msgspec.structs.fields(old.publish)):
+        if key != "heartbeat_s" and getattr(old.publish, key) != getattr(new.publish, key):
+            out.append(f"publish.{key}")
+    return out

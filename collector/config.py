@@ -11,6 +11,7 @@ from sensorwire import configload
 from sensorwire.collector.alerting import rules as alert_rules
 from sensorwire.collector.alerting.notifiers import AnyNotifierConfig
 from sensorwire.configload import Config, ConfigError
+from sensorwire.metrics import CollectorMetricsConfig
 from sensorwire.proto import wire
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -72,6 +73,7 @@ class CollectorConfig(Config):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: Positive = 60.0
+    metrics: CollectorMetricsConfig = msgspec.field(default_factory=CollectorMetricsConfig)
     alerts: list[alert_rules.AlertRule] = []      # docs/alerting.md
     notifiers: list[AnyNotifierConfig] = []
 

@@ -9,6 +9,11 @@ rate-limited; they never stop the loop.
 
 The socket is an XSUB rather than a SUB so that gap-repair requests can
 travel upstream to the agents on the same connection.
+
+On SIGHUP (:meth:`Collector.reload`) the subscription prefixes, ``[limits]``
+and ``summary_s`` apply at once, and every sink with a ``reload(config)``
+method gets the new configuration in its own thread, in order with the frames;
+endpoints, ``[storage]`` and ``[metrics]`` need a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 from collections.abc import Callable
 import time
 
+import msgspec
 import zmq
 
 from sensorwire import zmqutil
@@ -29,6 +35,7 @@ from sensorwire.collector.tracking import Tracker
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
+from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)
@@ -78,6 +85,8 @@ class Collector:
         self._started = time.monotonic()
         self._live_at: float | None = None
         self._next_ping = 0.0
+        self.bytes_received = 0
+        self._rate = Rate()
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -107,7 +116,8 @@ class Collector:
                 self.tracker.resume(resume(since))
                 return
 
-    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
+    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
+            service: Service | None = None) -> None:
         for r in self.runners:
             r.start()
         self._resume()
@@ -133,7 +143,7 @@ class Collector:
                      [s.name for s in self.sinks])
             if ready is not None:
                 ready()
-            self._loop(stop, sub)
+            self._loop(stop, sub, service or NO_SERVICE)
         finally:
             self.sock = None
             sub.close()
@@ -143,7 +153,7 @@ class Collector:
                 r.close()
             self._summary(final=True)
 
-    def _loop(self, stop: StopSignal, sub: zmq.Socket[bytes]) -> None:
+    def _loop(self, stop: StopSignal, sub: zmq.Socket[bytes], svc: Service) -> None:
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(stop.fd, zmq.POLLIN)
@@ -152,7 +162,8 @@ class Collector:
         next_tick = time.monotonic() + TICK_S
         while not stop.is_set():
             timeout = max(0.0, min(next_summary, next_tick) - time.monotonic()) * 1000
-            events = dict(poller.poll(timeout))
+            events = dict(poller.poll(svc.timeout_ms(timeout)))
+            svc.tick()
             if sub in events:
                 self.drain(sub)
             now = time.monotonic()
@@ -166,7 +177,7 @@ class Collector:
                 next_tick = now + TICK_S
             if now >= next_summary:
                 self._summary()
-                next_summary = now + summary_s
+                next_summary = now + self.config.summary_s
 
     def _flush_counts(self) -> None:
         """Hand duplicate and out-of-order counts that changed to the sinks."""
@@ -190,12 +201,14 @@ class Collector:
         limit = self.config.limits.max_message_bytes
         recv = sub.recv
         n = 0
+        nbytes = acks = 0
         for n in range(1, DRAIN_MAX + 1):  # noqa: B007
             try:
                 msg = recv(zmq.NOBLOCK)
             except zmq.Again:
                 n -= 1
                 break
+            nbytes += len(msg)
             if sub.rcvmore:
                 parts = 1
                 while sub.rcvmore:
@@ -211,6 +224,8 @@ class Collector:
             except wire.WireError as exc:
                 if msg.startswith(wire.ACK):
                     self._ack(msg)
+                    acks += 1  # an answer to our own ping: not a message anybody sent us
+                    nbytes -= len(msg)
                 else:
                     self._reject(exc.reason, exc.detail)
                 continue
@@ -219,7 +234,8 @@ class Collector:
                 continue
             if on_frame(frame, mono, now):
                 batch.append((frame, now))
-        self.received += n
+        self.received += n - acks
+        self.bytes_received += nbytes
         if batch:
             self.accepted += len(batch)
             for r in self.runners:
@@ -249,3 +265,57 @@ class Collector:
                  dict(self.rejected) if rejected else "", t["devices"], t["online"], t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
                  stored or "no sinks")
+
+    # -- reload and status (sensorwire.service) -----------------------------------------------
+    def reload(self, config: CollectorConfig) -> None:
+        """Apply a new configuration where it can be applied while running.
+
+        Prefixes, ``[limits]`` and ``summary_s`` apply at once; sinks with a
+        ``reload(config)`` method get it in their own thread.  What needs a
+        restart is kept as it is, with a warning.
+        """
+        old = self.config
+        fixed: dict[str, object] = {}
+        sub_fixed = {k: getattr(old.subscribe, k) for k in ("connect", "bind", "rcvhwm")
+                     if getattr(config.subscribe, k) != getattr(old.subscribe, k)}
+        if sub_fixed:
+            fixed["subscribe"] = msgspec.structs.replace(config.subscribe, **sub_fixed)
+        for key in ("storage", "metrics"):
+            if getattr(config, key) != getattr(old, key):
+                fixed[key] = getattr(old, key)
+        if fixed:
+            log.warning("reload: %s changed but take effect only after a restart",
+                        ", ".join([f"subscribe.{k}" for k in sub_fixed]
+                                  + [k for k in fixed if k != "subscribe"]))
+            config = msgspec.structs.replace(config, **fixed)
+        before = self.subscribe_filters()
+        self.config = config
+        after = self.subscribe_filters()
+        if before != after:
+            self._resubscribe(before, after)
+            log.info("reload: filters now %s", [f.decode("ascii", "replace") for f in after])
+        if config.limits != old.limits:
+            self.decoder = wire.Decoder(max_samples=config.limits.max_samples_per_frame)
+        for r in self.runners:
+            r.offer_reload(config)
+
+    def _resubscribe(self, before: list[bytes], after: list[bytes]) -> None:
+        """Change the socket's subscriptions from ``before`` to ``after``."""
+        self.tracker.set_filters(after)
+        if self.sock is None:
+            return
+        for f in before:
+            if f not in after:
+                self.sock.send(b"\x00" + f)  # XSUB: (un)subscribe by message
+        for f in after:
+            if f not in before:
+                self.sock.send(b"\x01" + f)
+
+    def status(self) -> str:
+        """The one-line STATUS= for systemd."""
+        parts = [f"receiving {self._rate.per_s(self.received):.1f} frames/s"]
+        t = self.tracker.totals()
+        parts.append(f"{t['online']} of {t['devices']} devices online, {t['gaps']} frames missing")
+        stored = ", ".join(f"{r.sink.name} {r.written} written, {r.dropped} dropped"
+                           for r in self.runners if r.sink.name != "metrics")
+        return "; ".join(parts + ([stored] if stored else []))

@@ -111,6 +111,13 @@ class Tracker:
         self.times_replaced = 0
         self.frames_skewed = 0
 
+    def set_filters(self, filters: Iterable[bytes]) -> None:
+        """New subscription filters (a reload): which devices are followed whole changes."""
+        self._filters = list(filters)
+        for dev in self.devices.values():
+            prefix = f"{dev.site}/{dev.device}/".encode()
+            dev.tracked = any(prefix.startswith(f) for f in self._filters)
+
     # -- start-up ---------------------------------------------------------------------
     def resume(self, boots: Iterable[ResumeBoot]) -> None:
         now, now_ns = time.monotonic(), time.time_ns()

@@ -11,9 +11,9 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from sensorwire import __version__, logs, sdnotify
+from sensorwire import __version__, logs
 from sensorwire.configload import ConfigError
 
 log = logging.getLogger("sensorwire")
@@ -21,59 +21,82 @@ log = logging.getLogger("sensorwire")
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
-def _ready(summary: str) -> Callable[[], None]:
-    def ready() -> None:
-        sdnotify.notify(f"READY=1\nSTATUS={summary}")
-    return ready
-
-
 # -- roles ------------------------------------------------------------------
+# Each runs under sensorwire.daemon: READY=1/WATCHDOG=1/STATUS=/STOPPING=1 for systemd,
+# SIGHUP re-reads the file (a bad one is logged and the running configuration kept),
+# and the [metrics] endpoint.
 def cmd_agent(args: argparse.Namespace) -> int:
     from sensorwire.agent import config as agent_config
-    from sensorwire.agent.runtime import Agent
 
     cfg = agent_config.load(args.config)
     _set_level(args, cfg.log_level)
-    from sensorwire.lifecycle import StopSignal
+    if args.once:
+        from sensorwire.agent import once
 
-    with StopSignal().install() as stop:
-        Agent(cfg).run(stop, ready=_ready(f"agent {cfg.site}/{cfg.device_id} publishing"))
-    sdnotify.notify("STOPPING=1")
+        return once.run(cfg)
+    from sensorwire import daemon, rolemetrics
+    from sensorwire.agent.runtime import Agent
+
+    agent = Agent(cfg)
+
+    def reload() -> None:
+        new = agent_config.load(args.config)
+        agent.reload(new)
+        _set_level(args, new.log_level)
+
+    daemon.run("agent", agent, cfg.metrics, lambda: rolemetrics.agent_families(agent), reload)
     return EXIT_OK
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from sensorwire import proxy
-    from sensorwire.lifecycle import StopSignal
+    import msgspec
+
+    from sensorwire import daemon, proxy, rolemetrics
+
+    def from_file() -> proxy.ProxyConfig:
+        cfg = proxy.load(args.config)
+        return msgspec.structs.replace(cfg, frontend=args.frontend or cfg.frontend,
+                                       backend=args.backend or cfg.backend)
 
     if args.config:
-        cfg = proxy.load(args.config)
-        if args.frontend or args.backend:
-            cfg = proxy.ProxyConfig(
-                frontend=args.frontend or cfg.frontend, backend=args.backend or cfg.backend,
-                log_level=cfg.log_level, summary_s=cfg.summary_s,
-            )
+        cfg = from_file()
     elif args.frontend and args.backend:
         cfg = proxy.ProxyConfig(frontend=args.frontend, backend=args.backend)
     else:
         raise _Usage("proxy: give -c FILE, or both --frontend EP and --backend EP")
     _set_level(args, cfg.log_level)
-    with StopSignal().install() as stop:
-        proxy.Proxy(cfg).run(stop, ready=_ready("proxy forwarding"))
-    sdnotify.notify("STOPPING=1")
+    p = proxy.Proxy(cfg)
+
+    def reload() -> None:
+        new = from_file()
+        p.reload(new)
+        _set_level(args, new.log_level)
+
+    daemon.run("proxy", p, cfg.metrics, lambda: rolemetrics.proxy_families(p),
+               reload if args.config else None)
     return EXIT_OK
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
+    from sensorwire import daemon, rolemetrics
     from sensorwire.collector import config as collector_config
-    from sensorwire.collector.runtime import Collector
-    from sensorwire.lifecycle import StopSignal
+    from sensorwire.collector.runtime import Collector, make_sinks
 
     cfg = collector_config.load(args.config)
     _set_level(args, cfg.log_level)
-    with StopSignal().install() as stop:
-        Collector(cfg).run(stop, ready=_ready("collector receiving"))
-    sdnotify.notify("STOPPING=1")
+    sinks = make_sinks(cfg)
+    if cfg.metrics.endpoint("collector")[0]:
+        from sensorwire.collector.sinks.metrics import MetricsSink
+
+        sinks.append(MetricsSink(cfg.metrics.export_values, cfg.metrics.values_max))
+    c = Collector(cfg, sinks=sinks)
+
+    def reload() -> None:
+        new = collector_config.load(args.config)
+        c.reload(new)
+        _set_level(args, new.log_level)
+
+    daemon.run("collector", c, cfg.metrics, lambda: rolemetrics.collector_families(c), reload)
     return EXIT_OK
 
 
@@ -141,6 +164,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     role, _ = checkconfig.load_any(args.file, args.role)
     print(f"{args.file}: a valid {role} configuration")
     return EXIT_OK
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from sensorwire import install
+
+    try:
+        return install.run(args.role, user=args.user, config=args.config, dry_run=args.dry_run,
+                           root=args.root)
+    except install.InstallError as exc:
+        print(f"sensorwire: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -216,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="read sensors and publish frames",
                        description="Read the configured sensors and publish their frames.")
     a.add_argument("-c", "--config", required=True, metavar="FILE", help="agent.toml")
+    a.add_argument("--once", action="store_true",
+                   help="read every sensor once, print each frame as a JSON line (as tail does) "
+                   "and exit; non-zero, naming them, when sensors failed")
     a.set_defaults(func=cmd_agent)
 
     x = sub.add_parser("proxy", help="join agents (frontend) to collectors (backend)",
@@ -293,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--role", choices=("agent", "proxy", "collector"),
                    help="default: guessed from the file name, then from its keys")
     k.set_defaults(func=cmd_check_config)
+
+    i = sub.add_parser("install-service", help="install the systemd unit of a role",
+                       description="Write /etc/systemd/system/sensorwire-ROLE.service for the "
+                       "sensorwire installed here, install a default configuration if there is "
+                       "none, and print the systemctl commands to enable and start it.")
+    i.add_argument("role", choices=("agent", "proxy", "collector"))
+    i.add_argument("--user", metavar="NAME",
+                   help="run as this existing user (default: a dynamic user made by systemd)")
+    i.add_argument("--config", metavar="PATH",
+                   help="the configuration file (default: /etc/sensorwire/ROLE.toml)")
+    i.add_argument("--dry-run", action="store_true",
+                   help="write nothing; print exactly the unit file to stdout, the rest to stderr")
+    i.add_argument("--root", metavar="DIR",
+                   help="write under DIR as if it were / (the unit's own paths stay as they are)")
+    i.set_defaults(func=cmd_install_service)
 
     d = sub.add_parser("demo", help="run a proxy, a collector and simulated agents locally",
                        description="Start a proxy, a collector, three simulated agents and one "

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -26,6 +27,7 @@ class StopSignal:
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
         self._old_wakeup = -1
+        self._on_stop: list[Callable[[], None]] = []
 
     @property
     def fd(self) -> int:
@@ -43,7 +45,15 @@ class StopSignal:
         if signum == signal.SIGHUP:
             self.hup.set()
         else:
+            first = not self.event.is_set()
             self.event.set()
+            if first:
+                for fn in self._on_stop:
+                    fn()
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (in the main thread) when the first SIGTERM/SIGINT arrives."""
+        self._on_stop.append(fn)
 
     def install(self, with_hup: bool = False) -> StopSignal:
         sigs = self._signals + ((signal.SIGHUP,) if with_hup else ())
@@ -55,6 +65,14 @@ class StopSignal:
     def set(self) -> None:
         """Ask for a stop from any thread."""
         self.event.set()
+        try:
+            self._wsock.send(b"\0")
+        except OSError:
+            pass
+
+    def request_reload(self) -> None:
+        """Ask for a reload, as SIGHUP does, from any thread."""
+        self.hup.set()
         try:
             self._wsock.send(b"\0")
         except OSError:

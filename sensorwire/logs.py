@@ -1,8 +1,10 @@
 """Logging set-up, done once in ``main()``: stderr only, journald-aware.
 
-Under systemd (``JOURNAL_STREAM`` set) lines carry syslog priority prefixes
-(``<3>``) and no timestamps of their own, so ``journalctl -p err`` works; on a
-terminal they carry a timestamp and the level.
+Under systemd (``JOURNAL_STREAM`` set, and naming our stderr) lines carry
+syslog priority prefixes (``<3>``) and no timestamps of their own, so
+``journalctl -p err`` works; every line of a multi-line message (a traceback)
+carries the prefix, as journald makes each line an entry of its own.  On a
+terminal lines carry a timestamp and the level.
 """
 
 from __future__ import annotations
@@ -26,13 +28,31 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prio = _PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{record.name}: {super().format(record)}"
+        text = f"{record.name}: {super().format(record)}"
+        return "\n".join(f"<{prio}>{line}" for line in text.split("\n"))
+
+
+def _journal_stream(stream: object) -> bool:
+    """Is ``stream`` the journal stream systemd gave us (``JOURNAL_STREAM=dev:inode``)?
+
+    Checked against the stream itself, as systemd asks: a child whose stderr
+    was redirected elsewhere inherits the variable but not the journal.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
 def setup(level: str = "info", stream: object = None) -> None:
     """Route the ``sensorwire`` loggers to stderr at ``level``."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    if os.environ.get("JOURNAL_STREAM"):
+    if _journal_stream(handler.stream):
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         fmt = logging.Formatter(

@@ -16,6 +16,9 @@ Two more things happen here:
   with ``XPUB_VERBOSE`` so every subscription is seen).  Those frames carry
   flag 8 (``from a last-value cache``) so collectors do not count or store
   them twice; ``sensorwire tail`` shows them.
+
+On SIGHUP it re-reads its file: ``log_level`` and ``summary_s`` apply at once;
+``frontend`` and ``backend`` need a restart.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+import msgspec
 import zmq
 from google.protobuf.message import DecodeError
 
@@ -35,6 +39,8 @@ from sensorwire import configload, zmqutil
 from sensorwire.configload import Config
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
+from sensorwire.metrics import MetricsConfig
+from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ class ProxyConfig(Config):
     summary_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     last_value_cache: bool = False
     last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
 
 def load(path: str | Path) -> ProxyConfig:
@@ -62,8 +69,10 @@ class Proxy:
         self.subscriptions = 0
         self.cache: dict[bytes, bytes] | None = {} if config.last_value_cache else None
         self.cache_sent = 0
+        self._rate = Rate()
 
-    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None) -> None:
+    def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
+            service: Service | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         front = ctx.socket(zmq.XSUB)
         back = ctx.socket(zmq.XPUB)
@@ -77,14 +86,15 @@ class Proxy:
             log.info("proxy up: agents -> %s, collectors <- %s", self.config.frontend, self.config.backend)
             if ready is not None:
                 ready()
-            self._loop(stop, front, back)
+            self._loop(stop, front, back, service or NO_SERVICE)
             log.info("proxy stopping: %d frames, %d bytes forwarded", self.frames, self.bytes)
         finally:
             front.close()
             back.close()
             ctx.term()
 
-    def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
+    def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes],
+              svc: Service) -> None:
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
@@ -93,7 +103,8 @@ class Proxy:
         last_frames = 0
         while not stop.is_set():
             timeout = max(0.0, next_summary - time.monotonic()) * 1000
-            events = dict(poller.poll(timeout))
+            events = dict(poller.poll(svc.timeout_ms(timeout)))
+            svc.tick()
             if front in events:
                 self._downstream(front, back)
             if back in events:
@@ -105,6 +116,25 @@ class Proxy:
                          rate, self.frames, self.bytes)
                 last_frames = self.frames
                 next_summary = now + self.config.summary_s
+
+    # -- reload and status (sensorwire.service) -----------------------------------------------
+    def reload(self, config: ProxyConfig) -> None:
+        """Apply a new configuration: summary_s at once; endpoints need a restart."""
+        fixed = [k for k in ("frontend", "backend")
+                 if getattr(config, k) != getattr(self.config, k)]
+        if config.metrics != self.config.metrics:
+            fixed.append("metrics")
+        if fixed:
+            kept = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in fixed)
+            log.warning("reload: %s changed but take effect only after a restart; keeping %s",
+                        ", ".join(fixed), kept)
+            config = msgspec.structs.replace(config, **{k: getattr(self.config, k) for k in fixed})
+        self.config = config
+
+    def status(self) -> str:
+        """The one-line STATUS= for systemd."""
+        rate = self._rate.per_s(self.frames)
+        return f"forwarding {rate:.1f} frames/s; {self.frames} frames, {self.bytes} bytes in all"
 
     def _downstream(self, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
         """Frames from agents to collectors (and into the last-value cache)."""

@@ -10,6 +10,12 @@ import pytest
 from support import Proc
 
 
+@pytest.fixture(autouse=True)
+def _own_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents that set no [spool] dir spool under $STATE_DIRECTORY: one per test, never ~."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start real sensorwire processes: ``procs("proxy", "proxy", "-c", path)``."""

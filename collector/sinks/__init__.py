@@ -25,10 +25,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from sensorwire.collector.events import Event
 from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,26 @@ class TickSink(Sink, Protocol):
     def tick(self, now_ns: int) -> None: ...
 
 
+class ReloadableSink(Sink, Protocol):
+    """A sink whose settings can change on SIGHUP (alert rules, say).
+
+    ``reload`` gets the whole new, already validated collector configuration,
+    in the sink's own thread, after the frames queued before the reload.  It
+    should check what it needs first and change nothing if it raises.
+    """
+
+    def reload(self, config: object) -> None: ...
+
+
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class _Reload:
+    config: object
+
+
 class SinkRunner:
     """Runs one sink in its own thread behind a bounded queue."""
 
@@ -71,7 +94,7 @@ class SinkRunner:
         self.batch_max = batch_max
         self.flush_interval_s = flush_interval_s
         self.retries = retries
-        self._q: collections.deque[list[Item] | Event] = collections.deque()
+        self._q: collections.deque[list[Item] | Event | _Reload] = collections.deque()
         self._depth = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -83,6 +106,7 @@ class SinkRunner:
         self.dropped = 0
         self.dropped_by_device: collections.Counter[str] = collections.Counter()
         self.write_seconds = 0.0
+        self.write_latency = Histogram(WRITE_BUCKETS)  # seconds per batch written
 
     @property
     def depth(self) -> int:
@@ -125,6 +149,14 @@ class SinkRunner:
             self._q.append(ev)
             self._cond.notify()
 
+    def offer_reload(self, config: object) -> None:
+        """Queue a new configuration for the sink's ``reload``, after the frames already queued."""
+        if not hasattr(self.sink, "reload"):
+            return
+        with self._cond:
+            self._q.append(_Reload(config))
+            self._cond.notify()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Drain the queue, flush, close the sink. Idempotent."""
         with self._cond:
@@ -137,7 +169,7 @@ class SinkRunner:
                           self.sink.name, timeout_s, self._depth)
             self._thread = None
 
-    def _take(self) -> list[Item] | Event | None:
+    def _take(self) -> list[Item] | Event | _Reload | None:
         with self._cond:
             deadline = time.monotonic() + self.flush_interval_s
             while (self._depth < self.batch_max and not self._closing
@@ -203,12 +235,21 @@ class SinkRunner:
                 log.exception("sink %s: unexpected error", self.sink.name)
                 self._drop(batch, repr(exc))
                 return
-            self.write_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.write_seconds += took
+            self.write_latency.observe(took)
             self.written += len(batch)
             self.batches += 1
             return
 
-    def _event(self, ev: Event) -> None:
+    def _event(self, ev: Event | _Reload) -> None:
+        if isinstance(ev, _Reload):
+            try:
+                self.sink.reload(ev.config)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - the sink keeps its previous settings
+                log.exception("sink %s: reload failed; it keeps its previous settings",
+                              self.sink.name)
+            return
         try:
             self.sink.event(ev)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a sink bug must not stop the others

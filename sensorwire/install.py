@@ -1,0 +1,104 @@
+"""``sensorwire install-service agent|proxy|collector``: the unit, a default config, the commands.
+
+Writes ``/etc/systemd/system/sensorwire-<role>.service`` with ``ExecStart``
+pointing at the ``sensorwire`` of the running installation (the venv's
+``bin/`` beside ``sys.executable``), installs the default configuration
+(``sensorwire/defaults/<role>.toml``) where none exists yet, and prints the
+``systemctl`` commands that enable and start it; it runs none of them.
+
+``--dry-run`` writes nothing and prints exactly the unit file to standard
+output, everything else to standard error, so that
+``sensorwire install-service agent --dry-run > x.service`` is the unit.
+``--root DIR`` writes under ``DIR`` as if it were ``/`` (for tests and image
+builds); the paths inside the unit stay the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+from sensorwire import units
+from sensorwire.configload import ConfigError
+
+
+class InstallError(Exception):
+    """Installing failed; the message says what to do."""
+
+
+def default_config_text(role: str) -> str:
+    return (resources.files("sensorwire") / "defaults" / f"{role}.toml").read_text(encoding="utf-8")
+
+
+def installed_executable() -> str:
+    """The ``sensorwire`` script of this installation."""
+    beside = Path(sys.executable).parent / "sensorwire"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.absolute())
+    found = shutil.which("sensorwire")
+    if found:
+        return str(Path(found).absolute())
+    raise InstallError(f"cannot find the sensorwire command (looked in {beside.parent} and on "
+                       "PATH); install sensorwire with pip first")
+
+
+def _under(root: str | None, path: str) -> Path:
+    return Path(root) / path.lstrip("/") if root else Path(path)
+
+
+def run(role: str, user: str | None = None, config: str | None = None, dry_run: bool = False,
+        root: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    config = str(Path(config).absolute()) if config else units.default_config(role)
+    exe = installed_executable()
+    unit = units.render(role, exe, config, user)
+    unit_path = _under(root, f"{units.UNIT_DIR}/{units.unit_name(role)}")
+    config_path = _under(root, config)
+    info = err if dry_run else out
+    would = "would " if dry_run else ""
+
+    if dry_run:
+        out.write(unit)
+        out.flush()
+    else:
+        _write(unit_path, unit)
+    print(f"{would}write {unit_path}", file=info)
+
+    if config_path.exists():
+        print(f"{would}keep the configuration {config_path} (it exists)", file=info)
+        _check(config_path, role, info)
+    else:
+        if not dry_run:
+            _write(config_path, default_config_text(role))
+        print(f"{would}install the default configuration at {config_path}; edit it, then check "
+              f"it with: {exe} check-config {config}", file=info)
+
+    name = units.unit_name(role)
+    print("\nthen:" if dry_run else "\nnow:", file=info)
+    for cmd in ("systemctl daemon-reload", f"systemctl enable --now {name}",
+                f"systemctl status {name}", f"journalctl -u {name} -f"):
+        print(f"  sudo {cmd}", file=info)
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o644)
+    except OSError as exc:
+        hint = " (run it with sudo)" if isinstance(exc, PermissionError) else ""
+        raise InstallError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
+
+
+def _check(path: Path, role: str, info: TextIO) -> None:
+    from sensorwire import checkconfig
+
+    try:
+        checkconfig.load_any(path, role)
+    except ConfigError as exc:
+        print(f"warning: the configuration is not valid, the service will not start: {exc}",
+              file=info)

@@ -1,0 +1,143 @@
+"""The systemd unit of each role, as text.
+
+``systemd/sensorwire-<role>.service`` in the repository is :func:`render`
+with the defaults (a venv in ``/opt/sensorwire``, configuration in
+``/etc/sensorwire``); ``sensorwire install-service`` renders the same unit
+with the path of the ``sensorwire`` actually installed.  A test keeps the two
+equal.
+
+What every unit does:
+
+- ``Type=notify``: systemd waits for ``READY=1`` (sockets bound or connected,
+  sinks open); ``WatchdogSec=30s``: the main loop pings every 15 s, a hung loop
+  is killed and restarted; ``ExecReload`` sends SIGHUP (``systemctl reload``);
+- ``Restart=on-failure`` after 5 s, except after exit status 2 (a bad
+  configuration: restarting would not fix it);
+- hardening: a dynamic user (or ``--user NAME``), a read-only system, no
+  home, a private /tmp, no privileges, no capabilities, system calls limited
+  to ``@system-service``, sockets limited to AF_UNIX/AF_INET/AF_INET6;
+  writable only ``StateDirectory`` (``/var/lib/sensorwire-<role>``, also the
+  working directory, so a relative ``path = "telemetry.db"`` lands there);
+  configuration read from ``ConfigurationDirectory`` (``/etc/sensorwire``);
+- the agent also gets the ``dialout`` group and the serial devices
+  (``/dev/ttyUSB*``, ``ttyACM*``, ``ttyAMA*``, ``ttyS*``); proxy and
+  collector get no devices at all and a user namespace of their own.  Every
+  role sees only its own processes in /proc, but all of /proc's other files
+  (the ``system`` sensor and the ``process_*`` metrics read them).
+"""
+
+from __future__ import annotations
+
+import re
+
+ROLES = ("agent", "proxy", "collector")
+DEFAULT_EXECUTABLE = "/opt/sensorwire/bin/sensorwire"
+CONFIG_DIR = "/etc/sensorwire"
+UNIT_DIR = "/etc/systemd/system"
+
+_DESCRIPTION = {
+    "agent": "sensorwire agent: reads sensors and publishes their frames",
+    "proxy": "sensorwire proxy: joins agents to collectors",
+    "collector": "sensorwire collector: subscribes to frames and stores them",
+}
+_STOP_TIMEOUT = {"agent": "15s", "proxy": "10s", "collector": "30s"}
+
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateMounts=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+UMask=0077
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+"""
+
+_AGENT_DEVICES = """\
+# serial sensors: the dialout group and the serial devices, nothing else
+SupplementaryGroups=dialout
+DevicePolicy=closed
+DeviceAllow=char-ttyUSB rw
+DeviceAllow=char-ttyACM rw
+DeviceAllow=char-ttyAMA rw
+DeviceAllow=char-ttyS rw
+"""
+
+_SERVER_DEVICES = """\
+PrivateDevices=yes
+PrivateUsers=yes
+# not ProcSubset=pid: process_* metrics need /proc/stat (the boot time)
+"""
+
+
+def unit_name(role: str) -> str:
+    return f"sensorwire-{role}.service"
+
+
+def default_config(role: str) -> str:
+    return f"{CONFIG_DIR}/{role}.toml"
+
+
+def _quote(arg: str) -> str:
+    """An ExecStart= argument: quoted when it holds spaces or quotes; % doubled."""
+    arg = arg.replace("%", "%%")
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(role: str, executable: str = DEFAULT_EXECUTABLE, config: str | None = None,
+           user: str | None = None) -> str:
+    """The unit file for ``role``; ``user`` None means ``DynamicUser=yes``."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    config = config or default_config(role)
+    state = f"sensorwire-{role}"
+    identity = f"User={user}\n" if user else "DynamicUser=yes\n"
+    devices = _AGENT_DEVICES if role == "agent" else _SERVER_DEVICES
+    exec_start = " ".join(_quote(a) for a in (executable, role, "-c", config))
+    return f"""\
+# {_DESCRIPTION[role]}.
+# Written by `sensorwire install-service {role}`; check the configuration with
+#   {_quote(executable)} check-config {_quote(config)}
+# and apply a change with `systemctl reload {unit_name(role)}` (SIGHUP).
+[Unit]
+Description={_DESCRIPTION[role]}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+ExecStart={exec_start}
+ExecReload=/bin/kill -HUP $MAINPID
+WatchdogSec=30s
+TimeoutStopSec={_STOP_TIMEOUT[role]}
+Restart=on-failure
+RestartSec=5s
+# exit status 2 is a bad configuration: restarting would not fix it
+RestartPreventExitStatus=2
+{identity}StateDirectory={state}
+WorkingDirectory=%S/{state}
+ConfigurationDirectory=sensorwire
+{devices}{_HARDENING}
+[Install]
+WantedBy=multi-user.target
+"""

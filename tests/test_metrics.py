@@ -1,0 +1,210 @@
+"""The /metrics endpoints: counters that match what was stored, and the endpoint's rules."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sensorwire.collector.sinks.metrics import MetricsSink
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+from support import free_port, run_cli, tcp, wait_until, write
+
+from sensorwire.metrics import Histogram, MetricsConfig
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def agent_toml(device: str, frontend: str, metrics_port: int) -> str:
+    return f"""\
+site = "gh"
+device_id = "{device}"
+[publish]
+connect = ["{frontend}"]
+heartbeat_s = 0.3
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.02
+metrics = [{{ name = "temperature", unit = "C", signal = "sine", period_s = 10.0 }},
+           {{ name = "door", signal = "constant", value = 1.5 }}]
+"""
+
+
+def db_frames(db: Path, device: str | None = None) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        sql = "SELECT count(*) FROM frames f JOIN devices d ON d.id = f.device_key"
+        args: tuple[str, ...] = ()
+        if device:
+            sql, args = sql + " WHERE d.device = ?", (device,)
+        return int(conn.execute(sql, args).fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, procs: Any) -> None:
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    pm, cm = free_port(), free_port()
+    db = tmp_path / "telemetry.db"
+    proxy = procs("proxy", "proxy", "-c", str(write(tmp_path / "proxy.toml",
+                  f'frontend = "{front}"\nbackend = "{back}"\n'
+                  f'[metrics]\nlisten = "127.0.0.1:{pm}"\n')))
+    collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
+        f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n'
+        f'[metrics]\nlisten = "127.0.0.1:{cm}"\nexport_values = true\n')))
+    ams = {d: free_port() for d in ("pi-1", "pi-2")}
+    agents = [procs(f"agent-{d}", "agent", "-c", str(write(tmp_path / f"agent-{d}.toml",
+                                                             agent_toml(d, front, port))))
+              for d, port in ams.items()]
+    wait_until(lambda: db_frames(db, "pi-1") >= 30 and db_frames(db, "pi-2") >= 30,
+               timeout_s=30, what="30 frames per device")
+
+    running = scrape(cm)
+    assert value(running, "sensorwire_devices_online") == 2
+    assert value(running, "sensorwire_sensor_value", site="gh", device="pi-1", sensor="env",
+                 metric="door") == 1.5
+    sent = {}
+    for d, port in ams.items():
+        a = scrape(port)
+        sent[d] = value(a, "sensorwire_frames_sent_total")
+        assert sent[d] > 0
+        assert value(a, "sensorwire_sensor_readings_total", sensor="env") >= sent[d]
+        assert value(a, "sensorwire_sensor_errors_total", sensor="env") == 0
+        assert value(a, "sensorwire_frames_dropped_total", reason="send_queue_full") == 0
+
+    for a in agents:
+        assert a.terminate() == 0, a.log()
+    # quiet now: what the proxy forwarded, the collector received, accepted and stored
+    def settled() -> tuple[Samples, Samples] | None:
+        c, p = scrape(cm), scrape(pm)
+        hb = value(c, "sensorwire_heartbeats_received_total")
+        if (value(c, "sensorwire_sink_frames_written_total", sink="sqlite")
+                == value(c, "sensorwire_frames_accepted_total")
+                and value(c, "sensorwire_frames_accepted_total") - hb == db_frames(db)
+                and value(p, "sensorwire_frames_forwarded_total")
+                == value(c, "sensorwire_frames_received_total")):
+            return c, p
+        return None
+
+    c, p = wait_until(settled, timeout_s=15, what="counters to settle")
+    stored = db_frames(db)
+    for d in ams:
+        assert db_frames(db, d) >= sent[d]  # everything sent before the scrape was stored
+    received = value(c, "sensorwire_frames_received_total")
+    assert received == value(c, "sensorwire_frames_accepted_total")
+    assert value(c, "sensorwire_decode_errors_total", reason="decode") == 0
+    assert value(c, "sensorwire_sink_frames_dropped_total", sink="sqlite") == 0
+    assert value(c, "sensorwire_sink_queue_frames", sink="sqlite") == 0
+    assert value(c, "sensorwire_end_to_end_latency_seconds_count") == stored
+    assert value(c, "sensorwire_end_to_end_latency_seconds_bucket", le="+Inf") == stored
+    assert value(c, "sensorwire_end_to_end_latency_seconds_sum") >= 0
+    assert value(c, "sensorwire_sink_write_duration_seconds_count", sink="sqlite") > 0
+    nbytes = value(c, "sensorwire_bytes_received_total")
+    assert nbytes == value(p, "sensorwire_bytes_forwarded_total") > 0
+    # both said "stopping" in their last heartbeat
+    assert value(c, "sensorwire_devices_online") == 0
+    assert value(c, "sensorwire_build_info", role="collector", version="0.1.0") == 1
+    assert collector.terminate() == 0 and proxy.terminate() == 0
+
+
+def test_metrics_sink_keeps_values_within_values_max() -> None:
+    sink = MetricsSink(export_values=True, values_max=3, clock_ns=lambda: 10**18)
+    frames = []
+    for i, sensor in enumerate(["a", "b"]):
+        f = Frame(site="s", device_id="d", boot_id=1, seq=i + 1, sensor=sensor,
+                  time_unix_nano=10**18 - 5 * 10**6)
+        f.samples.add(metric="x", value=float(i))
+        f.samples.add(metric="y", value=float(i))
+        frames.append((f, 10**18))
+    sink.write(frames)
+    assert len(sink.values()) == 3 and sink.values_dropped == 1
+    assert sink.values()[("s", "d", "a", "x")] == 0.0
+    assert sink.latency.count == 2 and sink.latency.sum == pytest.approx(0.01)
+    assert sink.devices_online() == 1
+
+
+def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
+    h = Histogram([0.1, 1.0])
+    for v in (0.05, 0.1, 0.5, 7.0):
+        h.observe(v)
+    assert h.cumulative() == [("0.1", 2.0), ("1.0", 3.0), ("+Inf", 4.0)]
+    assert h.count == 4 and h.sum == pytest.approx(7.65)
+
+
+def test_listen_is_checked_and_defaults_per_role(tmp_path: Path) -> None:
+    assert MetricsConfig().endpoint("agent") == ("", False)
+    assert MetricsConfig().endpoint("proxy") == ("127.0.0.1:9109", False)
+    assert MetricsConfig().endpoint("collector") == ("127.0.0.1:9108", False)
+    assert MetricsConfig(listen="").endpoint("collector") == ("", True)
+    p = write(tmp_path / "proxy.toml", 'frontend = "tcp://*:1"\nbackend = "tcp://*:2"\n'
+              '[metrics]\nlisten = "9108"\n')
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 2
+    assert "proxy.toml: metrics.listen: '9108' is not host:port" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_taken_port_stops_the_start_only_when_the_file_set_it(tmp_path: Path, procs: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        cfg = write(tmp_path / "proxy.toml", f'frontend = "{front}"\nbackend = "{back}"\n'
+                    f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        r = run_cli("proxy", "-c", str(cfg), timeout=30)
+        assert r.returncode == 1
+        assert (f"cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+                "([metrics] listen)") in r.stderr
+
+
+def test_a_default_endpoint_on_a_taken_port_warns_and_runs_without(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from sensorwire.metrics import MetricsServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with MetricsServer(listen, [], explicit=False) as server:
+            assert not server.start()
+    assert "running without metrics" in caplog.text
+    with MetricsServer(f"127.0.0.1:{free_port()}", []) as server:
+        assert server.start() and server.port
+
+
+def test_the_agent_does_not_load_prometheus_client_with_metrics_off(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "agent.toml", f'site = "gh"\n[publish]\nbind = ["{tcp()}"]\n'
+                '[[sensors]]\nname = "env"\nkind = "simulated"\n'
+                'metrics = [{ name = "t", signal = "constant", value = 1.0 }]\n')
+    code = ("import os, signal, sys, threading\n"
+            "from sensorwire import cli\n"
+            "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+            f"rc = cli.main(['agent', '-c', {str(cfg)!r}])\n"
+            "print(rc, 'prometheus_client' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "0 False", r.stderr

@@ -1,0 +1,108 @@
+"""Each role, run as systemd would: READY=1 once its sockets are up, WATCHDOG=1 from its
+loop at half of WATCHDOG_USEC, STATUS= lines, and STOPPING=1 then exit 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Proc, free_port, write
+
+from sensorwire.sdnotify import NotifyListener
+
+WATCHDOG_USEC = 400_000  # pings every 0.2 s
+
+
+def pump(listener: NotifyListener, seconds: float) -> list[str]:
+    """Collect what arrives for ``seconds``; return every message so far."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        listener.wait_for("\0never", min(left, 0.1))
+    return listener.messages
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def agent_file(tmp_path: Path, bind_port: int, metrics_port: int) -> Path:
+    return write(tmp_path / "agent.toml", f"""\
+site = "gh"
+device_id = "pi-1"
+[publish]
+bind = ["tcp://127.0.0.1:{bind_port}"]
+heartbeat_s = 0.5
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.1
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
+""")
+
+
+def start_role(role: str, tmp_path: Path,
+               procs: Callable[..., Proc]) -> tuple[Proc, Callable[[], None], int]:
+    """Start ``role``; return it, a check that its sockets and sinks are up, its metrics port."""
+    mport = free_port()
+    env = {"WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    if role == "agent":
+        bport = free_port()
+        p = procs(role, "agent", "-c", str(agent_file(tmp_path, bport, mport)), env=env)
+        return p, lambda: None if port_open(bport) else pytest.fail("agent port not bound"), mport
+    if role == "proxy":
+        front, back = free_port(), free_port()
+        cfg = write(tmp_path / "proxy.toml", f'frontend = "tcp://127.0.0.1:{front}"\n'
+                    f'backend = "tcp://127.0.0.1:{back}"\n'
+                    f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+        p = procs(role, "proxy", "-c", str(cfg), env=env)
+
+        def up() -> None:
+            assert port_open(front) and port_open(back)
+        return p, up, mport
+    db = tmp_path / "telemetry.db"
+    cfg = write(tmp_path / "collector.toml", f'[subscribe]\nconnect = ["tcp://127.0.0.1:{free_port()}"]\n'
+                f'[storage]\npath = "{db}"\n[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+    p = procs(role, "collector", "-c", str(cfg), env=env)
+    return p, lambda: None if db.exists() else pytest.fail("the database is not open"), mport
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["agent", "proxy", "collector"])
+def test_ready_watchdog_status_and_stopping(role: str, tmp_path: Path, procs: Any) -> None:
+    p, up, mport = start_role(role, tmp_path, procs)  # returns once READY=1 has arrived
+    up()                                            # sockets bound, sinks open: before READY=1
+    assert "sensorwire_build_info" in scrape(mport)  # and the metrics endpoint too
+    ready = next(m for m in p.listener.messages if "READY=1" in m)
+    assert ready.startswith("READY=1\nSTATUS=")
+    assert {"agent": "publishing", "proxy": "forwarding", "collector": "receiving"}[role] in ready
+    n0 = sum(m == "WATCHDOG=1" for m in p.listener.messages)
+    msgs = pump(p.listener, 1.0)
+    pings = sum(m == "WATCHDOG=1" for m in msgs) - n0
+    assert 3 <= pings <= 7, msgs  # every 0.2 s: not fewer, and no busy loop either
+    p.popen.send_signal(signal.SIGTERM)
+    assert p.listener.wait_for("STOPPING=1", 5), p.listener.messages
+    assert p.terminate() == 0, p.log()
+
+
+@pytest.mark.slow
+def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path, procs: Any) -> None:
+    front, back = free_port(), free_port()
+    p = procs("proxy", "proxy", "--frontend", f"tcp://127.0.0.1:{front}",
+              "--backend", f"tcp://127.0.0.1:{back}")
+    msgs = pump(p.listener, 0.5)
+    assert not any("WATCHDOG=1" in m for m in msgs)
+    assert p.terminate() == 0
