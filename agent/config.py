@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sensorwire import configload, names
+from sensorwire import configload, names, security
 from sensorwire.agent import sensors
 from sensorwire.configload import Config, ConfigError, check_name
+from sensorwire.security import AgentSecurity
 
 
 class PublishConfig(Config):
@@ -41,6 +42,7 @@ class AgentFile(Config):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    security: AgentSecurity = msgspec.field(default_factory=AgentSecurity)
     sensors: list[dict[str, Any]] = []
 
     def __post_init__(self) -> None:
@@ -49,6 +51,8 @@ class AgentFile(Config):
             check_name(self.device_id, "device_id")
         if not self.publish.connect and not self.publish.bind:
             raise ValueError("publish: give at least one endpoint in connect or bind")
+        security.check(self.security, binds=bool(self.publish.bind),
+                       connects=bool(self.publish.connect))
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class AgentConfig:
     publish: PublishConfig
     spool: SpoolConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
+    security: AgentSecurity = field(default_factory=AgentSecurity)
 
     @property
     def spool_dir(self) -> Path:
@@ -93,6 +98,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
         publish=top.publish,
         spool=top.spool,
         sensors=parsed,
+        security=top.security,
     )
 
 

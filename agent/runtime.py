@@ -90,7 +90,7 @@ class Agent:
         self.config = config
         spool = Publisher.make_spool(config.spool, config.spool_dir)
         self.publisher = Publisher(config.site, config.device_id, config.publish, spool,
-                                   replay_rate=config.spool.replay_rate)
+                                   replay_rate=config.spool.replay_rate, security=config.security)
         self.states = create_sensors(config)
         self._stream_q: collections.deque[tuple[SensorState, int, Sequence[Reading]]] = (
             collections.deque()

@@ -8,15 +8,16 @@ from typing import TextIO
 
 import zmq
 
-from sensorwire import render, zmqutil
+from sensorwire import render
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
+from sensorwire.security import ClientSecurity, Security
 
 log = logging.getLogger(__name__)
 
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
-        count: int | None = None) -> int:
+        count: int | None = None, security: ClientSecurity | None = None) -> int:
     filters: list[bytes] = []
     for p in prefixes or [""]:
         filters += [f for f in wire.subscriptions(p) if f not in filters]
@@ -25,11 +26,13 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
     sub.setsockopt(zmq.LINGER, 0)
     decoder = wire.Decoder()
     printed = 0
+    sec = Security(security, "tail")
     try:
+        sec.open(ctx)
         for f in filters:
             sub.setsockopt(zmq.SUBSCRIBE, f)
         for ep in endpoints:
-            zmqutil.connect(sub, ep)
+            sec.connect(sub, ep, "tail")
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(stop.fd, zmq.POLLIN)
@@ -62,5 +65,6 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
         return 0
     finally:
         sub.close()
+        sec.close()
         ctx.term()
     return 0
