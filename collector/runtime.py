@@ -160,6 +160,8 @@ class Collector:
             now = time.monotonic()
             if now >= next_tick:
                 self.tracker.tick(now, time.time_ns())
+                if self.rate_limit is not None:
+                    self.rate_limit.roll(now)  # report devices over budget even when all is quiet
                 self._flush_counts()
                 next_tick = now + TICK_S
             if now >= next_summary:

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq
-import zmq.auth
 import zmq.utils.z85
 
 from sensorwire import names
@@ -69,6 +65,11 @@ def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, 
     moved into place, so the secret key is never readable by others, not
     even for a moment.  Raises :class:`KeyExists` unless ``force``.
     """
+    import shutil
+    import tempfile
+
+    import zmq.auth  # here, not at import: it costs an agent without CURVE 1 MiB
+
     problem = names.segment_problem(name)
     if problem:
         raise ValueError(f"key name {name!r} {problem} (for a device, use its device_id)")
@@ -119,6 +120,8 @@ def _load(p: Path, what: str) -> tuple[bytes, bytes | None]:
     if not p.is_file():
         raise KeyFileError(f"[security] {what}: {p}: no such file (make a pair with: "
                            f"sensorwire keygen NAME --dir {p.parent})")
+    import zmq.auth
+
     try:
         public, secret = zmq.auth.load_certificate(p)
     except (OSError, ValueError) as exc:
