@@ -45,7 +45,7 @@ EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
           | zmq.EVENT_DISCONNECTED)
 
-_PROTOCOL = {
+_PROTOCOL: dict[int, str] = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error",
     zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: "key exchange failed",
@@ -142,7 +142,7 @@ class Guard:
         try:
             while not self._stop.is_set():
                 # with no allow-list to watch, sleep until a monitor event or close()
-                timeout = max(0.0, next_watch - time.monotonic()) * 1000 if self.lists else None
+                timeout = int(max(0.0, next_watch - time.monotonic()) * 1000) if self.lists else None
                 events = dict(poller.poll(timeout))
                 if self._waker.fd in events:
                     self._waker.drain()
