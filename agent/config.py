@@ -10,10 +10,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sensorwire import configload, names
+from sensorwire import configload, names, security
 from sensorwire.agent import sensors
 from sensorwire.configload import Config, ConfigError, check_name
 from sensorwire.metrics import MetricsConfig
+from sensorwire.security import AgentSecurity
 
 
 class PublishConfig(Config):
@@ -43,6 +44,7 @@ class AgentFile(Config):
     publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    security: AgentSecurity = msgspec.field(default_factory=AgentSecurity)
     sensors: list[dict[str, Any]] = []
 
     def __post_init__(self) -> None:
@@ -51,6 +53,8 @@ class AgentFile(Config):
             check_name(self.device_id, "device_id")
         if not self.publish.connect and not self.publish.bind:
             raise ValueError("publish: give at least one endpoint in connect or bind")
+        security.check(self.security, binds=bool(self.publish.bind),
+                       connects=bool(self.publish.connect))
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class AgentConfig:
     spool: SpoolConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    security: AgentSecurity = field(default_factory=AgentSecurity)
 
     @property
     def spool_dir(self) -> Path:
@@ -97,6 +102,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
         spool=top.spool,
         sensors=parsed,
         metrics=top.metrics,
+        security=top.security,
     )
 
 

@@ -33,6 +33,8 @@ from google.protobuf.message import DecodeError
 from sensorwire import __version__, zmqutil
 from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import PublishConfig, SpoolConfig
+from sensorwire.configload import ConfigError
+from sensorwire.security import COLLECTORS, AgentSecurity, Security
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
@@ -49,7 +51,8 @@ class Publisher:
 
     def __init__(self, site: str, device_id: str, config: PublishConfig,
                  spool: Spool | None = None, replay_rate: float = 1000.0,
-                 clock: ClockState | None = None) -> None:
+                 clock: ClockState | None = None,
+                 security: AgentSecurity | None = None) -> None:
         self.site = site
         self.device_id = device_id
         self.config = config
@@ -78,6 +81,7 @@ class Publisher:
         self.clock = clock
         self.clock_synced = clock.synced() if clock is not None else True
         self._flags = 0 if self.clock_synced else 1
+        self.security = Security(security, "agent", monitor=True)  # logs failed handshakes
 
     @staticmethod
     def make_spool(config: SpoolConfig, folder: os.PathLike[str] | str) -> Spool | None:
@@ -95,12 +99,14 @@ class Publisher:
         sock.setsockopt(zmq.XPUB_NODROP, 1)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for absent peers: their subscriptions go
         try:
+            self.security.open(ctx)
             for ep in self.config.bind:
-                zmqutil.bind(sock, ep)
+                self.security.bind(sock, ep, "publish", domain=COLLECTORS)
             for ep in self.config.connect:
-                zmqutil.connect(sock, ep)
-        except zmqutil.EndpointError:
+                self.security.connect(sock, ep, "publish")
+        except (zmqutil.EndpointError, ConfigError):
             sock.close(linger=0)
+            self.security.close()
             raise
         self.sock = sock
         return sock
@@ -112,6 +118,7 @@ class Publisher:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self.security.close()
         if self.spool is not None:
             self.spool.close()
 

@@ -100,7 +100,8 @@ class Agent:
         self.config = config
         spool = Publisher.make_spool(config.spool, config.spool_dir)
         self.publisher = Publisher(config.site, config.device_id, config.publish, spool,
-                                   replay_rate=config.spool.replay_rate, clock=ClockState())
+                                   replay_rate=config.spool.replay_rate, clock=ClockState(),
+                                   security=config.security)
         self.states = create_sensors(config)
         self._stream_q: collections.deque[tuple[SensorState, int, Sequence[Reading]]] = (
             collections.deque()

@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from sensorwire import configload
+from sensorwire import configload, security
 from sensorwire.collector.alerting import rules as alert_rules
 from sensorwire.collector.alerting.notifiers import AnyNotifierConfig
 from sensorwire.configload import Config, ConfigError
 from sensorwire.metrics import CollectorMetricsConfig
 from sensorwire.proto import wire
+from sensorwire.security import CollectorSecurity
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -44,6 +45,8 @@ class StorageConfig(Config):
 class LimitsConfig(Config):
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 65536
     max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
+    # frames per second one device may send; excess frames are dropped and counted (0: no limit)
+    max_frames_per_s_per_device: Annotated[int, msgspec.Meta(ge=0)] = 1000
 
 
 class PresenceConfig(Config):
@@ -71,6 +74,7 @@ class CollectorConfig(Config):
     repair: RepairConfig = msgspec.field(default_factory=RepairConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    security: CollectorSecurity = msgspec.field(default_factory=CollectorSecurity)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: Positive = 60.0
     metrics: CollectorMetricsConfig = msgspec.field(default_factory=CollectorMetricsConfig)
@@ -78,6 +82,8 @@ class CollectorConfig(Config):
     notifiers: list[AnyNotifierConfig] = []
 
     def __post_init__(self) -> None:
+        security.check(self.security, binds=bool(self.subscribe.bind),
+                       connects=bool(self.subscribe.connect))
         declared = [(n.name, str(type(n).__struct_config__.tag)) for n in self.notifiers]
         alert_rules.check_references(self.alerts, declared)
 

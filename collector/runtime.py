@@ -14,11 +14,17 @@ On SIGHUP (:meth:`Collector.reload`) the subscription prefixes, ``[limits]``
 and ``summary_s`` apply at once, and every sink with a ``reload(config)``
 method gets the new configuration in its own thread, in order with the frames;
 endpoints, ``[storage]`` and ``[metrics]`` need a restart.
+
+With ``[security] mode = "curve"`` and agents connecting to a bound
+endpoint, each message's sender is checked against the device its key is
+registered for (:class:`sensorwire.security.Identity`); without that, the
+receive path is the plain, copying ``recv``.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -27,15 +33,16 @@ import time
 import msgspec
 import zmq
 
-from sensorwire import zmqutil
 from sensorwire.collector.config import CollectorConfig
 from sensorwire.collector.events import Counts, Event
+from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import Tracker
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
 from sensorwire.service import NO_SERVICE, Rate, Service
+from sensorwire.security import AGENTS, Identity, Refused, Security
 
 log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)
@@ -87,6 +94,10 @@ class Collector:
         self._next_ping = 0.0
         self.bytes_received = 0
         self._rate = Rate()
+        self.security = Security(config.security, "collector", monitor=True)
+        self.identity: Identity | None = None  # set in run() when agents connect with CURVE
+        per_s = config.limits.max_frames_per_s_per_device
+        self.rate_limit = DeviceRateLimit(per_s) if per_s else None
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -133,10 +144,13 @@ class Collector:
             for f in self.subscribe_filters():
                 sub.send(b"\x01" + f)  # XSUB subscribes by message; resent on every reconnect
             sub.send(b"\x01" + wire.ACK + self._nonce)
+            self.security.open(ctx)
             for ep in self.config.subscribe.bind:
-                zmqutil.bind(sub, ep)
+                self.security.bind(sub, ep, "subscribe", domain=AGENTS)
             for ep in self.config.subscribe.connect:
-                zmqutil.connect(sub, ep)
+                self.security.connect(sub, ep, "subscribe")
+            # frames from the servers it connected to carry no User-Id: they were checked there
+            self.identity = self.security.identity(AGENTS, trust_anonymous=True)
             log.info("collector up: %s, filters %s, sinks %s",
                      ", ".join(self.config.subscribe.connect + self.config.subscribe.bind),
                      [f.decode("ascii", "replace") for f in self.subscribe_filters()],
@@ -147,6 +161,7 @@ class Collector:
         finally:
             self.sock = None
             sub.close()
+            self.security.close()
             ctx.term()
             self._flush_counts()
             for r in self.runners:
@@ -173,6 +188,8 @@ class Collector:
                 self._next_ping = now + 1.0
             if now >= next_tick:
                 self.tracker.tick(now, time.time_ns())
+                if self.rate_limit is not None:
+                    self.rate_limit.roll(now)  # report devices over budget even when all is quiet
                 self._flush_counts()
                 next_tick = now + TICK_S
             if now >= next_summary:
@@ -199,7 +216,11 @@ class Collector:
         decode = self.decoder.decode
         on_frame = self.tracker.on_frame
         limit = self.config.limits.max_message_bytes
-        recv = sub.recv
+        identity = self.identity
+        recv = sub.recv if identity is None else functools.partial(identity.recv, sub)
+        rate_limit = self.rate_limit
+        if rate_limit is not None:
+            rate_limit.roll(mono)
         n = 0
         nbytes = acks = 0
         for n in range(1, DRAIN_MAX + 1):  # noqa: B007
@@ -208,6 +229,9 @@ class Collector:
             except zmq.Again:
                 n -= 1
                 break
+            except Refused as exc:
+                self._reject(exc.reason, exc.detail)
+                continue
             nbytes += len(msg)
             if sub.rcvmore:
                 parts = 1
@@ -218,6 +242,9 @@ class Collector:
                 continue
             if len(msg) > limit:
                 self._reject("oversized", f"{len(msg)} bytes, the limit is {limit} ([limits] max_message_bytes)")
+                continue
+            if rate_limit is not None and not rate_limit.admit(msg):
+                self.rejected["rate_limited"] += 1  # logged per device, once a second
                 continue
             try:
                 frame = decode(msg)
@@ -259,12 +286,13 @@ class Collector:
                            for r in self.runners)
         rejected = sum(self.rejected.values())
         t = self.tracker.totals()
+        connections = self.security.summary()
         log.info("collector%s: %d messages received, %d accepted, %d rejected %s; devices %d (%d "
-                 "online), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; %s",
-                 " stopping" if final else "", self.received, self.accepted, rejected,
+                 "online), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; "
+                 "%s%s", " stopping" if final else "", self.received, self.accepted, rejected,
                  dict(self.rejected) if rejected else "", t["devices"], t["online"], t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
-                 stored or "no sinks")
+                 stored or "no sinks", f"; connections: {connections}" if connections else "")
 
     # -- reload and status (sensorwire.service) -----------------------------------------------
     def reload(self, config: CollectorConfig) -> None:

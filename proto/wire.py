@@ -29,6 +29,8 @@ FLAG_TIME_REPLACED = 4  # set in storage: a time before 2020 replaced by the rec
 FLAG_CACHED = 8         # sent again from a proxy's last-value cache
 ALERT = "alert"
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
+MAX_HEARTBEAT_COUNTERS = 1024   # an agent sends about 20, plus one per failing sensor
+MAX_HEARTBEAT_RANGES = 1024     # "unavailable" ranges in one heartbeat
 
 __all__ = [
     "DELIM",
@@ -54,7 +56,7 @@ class WireError(Exception):
 
     ``reason`` is a short, stable word used as a counter label
     (``no_delimiter``, ``bad_topic``, ``decode``, ``topic_mismatch``,
-    ``bad_name``, ``too_many_samples``, ``oversized``, ``multipart``).
+    ``bad_name``, ``too_many_samples``, ``bad_heartbeat``, ``oversized``, ``multipart``).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -156,7 +158,28 @@ class Decoder:
         for s in samples:
             if (s.metric, s.unit) not in good:
                 self._check_sample(topic, s.metric, s.unit)
+        if not frame.seq:
+            self._check_heartbeat(topic, frame)
         return frame
+
+    @staticmethod
+    def _check_heartbeat(topic: bytes, frame: Frame) -> None:
+        """Bounds on a heartbeat's strings and lists (heartbeats are rare: no cache)."""
+        hb = frame.heartbeat
+        problem = names.unit_problem(hb.agent_version)  # short, no control characters
+        if problem:
+            raise WireError("bad_heartbeat", f"topic {_show(topic)}: agent_version {problem}")
+        if len(hb.counters) > MAX_HEARTBEAT_COUNTERS:
+            raise WireError("bad_heartbeat", f"topic {_show(topic)}: {len(hb.counters)} counters, "
+                            f"the limit is {MAX_HEARTBEAT_COUNTERS}")
+        if len(hb.unavailable) > MAX_HEARTBEAT_RANGES:
+            raise WireError("bad_heartbeat", f"topic {_show(topic)}: {len(hb.unavailable)} "
+                            f"unavailable ranges, the limit is {MAX_HEARTBEAT_RANGES}")
+        for key in hb.counters:
+            problem = names.metric_problem(key)
+            if problem:
+                raise WireError("bad_heartbeat",
+                                f"topic {_show(topic)}: counter {key[:80]!r} {problem}")
 
     def _check_topic(self, topic: bytes, frame: Frame) -> None:
         try:

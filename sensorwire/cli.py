@@ -105,8 +105,33 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from sensorwire import tail
     from sensorwire.lifecycle import StopSignal
 
+    sec = None
+    if args.secret_key or args.server_key:
+        if not (args.secret_key and args.server_key):
+            raise _Usage("tail: CURVE needs both --secret-key and --server-key")
+        from sensorwire.security import ClientSecurity
+
+        sec = ClientSecurity(mode="curve", secret_key=args.secret_key, server_key=args.server_key)
     with StopSignal().install() as stop:
-        return tail.run(args.connect or ["tcp://127.0.0.1:5557"], args.prefix, stop, count=args.count)
+        return tail.run(args.connect or ["tcp://127.0.0.1:5557"], args.prefix, stop, count=args.count,
+                        security=sec)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from sensorwire import keys
+
+    try:
+        public, secret = keys.generate(args.name, args.dir, force=args.force)
+    except ValueError as exc:
+        raise _Usage(f"keygen: {exc}") from None
+    except keys.KeyExists as exc:
+        print(f"sensorwire: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    pair = keys.load_secret(secret)
+    print(f"{public}: public key {pair.public.decode('ascii')}: give it to the other side "
+          "(an allow-list folder, or a server_key)")
+    print(f"{secret}: secret key, mode 0600: keep it on this machine only (secret_key)")
+    return EXIT_OK
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -274,9 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a proxy backend or an agent's bound endpoint (repeatable; "
                    "default tcp://127.0.0.1:5557)")
     t.add_argument("--count", type=_positive_int, metavar="N", help="exit after N frames")
+    t.add_argument("--secret-key", metavar="FILE",
+                   help="CURVE: this client's .key_secret file (its public key must be in the "
+                   "server's allow-list: a proxy's authorized_collectors)")
+    t.add_argument("--server-key", metavar="FILE", help="CURVE: the server's public .key file")
     t.add_argument("prefix", nargs="*", metavar="PREFIX",
                    help="topic prefixes, segment-safe: site, site/device or site/device/sensor")
     t.set_defaults(func=cmd_tail)
+
+    g = sub.add_parser("keygen", help="make a CURVE key pair for a device, proxy or collector",
+                       description="Write NAME.key (public) and NAME.key_secret (secret, mode "
+                       "0600) in ZeroMQ's certificate format. For a device, NAME is its device_id: "
+                       "the proxy binds a key to the device named by its file.")
+    g.add_argument("name", metavar="NAME", help="a device_id, or e.g. proxy, collector-1")
+    g.add_argument("--dir", default=".", metavar="DIR", help="where to write them (default: .)")
+    g.add_argument("--force", action="store_true", help="replace an existing pair")
+    g.set_defaults(func=cmd_keygen)
 
     q = sub.add_parser("query", help="print stored samples",
                        description="Print stored samples ordered by time. DURATION is "

@@ -19,6 +19,9 @@ Two more things happen here:
 
 On SIGHUP it re-reads its file: ``log_level`` and ``summary_s`` apply at once;
 ``frontend`` and ``backend`` need a restart.
+
+Both sockets are CURVE servers with ``[security] mode = "curve"``; what the
+proxy checks in each frame from agents is in :mod:`sensorwire.proxyfilter`.
 """
 
 from __future__ import annotations
@@ -35,16 +38,25 @@ import msgspec
 import zmq
 from google.protobuf.message import DecodeError
 
-from sensorwire import configload, zmqutil
+from sensorwire import configload, security
 from sensorwire.configload import Config
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.metrics import MetricsConfig
 from sensorwire.service import NO_SERVICE, Rate, Service
+from sensorwire.proxyfilter import FrontendFilter
+from sensorwire.security import AGENTS, COLLECTORS, ProxySecurity, Security
+from sensorwire.lastvalue import LastValueCache
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # messages moved per socket per wake-up, so neither direction starves
+
+
+class ProxyLimits(Config):
+    # a bigger message disconnects the peer that sent it (ZMQ_MAXMSGSIZE, both sockets)
+    max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 65536
+    max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
 
 
 class ProxyConfig(Config):
@@ -55,6 +67,11 @@ class ProxyConfig(Config):
     last_value_cache: bool = False
     last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    security: ProxySecurity = msgspec.field(default_factory=ProxySecurity)
+    limits: ProxyLimits = msgspec.field(default_factory=ProxyLimits)
+
+    def __post_init__(self) -> None:
+        security.check(self.security, binds=True, connects=False)
 
 
 def load(path: str | Path) -> ProxyConfig:
@@ -67,31 +84,46 @@ class Proxy:
         self.frames = 0
         self.bytes = 0
         self.subscriptions = 0
-        self.cache: dict[bytes, bytes] | None = {} if config.last_value_cache else None
-        self.cache_sent = 0
         self._rate = Rate()
+        self.security = Security(config.security, "proxy", monitor=True)
+        self.cache = LastValueCache(config.last_value_topics) if config.last_value_cache else None
+        self.filter = FrontendFilter(config.limits.max_samples_per_frame, None, cache=self.cache)
 
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
             service: Service | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         front = ctx.socket(zmq.XSUB)
         back = ctx.socket(zmq.XPUB)
+        sec = self.security
         try:
             for s in (front, back):
                 s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
             if self.cache is not None:
                 back.setsockopt(zmq.XPUB_VERBOSE, 1)
-            zmqutil.bind(front, self.config.frontend)
-            zmqutil.bind(back, self.config.backend)
-            log.info("proxy up: agents -> %s, collectors <- %s", self.config.frontend, self.config.backend)
+            sec.open(ctx)
+            self.filter.identity = sec.identity(AGENTS)
+            sec.bind(front, self.config.frontend, "frontend", domain=AGENTS)
+            sec.bind(back, self.config.backend, "backend", domain=COLLECTORS)
+            log.info("proxy up: agents -> %s, collectors <- %s%s%s", self.config.frontend,
+                     self.config.backend, " (CURVE)" if sec.curve else "",
+                     ", last-value cache on" if self.cache is not None else "")
             if ready is not None:
                 ready()
             self._loop(stop, front, back, service or NO_SERVICE)
-            log.info("proxy stopping: %d frames, %d bytes forwarded", self.frames, self.bytes)
+            log.info("proxy stopping: %d frames, %d bytes forwarded%s", self.frames, self.bytes,
+                     self._drops())
         finally:
             front.close()
             back.close()
+            sec.close()
             ctx.term()
+
+    def _drops(self) -> str:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.filter.dropped.items()))
+        guard = self.security.summary()
+        return "".join([f"; dropped: {dropped}" if dropped else "",
+                        f"; connections: {guard}" if guard else ""])
 
     def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes],
               svc: Service) -> None:
@@ -106,14 +138,16 @@ class Proxy:
             events = dict(poller.poll(svc.timeout_ms(timeout)))
             svc.tick()
             if front in events:
-                self._downstream(front, back)
+                n, nbytes = self.filter.pump(front, back, BATCH)
+                self.frames += n
+                self.bytes += nbytes
             if back in events:
                 self._upstream(back, front)
             now = time.monotonic()
             if now >= next_summary:
                 rate = (self.frames - last_frames) / self.config.summary_s
-                log.info("proxy: %.1f frames/s, %d frames and %d bytes forwarded in all",
-                         rate, self.frames, self.bytes)
+                log.info("proxy: %.1f frames/s, %d frames and %d bytes forwarded in all%s",
+                         rate, self.frames, self.bytes, self._drops())
                 last_frames = self.frames
                 next_summary = now + self.config.summary_s
 
@@ -136,33 +170,6 @@ class Proxy:
         rate = self._rate.per_s(self.frames)
         return f"forwarding {rate:.1f} frames/s; {self.frames} frames, {self.bytes} bytes in all"
 
-    def _downstream(self, front: zmq.Socket[bytes], back: zmq.Socket[bytes]) -> None:
-        """Frames from agents to collectors (and into the last-value cache)."""
-        n = nbytes = 0
-        recv, send = front.recv, back.send
-        cache = self.cache
-        for _ in range(BATCH):
-            try:
-                msg = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if front.rcvmore:  # not sensorwire: pass it on whole, collectors count it
-                send(msg, zmq.SNDMORE)
-                continue
-            send(msg)
-            n += 1
-            nbytes += len(msg)
-            if cache is not None:
-                end = msg.find(wire.DELIM, 0, wire.MAX_TOPIC_BYTES + 1)
-                if end > 0:
-                    topic = msg[:end]
-                    cache.pop(topic, None)
-                    cache[topic] = msg
-                    if len(cache) > self.config.last_value_topics:
-                        del cache[next(iter(cache))]
-        self.frames += n
-        self.bytes += nbytes
-
     def _upstream(self, back: zmq.Socket[bytes], front: zmq.Socket[bytes]) -> None:
         """Subscriptions and repair requests to agents; pings answered here."""
         for _ in range(BATCH):
@@ -183,13 +190,8 @@ class Proxy:
     def _send_cached(self, back: zmq.Socket[bytes], prefix: bytes) -> None:
         assert self.cache is not None
         sent = 0
-        for topic, msg in list(self.cache.items()):
-            if (topic + wire.DELIM).startswith(prefix):
-                try:
-                    back.send(wire.mark_cached(msg))
-                except DecodeError:
-                    continue  # not a frame: nothing to cache (collectors rejected it already)
-                sent += 1
-        self.cache_sent += sent
+        for msg in self.cache.matching(prefix):
+            back.send(msg)
+            sent += 1
         if sent:
             log.debug("last-value cache: %d frames for a new subscription %r", sent, prefix)

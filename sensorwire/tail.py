@@ -15,15 +15,16 @@ from typing import TextIO
 
 import zmq
 
-from sensorwire import render, zmqutil
+from sensorwire import render
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
+from sensorwire.security import ClientSecurity, Security
 
 log = logging.getLogger(__name__)
 
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
-        count: int | None = None) -> int:
+        count: int | None = None, security: ClientSecurity | None = None) -> int:
     filters: list[bytes] = []
     for p in prefixes or [""]:
         filters += [f for f in wire.subscriptions(p) if f not in filters]
@@ -34,9 +35,11 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
     printed = 0
     nonce = os.urandom(8).hex().encode()
     live = False
+    sec = Security(security, "tail")
     try:
+        sec.open(ctx)
         for ep in endpoints:
-            zmqutil.connect(sub, ep)
+            sec.connect(sub, ep, "tail")
         for f in filters:
             sub.send(b"\x01" + f)
         sub.send(b"\x01" + wire.ACK + nonce)
@@ -81,5 +84,6 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
         return 0
     finally:
         sub.close()
+        sec.close()
         ctx.term()
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sensorwire.proto import wire
@@ -107,3 +109,19 @@ def test_site_and_device_filters_also_deliver_heartbeats() -> None:
 def test_bad_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ValueError):
         wire.subscriptions(prefix)
+
+
+@pytest.mark.parametrize("spoil, detail", [
+    (lambda hb: setattr(hb, "agent_version", "x" * 100), "agent_version is 100 characters"),
+    (lambda hb: setattr(hb, "agent_version", "1.0\x1b[2J"), "agent_version must not hold control"),
+    (lambda hb: [hb.counters.__setitem__(f"c{i}", i) for i in range(1025)], "1025 counters"),
+    (lambda hb: hb.counters.__setitem__("bad name", 1), "counter 'bad name' may hold only"),
+    (lambda hb: [hb.unavailable.add(boot_id=1, first=i, last=i) for i in range(1025)],
+     "1025 unavailable ranges"),
+])
+def test_a_heartbeat_with_hostile_strings_or_lists_is_rejected(spoil: Any, detail: str) -> None:
+    hb = heartbeat()
+    spoil(hb.heartbeat)
+    with pytest.raises(wire.WireError) as err:
+        wire.Decoder().decode(wire.encode(wire.heartbeat_topic("gh", "pi-07"), hb))
+    assert err.value.reason == "bad_heartbeat" and detail in err.value.detail

@@ -1,0 +1,141 @@
+"""CURVE key files: ``sensorwire keygen`` and loading keys at start.
+
+Keys use ZeroMQ's certificate format (the one czmq and ``zmq.auth`` write):
+``NAME.key`` holds the public key, ``NAME.key_secret`` the public and the
+secret key.  For a device, NAME is its device id: the proxy and the
+collector take a client's identity from the name of its public key file in
+their allow-list folder.
+
+Problems with a key file at start are :class:`KeyFileError`, a
+:class:`~sensorwire.configload.ConfigError`: the process exits with status 2
+and the message names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq.utils.z85
+
+from sensorwire import names
+from sensorwire.configload import ConfigError
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+
+
+class KeyFileError(ConfigError):
+    """A key file or allow-list folder is missing, unreadable or not a CURVE key."""
+
+
+class KeyExists(Exception):
+    """``keygen`` would overwrite a key; the message says how to replace it on purpose."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: bytes        # Z85, 40 bytes, as the socket options take it
+    secret: bytes        # Z85, 40 bytes
+    path: Path           # the .key_secret file, for messages
+
+    @property
+    def name(self) -> str:
+        return self.path.name.removesuffix(SECRET_SUFFIX)
+
+
+def z85_to_raw(key: bytes) -> bytes:
+    return bytes(zmq.utils.z85.decode(key))
+
+
+def raw_to_z85(key: bytes) -> str:
+    return bytes(zmq.utils.z85.encode(key)).decode("ascii")
+
+
+def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` (mode 0600) in ``folder``.
+
+    The pair is written in a private temporary folder beside the result and
+    moved into place, so the secret key is never readable by others, not
+    even for a moment.  Raises :class:`KeyExists` unless ``force``.
+    """
+    import shutil
+    import tempfile
+
+    import zmq.auth  # here, not at import: it costs an agent without CURVE 1 MiB
+
+    problem = names.segment_problem(name)
+    if problem:
+        raise ValueError(f"key name {name!r} {problem} (for a device, use its device_id)")
+    dest = Path(folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    public, secret = dest / f"{name}{PUBLIC_SUFFIX}", dest / f"{name}{SECRET_SUFFIX}"
+    if not force:
+        for p in (public, secret):
+            if p.exists():
+                raise KeyExists(f"{p} exists; pass --force to replace the pair (whoever uses the "
+                                "old key is then refused)")
+    tmp = Path(tempfile.mkdtemp(prefix=".keygen-", dir=dest))  # mode 0700
+    try:
+        made_public, made_secret = zmq.auth.create_certificates(tmp, name)
+        os.chmod(made_secret, 0o600)
+        os.chmod(made_public, 0o644)
+        os.replace(made_secret, secret)
+        os.replace(made_public, public)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return public, secret
+
+
+def load_secret(path: str | Path, what: str = "secret_key") -> KeyPair:
+    """The key pair in a ``.key_secret`` file; warns when others may read it."""
+    p = Path(path).expanduser()
+    public, secret = _load(p, what)
+    if secret is None:
+        raise KeyFileError(f"[security] {what}: {p} holds no secret key (give the .key_secret "
+                           "file, not the public .key)")
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("[security] %s: %s can be read by other users (mode %o); make it 0600: "
+                    "chmod 600 %s", what, p, stat.S_IMODE(mode), p)
+    return KeyPair(public=public, secret=secret, path=p)
+
+
+def load_public(path: str | Path, what: str = "server_key") -> bytes:
+    """The public key (Z85) in a ``.key`` or ``.key_secret`` file."""
+    public, _ = _load(Path(path).expanduser(), what)
+    return public
+
+
+def _load(p: Path, what: str) -> tuple[bytes, bytes | None]:
+    if not p.is_file():
+        raise KeyFileError(f"[security] {what}: {p}: no such file (make a pair with: "
+                           f"sensorwire keygen NAME --dir {p.parent})")
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(p)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"[security] {what}: {p}: not a CURVE key file ({exc})") from None
+    for key in (public, secret):
+        if key is not None and not _valid_z85_key(key):
+            raise KeyFileError(f"[security] {what}: {p}: the key is not 40 Z85 characters")
+    return public, secret
+
+
+def _valid_z85_key(key: bytes) -> bool:
+    if len(key) != 40:
+        return False
+    try:
+        return len(z85_to_raw(key)) == 32
+    except (ValueError, KeyError, IndexError, struct.error):
+        return False
