@@ -34,6 +34,7 @@ from sensorwire.allowlist import AllowList
 from sensorwire.configload import Config
 from sensorwire.guard import Guard, Watched
 from sensorwire.keys import KeyPair, load_public, load_secret
+from sensorwire.proto import wire
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class Identity:
                           f"{self.allow.folder} (the connection stays open until it breaks)",
                           str(uid))
         head = bytes(msg.buffer[:TOPIC_HEAD])
+        if head.startswith(wire.ACK):
+            return  # an agent's answer to our ping: it names no device and carries no data
         slash = head.find(b"/")
         if slash < 0 or not head.startswith(client.segment, slash + 1):
             topic = head.split(b"\x00", 1)[0].decode("ascii", "replace")

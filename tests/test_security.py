@@ -158,7 +158,7 @@ def test_a_collector_that_binds_checks_keys_and_devices(tmp_path: Path, procs: A
     intruder = keys.z85("intruder")
     wait_until(lambda: "device_mismatch" in collector.log() and intruder in collector.log(),
                timeout_s=10, what="both refusals logged")
-    assert "the key of 'pi-2' sent a frame on topic 'gh/pi-3/" in collector.log()
+    assert "the key of 'pi-2' sent a frame on topic 'gh/pi-3/" in collector.log(), collector.log()
     assert stored(db, "pi-3") == 0 and stored(db, "pi-4") == 0
     assert seqs(db, "pi-1")[:30] == list(range(1, 31))
 
