@@ -2,7 +2,9 @@
 
 A sink is told these things, in one thread of its own: ``open()``,
 ``write(batch)`` and, if it has the method, ``event(ev)`` any number of times,
-in arrival order, then ``close()``.  ``close`` is called only after the last
+in arrival order, then ``close()``.  A sink with a ``tick()`` method is also
+called when no frames came for ``flush_interval_s`` (e.g. to write what it
+held while its database was down).  ``close`` is called only after the last
 ``write`` has returned, so a sink needs no locks.  A batch is a list of
 ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
 heartbeats (``seq == 0``), in arrival order; events are
@@ -165,6 +167,8 @@ class SinkRunner:
                 if isinstance(work, list):
                     if work:
                         self._write(work)
+                    elif hasattr(self.sink, "tick"):  # idle: a sink may write what it holds
+                        self._tick()
                 else:
                     self._event(work)
         finally:
@@ -195,6 +199,12 @@ class SinkRunner:
             self.written += len(batch)
             self.batches += 1
             return
+
+    def _tick(self) -> None:
+        try:
+            self.sink.tick()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a sink bug must not stop the others
+            log.exception("sink %s: tick failed", self.sink.name)
 
     def _event(self, ev: Event) -> None:
         try:
