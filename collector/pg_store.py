@@ -24,6 +24,7 @@ again) and ``permanent``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
@@ -106,14 +107,6 @@ _DEFAULTS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "30000",
 }
-
-
-def is_dsn(db: str) -> bool:
-    """Is ``--db`` a PostgreSQL DSN (URL or libpq key=value string) rather than a file?"""
-    text = db.strip()
-    return text.startswith(("postgresql://", "postgres://")) or (
-        "=" in text and any(text.startswith(k + "=") or f" {k}=" in text
-                            for k in ("host", "dbname", "user", "port", "service", "hostaddr")))
 
 
 def safe_dsn(dsn: str) -> str:
@@ -437,6 +430,15 @@ def query(conn: Conn, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
         cur.execute(q, args)
         for row in cur:
             yield row[:6] + (to_u64(row[6]), row[7])
+
+
+@contextlib.contextmanager
+def store_errors(dsn: str) -> Iterator[None]:
+    """psycopg errors inside become :class:`StoreError` naming the DSN (password masked)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"{safe_dsn(dsn)}: {' '.join(str(exc).split())}") from None
 
 
 def connect_readonly(dsn: str) -> Conn:

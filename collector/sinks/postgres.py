@@ -3,7 +3,7 @@
 The :class:`~sensorwire.collector.sinks.SinkRunner` thread is the writer: the
 receive loop never waits on the database.  At start the database must answer
 (a wrong DSN, password or database name stops the collector with a clear
-message); once running, an outage is ridden out here, not in the runner:
+message, :class:`~sensorwire.collector.sqlite_store.StoreError`, exit status 1); once running, an outage is ridden out here, not in the runner:
 
 - a write that fails because the connection is gone (or the server is shutting
   down, or out of resources) *parks* its batch in a
@@ -35,6 +35,7 @@ from sensorwire.collector.events import Event
 from sensorwire.collector.pg_schema import MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter, classify, safe_dsn
 from sensorwire.collector.sinks import Item, SinkError
+from sensorwire.collector.sqlite_store import StoreError
 from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.logs import RateLimited
 
@@ -71,16 +72,16 @@ class PostgresSink:
         try:
             self.backlog.open()
         except BacklogError as exc:
-            raise SinkError(str(exc), retryable=False) from None
+            raise StoreError(str(exc)) from None
         try:
             self.writer.open()
         except MigrationError as exc:
             self.backlog.close()
-            raise SinkError(f"postgres {self.where}: {exc}", retryable=False) from None
+            raise StoreError(f"postgres {self.where}: {exc}") from None
         except psycopg.Error as exc:
             self.backlog.close()
-            raise SinkError(f"postgres {self.where}: cannot connect or create the tables: "
-                            f"{_one_line(exc)}", retryable=False) from None
+            raise StoreError(f"postgres {self.where}: cannot connect or create the tables: "
+                             f"{_one_line(exc)}") from None
         self.connected = True
         log.info("postgres: connected to %s, layout %s", self.where, self.writer.layout)
         if self.backlog:
