@@ -33,9 +33,10 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench.collector_sqlite import free_port
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+from bench.collector_sqlite import free_port
 
 METRICS = ("temperature", "humidity", "pressure", "co2", "pm25", "voc", "light", "noise")
 

@@ -30,8 +30,8 @@ import struct
 from pathlib import Path
 
 from sensorwire.agent.spool import Spool, SpoolError
-from sensorwire.logs import RateLimited
 from sensorwire.collector.events import Counts, Event, Lost, Presence
+from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 log = logging.getLogger(__name__)

@@ -201,7 +201,7 @@ class PgWriter:
                 (names, [new[n][0] for n in names], [new[n][1] for n in names],
                  [new[n][1] for n in names]))
             cur.execute("SELECT device, id FROM devices WHERE device = ANY(%s)", (names,))
-            found = dict(cur.fetchall())
+            found: dict[str, int] = dict(cur.fetchall())
         if len(self._devices) + len(found) > _CACHE_MAX:
             self._devices.clear()
         self._devices.update(found)
@@ -315,7 +315,7 @@ class PgWriter:
             return None
         n = len(sids)
         if n > 1 and len(set(sids)) != n:  # the same metric twice in one frame: the first counts
-            keep = {}
+            keep: dict[int, float] = {}
             for sid, v in zip(sids, values, strict=True):
                 keep.setdefault(sid, v)
             sids, values = list(keep), list(keep.values())

@@ -6,8 +6,8 @@ DSN or an unreachable server fails them instead: CI must run them.
 
 Each test gets its own schema ``sw_test_<random>``, dropped afterwards; the
 collector reaches it with ``[storage] schema``, the CLI with a DSN whose
-``options`` set the ``search_path``.  Test modules import the fixtures:
-``from pgsupport import pg, pg_server  # noqa: F401``.
+``options`` set the ``search_path``.  ``conftest.py`` imports the fixtures
+``pg_server`` and ``pg``; psycopg is imported only when one is used.
 """
 
 from __future__ import annotations
@@ -26,13 +26,6 @@ import pytest
 ENV_DSN = "SENSORWIRE_TEST_PG_DSN"
 ENV_REQUIRE = "SENSORWIRE_REQUIRE_ALL"
 
-try:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-except ImportError:  # the postgres extra is not installed
-    if os.environ.get(ENV_REQUIRE) == "1":
-        raise
-    pytest.skip("the postgres extra (psycopg) is not installed", allow_module_level=True)
 
 
 def _unavailable(reason: str) -> None:
@@ -44,6 +37,10 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     """The DSN of a reachable PostgreSQL server."""
+    try:
+        import psycopg
+    except ImportError:
+        _unavailable("PostgreSQL tests need psycopg: pip install -e '.[test]' (or the postgres extra)")
     dsn = os.environ.get(ENV_DSN, "").strip()
     if not dsn:
         _unavailable(f"PostgreSQL tests need {ENV_DSN}, e.g. "
@@ -63,6 +60,8 @@ class PgSchema:
     @property
     def dsn(self) -> str:
         """A libpq DSN whose search_path is this schema (for ``--db``)."""
+        from psycopg.conninfo import make_conninfo
+
         return str(make_conninfo(self.server, options=f"-csearch_path={self.name}"))
 
     def storage_toml(self, extra: str = "") -> str:
@@ -70,12 +69,16 @@ class PgSchema:
                 f"flush_interval_s = 0.05\n{extra}")
 
     def rows(self, q: str, *args: Any) -> list[tuple[Any, ...]]:
+        import psycopg
+
         with psycopg.connect(self.dsn, connect_timeout=5) as conn:
             cur = conn.execute(q, args)
             return list(cur.fetchall()) if cur.description else []
 
     def seqs(self, device: str) -> list[tuple[int, int]]:
         """(boot_id, seq) stored for ``device``, in order; [] before the tables exist."""
+        import psycopg
+
         try:
             return [(int(b), int(s)) for b, s in self.rows(
                 "SELECT f.boot_id, f.seq FROM frames f JOIN devices d ON d.id = f.device_key "
@@ -86,6 +89,9 @@ class PgSchema:
 
 @pytest.fixture
 def pg(pg_server: str) -> Iterator[PgSchema]:
+    """A schema of this test's own on the server, dropped afterwards."""
+    import psycopg
+
     schema = PgSchema(pg_server, f"sw_test_{secrets.token_hex(4)}")
     yield schema
     deadline = time.monotonic() + 30

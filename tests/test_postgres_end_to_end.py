@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgsupport import PgSchema, pg, pg_ctl, pg_server  # noqa: F401
+from pgsupport import PgSchema, pg_ctl
 from support import free_port, run_cli, wait_until, write
 
 pytestmark = pytest.mark.slow

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
-from pgsupport import PgSchema, pg, pg_server, psycopg  # noqa: F401
+from pgsupport import PgSchema
 from support import wait_until
 
-from sensorwire.collector import pg_store, sqlite_store, storage
+from sensorwire.collector import pg_store, storage
 from sensorwire.collector.backlog import Backlog
 from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.events import Counts, Lost, Presence
