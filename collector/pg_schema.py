@@ -2,14 +2,15 @@
 
 The tables are SQLite's (:mod:`sensorwire.collector.sqlite_store`) with
 PostgreSQL types, so ``sensorwire query`` and ``sensorwire status`` read
-either.  Differences, all additive:
+either.  Differences, all additive (docs/postgres.md explains them):
 
-- ``samples`` also carries its frame's ``time_ns`` (a copy): the column the
-  table is partitioned or BRIN-indexed by, so a time range is found without
-  touching ``frames``;
-- ``frames`` and ``samples`` have no foreign keys (the writer inserts a frame
-  and its samples in one transaction; per-row RI triggers would cost a large
-  part of the ingest rate);
+- a frame's samples live in its row, as the parallel arrays
+  ``frames.sample_series`` (series ids) and ``frames.sample_values``;
+  ``samples`` is a view that unnests them into one row per sample, as in
+  SQLite (plus the frame's ``time_ns``): one row and one set of index entries
+  per frame instead of per sample is what makes the ingest rate;
+- ``frames`` has no foreign key (the writer inserts nothing else; per-row RI
+  triggers would cost a large part of the ingest rate);
 - ``lost_ranges`` records each range of frames reported lost once, so two
   collectors that both hear the report count it once;
 - the ``readings`` view has a last column ``time`` (``timestamptz``) for tools
@@ -19,9 +20,9 @@ either.  Differences, all additive:
 
 Layout, decided once when the tables are created: with the ``timescaledb``
 extension (``[storage] timescaledb = "auto"`` finds it, ``"on"`` requires it)
-``samples`` is a hypertable on ``time_ns`` in chunks of one day, with optional
-retention and compression policies; without it, plain tables with BRIN indexes
-on ``time_ns`` (see docs/postgres.md for why BRIN rather than partitions).
+``frames`` is a hypertable on ``time_ns`` in chunks of one day, with optional
+retention and compression policies; without it, plain tables with a BRIN
+index on ``time_ns`` (docs/postgres.md says why BRIN rather than partitions).
 
 Two collectors starting at once do not race: migrations run under a
 transaction-level advisory lock.

@@ -6,12 +6,11 @@ other instead of deadlocking):
 
 1. devices and series new to this process are upserted first, in a short
    transaction of their own, sorted (their ids are cached);
-2. the batch's frames are COPYed (binary) into a temporary staging table, then
-   ``INSERT INTO frames ... SELECT ... ORDER BY key ON CONFLICT DO NOTHING
+2. the batch's frames, each with its samples as two arrays (series ids and
+   values), are COPYed (binary) into a temporary staging table;
+3. ``INSERT INTO frames ... SELECT ... ORDER BY key ON CONFLICT DO NOTHING
    RETURNING`` keeps exactly the frames not stored yet, by this or any other
    collector: the ``(device, boot_id, seq)`` rule;
-3. the samples of those frames only are COPYed (binary) straight into
-   ``samples``;
 4. ``boots`` is upserted with the counts of the rows actually inserted (from
    ``RETURNING``), so ``stored`` stays exact when collectors compete;
 5. ``devices.last_seen_ns`` and ``heartbeat_s``, rows locked in id order.
@@ -197,7 +196,8 @@ class PgWriter:
             cur.execute(
                 "INSERT INTO devices (device, site, first_seen_ns, last_seen_ns) "
                 "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) "
-                "ORDER BY 1 ON CONFLICT (device) DO NOTHING",
+                "ORDER BY 1 ON CONFLICT (device) DO UPDATE SET site = EXCLUDED.site "
+                "WHERE devices.site <> EXCLUDED.site",  # a device moved: as SQLite does
                 (names, [new[n][0] for n in names], [new[n][1] for n in names],
                  [new[n][1] for n in names]))
             cur.execute("SELECT device, id FROM devices WHERE device = ANY(%s)", (names,))

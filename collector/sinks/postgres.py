@@ -16,7 +16,8 @@ message, :class:`~sensorwire.collector.sqlite_store.StoreError`, exit status 1);
   about a second per call, so the runner's queue keeps moving;
 - what exceeds both bounds is dropped, counted and logged (WARNING).
 
-Deadlocks and serialization failures are raised as retryable
+The runner counts a parked batch as written; this sink logs what it held,
+wrote and dropped (and its last line says so).  Deadlocks and serialization failures are raised as retryable
 :class:`~sensorwire.collector.sinks.SinkError` (the runner tries again);
 anything else the database refuses is permanent.
 """
