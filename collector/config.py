@@ -35,11 +35,25 @@ class SubscribeConfig(Config):
 
 
 class StorageConfig(Config):
-    kind: Literal["sqlite", "none"] = "sqlite"
+    kind: Literal["sqlite", "postgres", "none"] = "sqlite"
     path: str = "telemetry.db"
     batch_max: Annotated[int, msgspec.Meta(gt=0)] = 5000
     flush_interval_s: Positive = 0.2
     queue_max: Annotated[int, msgspec.Meta(gt=0)] = 200_000
+    # --- kind = "postgres" (docs/postgres.md) ---------------------------------------------
+    dsn: str | None = None
+    schema: str | None = None
+    timescaledb: Literal["auto", "on", "off"] = "auto"
+    retention_days: Positive | None = None
+    compress_after_days: Positive | None = None
+    buffer_max: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    spool_dir: str | None = None
+    spool_max_mb: Positive = 1024.0
+
+    def __post_init__(self) -> None:
+        from sensorwire.collector.pg_config import check_storage
+
+        check_storage(self)
 
 
 class LimitsConfig(Config):

@@ -7,15 +7,15 @@ import sys
 from typing import TextIO
 
 from sensorwire import render
-from sensorwire.collector import sqlite_store
+from sensorwire.collector import storage
 from sensorwire.collector.sqlite_store import QueryFilter
 from sensorwire.timefmt import iso_from_ns
 
 
 def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
-    conn = sqlite_store.connect(db, readonly=True)
+    reader = storage.connect_reader(db)  # a SQLite path or a PostgreSQL DSN
     try:
-        rows = sqlite_store.query(conn, f)
+        rows = reader.query(f)
         if fmt == "json":
             for t, dev, sensor, metric, value, unit, boot_id, seq in rows:
                 out.write(render.json_line({
@@ -34,5 +34,5 @@ def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
             ) + "\n")
         out.flush()
     finally:
-        conn.close()
+        reader.close()
     return 0

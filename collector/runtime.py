@@ -57,6 +57,10 @@ def make_sinks(config: CollectorConfig) -> list[Sink]:
         from sensorwire.collector.sinks.sqlite import SqliteSink
 
         sinks.append(SqliteSink(config.storage.path))
+    elif config.storage.kind == "postgres":
+        from sensorwire.collector.sinks.postgres import PostgresSink
+
+        sinks.append(PostgresSink(config.storage))
     if config.alerts:
         from sensorwire.collector.alerting.sink import AlertSink
 

@@ -18,7 +18,7 @@ import time
 from typing import Any, TextIO
 
 from sensorwire import render
-from sensorwire.collector import sqlite_store
+from sensorwire.collector import storage
 from sensorwire.timefmt import iso_from_ns
 
 DEFAULT_HEARTBEAT_S = 5.0
@@ -26,11 +26,11 @@ DEFAULT_HEARTBEAT_S = 5.0
 
 def rows(db: str, now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.time_ns() if now_ns is None else now_ns
-    conn = sqlite_store.connect(db, readonly=True)
+    reader = storage.connect_reader(db)  # a SQLite path or a PostgreSQL DSN
     try:
-        found = sqlite_store.status(conn)
+        found = reader.status()
     finally:
-        conn.close()
+        reader.close()
     out = []
     for r in found:
         state = r["state"] or "unknown"

@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="print stored samples",
                        description="Print stored samples ordered by time. DURATION is "
                        "90s, 15m, 2h or 7d before now; ISO times are UTC unless they say otherwise.")
-    q.add_argument("--db", required=True, metavar="FILE", help="the collector's SQLite file")
+    q.add_argument("--db", required=True, metavar="FILE_OR_DSN",
+                   help="the collector's SQLite file, or a PostgreSQL DSN (postgresql://...)")
     q.add_argument("--device")
     q.add_argument("--sensor")
     q.add_argument("--metric")
@@ -332,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="devices: presence and loss counters",
                         description="One row per device: state (online, offline, stopped), last "
                         "seen, frames stored, gaps (frames missing), duplicates, restarts.")
-    st.add_argument("--db", required=True, metavar="FILE", help="the collector's SQLite file")
+    st.add_argument("--db", required=True, metavar="FILE_OR_DSN",
+                    help="the collector's SQLite file, or a PostgreSQL DSN (postgresql://...)")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_status)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgsupport import pg, pg_server  # noqa: F401 - PostgreSQL fixtures (tests/pgsupport.py)
 from support import Proc
 
 

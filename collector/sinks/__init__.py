@@ -6,7 +6,8 @@ in arrival order, then ``close()``.  ``close`` is called only after the last
 ``write`` has returned, so a sink needs no locks.  A sink that has the method
 ``tick(now_ns)`` is also called at least every ``flush_interval_s`` (when
 frames flow and when none arrive at all), with the wall clock in Unix ns: for
-sinks that act on time passing, such as alerting on stale data.  A batch is a list of
+sinks that act on time passing, such as alerting on stale data, or a
+database sink writing what it held while its database was down.  A batch is a list of
 ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
 heartbeats (``seq == 0``), in arrival order; events are
 :mod:`sensorwire.collector.events` (device presence, frames lost for good).

@@ -1,0 +1,467 @@
+"""The PostgreSQL writer and readers: SQLite's logical schema, written with binary COPY.
+
+One batch is one transaction, in this order (every collector takes its locks
+in the same order, so two collectors writing the same frames wait for each
+other instead of deadlocking):
+
+1. devices and series new to this process are upserted first, in a short
+   transaction of their own, sorted (their ids are cached);
+2. the batch's frames, each with its samples as two arrays (series ids and
+   values), are COPYed (binary) into a temporary staging table;
+3. ``INSERT INTO frames ... SELECT ... ORDER BY key ON CONFLICT DO NOTHING
+   RETURNING`` keeps exactly the frames not stored yet, by this or any other
+   collector: the ``(device, boot_id, seq)`` rule;
+4. ``boots`` is upserted with the counts of the rows actually inserted (from
+   ``RETURNING``), so ``stored`` stays exact when collectors compete;
+5. ``devices.last_seen_ns`` and ``heartbeat_s``, rows locked in id order.
+
+Errors are psycopg's; :func:`classify` sorts them for the sink into
+``outage`` (connection lost, server shutting down or out of resources: hold
+the data and reconnect), ``transient`` (deadlock, serialization: try the batch
+again) and ``permanent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from sensorwire.collector.events import Event, Lost, Presence
+from sensorwire.collector.pg_schema import Layout, Policy, migrate
+from sensorwire.collector.sqlite_store import QueryFilter, StoreError, to_i64, to_u64
+from sensorwire.collector.tracking import ResumeBoot
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+ErrorClass = Literal["outage", "transient", "permanent"]
+
+_CACHE_MAX = 100_000
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+# sw_stage_frames: 9 fields; device_key, boot_id, seq, then the length of the sensor text
+_STAGE_HEAD = struct.Struct(">hiqiqiqi").pack
+_STAGE_TIMES = struct.Struct(">iqiqii").pack   # time_ns, received_ns, flags
+_INT8_OID, _FLOAT8_OID = 20, 701
+_ARRAYS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _array(n: int, items: list[int] | list[float], oid: int) -> bytes:
+    """A one-dimensional int8[] or float8[] in COPY's binary format, with its field length."""
+    st = _ARRAYS.get((n, oid))
+    if st is None:
+        elem = "iq" if oid == _INT8_OID else "id"
+        if n == 0:
+            st = struct.Struct(">iiii")
+        else:
+            st = struct.Struct(">iiiiii" + elem * n)
+        _ARRAYS[(n, oid)] = st
+    if n == 0:
+        return st.pack(12, 0, 0, oid)
+    args: list[int | float] = [8] * (2 * n)
+    args[1::2] = items
+    return st.pack(st.size - 4, 1, 0, oid, n, 1, *args)
+
+
+# insert the staged frames not stored yet (sorted: collectors lock keys in one order);
+# what was inserted, per boot
+_INSERT_FRAMES = """
+WITH ins AS (
+    INSERT INTO frames (device_key, boot_id, seq, sensor, time_ns, received_ns, flags,
+                        sample_series, sample_values)
+    SELECT device_key, boot_id, seq, sensor, time_ns, received_ns, flags, sample_series,
+           sample_values
+    FROM sw_stage_frames ORDER BY device_key, boot_id, seq
+    ON CONFLICT DO NOTHING
+    RETURNING device_key, boot_id, seq, cardinality(sample_series) AS n)
+SELECT device_key, boot_id, max(seq), count(*), sum(n)::bigint FROM ins GROUP BY 1, 2
+"""
+
+_UPSERT_BOOTS = """
+INSERT INTO boots (device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, last_seen_ns)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
+                     %s::bigint[], %s::bigint[]) ORDER BY 1, 2
+ON CONFLICT (device_key, boot_id) DO UPDATE SET
+    max_seq = GREATEST(boots.max_seq, EXCLUDED.max_seq),
+    stored = boots.stored + EXCLUDED.stored,
+    announced_seq = GREATEST(boots.announced_seq, EXCLUDED.announced_seq),
+    last_seen_ns = GREATEST(boots.last_seen_ns, EXCLUDED.last_seen_ns)
+"""
+
+_DEFAULTS = {
+    "connect_timeout": "5",
+    "application_name": "sensorwire-collector",
+    # find a dead server or a broken link in about half a minute rather than hours
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN for logs: the password masked."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<an unparsable DSN>"
+    parts = [f"{k}={'***' if k == 'password' else v}" for k, v in params.items()]
+    return " ".join(parts)
+
+
+def classify(exc: psycopg.Error, conn: Conn | None) -> ErrorClass:
+    state = exc.sqlstate or ""
+    if state.startswith("40"):  # deadlock_detected, serialization_failure
+        return "transient"
+    if conn is None or conn.broken or conn.closed or isinstance(exc, psycopg.OperationalError):
+        return "outage"
+    if isinstance(exc, psycopg.InterfaceError):
+        return "outage"
+    return "permanent"
+
+
+def connect(dsn: str, schema: str | None = None, autocommit: bool = False) -> Conn:
+    """A connection with keepalives and timeouts; ``search_path`` set to ``schema`` if given.
+
+    libpq reads the password as usual: from the DSN, ``$PGPASSWORD`` or the passfile.
+    """
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    for k, v in _DEFAULTS.items():
+        params.setdefault(k, v)
+    conn: Conn = psycopg.connect(autocommit=autocommit, **params)
+    if schema is not None:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+class PgWriter:
+    """Writes batches of frames, one transaction each.  One thread only."""
+
+    def __init__(self, dsn: str, schema: str | None = None, policy: Policy | None = None) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.policy = policy or Policy()
+        self.conn: Conn | None = None
+        self.layout: Layout | None = None
+        self._devices: dict[str, int] = {}
+        self._series: dict[tuple[int, str, str, str], int] = {}
+        self.frames_stored = 0
+        self.samples_stored = 0
+        self.already_stored = 0  # frames another collector (or an earlier run) had stored
+
+    # -- lifecycle --------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect and migrate; psycopg errors propagate (the sink classifies them)."""
+        conn = connect(self.dsn, self.schema)
+        try:
+            self.layout = migrate(conn, self.schema, self.policy)
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS sw_stage_frames (device_key bigint, "
+                         "boot_id bigint, seq bigint, sensor text, time_ns bigint, received_ns bigint, "
+                         "flags integer, sample_series bigint[], sample_values float8[]) "
+                         "ON COMMIT DELETE ROWS")
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def reset(self) -> None:
+        """Forget the connection (after an error) and the id caches."""
+        self.close()
+        self._devices.clear()
+        self._series.clear()
+
+    # -- ids ----------------------------------------------------------------------------
+    def _upsert_devices(self, conn: Conn, new: dict[str, tuple[str, int]]) -> None:
+        names = sorted(new)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO devices (device, site, first_seen_ns, last_seen_ns) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) "
+                "ORDER BY 1 ON CONFLICT (device) DO UPDATE SET site = EXCLUDED.site "
+                "WHERE devices.site <> EXCLUDED.site",  # a device moved: as SQLite does
+                (names, [new[n][0] for n in names], [new[n][1] for n in names],
+                 [new[n][1] for n in names]))
+            cur.execute("SELECT device, id FROM devices WHERE device = ANY(%s)", (names,))
+            found: dict[str, int] = dict(cur.fetchall())
+        if len(self._devices) + len(found) > _CACHE_MAX:
+            self._devices.clear()
+        self._devices.update(found)
+
+    def _upsert_series(self, conn: Conn, new: set[tuple[int, str, str, str]]) -> None:
+        keys = sorted(new)
+        cols = list(zip(*keys, strict=True))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO series (device_key, sensor, metric, unit) "
+                "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
+                "ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING",
+                [list(c) for c in cols])
+            cur.execute(
+                "SELECT s.device_key, s.sensor, s.metric, s.unit, s.id FROM series s "
+                "JOIN unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
+                "AS k(device_key, sensor, metric, unit) USING (device_key, sensor, metric, unit)",
+                [list(c) for c in cols])
+            rows = cur.fetchall()
+        if len(self._series) + len(rows) > _CACHE_MAX:
+            self._series.clear()
+        for d, sensor, metric, unit, sid in rows:
+            self._series[(d, sensor, metric, unit)] = sid
+
+    # -- frames ---------------------------------------------------------------------------
+    def write(self, batch: Sequence[tuple[Frame, int]]) -> None:
+        conn = self.conn
+        if conn is None:
+            raise psycopg.OperationalError("not connected")
+        devices = self._devices
+        new_devices = {f.device_id: (f.site, r) for f, r in batch if f.device_id not in devices}
+        if new_devices:
+            self._upsert_devices(conn, new_devices)
+        # per (device_key, boot_id): [announced seq, first seen, last seen]
+        boots: dict[tuple[int, int], list[int]] = {}
+        last_seen: dict[int, int] = {}
+        heartbeat_s: dict[int, float] = {}
+        clocks: dict[int, tuple[float, bool]] = {}
+        stage: list[bytes] = [_COPY_HEADER]
+        later: list[tuple[Frame, int, int, int]] = []  # frames with series new to this process
+        n_data = 0
+        for frame, received in batch:
+            dev = devices[frame.device_id]
+            last_seen[dev] = received
+            boot = to_i64(frame.boot_id)
+            b = boots.get((dev, boot))
+            if b is None:
+                b = boots[(dev, boot)] = [0, received, received]
+            b[2] = received
+            if frame.seq == 0:
+                hb = frame.heartbeat
+                if hb.last_seq > b[0]:
+                    b[0] = hb.last_seq
+                if hb.interval_s:
+                    heartbeat_s[dev] = hb.interval_s
+                clocks[dev] = ((frame.time_unix_nano - received) / 1e9, hb.clock_synced)
+                continue
+            n_data += 1
+            row = self._stage_row(frame, dev, boot, received)
+            if row is None:
+                later.append((frame, dev, boot, received))
+            else:
+                stage.append(row)
+        if later:
+            self._upsert_series(conn, {(dev, f.sensor, s.metric, s.unit)
+                                       for f, dev, _, _ in later for s in f.samples})
+            for frame, dev, boot, received in later:
+                row = self._stage_row(frame, dev, boot, received)
+                assert row is not None
+                stage.append(row)
+        stage.append(_COPY_TRAILER)
+
+        stored: dict[tuple[int, int], tuple[int, int]] = {}  # (dev, boot) -> (max seq, count)
+        n_samples = 0
+        with conn.transaction(), conn.cursor() as cur:
+            if n_data:
+                with cur.copy("COPY sw_stage_frames FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.write(b"".join(stage))
+                cur.execute(_INSERT_FRAMES)
+                for dev, boot, top, count, samples in cur.fetchall():
+                    stored[(dev, boot)] = (top, count)
+                    n_samples += samples
+            keys = sorted(boots)
+            cur.execute(_UPSERT_BOOTS, (
+                [d for d, _ in keys], [b for _, b in keys],
+                [stored.get(k, (0, 0))[0] for k in keys], [stored.get(k, (0, 0))[1] for k in keys],
+                [boots[k][0] for k in keys], [boots[k][1] for k in keys],
+                [boots[k][2] for k in keys]))
+            ids = sorted(last_seen)
+            cur.execute("SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            cur.execute(
+                "UPDATE devices d SET last_seen_ns = GREATEST(d.last_seen_ns, v.t), "
+                "heartbeat_s = coalesce(v.hb, d.heartbeat_s), "
+                "clock_offset_s = coalesce(v.off, d.clock_offset_s), "
+                "clock_synced = coalesce(v.sync, d.clock_synced) "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::bool[]) "
+                "AS v(id, t, hb, off, sync) WHERE d.id = v.id",
+                (ids, [last_seen[i] for i in ids], [heartbeat_s.get(i) for i in ids],
+                 [clocks[i][0] if i in clocks else None for i in ids],
+                 [clocks[i][1] if i in clocks else None for i in ids]))
+        n_frames = sum(c for _, c in stored.values())
+        self.frames_stored += n_frames
+        self.samples_stored += n_samples
+        self.already_stored += n_data - n_frames
+
+    def _stage_row(self, frame: Frame, dev: int, boot: int, received: int) -> bytes | None:
+        """One binary COPY tuple of the staging table; None if a series has no id yet."""
+        series = self._series
+        sensor = frame.sensor
+        sids: list[int] = []
+        values: list[float] = []
+        try:
+            for s in frame.samples:
+                sids.append(series[(dev, sensor, s.metric, s.unit)])
+                values.append(s.value)
+        except KeyError:
+            return None
+        n = len(sids)
+        if n > 1 and len(set(sids)) != n:  # the same metric twice in one frame: the first counts
+            keep: dict[int, float] = {}
+            for sid, v in zip(sids, values, strict=True):
+                keep.setdefault(sid, v)
+            sids, values = list(keep), list(keep.values())
+            n = len(sids)
+        name = sensor.encode()
+        return b"".join((
+            _STAGE_HEAD(9, 8, dev, 8, boot, 8, frame.seq, len(name)), name,
+            _STAGE_TIMES(8, frame.time_unix_nano, 8, received, 4, frame.flags),
+            _array(n, sids, _INT8_OID), _array(n, values, _FLOAT8_OID)))
+
+    # -- events ---------------------------------------------------------------------------
+    def event(self, ev: Event) -> None:
+        """Record a presence transition, frames lost for good, or drop counts.
+
+        Idempotent across collectors where it can be: a transition to the state the
+        device already has is not recorded again, and a lost range is counted once.
+        """
+        conn = self.conn
+        if conn is None:
+            raise psycopg.OperationalError("not connected")
+        if ev.device not in self._devices:
+            now = time.time_ns()
+            self._upsert_devices(conn, {ev.device: (ev.site, now)})
+        key = self._devices[ev.device]
+        with conn.transaction(), conn.cursor() as cur:
+            if isinstance(ev, Presence):
+                cur.execute("UPDATE devices SET state = %s, state_since_ns = %s "
+                            "WHERE id = %s AND state IS DISTINCT FROM %s",
+                            (ev.state, ev.time_ns, key, ev.state))
+                if cur.rowcount == 1:
+                    cur.execute("INSERT INTO presence (device_key, time_ns, state, previous) "
+                                "VALUES (%s, %s, %s, %s)", (key, ev.time_ns, ev.state, ev.previous))
+            elif isinstance(ev, Lost):
+                cur.execute("INSERT INTO lost_ranges VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (key, to_i64(ev.boot_id), ev.first, ev.last))
+                if cur.rowcount == 1:
+                    cur.execute("UPDATE devices SET lost = lost + %s WHERE id = %s", (ev.count, key))
+            else:
+                cur.execute("UPDATE devices SET duplicates = duplicates + %s, "
+                            "out_of_order = out_of_order + %s WHERE id = %s",
+                            (ev.duplicates, ev.out_of_order, key))
+
+    # -- start-up -------------------------------------------------------------------------
+    def resume(self, since_ns: int) -> list[ResumeBoot]:
+        """The boots seen since ``since_ns``, with the seqs missing from storage."""
+        out: list[ResumeBoot] = []
+        # a connection of its own: the collector calls this from its main thread
+        with connect(self.dsn, self.schema) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT d.site, d.device, d.id, b.boot_id, b.max_seq, b.announced_seq, b.stored, "
+                "b.last_seen_ns, d.state FROM boots b JOIN devices d ON d.id = b.device_key "
+                "WHERE b.last_seen_ns >= %s", (since_ns,))
+            for site, device, key, boot, max_seq, announced, stored, last_ns, state in cur.fetchall():
+                top = max(max_seq, announced)
+                missing: list[tuple[int, int]] = []
+                if top > stored:
+                    cur.execute(_GAPS, (key, boot, top))
+                    missing = [(int(a), int(b)) for a, b in cur.fetchall()]
+                out.append(ResumeBoot(site, device, to_u64(boot), top, missing, last_ns, state))
+        return out
+
+
+# the holes in one boot's seqs 1..top, computed in the server
+_GAPS = """
+WITH edges AS (
+    SELECT seq, lead(seq) OVER (ORDER BY seq) AS next FROM (
+        SELECT 0::bigint AS seq
+        UNION ALL SELECT seq FROM frames WHERE device_key = %s AND boot_id = %s
+        UNION ALL SELECT %s::bigint + 1) AS x)
+SELECT seq + 1, next - 1 FROM edges WHERE next > seq + 1 ORDER BY seq
+"""
+
+
+# -- readers ------------------------------------------------------------------------------
+def status(conn: Conn) -> list[dict[str, Any]]:
+    """One dict per device, as :func:`sensorwire.collector.sqlite_store.status`."""
+    rows = conn.execute(
+        "SELECT d.site, d.device, d.state, d.last_seen_ns, "
+        "coalesce(sum(b.stored), 0)::bigint, "
+        "coalesce(sum(GREATEST(b.max_seq, b.announced_seq) - b.stored), 0)::bigint, "
+        "d.duplicates, GREATEST(count(b.boot_id) - 1, 0)::bigint, d.out_of_order, d.lost, "
+        "d.heartbeat_s, d.state_since_ns, d.clock_offset_s, d.clock_synced "
+        "FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
+        "GROUP BY d.id ORDER BY d.site, d.device").fetchall()
+    keys = ("site", "device", "state", "last_seen_ns", "frames", "gaps", "duplicates", "restarts",
+            "out_of_order", "lost", "heartbeat_s", "state_since_ns", "clock_offset_s", "clock_synced")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def query(conn: Conn, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
+    """Rows ``(time_ns, device, sensor, metric, value, unit, boot_id, seq)`` by time."""
+    where: list[str] = []
+    args: list[Any] = []
+    for cond, value in (("d.device = %s", f.device), ("f.sensor = %s", f.sensor),
+                        ("s.metric = %s", f.metric), ("f.time_ns >= %s", f.since_ns),
+                        ("f.time_ns < %s", f.until_ns)):
+        if value is not None:
+            where.append(cond)
+            args.append(value)
+    q = ("SELECT f.time_ns, d.device, f.sensor, s.metric, u.value, NULLIF(s.unit, ''), f.boot_id, "
+         "f.seq FROM frames f JOIN devices d ON d.id = f.device_key "
+         "CROSS JOIN LATERAL unnest(f.sample_series, f.sample_values) AS u(series_id, value) "
+         "JOIN series s ON s.id = u.series_id")
+    if where:
+        q += " WHERE " + " AND ".join(where)
+    q += " ORDER BY f.time_ns, f.id, s.metric"
+    if f.limit is not None:
+        q += " LIMIT %s"
+        args.append(f.limit)
+    # a server-side cursor: millions of rows stream instead of filling memory
+    with conn.cursor(name="sensorwire_query") as cur:
+        cur.itersize = 10_000
+        cur.execute(q, args)
+        for row in cur:
+            yield row[:6] + (to_u64(row[6]), row[7])
+
+
+@contextlib.contextmanager
+def store_errors(dsn: str) -> Iterator[None]:
+    """psycopg errors inside become :class:`StoreError` naming the DSN (password masked)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"{safe_dsn(dsn)}: {' '.join(str(exc).split())}") from None
+
+
+def connect_readonly(dsn: str) -> Conn:
+    """A reader's connection; errors become :class:`StoreError` with the DSN (password masked)."""
+    try:
+        conn = connect(dsn)
+        conn.read_only = True
+        row = conn.execute("SELECT to_regclass('devices') IS NOT NULL AND "
+                           "to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    except psycopg.Error as exc:
+        raise StoreError(f"{safe_dsn(dsn)}: {str(exc).strip()}") from None
+    if not (row and row[0]):
+        conn.close()
+        raise StoreError(f"{safe_dsn(dsn)}: no sensorwire tables here (is the DSN right? is the "
+                         "schema in its search_path, e.g. options=-csearch_path=NAME? the collector "
+                         "creates them)")
+    return conn

@@ -1,0 +1,235 @@
+"""``[storage] kind = "postgres"``: PostgreSQL (and TimescaleDB), written with binary COPY.
+
+The :class:`~sensorwire.collector.sinks.SinkRunner` thread is the writer: the
+receive loop never waits on the database.  At start the database must answer
+(a wrong DSN, password or database name stops the collector with a clear
+message, :class:`~sensorwire.collector.sqlite_store.StoreError`, exit status 1); once running, an outage is ridden out here, not in the runner:
+
+- a write that fails because the connection is gone (or the server is shutting
+  down, or out of resources) *parks* its batch in a
+  :class:`~sensorwire.collector.backlog.Backlog` (memory up to ``buffer_max``
+  frames, then the disk spool in ``spool_dir`` up to ``spool_max_mb``) and
+  returns, so the runner neither retries nor drops it;
+- while anything is parked, new batches and events are parked behind it, and
+  each ``write``, ``event`` or idle ``tick`` tries to reconnect (backoff from
+  0.5 s doubling to 5 s) and then writes the backlog, oldest first, for at most
+  about a second per call, so the runner's queue keeps moving;
+- what exceeds both bounds is dropped, counted and logged (WARNING).
+
+The runner counts a parked batch as written; this sink logs what it held,
+wrote and dropped (and its last line says so).  Deadlocks and serialization failures are raised as retryable
+:class:`~sensorwire.collector.sinks.SinkError` (the runner tries again);
+anything else the database refuses is permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import psycopg
+
+from sensorwire.collector.backlog import Backlog, BacklogError, Piece
+from sensorwire.collector.config import StorageConfig
+from sensorwire.collector.events import Event
+from sensorwire.collector.pg_schema import MigrationError, Policy
+from sensorwire.collector.pg_store import PgWriter, classify, safe_dsn
+from sensorwire.collector.sinks import Item, SinkError
+from sensorwire.collector.sqlite_store import StoreError
+from sensorwire.collector.tracking import ResumeBoot
+from sensorwire.logs import RateLimited
+
+log = logging.getLogger(__name__)
+_retry_log = RateLimited(log, period_s=10.0)
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+DRAIN_BUDGET_S = 1.0   # backlog written per write/tick call, at most about this long
+CLOSE_BUDGET_S = 4.0   # at shutdown (the runner waits 10 s for the whole close)
+
+
+class PostgresSink:
+    name = "postgres"
+
+    def __init__(self, storage: StorageConfig) -> None:
+        assert storage.dsn is not None
+        self.dsn = storage.dsn
+        self.where = safe_dsn(storage.dsn) + (f" schema {storage.schema}" if storage.schema else "")
+        self.writer = PgWriter(storage.dsn, storage.schema, Policy(
+            storage.timescaledb, storage.retention_days, storage.compress_after_days))
+        self.backlog = Backlog(storage.buffer_max, storage.spool_dir,
+                               int(storage.spool_max_mb * 1024 * 1024))
+        self.batch_max = storage.batch_max
+        self.connected = False
+        self.failed = 0              # frames the database refused for good (permanent errors)
+        self._retry_at = 0.0
+        self._delay = RECONNECT_MIN_S
+        self._outage_since: float | None = None
+        self._held_in_outage = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            self.backlog.open()
+        except BacklogError as exc:
+            raise StoreError(str(exc)) from None
+        try:
+            self.writer.open()
+        except MigrationError as exc:
+            self.backlog.close()
+            raise StoreError(f"postgres {self.where}: {exc}") from None
+        except psycopg.Error as exc:
+            self.backlog.close()
+            raise StoreError(f"postgres {self.where}: cannot connect or create the tables: "
+                             f"{_one_line(exc)}") from None
+        self.connected = True
+        log.info("postgres: connected to %s, layout %s", self.where, self.writer.layout)
+        if self.backlog:
+            self._recover()
+
+    def close(self) -> None:
+        try:
+            if self.backlog:
+                self._recover(budget_s=CLOSE_BUDGET_S)
+        finally:
+            self.backlog.close()
+            self.writer.close()
+            log.info("postgres: %d frames stored (%d samples), %d already stored by another "
+                     "collector or an earlier run, %d dropped while the database was unreachable, "
+                     "%d refused by the database", self.writer.frames_stored,
+                     self.writer.samples_stored, self.writer.already_stored, self.backlog.dropped,
+                     self.failed)
+
+    # -- the sink interface ---------------------------------------------------------------
+    def write(self, batch: Sequence[Item]) -> None:
+        if self.backlog or not self.connected:
+            self.backlog.park(list(batch))
+            self._held_in_outage += len(batch)
+            self._recover()
+            return
+        try:
+            self.writer.write(batch)
+        except psycopg.Error as exc:
+            self._failed(exc, list(batch))
+
+    def event(self, ev: Event) -> None:
+        if self.backlog or not self.connected:
+            self.backlog.park_event(ev)
+            self._recover()
+            return
+        try:
+            self.writer.event(ev)
+        except psycopg.Error as exc:
+            self._failed(exc, ev)
+
+    def tick(self, now_ns: int) -> None:
+        """Called by the runner at least every flush_interval_s: write what is held once the
+        database is back."""
+        if self.backlog or not self.connected:
+            self._recover()
+
+    def resume(self, since_ns: int) -> list[ResumeBoot]:
+        try:
+            return self.writer.resume(since_ns)
+        except psycopg.Error as exc:
+            log.warning("postgres: cannot read the seq state to resume from (%s); starting "
+                        "without it", _one_line(exc))
+            return []
+
+    def stats(self) -> dict[str, int]:
+        return {"frames_stored": self.writer.frames_stored,
+                "samples_stored": self.writer.samples_stored,
+                "already_stored": self.writer.already_stored,
+                "held_in_memory": self.backlog.frames_in_memory,
+                "held_in_spool": self.backlog.spool_pending,
+                "dropped": self.backlog.dropped, "refused": self.failed}
+
+    # -- failure and recovery -------------------------------------------------------------
+    def _failed(self, exc: psycopg.Error, piece: Piece) -> None:
+        kind = classify(exc, self.writer.conn)
+        if kind == "outage":
+            self._lost(exc)
+            self._park(piece)
+            return
+        if kind == "transient":
+            raise SinkError(f"postgres: {_one_line(exc)}", retryable=True) from None
+        raise SinkError(f"postgres: the database refused the batch: {_one_line(exc)}",
+                        retryable=False) from None
+
+    def _park(self, piece: Piece) -> None:
+        if isinstance(piece, list):
+            self.backlog.park(piece)
+            self._held_in_outage += len(piece)
+        else:
+            self.backlog.park_event(piece)
+
+    def _lost(self, exc: BaseException) -> None:
+        self.connected = False
+        self.writer.reset()
+        self._delay = RECONNECT_MIN_S
+        self._retry_at = time.monotonic() + self._delay
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._held_in_outage = 0
+            log.warning("postgres: lost the database (%s); holding frames (memory up to %d, then %s) "
+                        "and reconnecting", _one_line(exc), self.backlog.buffer_max,
+                        f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
+                        else "nothing more: storage.spool_dir is not set")
+
+    def _reconnect(self) -> bool:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        try:
+            self.writer.reset()
+            self.writer.open()
+        except (psycopg.Error, MigrationError) as exc:
+            self._retry_at = time.monotonic() + self._delay
+            _retry_log.warning("reconnect", "postgres: database still unreachable (%s); %d frames "
+                               "in memory, %d records in the spool, %d dropped; next try in %.1f s",
+                               _one_line(exc), self.backlog.frames_in_memory,
+                               self.backlog.spool_pending, self.backlog.dropped, self._delay)
+            self._delay = min(self._delay * 2, RECONNECT_MAX_S)
+            return False
+        self.connected = True
+        self._delay = RECONNECT_MIN_S
+        down = time.monotonic() - self._outage_since if self._outage_since is not None else 0.0
+        log.info("postgres: reconnected to %s after %.1f s; writing %d held frames and %d spooled "
+                 "records", self.where, down, self.backlog.frames_in_memory, self.backlog.spool_pending)
+        return True
+
+    def _recover(self, budget_s: float = DRAIN_BUDGET_S) -> None:
+        if not self.connected and not self._reconnect():
+            return
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            piece = self.backlog.take(self.batch_max)
+            if piece is None:
+                break
+            try:
+                if isinstance(piece, list):
+                    self.writer.write(piece)
+                else:
+                    self.writer.event(piece)
+            except psycopg.Error as exc:
+                kind = classify(exc, self.writer.conn)
+                if kind == "permanent":
+                    n = len(piece) if isinstance(piece, list) else 0
+                    self.failed += n
+                    log.error("postgres: the database refused %s held since the outage: %s",
+                              f"{n} frames" if n else f"an event {piece!r}", _one_line(exc))
+                    continue
+                self.backlog.restore(piece)
+                if kind == "outage":
+                    self._lost(exc)
+                return
+        if not self.backlog and self._outage_since is not None:
+            log.info("postgres: everything held during the outage is written (%.1f s, %d frames "
+                     "held, %d dropped in all)", time.monotonic() - self._outage_since,
+                     self._held_in_outage, self.backlog.dropped)
+            self._outage_since = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
