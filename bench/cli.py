@@ -2,7 +2,8 @@
 
 The report goes to stdout; progress to stderr.  Exit status 0 when every
 transport ran or was skipped, 1 when one failed, 2 for bad arguments,
-130 on Ctrl-C (after every process the bench started has been stopped).
+130 on Ctrl-C or SIGTERM (after every process the bench started has been
+stopped).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -75,11 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{', '.join(transports.BY_NAME)}")
         chosen = [transports.BY_NAME[n] for n in args.only]
     settings = settings_from(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like on Ctrl-C: every process is cleaned up
     try:
         return _run(chosen, settings, args.json)
     except KeyboardInterrupt:
         log.warning("interrupted; every process the bench started has been stopped")
         return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(chosen: list[Transport], settings: Settings, json_path: Path | None) -> int:
@@ -98,8 +105,7 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None) ->
         log.info("%s ...", t.name)
         r = harness.measure(t, settings, progress=log.info)
         if r.status != "ok":
-            first = r.reason.strip().splitlines()[0] if r.reason.strip() else ""
-            log.warning("  %s: %s", r.status, first)
+            log.warning("  %s: %s", r.status, report.summary(r.reason))
         results.append(r)
     elapsed = time.monotonic() - started
     out = [

@@ -34,8 +34,7 @@ def table(results: list[TransportResult], ceilings: Ceilings, settings: Settings
     for r in results:
         label = r.transport.label
         if r.status != "ok":
-            why = r.reason.strip().splitlines()[0] if r.reason.strip() else r.status
-            lines.append(f"| {label} | {r.status} ({why}) | | | | |")
+            lines.append(f"| {label} | {r.status} ({summary(r.reason)}) | | | | |")
             continue
         lost = r.latency_lost
         lat = _latency(r.p50_us, r.p99_us) + (f" (lost {lost:,})" if lost else "")
@@ -46,6 +45,16 @@ def table(results: list[TransportResult], ceilings: Ceilings, settings: Settings
         lines.append(f"| {label} | {_rate(m)} | {lossless} | {lat} "
                      f"| {_cpu(r.pub_cpu_us)} / {_cpu(r.sub_cpu_us)} | {ratios} |")
     return "\n".join(lines)
+
+
+def summary(reason: str) -> str:
+    """One line for a multi-line reason: its first line and, for a traceback, its last."""
+    lines = [x.strip() for x in reason.strip().splitlines() if x.strip()]
+    if not lines:
+        return "no reason given"
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 def ceilings_line(c: Ceilings) -> str:

@@ -100,19 +100,37 @@ class Worker:
         self.close()
 
 
+class _ParentGone(Exception):
+    """The parent closed its end of the pipe (it finished, failed or was interrupted)."""
+
+
+def _answer(conn: Connection, status: str, value: Any) -> None:
+    try:
+        conn.send((status, value))
+    except OSError:
+        raise _ParentGone from None
+
+
 # -- the publisher process -----------------------------------------------------
 def _publisher_main(conn: Connection, transport_name: str, env: Env) -> None:
     procs.ignore_sigint()
+    try:
+        _publisher_serve(conn, transport_name, env)
+    except _ParentGone:
+        pass  # nobody is left to tell; the client has been closed
+
+
+def _publisher_serve(conn: Connection, transport_name: str, env: Env) -> None:
     try:
         from bench.transports import get
 
         sender = get(transport_name).sender(env)
         sender.open()
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        _answer(conn, "error", traceback.format_exc())
         return
     try:
-        conn.send(("ok", None))
+        _answer(conn, "ok", None)
         while True:
             try:
                 cmd, *args = conn.recv()
@@ -120,11 +138,15 @@ def _publisher_main(conn: Connection, transport_name: str, env: Env) -> None:
                 return
             try:
                 if cmd == "quit":
-                    conn.send(("ok", None))
+                    _answer(conn, "ok", None)
                     return
-                conn.send(("ok", _publisher_command(conn, sender, cmd, args)))
+                result = _publisher_command(conn, sender, cmd, args)
+            except EOFError:
+                return
             except BaseException:
-                conn.send(("error", traceback.format_exc()))
+                _answer(conn, "error", traceback.format_exc())
+            else:
+                _answer(conn, "ok", result)
     finally:
         sender.close()
 
@@ -162,14 +184,18 @@ def _subscriber_main(conn: Connection, transport_name: str, env: Env) -> None:
     receiver: Any = None
 
     def control() -> None:
-        _subscriber_control(conn, rec, receiver, stop, ready, done, failure)
+        try:
+            _subscriber_control(conn, rec, receiver, stop, ready, done, failure)
+        except (_ParentGone, EOFError):
+            stop.set()
 
     try:
         from bench.transports import get
 
         receiver = get(transport_name).receiver(env)
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        with contextlib.suppress(_ParentGone):
+            _answer(conn, "error", traceback.format_exc())
         return
     ctl = threading.Thread(target=control, name="bench-control", daemon=True)
     ctl.start()
@@ -187,10 +213,10 @@ def _subscriber_control(conn: Connection, rec: Recorder, receiver: Any, stop: th
     deadline = time.monotonic() + 30.0
     while not ready.wait(0.05):
         if done.is_set() or time.monotonic() > deadline:
-            conn.send(("error", failure[0] if failure else "the receiver never became ready"))
             stop.set()
+            _answer(conn, "error", failure[0] if failure else "the receiver never became ready")
             return
-    conn.send(("ok", None))
+    _answer(conn, "ok", None)
     trial = rec.trial
     cpu0 = 0.0
     while True:
@@ -199,38 +225,39 @@ def _subscriber_control(conn: Connection, rec: Recorder, receiver: Any, stop: th
         except EOFError:
             stop.set()
             return
+        if cmd == "quit":
+            stop.set()
+            done.wait(10.0)
+            _answer(conn, "ok", None)
+            return
+        result: Any = None
         try:
-            if cmd == "quit":
-                stop.set()
-                done.wait(10.0)
-                conn.send(("ok", None))
-                return
             if done.is_set():
                 why = failure[0] if failure else "(no error)"
                 raise BenchError(f"the receiver stopped:\n{why}")
             if cmd == "seen":
-                conn.send(("ok", rec.seen))
+                result = rec.seen
             elif cmd == "quiesce":
                 idle_s, limit_s = args
-                conn.send(("ok", _quiesce(rec, idle_s, limit_s)))
+                result = _quiesce(rec, idle_s, limit_s)
             elif cmd == "arm":
                 floor, capacity = args
                 trial = rec.arm(floor, capacity)
                 cpu0 = procs.cpu_seconds()
-                conn.send(("ok", None))
             elif cmd == "collect":
                 expected, limit_s, idle_s, latency = args
                 _collect(trial, done, expected, limit_s, idle_s)
                 cpu_s = procs.cpu_seconds() - cpu0
                 p50, p99 = trial.percentiles(0.50, 0.99) if latency else (float("nan"),) * 2
-                conn.send(("ok", {"received": trial.count, "dups": trial.dups,
-                                  "last_ns": trial.last_ns, "cpu_s": cpu_s,
-                                  "p50_us": p50, "p99_us": p99,
-                                  "details": receiver.details()}))
+                result = {"received": trial.count, "dups": trial.dups, "last_ns": trial.last_ns,
+                          "cpu_s": cpu_s, "p50_us": p50, "p99_us": p99,
+                          "details": receiver.details()}
             else:
                 raise ValueError(f"unknown command {cmd!r}")
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
+        except Exception:
+            _answer(conn, "error", traceback.format_exc())
+            continue
+        _answer(conn, "ok", result)
 
 
 def _quiesce(rec: Recorder, idle_s: float, limit_s: float) -> bool:
