@@ -58,6 +58,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(args)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like on Ctrl-C: every process is cleaned up
     try:
-        return _run(chosen, settings, args.json)
+        return _run(chosen, settings, args.json, " ".join(["python -m bench", *argv]))
     except KeyboardInterrupt:
         log.warning("interrupted; every process the bench started has been stopped")
         return 130
@@ -89,9 +90,11 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(chosen: list[Transport], settings: Settings, json_path: Path | None) -> int:
+def _run(chosen: list[Transport], settings: Settings, json_path: Path | None,
+         command: str) -> int:
     started = time.monotonic()
     head = machine.header()
+    load_before = machine.load()
     log.info("%s", head)
     log.info("ceilings ...")
     try:
@@ -109,7 +112,8 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None) ->
         results.append(r)
     elapsed = time.monotonic() - started
     out = [
-        f"Measured {head} · {elapsed:.0f} s · `python -m bench{_flags(settings)}`",
+        f"Measured {head} · {elapsed:.0f} s · `{command}` · "
+        f"{load_before} before, {machine.load()} after",
         "",
         report.table(results, ceil, settings),
         "",
@@ -132,14 +136,6 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None) ->
         data = _as_json(head, ceil, settings, results)
         json_path.write_text(json.dumps(data, indent=2, default=str))
     return 1 if any(r.status == "failed" for r in results) else 0
-
-
-def _flags(settings: Settings) -> str:
-    if settings == QUICK:
-        return " --quick"
-    if settings == Settings():
-        return ""
-    return f" --runs {settings.runs} --duration {settings.max_s:g}"
 
 
 def _as_json(head: str, ceil: ceilings.Ceilings, settings: Settings,

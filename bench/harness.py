@@ -100,6 +100,11 @@ class RunResult:
     lossless_trials: list[TrialResult]
     latency: TrialResult
 
+    @property
+    def max_rate(self) -> float:
+        """The highest receive rate of any trial (normally the unpaced one)."""
+        return max(t.recv_rate for t in [self.max, *self.lossless_trials])
+
 
 @dataclass
 class TransportResult:
@@ -116,7 +121,7 @@ class TransportResult:
 
     @property
     def max_rate(self) -> float:
-        return self.median(lambda r: max(t.recv_rate for t in [r.max, *r.lossless_trials]))
+        return self.median(lambda r: r.max_rate)
 
     @property
     def lossless_rate(self) -> float:
@@ -163,7 +168,7 @@ def measure(transport: Transport, settings: Settings, progress: Any = print) -> 
         for i in range(settings.runs):
             run = run_once(transport, settings)
             result.runs.append(run)
-            progress(f"  run {i + 1}/{settings.runs}: max {run.max.recv_rate:,.0f}/s, "
+            progress(f"  run {i + 1}/{settings.runs}: max {run.max_rate:,.0f}/s, "
                      f"lossless {run.lossless_rate:,.0f}/s, "
                      f"p50/p99 {run.latency.p50_us:,.0f}/{run.latency.p99_us:,.0f} µs"
                      + (f" (lost {run.latency.lost:,})" if run.latency.lost else ""))

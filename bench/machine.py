@@ -22,6 +22,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def load() -> str:
+    """The 1-minute load average against the core count: other work skews every row."""
+    try:
+        one, _, _ = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load {one:.1f} on {os.cpu_count()} cores"
+
+
 def header() -> str:
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (f"{now} · {os.cpu_count()} × {cpu_model()}, {platform.system()} {platform.release()} · "

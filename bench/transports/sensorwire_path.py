@@ -5,10 +5,12 @@ everything else in ``bench/`` only knows the wire format.  What runs, as of
 this writing:
 
 * publisher process: ``sensorwire.agent.publisher.Publisher`` (XPUB with
-  ``XPUB_NODROP``, its ``build_data`` + ``send``, the same 8 readings as
-  every peer), connected to the proxy's frontend.  A refused send
-  (``zmq.Again`` at the high-water mark) is counted by the Publisher and
-  reported here as not accepted;
+  ``XPUB_NODROP``, its ``build_data`` + ``send``/``publish``, the same 8
+  readings as every peer), connected to the proxy's frontend, its incoming
+  messages handled whenever the socket is readable, as the agent's loop
+  does.  A refused send (``zmq.Again`` at the high-water mark) is counted by
+  the Publisher and reported here as not accepted.  No agent loop runs, so
+  no heartbeats are sent;
 * a ``sensorwire proxy --frontend EP --backend EP`` process (the real CLI);
 * subscriber process: the whole ``sensorwire.collector.runtime.Collector.run``
   loop (its SUB socket options, filters, poller, ``drain`` with the real
@@ -18,10 +20,12 @@ this writing:
   decoded frames, as for every peer, not after SQLite.
 
 Hooks to revisit when the product changes: ``Publisher(site, device,
-PublishConfig)``, ``.open(ctx)``, ``.build_data``, ``.send``, ``.seq``;
-``Collector(config, sinks=[])``, ``.runners`` (the list ``drain`` offers
-batches to), ``.run(stop, ready)``; ``CollectorConfig``/``SubscribeConfig``/
-``StorageConfig(kind="none")``; ``StopSignal().set()``.
+PublishConfig)``, ``.open(ctx)``, ``.build_data``, ``.send`` or
+``.publish``, ``.handle_subscriptions`` or ``.handle_incoming``, ``.seq``,
+``.counters``, ``.sock``; ``Collector(config, sinks=[])``, ``.runners``
+(the list ``drain`` offers batches to; ``offer`` returns what it could not
+take), ``.run(stop, ready)``; ``CollectorConfig``/``SubscribeConfig``/
+``StorageConfig(kind="none")``; ``SinkRunner``; ``StopSignal().set()``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ class _Agent(SyncSender):
         config = PublishConfig(connect=[frontend])
         self.publisher = Publisher(workload.SITE, workload.DEVICE, config)
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        # The Publisher's API is changing: ``send(topic, msg) -> bool`` and
+        # ``handle_subscriptions()`` became ``publish(topic, msg)`` (refusals
+        # counted in ``counters["dropped_hwm"]``) and ``handle_incoming()``
+        # (subscriptions and repair requests).  Both are used as found.
+        pub = self.publisher
+        self._incoming = getattr(pub, "handle_incoming", None) or pub.handle_subscriptions
+        self._publish = getattr(pub, "publish", None)
 
     @property
     def next_seq(self) -> int:
@@ -60,17 +71,29 @@ class _Agent(SyncSender):
 
     def send(self, n: int) -> int:
         pub = self.publisher
-        build, send = pub.build_data, pub.send
+        build = pub.build_data
         sensor, readings = workload.SENSOR, workload.READINGS
-        ok = 0
-        for _ in range(n):
-            topic, msg = build(sensor, readings, time.time_ns())
-            ok += send(topic, msg)
-        return ok
+        if self._publish is not None:
+            publish, counters = self._publish, pub.counters
+            refused = counters["dropped_hwm"] + counters.get("spooled", 0)
+            for _ in range(n):
+                topic, msg = build(sensor, readings, time.time_ns())
+                publish(topic, msg)
+            ok = n - (counters["dropped_hwm"] + counters.get("spooled", 0) - refused)
+        else:
+            send = pub.send
+            ok = 0
+            for _ in range(n):
+                topic, msg = build(sensor, readings, time.time_ns())
+                ok += send(topic, msg)
+        # as the agent's loop does when its socket is readable
+        sock = pub.sock
+        if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._incoming()
+        return int(ok)
 
     def run(self, pace: Any, should_stop: Callable[[], bool] | None = None) -> Any:
-        # as the agent's loop does when its socket is readable
-        self.publisher.handle_subscriptions()
+        self._incoming()
         return super().run(pace, should_stop)
 
     def close(self) -> None:
@@ -96,10 +119,11 @@ def _tap(handle: Handler) -> Any:
             pass
 
     class Tap(SinkRunner):
-        def offer(self, batch: list[Item]) -> None:
+        def offer(self, batch: list[Item]) -> list[Item]:
             for frame, _received_ns in batch:
                 handle(frame)
             self.written += len(batch)
+            return []  # the frames it could not take: none
 
     return Tap(NullSink())
 
