@@ -94,7 +94,7 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None,
          command: str) -> int:
     started = time.monotonic()
     head = machine.header()
-    load_before = machine.load()
+    load_before, busy_before = machine.load(), machine.busy()
     log.info("%s", head)
     log.info("ceilings ...")
     try:
@@ -115,6 +115,9 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None,
         f"Measured {head} · {elapsed:.0f} s · `{command}` · "
         f"{load_before} before, {machine.load()} after",
         "",
+        *([f"**The machine was busy** ({load_before} when the run began): every figure "
+           "is lower and noisier than on an idle machine; compare rows of one run.", ""]
+          if busy_before else []),
         report.table(results, ceil, settings),
         "",
         report.ceilings_line(ceil),

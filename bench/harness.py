@@ -168,8 +168,9 @@ def measure(transport: Transport, settings: Settings, progress: Any = print) -> 
         for i in range(settings.runs):
             run = run_once(transport, settings)
             result.runs.append(run)
+            lossless = f"{run.lossless_rate:,.0f}/s" if run.lossless_rate else "none passed"
             progress(f"  run {i + 1}/{settings.runs}: max {run.max_rate:,.0f}/s, "
-                     f"lossless {run.lossless_rate:,.0f}/s, "
+                     f"lossless {lossless}, "
                      f"p50/p99 {run.latency.p50_us:,.0f}/{run.latency.p99_us:,.0f} µs"
                      + (f" (lost {run.latency.lost:,})" if run.latency.lost else ""))
     except BenchError as exc:

@@ -31,6 +31,14 @@ def load() -> str:
     return f"load {one:.1f} on {os.cpu_count()} cores"
 
 
+def busy() -> bool:
+    """Is other work using more than half the machine right now?"""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1) / 2
+    except OSError:
+        return False
+
+
 def header() -> str:
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (f"{now} · {os.cpu_count()} × {cpu_model()}, {platform.system()} {platform.release()} · "

@@ -6,8 +6,11 @@ sender's ``send(n)``; :func:`adrive` is the same loop for asyncio clients.
 
 Paced sending is by schedule, not by sleeping per frame: frame ``i`` is due at
 ``start + i / rate``; whatever is due is sent in a burst of at most
-``burst`` frames, and the loop sleeps only when it is ahead.  At 5,000
-frames/s that is one frame per wake-up; at 100,000 frames/s, bursts.
+``burst`` frames, and the loop sleeps only when it is ahead, for at least
+one tick of 1 ms.  The tick is the same for every transport: an asyncio
+client cannot sleep for less (the event loop waits in whole milliseconds),
+and a blocking client is held to it so that no row pays for more wake-ups
+than another.  At 5,000 frames/s that is about 5 frames per wake-up.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 BURST = 64  # frames per send() call at most; also the Redis pipeline depth
+TICK_S = 0.001  # the shortest sleep of a paced sender
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def _due(pace: Pace, start: float, now: float, sent: int) -> tuple[int, float]:
     due = int((now - start) * pace.rate) + 1 - sent
     if due > 0:
         return min(due, pace.burst, left), 0.0
-    return 0, start + sent / pace.rate - now
+    return 0, max(TICK_S, start + sent / pace.rate - now)
 
 
 def drive(pace: Pace, send: Callable[[int], int], sleep: Callable[[float], None] = time.sleep,
