@@ -153,6 +153,8 @@ def _as_json(head: str, ceil: ceilings.Ceilings, settings: Settings,
             "p50_us": r.p50_us if r.runs else None, "p99_us": r.p99_us if r.runs else None,
             "pub_cpu_us": r.pub_cpu_us if r.runs else None,
             "sub_cpu_us": r.sub_cpu_us if r.runs else None,
+            "max_pub_cpu_us": r.max_pub_cpu_us if r.runs else None,
+            "max_sub_cpu_us": r.max_sub_cpu_us if r.runs else None,
             "runs": [asdict(run) for run in r.runs],
         })
     return {"header": head, "settings": asdict(settings), "ceilings": asdict(ceil), "rows": rows}

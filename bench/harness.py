@@ -31,6 +31,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +157,8 @@ class TransportResult:
         return self.median(lambda r: 1e6 * r.max.sub_cpu_s / max(1, r.max.received))
 
 
-def measure(transport: Transport, settings: Settings, progress: Any = print) -> TransportResult:
+def measure(transport: Transport, settings: Settings,
+            progress: Callable[[str], None] = print) -> TransportResult:
     """All runs of one transport; a missing server or library gives a skipped result."""
     result = TransportResult(transport)
     reason = transport.unavailable()
