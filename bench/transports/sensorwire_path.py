@@ -168,10 +168,10 @@ class _Collector:
 class SensorwirePath(Transport):
     name = "sensorwire"
     label = "sensorwire (agent → proxy → collector)"
-    practice = ("the product's code: agent Publisher.build_data + send (XPUB, XPUB_NODROP, "
-                "SNDHWM 10000) → `sensorwire proxy` process → the whole Collector.run loop "
-                "(SUB, poll, drain with NOBLOCK, wire.Decoder), frames tapped where drain hands "
-                "batches to the sinks (no storage)")
+    practice = ("the product's code: agent Publisher.build_data + send/publish (XPUB, "
+                "XPUB_NODROP, SNDHWM 10000) → `sensorwire proxy` process → the whole "
+                "Collector.run loop (its socket, poller, drain with NOBLOCK, wire.Decoder and "
+                "counters), frames tapped where drain hands batches to the sinks (no storage)")
 
     def versions(self) -> str:
         import sensorwire
