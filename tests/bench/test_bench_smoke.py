@@ -1,0 +1,47 @@
+"""The benchmark suite imports and its ceilings run; no benchmark runs here.
+
+``python -m bench`` itself is never run by the test suite: it takes minutes
+and its figures depend on the machine.  This only checks, in about a
+second, that the package imports without its optional client libraries and
+that the ceiling measurements (one of them in a second process) work.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import ceilings, report, transports, workload  # noqa: E402
+from bench.harness import QUICK, TransportResult  # noqa: E402
+
+
+def test_the_workload_frame_is_about_217_bytes() -> None:
+    assert 200 <= workload.frame_size() <= 230
+    frame = workload.decode(workload.FrameBuilder().build())
+    assert (frame.seq, len(frame.samples)) == (1, 8)
+
+
+def test_ceilings_measure_in_about_a_second() -> None:
+    c = ceilings.measure(duration_s=0.2)
+    assert c.encode_per_s > 1_000
+    assert c.decode_per_s > 1_000
+    assert c.zmq_per_s > 1_000
+
+
+def test_every_transport_has_a_unique_name_and_a_practice() -> None:
+    names = [t.name for t in transports.ALL]
+    assert len(names) == len(set(names))
+    assert "sensorwire" in names
+    assert all(t.label and t.practice for t in transports.ALL)
+
+
+def test_a_skipped_row_is_reported_not_failed() -> None:
+    c = ceilings.Ceilings(frame_bytes=218, encode_per_s=1.0, decode_per_s=1.0, zmq_per_s=1.0)
+    row = TransportResult(transports.get("redis"), status="skipped",
+                          reason="no server on 127.0.0.1:6379")
+    text = report.table([row], c, QUICK)
+    assert "skipped (no server on 127.0.0.1:6379)" in text
