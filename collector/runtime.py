@@ -328,6 +328,9 @@ class Collector:
             log.info("reload: filters now %s", [f.decode("ascii", "replace") for f in after])
         if config.limits != old.limits:
             self.decoder = wire.Decoder(max_samples=config.limits.max_samples_per_frame)
+        if config.alerts and not any(s.name == "alerting" for s in self.sinks):
+            log.warning("reload: [[alerts]] were added; alerting starts only after a restart")
+        self.security.reload()
         for r in self.runners:
             r.offer_reload(config)
 

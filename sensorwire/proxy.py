@@ -164,6 +164,7 @@ class Proxy:
                         ", ".join(fixed), kept)
             config = msgspec.structs.replace(config, **{k: getattr(self.config, k) for k in fixed})
         self.config = config
+        self.security.reload()  # the allow-lists, at once
 
     def status(self) -> str:
         """The one-line STATUS= for systemd."""

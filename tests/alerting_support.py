@@ -140,8 +140,10 @@ class Live:
         self.pub.bind(ep)
         self.db = tmp_path / "t.db"
         path = tmp_path / f"{name}.toml"
-        path.write_text(f'[subscribe]\nconnect = ["{ep}"]\n[storage]\npath = "{self.db}"\n'
-                        f"flush_interval_s = 0.05\n{alerts}")
+        self.alerts_text = alerts
+        self.config_text = (f'[subscribe]\nconnect = ["{ep}"]\n[storage]\npath = "{self.db}"\n'
+                            f"flush_interval_s = 0.05\n{alerts}")
+        path.write_text(self.config_text)
         self.config = collector_config.load(path)
         self.collector = Collector(self.config)
         self.stop = StopSignal()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from sensorwire.collector.alerting.delivery import Dispatcher
 from sensorwire.collector.alerting.engine import Engine
@@ -52,19 +53,42 @@ class AlertSink:
         self.notifications = 0
         self.store_errors = 0
 
+    def reload(self, config: Any) -> None:
+        """SIGHUP: new rules and notifiers (already validated); firing alerts carry over.
+
+        Called by the sink runner in this sink's thread, in order with the frames.
+        Pending alerts start again; a firing alert whose rule is gone is forgotten.
+        """
+        fresh = AlertSink(config.alerts, config.notifiers, None)
+        self._save([])
+        self.rules, self._notify = fresh.rules, fresh._notify
+        self.notifier_configs, self.engine = fresh.notifier_configs, fresh.engine
+        carried = self._restore() if self.store is not None else 0
+        old, self.dispatcher = self.dispatcher, Dispatcher(self.notifier_configs)
+        self.dispatcher.start()
+        if old is not None:
+            old.close()
+        log.info("alerting: reloaded: %d rules, notifiers %s, %d firing alerts carried over",
+                 len(self.rules), [c.name for c in self.notifier_configs], carried)
+
+    def _restore(self) -> int:
+        """Firing alerts from the store into the engine; stale rules seeded from storage."""
+        assert self.store is not None
+        active = self.store.active()
+        gone = self.engine.restore(active)
+        if gone:
+            log.info("alerting: forgetting %d firing alerts of rules no longer configured (%s)",
+                     len(gone), ", ".join(sorted({a.rule for a in gone})))
+            self.store.forget(gone)
+        for site, device, sensor, metrics, seen in self.store.known_series():
+            self.engine.seed(site, device, sensor, metrics, seen)
+        return len(active) - len(gone)
+
     def open(self) -> None:
         carried = 0
         if self.store is not None:
             self.store.open()
-            active = self.store.active()
-            gone = self.engine.restore(active)
-            carried = len(active) - len(gone)
-            if gone:
-                log.info("alerting: forgetting %d firing alerts of rules no longer configured (%s)",
-                         len(gone), ", ".join(sorted({a.rule for a in gone})))
-                self.store.forget(gone)
-            for site, device, sensor, metrics, seen in self.store.known_series():
-                self.engine.seed(site, device, sensor, metrics, seen)
+            carried = self._restore()
         else:
             log.warning("alerting: [storage] kind = \"none\": alert state is not kept across "
                         "restarts (a firing alert fires again after one)")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from alerting_support import Hook, Live
 from support import wait_until
+
+from sensorwire.collector import config as collector_config
 
 HOT = """
 [[alerts]]
@@ -115,3 +118,29 @@ def test_alerts_listing_shows_history_and_active(live: Callable[..., Live], hook
     lines = out.getvalue().splitlines()
     assert lines[0].split()[:5] == ["time", "state", "severity", "rule", "where"]
     assert len(lines) == 5 and "greenhouse/pi-08/env temperature" in lines[3]
+
+
+def test_a_reload_keeps_firing_alerts_and_applies_new_rules(live: Callable[..., Live], hook: Hook,
+                                                            tmp_path: Path) -> None:
+    c = live(HOT.format(url=hook.url, timeout=5))
+    c.send({"temperature": 36.0})
+    wait_until(lambda: len(hook.delivered()) == 1, what="the firing notification")
+    text = HOT.format(url=hook.url, timeout=5).replace("above = 35.0", "above = 35.5") + """
+[[alerts]]
+name = "greenhouse-dry"
+match = "greenhouse/*/env"
+metric = "humidity"
+below = 30.0
+notify = ["hook"]
+"""
+    path = tmp_path / "reloaded.toml"
+    path.write_text(c.config_text.replace(c.alerts_text, text))
+    c.collector.reload(collector_config.load(path))
+    c.send({"temperature": 36.0, "humidity": 20.0})   # still firing: no second "firing"
+    wait_until(lambda: len(hook.delivered()) == 2, what="the new rule firing")
+    assert [(d["rule"], d["state"]) for d in hook.delivered()] == [
+        ("greenhouse-hot", "firing"), ("greenhouse-dry", "firing")]
+    c.send({"temperature": 32.0, "humidity": 50.0})
+    wait_until(lambda: len(hook.delivered()) == 4, what="both resolved")
+    assert {(d["rule"], d["state"]) for d in hook.delivered()[2:]} == {
+        ("greenhouse-hot", "resolved"), ("greenhouse-dry", "resolved")}
