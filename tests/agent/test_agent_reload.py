@@ -62,7 +62,14 @@ def running() -> Iterator[tuple[Agent, StopSignal, list[agent_config.AgentConfig
     agent = Agent(cfg({"name": "stream", "kind": "tick"}))
     stop = StopSignal()
     pending: list[agent_config.AgentConfig] = []
-    svc = Service(stop, reload=lambda: agent.reload(pending.pop()))
+    def apply() -> None:
+        # taken off the list only once the reload is over: the tests wait for an empty list
+        try:
+            agent.reload(pending[-1])
+        finally:
+            pending.pop()
+
+    svc = Service(stop, reload=apply)
     ready = threading.Event()
     t = threading.Thread(target=agent.run, args=(stop, ready.set, svc))
     t.start()
