@@ -50,7 +50,7 @@ class Publisher:
     """Owns the XPUB socket and the spool; used only by the agent's main thread."""
 
     def __init__(self, site: str, device_id: str, config: PublishConfig,
-                 spool: Spool | None = None, replay_rate: float = 1000.0,
+                 spool: Spool | None = None, replay_rate: float = 500.0,
                  clock: ClockState | None = None,
                  security: AgentSecurity | None = None) -> None:
         self.site = site

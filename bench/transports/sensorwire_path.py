@@ -135,12 +135,15 @@ class _Collector:
 
     def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None]) -> None:
         from sensorwire.collector.config import CollectorConfig, StorageConfig, SubscribeConfig
+        from sensorwire.collector.config import LimitsConfig
         from sensorwire.collector.runtime import Collector
 
         from sensorwire.lifecycle import StopSignal
 
+        # one device at tens of thousands of frames/s: the per-device flood limit is off here
         config = CollectorConfig(subscribe=SubscribeConfig(connect=[self.backend]),
-                                 storage=StorageConfig(kind="none"))
+                                 storage=StorageConfig(kind="none"),
+                                 limits=LimitsConfig(max_frames_per_s_per_device=0))
         self.collector = Collector(config, sinks=[])
         self.collector.runners = [_tap(handle)]
         sw_stop = StopSignal()  # not installed: no signal handlers, set() from the bridge below
