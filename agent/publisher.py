@@ -38,12 +38,14 @@ from sensorwire.security import COLLECTORS, AgentSecurity, Security
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
+from sensorwire.proto.encoder import DataEncoder
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 log = logging.getLogger(__name__)
 
 REPAIR_MAX_SEQS = 100_000   # per request: bounds the work one message can cause
 REPAIR_MAX_BYTES = 64 * 1024
+MAX_ENCODERS = 1024         # one per sensor; bounded all the same
 
 
 class Publisher:
@@ -69,6 +71,7 @@ class Publisher:
         self.subscriptions: set[bytes] = set()
         self._listened: dict[bytes, bool] = {}
         self._topics: dict[str, bytes] = {}
+        self._encoders: dict[str, DataEncoder] = {}
         self._frame = Frame()
         self._hb_topic = wire.heartbeat_topic(site, device_id)
         self._ring: collections.OrderedDict[int, tuple[float, bytes]] = collections.OrderedDict()
@@ -169,22 +172,23 @@ class Publisher:
         return t
 
     def build_data(self, sensor: str, readings: Sequence[Reading], time_ns: int) -> tuple[bytes, bytes]:
-        """Number the next data frame and return ``(topic, message)``."""
+        """Number the next data frame and return ``(topic, message)``.
+
+        A sensor's frames are encoded by a :class:`DataEncoder` kept for it while
+        its metrics and units stay the same (they usually do).
+        """
         self.seq += 1
-        f = self._frame
-        f.Clear()
-        f.site = self.site
-        f.device_id = self.device_id
-        f.boot_id = self.boot_id
-        f.seq = self.seq
-        f.time_unix_nano = time_ns
-        f.sensor = sensor
-        f.flags = self._flags
-        add = f.samples.add
-        for metric, value, unit in readings:
-            add(metric=metric, value=value, unit=unit)
         topic = self.topic(sensor)
-        return topic, topic + wire.DELIM + f.SerializeToString()
+        enc = self._encoders.get(sensor)
+        layout = enc.layout if enc is not None else None
+        if layout is None or len(layout) != len(readings) or any(
+                m != lm or u != lu for (m, _, u), (lm, lu) in zip(readings, layout, strict=True)):
+            enc = DataEncoder(topic, self.site, self.device_id, self.boot_id, sensor,
+                              [(m, u) for m, _, u in readings])
+            if len(self._encoders) >= MAX_ENCODERS:
+                self._encoders.clear()
+            self._encoders[sensor] = enc
+        return topic, enc.encode(self.seq, time_ns, [v for _, v, _ in readings], self._flags)
 
     def publish(self, topic: bytes, msg: bytes) -> None:
         """Send the data frame just built (``self.seq``), or spool it."""
