@@ -8,8 +8,8 @@ fifth of the cost of filling and serialising a protobuf ``Frame``.
 
 The bytes are a valid ``sensorwire.v1.Frame`` (fields in field-number
 order, as protobuf writes them); the one difference from
-``Frame.SerializeToString()`` is that a value of 0.0 is written rather than
-left out, which decodes to the same frame.  ``tests/proto/test_encoder.py``
+``Frame.SerializeToString()`` is that a value or a time of 0 is written rather
+than left out, which decodes to the same frame.  ``tests/proto/test_encoder.py``
 checks both.
 """
 
