@@ -128,8 +128,10 @@ class Decoder:
     def __init__(self, max_samples: int = 1024, cache_size: int = 65536) -> None:
         self.max_samples = max_samples
         self._cache_size = cache_size
-        self._good_topics: dict[bytes, bool] = {}  # topic -> is a heartbeat topic
-        self._good_metrics: set[tuple[str, str]] = set()
+        # topic -> (is a heartbeat topic, site, device, sensor) of the frames seen valid on it
+        self._good_topics: dict[bytes, tuple[bool, str, str, str]] = {}
+        self._good_metrics: set[str] = set()
+        self._good_units: set[str] = set()
 
     def decode(self, msg: bytes) -> Frame:
         idx = msg.find(DELIM, 0, MAX_TOPIC_BYTES + 1)
@@ -140,23 +142,19 @@ class Decoder:
             frame = Frame.FromString(msg[idx + 1 :])
         except DecodeError as exc:
             raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})")
-        is_heartbeat = self._good_topics.get(topic)
-        if is_heartbeat is None or is_heartbeat != (frame.seq == 0):
+        known = self._good_topics.get(topic)
+        if (known is None or known[0] != (frame.seq == 0) or known[1] != frame.site
+                or known[2] != frame.device_id or known[3] != frame.sensor):
             self._check_topic(topic, frame)
-        elif frame.seq:
-            if f"{frame.site}/{frame.device_id}/{frame.sensor}".encode() != topic:
-                raise WireError("topic_mismatch", self._mismatch(topic, frame))
-        elif f"{frame.site}/{frame.device_id}/{HEARTBEAT}".encode() != topic:
-            raise WireError("topic_mismatch", self._mismatch(topic, frame))
         samples = frame.samples
         if len(samples) > self.max_samples:
             raise WireError(
                 "too_many_samples",
                 f"topic {_show(topic)}: {len(samples)} samples, the limit is {self.max_samples}",
             )
-        good = self._good_metrics
+        metrics, units = self._good_metrics, self._good_units
         for s in samples:
-            if (s.metric, s.unit) not in good:
+            if s.metric not in metrics or s.unit not in units:
                 self._check_sample(topic, s.metric, s.unit)
         if not frame.seq:
             self._check_heartbeat(topic, frame)
@@ -206,7 +204,7 @@ class Decoder:
                 raise WireError("bad_name", f"topic {text!r}: sensor {frame.sensor!r} {problem}")
         if len(self._good_topics) >= self._cache_size:
             self._good_topics.clear()
-        self._good_topics[topic] = frame.seq == 0
+        self._good_topics[topic] = (frame.seq == 0, frame.site, frame.device_id, frame.sensor)
 
     def _check_sample(self, topic: bytes, metric: str, unit: str) -> None:
         problem = names.metric_problem(metric)
@@ -217,7 +215,10 @@ class Decoder:
             raise WireError("bad_name", f"topic {_show(topic)}: unit {unit[:40]!r} {problem}")
         if len(self._good_metrics) >= self._cache_size:
             self._good_metrics.clear()
-        self._good_metrics.add((metric, unit))
+        if len(self._good_units) >= self._cache_size:
+            self._good_units.clear()
+        self._good_metrics.add(metric)
+        self._good_units.add(unit)
 
     @staticmethod
     def _mismatch(topic: bytes, frame: Frame) -> str:

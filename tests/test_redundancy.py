@@ -20,7 +20,8 @@ def test_one_of_two_proxies_killed_mid_stream_loses_nothing_and_doubles_nothing(
     db = tmp_path / "t.db"
     backs = ", ".join(f'"{b}"' for _, b in pairs)
     collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
-                      f'[subscribe]\nconnect = [{backs}]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')))
+                      f'[subscribe]\nconnect = [{backs}]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n'
+                      '[[alerts]]\nname = "t-high"\nmatch = "gh/*/env"\nmetric = "t"\nabove = 0.5\n')))
     fronts = ", ".join(f'"{f}"' for f, _ in pairs)
     agents = {}
     for d in ("pi-1", "pi-2"):
@@ -69,3 +70,6 @@ dir = "{tmp_path / ('spool-' + d)}"
     # the collector dropped the second copies itself, before any sink saw them
     assert dups > 0
     assert "duplicates" in collector.log()
+    # and the alert each device raised was notified once, not once per proxy
+    fired = [line for line in collector.log().splitlines() if "alert t-high firing" in line]
+    assert len(fired) == 2 and {"gh/pi-1/env" in fired[0], "gh/pi-1/env" in fired[1]} == {True, False}
