@@ -309,7 +309,7 @@ class Tracker:
     def totals(self) -> dict[str, int]:
         out = dict(devices=len(self.devices), online=0, frames=0, gaps=0, duplicates=0,
                    out_of_order=0, restarts=0, lost=0)
-        for d in self.devices.values():
+        for d in list(self.devices.values()):  # also called from the metrics server's thread
             out["online"] += d.state == "online"
             out["frames"] += d.frames
             out["gaps"] += d.gaps

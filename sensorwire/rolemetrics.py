@@ -155,6 +155,26 @@ def collector_families(collector: Collector) -> Iterable[Family]:
         yield latency
     for sink in collector.sinks:
         yield from _metrics_sink_families(sink)
+    yield from _tracking_families(collector)
+
+
+def _tracking_families(collector: Collector) -> Iterable[Family]:
+    """Loss accounting (the same numbers as `sensorwire status`, live)."""
+    t = collector.tracker.totals()
+    yield Family("sensorwire_devices_known", "gauge", "Devices the collector follows.").add(t["devices"])
+    yield Family("sensorwire_frames_missing", "gauge",
+                 "Frames missing from the devices' seq streams right now (gaps, not yet repaired)."
+                 ).add(t["gaps"])
+    yield Family("sensorwire_frames_duplicate_total", "counter",
+                 "Frames received more than once and dropped before the sinks.").add(t["duplicates"])
+    yield Family("sensorwire_frames_out_of_order_total", "counter",
+                 "Frames that filled a gap (replays and repairs).").add(t["out_of_order"])
+    yield Family("sensorwire_frames_lost_total", "counter",
+                 "Frames the agents said they no longer have: lost for good.").add(t["lost"])
+    yield Family("sensorwire_device_restarts_total", "counter",
+                 "New boot_ids seen after a device's first.").add(t["restarts"])
+    yield Family("sensorwire_repair_requests_total", "counter",
+                 "Gap-repair requests sent upstream.").add(collector.tracker.requests_sent)
 
 
 def _metrics_sink_families(sink: Any) -> Iterable[Family]:

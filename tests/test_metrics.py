@@ -117,6 +117,10 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
     received = value(c, "sensorwire_frames_received_total")
     assert received == value(c, "sensorwire_frames_accepted_total")
     assert value(c, "sensorwire_decode_errors_total", reason="decode") == 0
+    # loss accounting, live: what `sensorwire status` shows from storage
+    assert value(c, "sensorwire_devices_known") == 2
+    assert value(c, "sensorwire_frames_missing") == 0
+    assert value(c, "sensorwire_frames_lost_total") == 0
     assert value(c, "sensorwire_sink_frames_dropped_total", sink="sqlite") == 0
     assert value(c, "sensorwire_sink_queue_frames", sink="sqlite") == 0
     assert value(c, "sensorwire_end_to_end_latency_seconds_count") == stored
