@@ -10,7 +10,6 @@ process for ``--seconds`` each, and prints RSS (MiB) and CPU % of one core.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,11 +19,8 @@ from pathlib import Path
 import psutil
 import zmq
 
+from bench.procs import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(ep: str, simulated: int, spool: Path) -> str:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,14 +22,11 @@ from pathlib import Path
 
 import psutil
 
+from bench.loadgen import wait_stored
+from bench.procs import free_port
 from sensorwire.collector.sqlite_store import SqliteWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_ceiling(tmp: Path, frames: int = 50_000) -> float:
@@ -70,16 +65,7 @@ def ingest(tmp: Path, rate: float, seconds: float, devices: int) -> dict[str, fl
         sent = json.loads(out)
         cpu0 = pcol.cpu_times()
         # wait until everything sent is stored (or nothing more arrives for 5 s)
-        t_first = time.monotonic()
-        last, last_change = -1, time.monotonic()
-        while True:
-            n = count(db)
-            if n >= frames or time.monotonic() - last_change > 5:
-                break
-            if n != last:
-                last, last_change = n, time.monotonic()
-            time.sleep(0.1)
-        drain_s = time.monotonic() - t_first
+        drain_s = wait_stored(lambda: count(db), frames)
         cpu1 = pcol.cpu_times()
         col.terminate()
         col.wait(10)
@@ -129,7 +115,7 @@ def main() -> None:
         for k, v in r.items():
             print(f"{k}: {v:,.2f}" if isinstance(v, float) else f"{k}: {v:,}")
         print(f"ratio stored/raw ceiling: {r['samples_per_s_stored'] / ceiling:.2f}")
-    os.sys.stdout.flush()
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -68,6 +69,20 @@ def run(endpoint: str, frames: int, devices: int, rate: float, samples: int = 8,
     ctx.term()
     return {"frames": frames, "samples": frames * samples, "seconds": elapsed,
             "send_rate": frames / elapsed, "blocked": again}
+
+
+def wait_stored(count: Callable[[], int], target: int, quiet_s: float = 5.0) -> float:
+    """Poll ``count()`` until it reaches ``target`` or stops growing for ``quiet_s``;
+    returns the seconds waited (the drain time after the load generator finished)."""
+    t0 = time.monotonic()
+    last, last_change = -1, t0
+    while True:
+        n = count()
+        if n >= target or time.monotonic() - last_change > quiet_s:
+            return time.monotonic() - t0
+        if n != last:
+            last, last_change = n, time.monotonic()
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

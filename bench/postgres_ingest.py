@@ -36,7 +36,8 @@ import psycopg
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
-from bench.collector_sqlite import free_port
+from bench.loadgen import wait_stored
+from bench.procs import free_port
 
 METRICS = ("temperature", "humidity", "pressure", "co2", "pm25", "voc", "light", "noise")
 
@@ -96,16 +97,7 @@ def ingest(dsn: str, schema: str, tmp: Path, rate: float, seconds: float,
     try:
         out, _ = gen.communicate(timeout=seconds * 5 + 60)
         sent = json.loads(out)
-        t_first = time.monotonic()
-        last, last_change = -1, time.monotonic()
-        while True:
-            n = count(dsn, schema)
-            if n >= frames or time.monotonic() - last_change > 5:
-                break
-            if n != last:
-                last, last_change = n, time.monotonic()
-            time.sleep(0.1)
-        drain_s = time.monotonic() - t_first
+        drain_s = wait_stored(lambda: count(dsn, schema), frames)
         cpu = pcol.cpu_times()
         col.terminate()
         col.wait(15)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,11 @@ from pathlib import Path
 
 import zmq
 
+from bench.procs import free_port
 from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill(folder: Path, frames: int) -> float:

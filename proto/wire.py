@@ -141,7 +141,7 @@ class Decoder:
         try:
             frame = Frame.FromString(msg[idx + 1 :])
         except DecodeError as exc:
-            raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})")
+            raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})") from None
         known = self._good_topics.get(topic)
         if (known is None or known[0] != (frame.seq == 0) or known[1] != frame.site
                 or known[2] != frame.device_id or known[3] != frame.sensor):

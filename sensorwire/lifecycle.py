@@ -8,7 +8,6 @@ blocks in ``poll`` wakes at once, with no timer and no busy waiting.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
@@ -99,12 +98,3 @@ class StopSignal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

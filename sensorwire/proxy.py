@@ -27,16 +27,13 @@ proxy checks in each frame from agents is in :mod:`sensorwire.proxyfilter`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
-
-import msgspec
 import zmq
-from google.protobuf.message import DecodeError
 
 from sensorwire import configload, security
 from sensorwire.configload import Config
