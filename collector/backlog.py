@@ -32,12 +32,13 @@ from pathlib import Path
 from sensorwire.agent.spool import Spool, SpoolError
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.logs import RateLimited
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 log = logging.getLogger(__name__)
 _drops = RateLimited(log, period_s=10.0)
 
-Item = tuple[Frame, int]
+Item = tuple[CheckedFrame, int]
 Piece = list[Item] | Event
 _U64 = struct.Struct("<Q")
 _EVENTS: dict[str, type[Presence] | type[Lost] | type[Counts]] = {
@@ -56,7 +57,7 @@ def _decode(message: bytes) -> Item | Event | None:
     kind = message[:1]
     if kind == b"F":
         received = _U64.unpack_from(message, 1)[0]
-        return Frame.FromString(message[1 + _U64.size:]), received
+        return CheckedFrame.from_pb(Frame.FromString(message[1 + _U64.size:])), received
     if kind == b"E":
         obj = json.loads(message[1:])
         cls = _EVENTS.get(obj.pop("type", ""))
@@ -219,7 +220,7 @@ class Backlog:
         append = self._spool.append
         refused: list[Item] = []
         for frame, received in items:
-            msg = b"F" + _U64.pack(received) + frame.SerializeToString()
+            msg = b"F" + _U64.pack(received) + frame.to_pb().SerializeToString()
             if append(frame.boot_id, frame.seq, msg):
                 self.spooled += 1
             else:

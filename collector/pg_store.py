@@ -38,7 +38,8 @@ from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.pg_schema import Layout, Policy, migrate
 from sensorwire.collector.sqlite_store import QueryFilter, StoreError, to_i64, to_u64
 from sensorwire.collector.tracking import ResumeBoot
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.frames import Layout as SampleLayout
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ _INT8_OID, _FLOAT8_OID = 20, 701
 _ARRAYS: dict[tuple[int, int], struct.Struct] = {}
 
 
-def _array(n: int, items: list[int] | list[float], oid: int) -> bytes:
+def _array(n: int, items: Sequence[int] | Sequence[float], oid: int) -> bytes:
     """A one-dimensional int8[] or float8[] in COPY's binary format, with its field length."""
     st = _ARRAYS.get((n, oid))
     if st is None:
@@ -158,6 +159,8 @@ class PgWriter:
         self.layout: Layout | None = None
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
+        # (device key, sensor, sample layout) -> its series ids (the first of a metric named twice)
+        self._layout_ids: dict[tuple[int, str, SampleLayout], list[int]] = {}
         self.frames_stored = 0
         self.samples_stored = 0
         self.already_stored = 0  # frames another collector (or an earlier run) had stored
@@ -190,6 +193,7 @@ class PgWriter:
         self.close()
         self._devices.clear()
         self._series.clear()
+        self._layout_ids.clear()
 
     # -- ids ----------------------------------------------------------------------------
     def _upsert_devices(self, conn: Conn, new: dict[str, tuple[str, int]]) -> None:
@@ -229,7 +233,7 @@ class PgWriter:
             self._series[(d, sensor, metric, unit)] = sid
 
     # -- frames ---------------------------------------------------------------------------
-    def write(self, batch: Sequence[tuple[Frame, int]]) -> None:
+    def write(self, batch: Sequence[tuple[CheckedFrame, int]]) -> None:
         conn = self.conn
         if conn is None:
             raise psycopg.OperationalError("not connected")
@@ -243,7 +247,7 @@ class PgWriter:
         heartbeat_s: dict[int, float] = {}
         clocks: dict[int, tuple[float, bool]] = {}
         stage: list[bytes] = [_COPY_HEADER]
-        later: list[tuple[Frame, int, int, int]] = []  # frames with series new to this process
+        later: list[tuple[CheckedFrame, int, int, int]] = []  # frames with series new to this process
         n_data = 0
         for frame, received in batch:
             dev = devices[frame.device_id]
@@ -255,6 +259,7 @@ class PgWriter:
             b[2] = received
             if frame.seq == 0:
                 hb = frame.heartbeat
+                assert hb is not None  # seq 0: a heartbeat
                 if hb.last_seq > b[0]:
                     b[0] = hb.last_seq
                 if hb.interval_s:
@@ -268,8 +273,8 @@ class PgWriter:
             else:
                 stage.append(row)
         if later:
-            self._upsert_series(conn, {(dev, f.sensor, s.metric, s.unit)
-                                       for f, dev, _, _ in later for s in f.samples})
+            self._upsert_series(conn, {(dev, f.sensor, metric, unit)
+                                       for f, dev, _, _ in later for metric, unit in f.layout.pairs})
             for frame, dev, boot, received in later:
                 row = self._stage_row(frame, dev, boot, received)
                 assert row is not None
@@ -309,25 +314,26 @@ class PgWriter:
         self.samples_stored += n_samples
         self.already_stored += n_data - n_frames
 
-    def _stage_row(self, frame: Frame, dev: int, boot: int, received: int) -> bytes | None:
+    def _stage_row(self, frame: CheckedFrame, dev: int, boot: int, received: int) -> bytes | None:
         """One binary COPY tuple of the staging table; None if a series has no id yet."""
-        series = self._series
         sensor = frame.sensor
-        sids: list[int] = []
-        values: list[float] = []
-        try:
-            for s in frame.samples:
-                sids.append(series[(dev, sensor, s.metric, s.unit)])
-                values.append(s.value)
-        except KeyError:
-            return None
+        layout = frame.layout
+        key = (dev, sensor, layout)
+        sids = self._layout_ids.get(key)
+        if sids is None:
+            series = self._series
+            pairs = layout.pairs if layout.unique is None else [layout.pairs[i] for i in layout.unique]
+            try:
+                sids = [series[(dev, sensor, metric, unit)] for metric, unit in pairs]
+            except KeyError:
+                return None
+            if len(self._layout_ids) >= _CACHE_MAX:
+                self._layout_ids.clear()
+            self._layout_ids[key] = sids
+        values = frame.values
+        if layout.unique is not None:  # the same metric twice in one frame: the first counts
+            values = [values[i] for i in layout.unique]
         n = len(sids)
-        if n > 1 and len(set(sids)) != n:  # the same metric twice in one frame: the first counts
-            keep: dict[int, float] = {}
-            for sid, v in zip(sids, values, strict=True):
-                keep.setdefault(sid, v)
-            sids, values = list(keep), list(keep.values())
-            n = len(sids)
         name = sensor.encode()
         return b"".join((
             _STAGE_HEAD(9, 8, dev, 8, boot, 8, frame.seq, len(name)), name,

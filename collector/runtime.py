@@ -35,6 +35,7 @@ import zmq
 
 from sensorwire.collector.config import CollectorConfig
 from sensorwire.collector.events import Counts, Event
+from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import Tracker
@@ -79,7 +80,7 @@ class Collector:
                        flush_interval_s=s.flush_interval_s)
             for sink in self.sinks
         ]
-        self.decoder = wire.Decoder(max_samples=config.limits.max_samples_per_frame)
+        self.decoder = Intake(max_samples=config.limits.max_samples_per_frame)
         self.received = 0
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -237,13 +238,6 @@ class Collector:
                 self._reject(exc.reason, exc.detail)
                 continue
             nbytes += len(msg)
-            if sub.rcvmore:
-                parts = 1
-                while sub.rcvmore:
-                    recv()
-                    parts += 1
-                self._reject("multipart", f"a message of {parts} parts (sensorwire sends one part)")
-                continue
             if len(msg) > limit:
                 self._reject("oversized", f"{len(msg)} bytes, the limit is {limit} ([limits] max_message_bytes)")
                 continue
@@ -253,7 +247,9 @@ class Collector:
             try:
                 frame = decode(msg)
             except wire.WireError as exc:
-                if msg.startswith(wire.ACK):
+                if sub.rcvmore:  # looked at only here: a getsockopt costs more than a decode
+                    self._reject_parts(sub)
+                elif msg.startswith(wire.ACK):
                     self._ack(msg)
                     acks += 1  # an answer to our own ping: not a message anybody sent us
                     nbytes -= len(msg)
@@ -273,6 +269,14 @@ class Collector:
                 for frame, _ in r.offer(batch):
                     self.tracker.forget(frame, mono)
         return n
+
+    def _reject_parts(self, sub: zmq.Socket[bytes]) -> None:
+        """The rest of a multipart message whose first part was not a frame: one rejection."""
+        parts = 1
+        while sub.rcvmore:
+            sub.recv()
+            parts += 1
+        self._reject("multipart", f"a message of {parts} parts (sensorwire sends one part)")
 
     def _ack(self, msg: bytes) -> None:
         if msg[len(wire.ACK):] == self._nonce and self._live_at is None:
@@ -327,7 +331,7 @@ class Collector:
             self._resubscribe(before, after)
             log.info("reload: filters now %s", [f.decode("ascii", "replace") for f in after])
         if config.limits != old.limits:
-            self.decoder = wire.Decoder(max_samples=config.limits.max_samples_per_frame)
+            self.decoder = Intake(max_samples=config.limits.max_samples_per_frame)
         if config.alerts and not any(s.name == "alerting" for s in self.sinks):
             log.warning("reload: [[alerts]] were added; alerting starts only after a restart")
         self.security.reload()

@@ -19,6 +19,7 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.tracking import ResumeBoot
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.collector.frames import CheckedFrame, Layout
 
 SCHEMA_VERSION = 1
 _U64 = 1 << 64
@@ -106,6 +107,12 @@ CREATE VIEW IF NOT EXISTS readings AS
 """
 
 
+_INSERT_FRAME = ("INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns, "
+                 "flags) VALUES (?,?,?,?,?,?,?)")
+_INSERT_FRAME_WITH_ID = ("INSERT OR IGNORE INTO frames(id, device_key, boot_id, seq, sensor, time_ns, "
+                         "received_ns, flags) VALUES (?,?,?,?,?,?,?,?)")
+
+
 def to_i64(u: int) -> int:
     return u - _U64 if u > _I64_MAX else u
 
@@ -152,6 +159,8 @@ class SqliteWriter:
         self.conn: sqlite3.Connection | None = None
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
+        self._layouts: dict[tuple[int, str, Layout], tuple[int, ...]] = {}
+        self._next_id: int | None = None  # the id the next frame gets
         self.frames_stored = 0
         self.samples_stored = 0
         self.duplicates = 0
@@ -164,7 +173,7 @@ class SqliteWriter:
             self.conn.close()
             self.conn = None
 
-    def _device_key(self, cur: sqlite3.Cursor, frame: Frame, now_ns: int) -> int:
+    def _device_key(self, cur: sqlite3.Cursor, frame: CheckedFrame, now_ns: int) -> int:
         key = self._devices.get(frame.device_id)
         if key is None:
             cur.execute(
@@ -193,22 +202,39 @@ class SqliteWriter:
             self._series[k] = sid
         return sid
 
-    def write(self, batch: Sequence[tuple[Frame, int]]) -> None:
+    def _series_ids(self, cur: sqlite3.Cursor, dev: int, sensor: str, layout: Layout) -> tuple[int, ...]:
+        """The series ids of a frame's samples (of the first of each metric named twice)."""
+        k = (dev, sensor, layout)
+        ids = self._layouts.get(k)
+        if ids is None:
+            pairs = layout.pairs if layout.unique is None else [layout.pairs[i] for i in layout.unique]
+            ids = tuple([self._series_key(cur, dev, sensor, m, u) for m, u in pairs])
+            if len(self._layouts) >= _CACHE_MAX:
+                self._layouts.clear()
+            self._layouts[k] = ids
+        return ids
+
+    def write(self, batch: Sequence[tuple[CheckedFrame, int]]) -> None:
+        """Store a batch in one transaction: new frames with their samples, boots, devices.
+
+        Frame ids are numbered here, so a batch's frames go in with one
+        ``executemany``; if not all of them went in (a frame stored before, or
+        another writer took an id), the batch's frames are inserted again one
+        by one, each one that is already there counted as a duplicate.
+        """
         conn = self.conn
         assert conn is not None
         cur = conn.cursor()
-        rows: list[tuple[int, int, float]] = []
+        if self._next_id is None:
+            self._next_id = int(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM frames").fetchone()[0])
         last_seen: dict[int, int] = {}
         # per (device_key, boot_id): [max seq stored, frames stored, announced seq, last seen]
         boots: dict[tuple[int, int], list[int]] = {}
-        dups_by_dev: dict[int, int] = {}
         heartbeat_s: dict[int, float] = {}
         clocks: dict[int, tuple[float, int]] = {}
-        insert_frame = (
-            "INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns, flags) "
-            "VALUES (?,?,?,?,?,?,?)"
-        )
-        stored = dups = 0
+        data: list[tuple[int, int, int, int, str, int, int, int]] = []
+        sample_sets: list[tuple[tuple[int, ...], Sequence[float], Layout]] = []
+        fid = self._next_id
         cur.execute("BEGIN")
         try:
             for frame, received in batch:
@@ -221,26 +247,33 @@ class SqliteWriter:
                 bs[3] = received
                 if frame.seq == 0:
                     hb = frame.heartbeat
+                    assert hb is not None
                     if hb.last_seq > bs[2]:
                         bs[2] = hb.last_seq
                     if hb.interval_s:
                         heartbeat_s[dev] = hb.interval_s
                     clocks[dev] = ((frame.time_unix_nano - received) / 1e9, int(hb.clock_synced))
                     continue
-                cur.execute(insert_frame, (dev, boot, frame.seq, frame.sensor,
-                                           frame.time_unix_nano, received, frame.flags))
-                if cur.rowcount != 1:
-                    dups += 1
+                data.append((fid, dev, boot, frame.seq, frame.sensor, frame.time_unix_nano,
+                             received, frame.flags))
+                sample_sets.append((self._series_ids(cur, dev, frame.sensor, frame.layout),
+                                    frame.values, frame.layout))
+                fid += 1
+            stored = self._insert_frames(conn, cur, data)
+            rows: list[tuple[int, int, float]] = []
+            dups_by_dev: dict[int, int] = {}
+            for (first_id, dev, boot, seq, *_), (sids, values, layout), new_id in zip(
+                    data, sample_sets, stored, strict=True):
+                if new_id is None:
                     dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
                     continue
-                fid = cur.lastrowid
-                stored += 1
-                if frame.seq > bs[0]:
-                    bs[0] = frame.seq
+                bs = boots[(dev, boot)]
+                if seq > bs[0]:
+                    bs[0] = seq
                 bs[1] += 1
-                sensor = frame.sensor
-                for s in frame.samples:
-                    rows.append((fid, self._series_key(cur, dev, sensor, s.metric, s.unit), s.value))  # type: ignore[arg-type]
+                if layout.unique is not None:
+                    values = [values[i] for i in layout.unique]
+                rows.extend(zip(itertools.repeat(new_id), sids, values))
             cur.executemany("INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES (?,?,?)", rows)
             cur.executemany("UPDATE devices SET last_seen_ns=max(last_seen_ns, ?) WHERE id=?",
                             [(t, d) for d, t in last_seen.items()])
@@ -266,11 +299,34 @@ class SqliteWriter:
                 cur.execute("ROLLBACK")
             self._devices.clear()
             self._series.clear()
+            self._layouts.clear()
+            self._next_id = None
             raise
-        self.frames_stored += stored
+        n_stored = len(data) - sum(dups_by_dev.values())
+        self.frames_stored += n_stored
         self.samples_stored += len(rows)
-        self.duplicates += dups
+        self.duplicates += len(data) - n_stored
 
+    def _insert_frames(self, conn: sqlite3.Connection, cur: sqlite3.Cursor,
+                       data: list[tuple[int, int, int, int, str, int, int, int]]) -> list[int | None]:
+        """Insert the frames; the id each one got, or None where it was stored before."""
+        if not data:
+            return []
+        before = conn.total_changes
+        cur.execute("SAVEPOINT frames")
+        cur.executemany(_INSERT_FRAME_WITH_ID, data)
+        if conn.total_changes - before == len(data):
+            cur.execute("RELEASE frames")
+            self._next_id = data[-1][0] + 1
+            return [row[0] for row in data]
+        cur.execute("ROLLBACK TO frames")
+        cur.execute("RELEASE frames")
+        ids: list[int | None] = []
+        for row in data:
+            cur.execute(_INSERT_FRAME, row[1:])
+            ids.append(cur.lastrowid if cur.rowcount == 1 else None)
+        self._next_id = None  # ids were given by SQLite: read the next one again
+        return ids
 
     def event(self, ev: Event) -> None:
         """Record a presence transition, frames lost for good, or drop counts."""

@@ -30,7 +30,8 @@ from sensorwire.collector.events import Event, Lost, Presence, State
 from sensorwire.collector.ranges import RangeSet
 from sensorwire.proto import wire
 from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
-from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
+from sensorwire.collector.frames import CheckedFrame
+from sensorwire.proto.v1.telemetry_pb2 import RepairRequest, SeqRange
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Tracker:
         return dev
 
     # -- every frame ----------------------------------------------------------------------
-    def on_frame(self, frame: Frame, now: float, now_ns: int) -> bool:
+    def on_frame(self, frame: CheckedFrame, now: float, now_ns: int) -> bool:
         """Account for one checked frame; False when it is a duplicate to drop."""
         dev = self.devices.get(frame.device_id)
         if dev is None:
@@ -167,6 +168,7 @@ class Tracker:
         seq = frame.seq
         if seq == 0:
             hb = frame.heartbeat
+            assert hb is not None  # seq 0: a heartbeat
             dev.heartbeat_s = hb.interval_s or None
             self._clock(dev, hb.clock_synced, (frame.time_unix_nano - now_ns) / 1e9)
             if hb.last_seq > b.max_seq and dev.tracked:
@@ -213,7 +215,7 @@ class Tracker:
             else:
                 log.info("device %s: its clock is within %.0f s again", dev.device, self.max_skew_s)
 
-    def _new_boot(self, dev: DeviceTrack, boot_id: int, frame: Frame, now: float) -> BootTrack:
+    def _new_boot(self, dev: DeviceTrack, boot_id: int, frame: CheckedFrame, now: float) -> BootTrack:
         b = dev.boots[boot_id] = BootTrack()
         if now - self.started < JOIN_GRACE_S:
             # We may have joined this boot's stream late: what came before its first frame we
@@ -248,7 +250,7 @@ class Tracker:
                         "no longer has them", dev.device, n, r.boot_id, r.first, r.last)
             self.emit(Lost(dev.site, dev.device, r.boot_id, r.first, r.last))
 
-    def forget(self, frame: Frame, now: float) -> None:
+    def forget(self, frame: CheckedFrame, now: float) -> None:
         """A frame accepted earlier never reached storage: treat it as missing again."""
         dev = self.devices.get(frame.device_id)
         if dev is None or frame.seq == 0 or not dev.tracked:

@@ -68,3 +68,17 @@ class DataEncoder:
         msg = (self._head + b"\x20" + _varint(seq) + b"\x29" + _TIME.pack(time_ns)
                + self._struct.pack(*args))
         return msg + b"\x48" + _varint(flags) if flags else msg
+
+    def template(self, flags: int = 0) -> tuple[bytes, str, tuple[bytes, ...]]:
+        """What a decoder needs to recognise this encoder's frames with ``flags``.
+
+        Returns ``(head, fmt, consts)``: every frame starts with ``head`` (up to
+        and including the tag of ``seq``), then ``seq`` as a varint, then bytes
+        that :func:`struct.unpack` with ``fmt`` splits into ``(k0, time, k1,
+        value1, k2, value2, ..., kN)``: the constant parts ``consts`` at the even
+        indexes, the time and the values at the odd ones.
+        """
+        consts = [bytes(c) for c in self._args[0::2]]  # type: ignore[arg-type]
+        consts[-1] += b"\x48" + _varint(flags) if flags else b""
+        fmt = "<1sq" + "".join(f"{len(c)}sd" for c in consts[:-1]) + f"{len(consts[-1])}s"
+        return self._head + b"\x20", fmt, (b"\x29", *consts)

@@ -25,6 +25,7 @@ from sensorwire.collector.alerting.sink import AlertSink
 from sensorwire.collector.runtime import Collector
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 NS = 1_000_000_000
@@ -45,6 +46,11 @@ def frame(values: dict[str, float], t_s: float, site: str = "greenhouse", device
     return f
 
 
+def checked(values: dict[str, float], t_s: float, **kw: Any) -> CheckedFrame:
+    """``frame(...)`` as the collector hands it to its sinks."""
+    return CheckedFrame.from_pb(frame(values, t_s, **kw))
+
+
 def at(t_s: float) -> int:
     return T0 + int(round(t_s * NS))
 
@@ -54,7 +60,7 @@ def feed(engine: Engine, series: list[tuple[float, float]], metric: str = "tempe
     """Feed ``(t_s, value)`` readings, received at their own time."""
     out: list[Notification] = []
     for i, (t, v) in enumerate(series):
-        out += engine.observe(frame({metric: v}, t, seq=i + 1, **where), at(t))
+        out += engine.observe(checked({metric: v}, t, seq=i + 1, **where), at(t))
     return out
 
 

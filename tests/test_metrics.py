@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sensorwire.collector.sinks.metrics import MetricsSink
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 from support import free_port, run_cli, tcp, wait_until, write
 
@@ -143,7 +144,7 @@ def test_metrics_sink_keeps_values_within_values_max() -> None:
                   time_unix_nano=10**18 - 5 * 10**6)
         f.samples.add(metric="x", value=float(i))
         f.samples.add(metric="y", value=float(i))
-        frames.append((f, 10**18))
+        frames.append((CheckedFrame.from_pb(f), 10**18))
     sink.write(frames)
     assert len(sink.values()) == 3 and sink.values_dropped == 1
     assert sink.values()[("s", "d", "a", "x")] == 0.0

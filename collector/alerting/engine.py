@@ -34,7 +34,7 @@ from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.patterns import Pattern
 from sensorwire.collector.alerting.rules import AlertRule
 from sensorwire.collector.events import Presence
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.collector.frames import CheckedFrame
 
 NS = 1_000_000_000
 RATE_POINTS_MAX = 256  # samples kept per rate instance (decimated beyond)
@@ -192,7 +192,7 @@ class Engine:
                 inst.last_seen_ns = seen_ns
             self._schedule(inst)
 
-    def observe(self, frame: Frame, received_ns: int) -> list[Notification]:
+    def observe(self, frame: CheckedFrame, received_ns: int) -> list[Notification]:
         """A frame arrived (heartbeats are ignored: presence covers devices)."""
         out = self.tick(received_ns) if self._due(received_ns) else []
         if frame.seq == 0:
@@ -203,11 +203,11 @@ class Engine:
         rules = self._rules_for(site, device, sensor)
         if rules.by_metric:
             by_metric = rules.by_metric
-            for s in frame.samples:
-                matched = by_metric.get(s.metric)
+            for metric, value in zip(frame.layout.metrics, frame.values, strict=True):
+                matched = by_metric.get(metric)
                 if matched:
                     for r in matched:
-                        self._sample(out, r, site, device, sensor, s.metric, s.value,
+                        self._sample(out, r, site, device, sensor, metric, value,
                                      frame.time_unix_nano, t)
         for r in rules.any_metric:
             self._seen(out, self._instance(r, site, device, sensor, None), t)

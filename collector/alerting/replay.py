@@ -23,30 +23,40 @@ from sensorwire.collector.alerting import listing
 from sensorwire.collector.alerting.engine import Engine
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.rules import AlertRule
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.collector.frames import CheckedFrame, Layouts
 
 
 def replay(conn: sqlite3.Connection, rules: list[AlertRule], since_ns: int,
            until_ns: int) -> Iterator[Notification]:
     engine = Engine([r for r in rules if r.kind != "offline"])
     rows = conn.execute(
-        "SELECT f.id, f.received_ns, f.time_ns, d.site, d.device, f.sensor, s.metric, v.value "
+        "SELECT f.id, f.received_ns, f.time_ns, d.site, d.device, f.sensor, s.metric, s.unit, v.value "
         "FROM frames f JOIN devices d ON d.id = f.device_key "
         "JOIN samples v ON v.frame_id = f.id JOIN series s ON s.id = v.series_id "
         "WHERE f.time_ns >= ? ORDER BY f.received_ns, f.id, s.id", (since_ns,))
+    layouts = Layouts()
     current: int | None = None
-    frame = Frame()
+    head: tuple[str, str, str, int] = ("", "", "", 0)
+    pairs: list[tuple[str, str]] = []
+    values: list[float] = []
     received = 0
-    for fid, rx, t, site, device, sensor, metric, value in rows:
+    for fid, rx, t, site, device, sensor, metric, unit, value in rows:
         if fid != current:
             if current is not None:
-                yield from engine.observe(frame, received)
+                yield from engine.observe(_frame(head, pairs, values, layouts), received)
             current, received = fid, rx
-            frame = Frame(site=site, device_id=device, sensor=sensor, seq=1, time_unix_nano=t)
-        frame.samples.add(metric=metric, value=value)
+            head, pairs, values = (site, device, sensor, t), [], []
+        pairs.append((metric, unit))
+        values.append(value)
     if current is not None:
-        yield from engine.observe(frame, received)
+        yield from engine.observe(_frame(head, pairs, values, layouts), received)
     yield from engine.tick(until_ns)
+
+
+def _frame(head: tuple[str, str, str, int], pairs: list[tuple[str, str]], values: list[float],
+           layouts: Layouts) -> CheckedFrame:
+    site, device, sensor, t = head
+    return CheckedFrame(site, device, 0, 1, t, sensor, 0, layouts.get(tuple(pairs)), values)
 
 
 def run(rules: list[AlertRule], db: str, since_ns: int, fmt: str, out: TextIO = sys.stdout,

@@ -9,7 +9,8 @@ frames flow and when none arrive at all), with the wall clock in Unix ns: for
 sinks that act on time passing, such as alerting on stale data, or a
 database sink writing what it held while its database was down.  A batch is a list of
 ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
-heartbeats (``seq == 0``), in arrival order; events are
+heartbeats (``seq == 0``), in arrival order, each a
+:class:`~sensorwire.collector.frames.CheckedFrame`; events are
 :mod:`sensorwire.collector.events` (device presence, frames lost for good).
 
 :class:`SinkRunner` owns what makes delivery reliable, once for every sink: a
@@ -30,13 +31,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sensorwire.collector.events import Event
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.collector.frames import CheckedFrame
 
 from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)
 
-Item = tuple[Frame, int]  # (frame, received at, Unix ns)
+Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 
 
 class SinkError(Exception):

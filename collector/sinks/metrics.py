@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.sinks import Item
 
 from sensorwire.metrics import Histogram
@@ -69,6 +70,7 @@ class MetricsSink:
                 if frame.seq == 0:
                     self.heartbeats += 1
                     hb = frame.heartbeat
+                    assert hb is not None  # seq 0: a heartbeat
                     if hb.interval_s > 0:
                         dev[1] = hb.interval_s
                     dev[2] = 1 if hb.stopping else 0
@@ -80,12 +82,12 @@ class MetricsSink:
                 if self.export_values:
                     self._keep_values(frame.site, frame.device_id, frame.sensor, frame)
 
-    def _keep_values(self, site: str, device: str, sensor: str, frame: object) -> None:
+    def _keep_values(self, site: str, device: str, sensor: str, frame: CheckedFrame) -> None:
         values = self._values
-        for s in frame.samples:  # type: ignore[attr-defined]
-            key = (site, device, sensor, s.metric)
+        for metric, value in zip(frame.layout.metrics, frame.values, strict=True):
+            key = (site, device, sensor, metric)
             if key in values or len(values) < self.values_max:
-                values[key] = s.value
+                values[key] = value
             else:
                 self.values_dropped += 1
 

@@ -26,24 +26,25 @@ from sensorwire.collector.pg_store import PgWriter
 from sensorwire.collector.sinks import SinkError
 from sensorwire.collector.sinks.postgres import PostgresSink
 from sensorwire.collector.sqlite_store import QueryFilter, SqliteWriter, StoreError
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 BOOT = (1 << 63) + 12345  # above 2^63: stored as a negative bigint, read back unsigned
 
 
-def frame(device: str, seq: int, boot: int = BOOT, site: str = "gh", n: int = 3) -> tuple[Frame, int]:
+def frame(device: str, seq: int, boot: int = BOOT, site: str = "gh", n: int = 3) -> tuple[CheckedFrame, int]:
     f = Frame(site=site, device_id=device, boot_id=boot, seq=seq,
               time_unix_nano=1_700_000_000_000_000_000 + seq * 1_000_000, sensor="env")
     for i in range(n):
         f.samples.add(metric=f"m{i}", value=seq + i / 10, unit="C" if i == 0 else "")
-    return f, 1_700_000_000_000_000_000 + seq * 1_000_000 + 500
+    return CheckedFrame.from_pb(f), 1_700_000_000_000_000_000 + seq * 1_000_000 + 500
 
 
-def heartbeat(device: str, last_seq: int, boot: int = BOOT) -> tuple[Frame, int]:
+def heartbeat(device: str, last_seq: int, boot: int = BOOT) -> tuple[CheckedFrame, int]:
     f = Frame(site="gh", device_id=device, boot_id=boot, seq=0, time_unix_nano=1)
     f.heartbeat.last_seq = last_seq
     f.heartbeat.interval_s = 0.5
-    return f, 1_700_000_000_000_000_000 + last_seq * 1_000_000 + 900
+    return CheckedFrame.from_pb(f), 1_700_000_000_000_000_000 + last_seq * 1_000_000 + 900
 
 
 def storage_config(pg: PgSchema, tmp: Path | None = None, **kw: Any) -> StorageConfig:
@@ -175,7 +176,9 @@ def test_two_writers_racing_on_the_same_frames_store_each_once(pg: PgSchema) -> 
 
 def test_the_same_metric_twice_in_a_frame_keeps_the_first(pg: PgSchema) -> None:
     f, r = frame("pi-1", 1, n=1)
-    f.samples.add(metric="m0", value=99.0, unit="C")
+    pb = f.to_pb()
+    pb.samples.add(metric="m0", value=99.0, unit="C")
+    f = CheckedFrame.from_pb(pb)
     w = writer(pg)
     w.write([(f, r)])
     assert pg.rows("SELECT metric, value FROM readings") == [("m0", 1.0)]

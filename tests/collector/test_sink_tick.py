@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from support import wait_until
 
 from sensorwire.collector.sinks import Item, SinkRunner
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 
@@ -48,7 +49,7 @@ def test_a_busy_sink_is_ticked_too() -> None:
     r = SinkRunner(sink, flush_interval_s=0.02, batch_max=1)
     r.start()
     try:
-        f = Frame(site="s", device_id="d", seq=1, sensor="x")
+        f = CheckedFrame.from_pb(Frame(site="s", device_id="d", seq=1, sensor="x"))
         def busy() -> bool:
             for _ in range(20):
                 r.offer([(f, 1)])

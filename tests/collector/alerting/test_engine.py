@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from alerting_support import NS, T0, at, brief, feed, frame, rule
+from alerting_support import NS, T0, at, brief, checked, feed, frame, rule
 
 from sensorwire.collector.alerting.engine import ActiveAlert, Engine
 from sensorwire.collector.events import Presence
@@ -76,11 +76,11 @@ def test_below_and_outside_with_their_own_bands() -> None:
 
 def test_only_matching_topics_and_metrics_count() -> None:
     e = Engine([rule(**HOT | {"for_s": 0.0})])
-    out = e.observe(frame({"temperature": 40.0}, 0, site="cold-store"), at(0))
-    out += e.observe(frame({"temperature": 40.0}, 0, sensor="env2"), at(0))
-    out += e.observe(frame({"humidity": 40.0}, 0), at(0))
+    out = e.observe(checked({"temperature": 40.0}, 0, site="cold-store"), at(0))
+    out += e.observe(checked({"temperature": 40.0}, 0, sensor="env2"), at(0))
+    out += e.observe(checked({"humidity": 40.0}, 0), at(0))
     assert out == []
-    assert brief(e.observe(frame({"temperature": 40.0}, 1, device="pi-08"), at(1))) == [("firing", 1.0)]
+    assert brief(e.observe(checked({"temperature": 40.0}, 1, device="pi-08"), at(1))) == [("firing", 1.0)]
 
 
 def test_stale_fires_at_the_exact_deadline_and_resolves_when_data_returns() -> None:
@@ -194,7 +194,7 @@ def test_transitions_do_not_depend_on_when_ticks_happen() -> None:
     got = []
     for i, (rt, v) in enumerate(readings):
         got += busy.tick(at(rt - rng.random()))
-        got += busy.observe(frame({"temperature": v}, rt, seq=i + 1), at(rt))
+        got += busy.observe(checked({"temperature": v}, rt, seq=i + 1), at(rt))
     got += busy.tick(at(t + 100))
     assert [n.to_dict() for n in got] == [n.to_dict() for n in expected]
     assert len(expected) > 4

@@ -1,0 +1,109 @@
+"""Decoding and checking what the collector receives, cheaply for frames that repeat.
+
+:class:`sensorwire.proto.wire.Decoder` parses every message with protobuf
+and checks its topic, names and sizes; reading eight samples' strings out of
+protobuf objects is most of the collector's cost per frame.  But a sensor's
+frames differ from each other only in ``seq``, the time and the values.  So
+:class:`Intake` keeps, per topic, a *template* of the last data frame that
+passed every check: its bytes up to ``seq``, and the constant bytes around the
+time and the values (as :class:`~sensorwire.proto.encoder.DataEncoder` writes
+them, which is also what protobuf writes when no value is 0).  A message that
+is that frame byte for byte except for ``seq``, the time and the values is the
+same frame with other numbers: it is read with one :func:`struct.unpack` and
+needs no check.  Anything else - another layout, other flags, a heartbeat, a
+value of 0 that protobuf left out, garbage - takes the full path, and may
+become the topic's new template.
+
+Templates are bounded (``cache_size`` topics, then it starts again), and a
+topic whose frames never come out the way a template expects stops being tried
+after a few attempts.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from sensorwire.collector.frames import CheckedFrame, Layouts
+from sensorwire.proto import wire
+from sensorwire.proto.encoder import DataEncoder
+
+LEARN_ATTEMPTS = 8   # failed attempts to make a template for a topic before giving up on it
+_MAX_VARINT_BYTES = 10
+
+
+class _Template:
+    __slots__ = ("head", "seq_at", "struct", "size", "consts", "site", "device_id", "boot_id",
+                 "sensor", "flags", "layout")
+
+    def __init__(self, head: bytes, fmt: str, consts: tuple[bytes, ...],
+                 frame: CheckedFrame) -> None:
+        self.head = head
+        self.seq_at = len(head)
+        self.struct = struct.Struct(fmt)
+        self.size = self.struct.size
+        self.consts = consts
+        # what every matching frame has (copied: the tracker may change a frame's flags)
+        self.site, self.device_id, self.boot_id = frame.site, frame.device_id, frame.boot_id
+        self.sensor, self.flags, self.layout = frame.sensor, frame.flags, frame.layout
+
+
+class Intake:
+    """``decode(msg)`` returns a :class:`CheckedFrame` or raises :class:`wire.WireError`."""
+
+    def __init__(self, max_samples: int = 1024, cache_size: int = 65536) -> None:
+        self.decoder = wire.Decoder(max_samples=max_samples, cache_size=cache_size)
+        self.layouts = Layouts(cache_size)
+        self.cache_size = cache_size
+        self._templates: dict[bytes, _Template] = {}
+        self._failed: dict[bytes, int] = {}
+        self.matched = 0  # frames read through a template (for tests and benchmarks)
+
+    def decode(self, msg: bytes) -> CheckedFrame:
+        idx = msg.find(wire.DELIM, 0, wire.MAX_TOPIC_BYTES + 1)
+        t = self._templates.get(msg[:idx]) if idx > 0 else None
+        if t is not None and msg.startswith(t.head):
+            pos = t.seq_at
+            seq = 0
+            try:
+                b = msg[pos]
+                seq = b & 0x7F
+                shift = 7
+                pos += 1
+                while b & 0x80:
+                    b = msg[pos]
+                    seq |= (b & 0x7F) << shift
+                    shift += 7
+                    pos += 1
+            except IndexError:
+                pos = -1
+            if 0 < seq < 1 << 64 and pos - t.seq_at <= _MAX_VARINT_BYTES and len(msg) - pos == t.size:
+                r = t.struct.unpack_from(msg, pos)
+                if r[0::2] == t.consts:
+                    self.matched += 1
+                    return CheckedFrame(t.site, t.device_id, t.boot_id, seq, r[1], t.sensor,
+                                        t.flags, t.layout, r[3::2])
+        frame = CheckedFrame.from_pb(self.decoder.decode(msg), self.layouts)
+        if frame.seq:
+            self._learn(msg, msg[:idx], frame, t)
+        return frame
+
+    def _learn(self, msg: bytes, topic: bytes, frame: CheckedFrame, old: _Template | None) -> None:
+        """Make ``frame`` the template of ``topic`` if ``msg`` is written the expected way."""
+        if old is not None:
+            if (old.boot_id, old.flags, old.layout.pairs) == (frame.boot_id, frame.flags,
+                                                               frame.layout.pairs):
+                return  # the same kind of frame, written differently (a 0 left out): keep it
+        failed = self._failed.get(topic, 0)
+        if failed >= LEARN_ATTEMPTS:
+            return
+        enc = DataEncoder(topic, frame.site, frame.device_id, frame.boot_id, frame.sensor,
+                          frame.layout.pairs)
+        if enc.encode(frame.seq, frame.time_unix_nano, frame.values, frame.flags) != msg:
+            if len(self._failed) >= self.cache_size:
+                self._failed.clear()
+            self._failed[topic] = failed + 1
+            return
+        if len(self._templates) >= self.cache_size:
+            self._templates.clear()
+        head, fmt, consts = enc.template(frame.flags)
+        self._templates[topic] = _Template(head, fmt, consts, frame)
