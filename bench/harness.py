@@ -18,7 +18,9 @@ propagated everywhere).  Then, on the same pair of processes:
    receive rate of a passing trial.
 3. **latency**: paced at ``latency_rate`` for ``latency_s``; p50 and p99 of
    (receive time − the frame's ``time_unix_nano``), and the CPU time of each
-   process ÷ frames.
+   process ÷ frames.  Where the transport runs a proxy process (``proxy_pid``
+   in its env), every trial also reports that process's CPU time ÷ the frames
+   the publisher's socket accepted.
 
 Between trials the subscriber waits until nothing at all has arrived for
 0.2 s, so one trial's backlog never counts against the next.
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.pacing import Pace
-from bench.procs import BenchError
+from bench.procs import BenchError, other_cpu_seconds
 from bench.transports.base import Transport
 from bench.worker import Worker
 
@@ -75,10 +77,18 @@ class TrialResult:
     p50_us: float
     p99_us: float
     details: dict[str, Any]
+    proxy_cpu_s: float | None = None  # the transport's proxy process, if it has one
 
     @property
     def lost(self) -> int:
         return self.attempted - self.received
+
+    @property
+    def proxy_cpu_us(self) -> float | None:
+        """The proxy process's CPU µs per frame the publisher's socket accepted."""
+        if self.proxy_cpu_s is None:
+            return None
+        return 1e6 * self.proxy_cpu_s / max(1, self.accepted)
 
     def lossless(self, trial_s: float) -> bool:
         return (self.received == self.attempted == self.accepted
@@ -156,6 +166,11 @@ class TransportResult:
     def max_sub_cpu_us(self) -> float:
         return self.median(lambda r: 1e6 * r.max.sub_cpu_s / max(1, r.max.received))
 
+    @property
+    def proxy_cpu_us(self) -> float:
+        """NaN for a transport without a proxy process."""
+        return self.median(lambda r: r.latency.proxy_cpu_us)
+
 
 def measure(transport: Transport, settings: Settings,
             progress: Callable[[str], None] = print) -> TransportResult:
@@ -188,14 +203,26 @@ def run_once(transport: Transport, settings: Settings) -> RunResult:
         pub = stack.enter_context(Worker("pub", transport.name, env))
         pub.start()
         _warm_up(pub, sub, settings.warmup_limit_s)
+        proxy = _cpu_of(env.get("proxy_pid"))
 
-        top = trial(pub, sub, Pace(settings.max_s, None, MAX_COUNT))
+        top = trial(pub, sub, Pace(settings.max_s, None, MAX_COUNT), proxy=proxy)
         log.debug("%s max: %s", transport.name, top.brief())
-        rate, tried = search(pub, sub, top.recv_rate, settings)
-        lat = trial(pub, sub, Pace(settings.latency_s, settings.latency_rate), latency=True)
+        rate, tried = search(pub, sub, top.recv_rate, settings, proxy)
+        lat = trial(pub, sub, Pace(settings.latency_s, settings.latency_rate), latency=True,
+                    proxy=proxy)
         log.debug("%s latency: %s", transport.name, lat.brief())
         return RunResult(max=top, lossless_rate=rate, lossless_trials=tried, latency=lat)
     raise AssertionError("unreachable")
+
+
+CpuProbe = Callable[[], float | None]
+
+
+def _cpu_of(pid: str | None) -> CpuProbe | None:
+    """Reads the CPU seconds of the process ``pid`` (the transport's proxy), if any."""
+    if pid is None:
+        return None
+    return lambda: other_cpu_seconds(int(pid))
 
 
 def _warm_up(pub: Worker, sub: Worker, limit_s: float) -> None:
@@ -211,7 +238,8 @@ def _warm_up(pub: Worker, sub: Worker, limit_s: float) -> None:
         pub.reply(limit_s + 5, "warmup")
 
 
-def trial(pub: Worker, sub: Worker, pace: Pace, latency: bool = False) -> TrialResult:
+def trial(pub: Worker, sub: Worker, pace: Pace, latency: bool = False,
+          proxy: CpuProbe | None = None) -> TrialResult:
     if not sub.call("quiesce", 0.2, 30.0, timeout_s=40):
         raise BenchError("the subscriber was still receiving an earlier trial's frames after 30 s")
     floor = pub.call("next_seq")
@@ -219,10 +247,12 @@ def trial(pub: Worker, sub: Worker, pace: Pace, latency: bool = False) -> TrialR
     if pace.rate is not None:
         capacity = min(capacity, int(pace.rate * pace.duration_s) + pace.burst + 1)
     sub.call("arm", floor, capacity)
+    proxy_before = proxy() if proxy is not None else None
     flush_s = 10.0
     sent = pub.call("send", pace, flush_s, timeout_s=pace.duration_s + flush_s + 30)
     limit_s = max(3.0, 2 * pace.duration_s)
     got = sub.call("collect", sent["attempted"], limit_s, 0.3, latency, timeout_s=limit_s + 30)
+    proxy_after = proxy() if proxy is not None else None
     span = (got["last_ns"] - sent["first_ns"]) / 1e9
     send_span = (sent["last_ns"] - sent["first_ns"]) / 1e9
     return TrialResult(
@@ -235,11 +265,13 @@ def trial(pub: Worker, sub: Worker, pace: Pace, latency: bool = False) -> TrialR
         pub_cpu_s=sent["cpu_s"], sub_cpu_s=got["cpu_s"],
         p50_us=got["p50_us"], p99_us=got["p99_us"],
         details=got["details"],
+        proxy_cpu_s=(proxy_after - proxy_before
+                     if proxy_before is not None and proxy_after is not None else None),
     )
 
 
-def search(pub: Worker, sub: Worker, max_rate: float,
-           settings: Settings) -> tuple[float, list[TrialResult]]:
+def search(pub: Worker, sub: Worker, max_rate: float, settings: Settings,
+           proxy: CpuProbe | None = None) -> tuple[float, list[TrialResult]]:
     """The highest paced rate that passes, within ``settings.lossless_trials`` trials.
 
     Starts just under the max rate, steps up by 1.25× while trials pass and
@@ -254,7 +286,7 @@ def search(pub: Worker, sub: Worker, max_rate: float,
     target = max(100.0, 0.95 * max_rate)
     tried: list[TrialResult] = []
     for _ in range(settings.lossless_trials):
-        t = trial(pub, sub, Pace(settings.lossless_s, target))
+        t = trial(pub, sub, Pace(settings.lossless_s, target), proxy=proxy)
         tried.append(t)
         log.debug("lossless try %s -> %s", f"{target:,.0f}", t.brief())
         passed = t.lossless(settings.lossless_s)

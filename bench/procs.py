@@ -70,8 +70,8 @@ def stop_process(proc: multiprocessing.process.BaseProcess, timeout_s: float = 3
 
 @contextlib.contextmanager
 def helper(target: Callable[..., None], *args: Any,
-           ready_timeout_s: float = 15.0) -> Iterator[None]:
-    """Run ``target(conn, *args)`` in a spawned process.
+           ready_timeout_s: float = 15.0) -> Iterator[int]:
+    """Run ``target(conn, *args)`` in a spawned process; yields its pid.
 
     ``target`` sends one message on ``conn`` when it is ready and returns when
     ``conn`` gives it anything (or reaches EOF).
@@ -88,7 +88,8 @@ def helper(target: Callable[..., None], *args: Any,
             parent.recv()
         except EOFError:
             raise BenchError(f"helper {target.__name__} exited before it was ready") from None
-        yield
+        assert proc.pid is not None
+        yield proc.pid
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
@@ -97,10 +98,10 @@ def helper(target: Callable[..., None], *args: Any,
 
 
 @contextlib.contextmanager
-def command(argv: list[str], ports: list[int], ready_timeout_s: float = 15.0) -> Iterator[Path]:
+def command(argv: list[str], ports: list[int], ready_timeout_s: float = 15.0) -> Iterator[int]:
     """Run ``python argv...`` with its output in a log file; ready when ``ports`` listen.
 
-    Yields the log file's path.  On exit: SIGTERM, then SIGKILL after 5 s.
+    Yields its pid.  On exit: SIGTERM, then SIGKILL after 5 s.
     """
     logdir = Path(tempfile.mkdtemp(prefix="bench-"))
     log_path = logdir / "output.log"
@@ -114,7 +115,7 @@ def command(argv: list[str], ports: list[int], ready_timeout_s: float = 15.0) ->
                 wait_port(port, ready_timeout_s, alive=lambda: popen.poll() is None)
         except BenchError as exc:
             raise BenchError(f"{' '.join(argv)}: {exc}; its output:\n{tail(log_path)}") from None
-        yield log_path
+        yield popen.pid
     finally:
         if popen.poll() is None:
             popen.send_signal(signal.SIGTERM)
@@ -143,3 +144,20 @@ def cpu_seconds() -> float:
     clock ticks (10 ms on Linux), too coarse for a 2,500-frame trial.
     """
     return time.process_time()
+
+
+def other_cpu_seconds(pid: int) -> float | None:
+    """CPU time of another process, all its threads, in ns resolution; None once it is gone.
+
+    Read from ``/proc/PID/task/*/schedstat`` (the first field: ns on a CPU), because
+    ``/proc/PID/stat`` counts in 10 ms ticks.  A thread that has exited no longer
+    counts; the helpers measured here (a proxy) keep theirs for the whole run.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        return None
+    return total / 1e9

@@ -24,11 +24,16 @@ def _cpu(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:.1f}"
 
 
+def _proxy(us: float | None) -> str:
+    """`` (proxy 4.2)`` for a row with a proxy process; nothing for the others."""
+    return "" if us is None or math.isnan(us) else f" (proxy {us:.1f})"
+
+
 def table(results: list[TransportResult], ceilings: Ceilings, settings: Settings) -> str:
     rate = f"{settings.latency_rate / 1000:g}k/s"
     lines = [
         f"| transport | max frames/s received | lossless frames/s | p50 / p99 latency at {rate} "
-        f"| CPU µs/frame pub / sub at {rate} | max ÷ ceilings: encode / decode / zmq |",
+        f"| CPU µs/frame pub / sub (proxy) at {rate} | max ÷ ceilings: encode / decode / zmq |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -43,7 +48,8 @@ def table(results: list[TransportResult], ceilings: Ceilings, settings: Settings
                                                        ceilings.zmq_per_s))
         lossless = _rate(r.lossless_rate) if r.lossless_rate > 0 else "none passed"
         lines.append(f"| {label} | {_rate(m)} | {lossless} | {lat} "
-                     f"| {_cpu(r.pub_cpu_us)} / {_cpu(r.sub_cpu_us)} | {ratios} |")
+                     f"| {_cpu(r.pub_cpu_us)} / {_cpu(r.sub_cpu_us)}{_proxy(r.proxy_cpu_us)} "
+                     f"| {ratios} |")
     return "\n".join(lines)
 
 
@@ -71,7 +77,8 @@ def method(settings: Settings) -> str:
             f"paced trials of {settings.lossless_s:g} s, every frame received and the subscriber "
             f"done within 0.1 s + 5 % of the trial after the last send; latency and CPU: paced "
             f"at {settings.latency_rate:,.0f}/s for {settings.latency_s:g} s, receive time − the "
-            f"frame's time_unix_nano, process CPU time ÷ frames.")
+            f"frame's time_unix_nano, process CPU time ÷ frames (a proxy process's ÷ frames its "
+            f"publisher's socket accepted).")
 
 
 def practices(results: list[TransportResult]) -> str:
@@ -95,10 +102,11 @@ def details(results: list[TransportResult], settings: Settings) -> str:
             pub_us = 1e6 * run.max.pub_cpu_s / max(1, run.max.attempted)
             sub_us = 1e6 * run.max.sub_cpu_s / max(1, run.max.received)
             lines.append(f"- {r.transport.name} run {i}: {run.max.brief()}; "
-                         f"CPU µs/frame at max {pub_us:.1f} pub / {sub_us:.1f} sub")
+                         f"CPU µs/frame at max {pub_us:.1f} pub / {sub_us:.1f} sub"
+                         f"{_proxy(run.max.proxy_cpu_us)}")
             for t in run.lossless_trials:
                 verdict = "pass" if t.lossless(settings.lossless_s) else "fail"
                 lines.append(f"  - lossless try at {t.brief()}: {verdict}")
-            lines.append(f"  - latency {run.latency.brief()}"
+            lines.append(f"  - latency {run.latency.brief()}{_proxy(run.latency.proxy_cpu_us)}"
                          + (f"; subscriber: {run.latency.details}" if run.latency.details else ""))
     return "\n".join(lines)

@@ -5,11 +5,30 @@ Frames flow frontend -> backend; subscriptions and gap-repair requests flow
 backend -> frontend, so filtering happens at the agents.  The proxy counts
 frames and bytes passed and logs a one-line summary every minute.
 
+Where frames are moved:
+
+- **in libzmq** (C), when neither the last-value cache nor CURVE identity
+  checks are on (the default): :mod:`sensorwire.libzmqproxy`, about half the
+  CPU per frame.  The counters come from libzmq's ``STATISTICS``, read once a
+  second (and at each status and summary).  Only ``ZMQ_MAXMSGSIZE`` is
+  checked here; multi-part messages and frames with too many samples reach
+  the collectors, which reject and count them (``multipart``,
+  ``too_many_samples``);
+- **in Python** otherwise (:meth:`Proxy._loop`), because both need to see
+  every frame; :mod:`sensorwire.proxyfilter` drops and counts multi-part
+  messages and frames with too many samples here.
+
 Two more things happen here:
 
 - a *ping* from a subscriber (``0x03`` + nonce, sent after its subscriptions)
   is answered on the backend with ``$ack/<nonce>``: the subscriber then knows
-  its subscriptions are live here;
+  its subscriptions are live here, even with no agent up (``sensorwire tail``
+  says so).  In libzmq the ping also travels on to the agents connected at
+  that moment, which answer too; the subscriber takes the first answer.  We
+  answer ourselves rather than leave it to the agents because an answer
+  should not depend on an agent being up: a collector started before its
+  agents, or a ``tail`` on a quiet system, would otherwise never learn that
+  it listens;
 - with ``last_value_cache = true`` the proxy keeps the last frame of every
   topic and, when a subscription arrives, sends the frames of the topics it
   matches at once (the ZeroMQ guide's last-value cache; the backend is an XPUB
@@ -35,7 +54,7 @@ from typing import Annotated, Literal
 import msgspec
 import zmq
 
-from sensorwire import configload, security
+from sensorwire import configload, libzmqproxy, security
 from sensorwire.configload import Config
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
@@ -48,6 +67,7 @@ from sensorwire.lastvalue import LastValueCache
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # messages moved per socket per wake-up, so neither direction starves
+STATS_S = 1.0  # in C, the counters (metrics, status) are read from libzmq this often
 
 
 class ProxyLimits(Config):
@@ -81,6 +101,7 @@ class Proxy:
         self.frames = 0
         self.bytes = 0
         self.subscriptions = 0
+        self.in_libzmq = False  # forwarding in C (set in run(), see sensorwire.libzmqproxy)
         self._rate = Rate()
         self.security = Security(config.security, "proxy", monitor=True)
         self.cache = LastValueCache(config.last_value_topics) if config.last_value_cache else None
@@ -100,14 +121,20 @@ class Proxy:
                 back.setsockopt(zmq.XPUB_VERBOSE, 1)
             sec.open(ctx)
             self.filter.identity = sec.identity(AGENTS)
+            self.in_libzmq = self.cache is None and self.filter.identity is None
             sec.bind(front, self.config.frontend, "frontend", domain=AGENTS)
             sec.bind(back, self.config.backend, "backend", domain=COLLECTORS)
-            log.info("proxy up: agents -> %s, collectors <- %s%s%s", self.config.frontend,
-                     self.config.backend, " (CURVE)" if sec.curve else "",
-                     ", last-value cache on" if self.cache is not None else "")
-            if ready is not None:
-                ready()
-            self._loop(stop, front, back, service or NO_SERVICE)
+            log.info("proxy up: agents -> %s, collectors <- %s%s%s; forwarding in %s",
+                     self.config.frontend, self.config.backend, " (CURVE)" if sec.curve else "",
+                     ", last-value cache on" if self.cache is not None else "",
+                     "libzmq" if self.in_libzmq else "Python")
+            svc = service or NO_SERVICE
+            if self.in_libzmq:
+                self._run_libzmq(ctx, front, back, stop, ready, svc)
+            else:
+                if ready is not None:
+                    ready()
+                self._loop(stop, front, back, svc)
             log.info("proxy stopping: %d frames, %d bytes forwarded%s", self.frames, self.bytes,
                      self._drops())
         finally:
@@ -122,6 +149,12 @@ class Proxy:
         return "".join([f"; dropped: {dropped}" if dropped else "",
                         f"; connections: {guard}" if guard else ""])
 
+    def _summary(self, last_frames: int) -> None:
+        rate = (self.frames - last_frames) / self.config.summary_s
+        log.info("proxy: %.1f frames/s, %d frames and %d bytes forwarded in all%s",
+                 rate, self.frames, self.bytes, self._drops())
+
+    # -- in Python: the last-value cache or CURVE identities are on ----------------------------
     def _loop(self, stop: StopSignal, front: zmq.Socket[bytes], back: zmq.Socket[bytes],
               svc: Service) -> None:
         poller = zmq.Poller()
@@ -142,11 +175,59 @@ class Proxy:
                 self._upstream(back, front)
             now = time.monotonic()
             if now >= next_summary:
-                rate = (self.frames - last_frames) / self.config.summary_s
-                log.info("proxy: %.1f frames/s, %d frames and %d bytes forwarded in all%s",
-                         rate, self.frames, self.bytes, self._drops())
+                self._summary(last_frames)
                 last_frames = self.frames
                 next_summary = now + self.config.summary_s
+
+    # -- in C: neither is on (sensorwire.libzmqproxy) ------------------------------------------
+    def _run_libzmq(self, ctx: zmq.Context[zmq.Socket[bytes]], front: zmq.Socket[bytes],
+                    back: zmq.Socket[bytes], stop: StopSignal,
+                    ready: Callable[[], None] | None, svc: Service) -> None:
+        inproc = libzmqproxy.endpoint()
+        front.bind(inproc)
+        upstream = libzmqproxy.Upstream(ctx, inproc)
+        forwarder = libzmqproxy.Forwarder(ctx, front, back)
+        try:
+            upstream.open()
+            forwarder.start()
+            if ready is not None:
+                ready()
+            self._steer(stop, forwarder, upstream, svc)
+            self._count(forwarder, upstream)
+        finally:
+            forwarder.close()
+            upstream.close()
+
+    def _steer(self, stop: StopSignal, forwarder: libzmqproxy.Forwarder,
+               upstream: libzmqproxy.Upstream, svc: Service) -> None:
+        """Answer pings, keep the counters fresh (every STATS_S), tell systemd, log summaries."""
+        pings = upstream.sock
+        assert pings is not None
+        poller = zmq.Poller()
+        poller.register(pings, zmq.POLLIN)
+        poller.register(stop.fd, zmq.POLLIN)
+        next_summary = time.monotonic() + self.config.summary_s
+        last_frames = 0
+        while not stop.is_set():
+            timeout = min(STATS_S, max(0.0, next_summary - time.monotonic())) * 1000
+            events = dict(poller.poll(svc.timeout_ms(timeout)))
+            if pings in events:
+                upstream.answer()
+            self._count(forwarder, upstream)  # before tick(), which may ask status()
+            svc.tick()
+            now = time.monotonic()
+            if now >= next_summary:
+                self._summary(last_frames)
+                last_frames = self.frames
+                next_summary = now + self.config.summary_s
+
+    def _count(self, forwarder: libzmqproxy.Forwarder, upstream: libzmqproxy.Upstream) -> None:
+        """The counters from libzmq's, less the ping answers (as in Python); never decreasing."""
+        forwarder.check()
+        stats = forwarder.statistics()
+        self.frames = max(self.frames, stats.frontend_in - upstream.acks)
+        self.bytes = max(self.bytes, stats.frontend_in_bytes - upstream.ack_bytes)
+        self.subscriptions = upstream.subscriptions
 
     # -- reload and status (sensorwire.service) -----------------------------------------------
     def reload(self, config: ProxyConfig) -> None:

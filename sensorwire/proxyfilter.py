@@ -9,6 +9,10 @@
   ``2 * (max_samples + 1)`` bytes can have too many: the usual small frame
   is never decoded here.
 
+Used only when the proxy forwards in Python (the last-value cache or CURVE
+identities on); otherwise libzmq forwards and the collector does the
+multi-part and sample-count checks (:mod:`sensorwire.libzmqproxy`).
+
 Message size is bounded by libzmq (``ZMQ_MAXMSGSIZE`` on the frontend); a
 bigger message disconnects the agent that sent it.  Drops are counted by
 reason and logged, rate-limited, with the key's name.
@@ -57,12 +61,13 @@ class FrontendFilter:
         cache = self.cache
         for _ in range(batch):
             try:
-                msg = recv(zmq.NOBLOCK)
+                frame = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            if src.rcvmore:
+            if frame.more:  # read at recv: about 2.5 µs less than a getsockopt (src.rcvmore)
                 self._multipart(src)
                 continue
+            msg = frame.bytes
             if len(msg) > above and self._too_many_samples(msg):
                 continue
             send(msg)
@@ -83,7 +88,7 @@ class FrontendFilter:
                 msg = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            if src.rcvmore:
+            if msg.more:
                 self._multipart(src)
                 continue
             try:

@@ -66,6 +66,21 @@ def db_frames(db: Path, device: str | None = None) -> int:
         conn.close()
 
 
+ACK_BYTES = len(b"$ack/") + 16  # the collector's nonce: 8 random bytes in hex
+
+
+def answers_to_pings(p: Samples, c: Samples) -> int | None:
+    """The messages the proxy forwarded that the collector did not count as received.
+
+    Only agents' answers to the collector's ping may be among them (it pings
+    through the proxy until the proxy answers, and the agents connected by then
+    answer too); None when anything else differs.
+    """
+    frames = value(p, "sensorwire_frames_forwarded_total") - value(c, "sensorwire_frames_received_total")
+    nbytes = value(p, "sensorwire_bytes_forwarded_total") - value(c, "sensorwire_bytes_received_total")
+    return int(frames) if frames >= 0 and nbytes == frames * ACK_BYTES else None
+
+
 @pytest.mark.slow
 def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, procs: Any) -> None:
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -106,8 +121,7 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
         if (value(c, "sensorwire_sink_frames_written_total", sink="sqlite")
                 == value(c, "sensorwire_frames_accepted_total")
                 and value(c, "sensorwire_frames_accepted_total") - hb == db_frames(db)
-                and value(p, "sensorwire_frames_forwarded_total")
-                == value(c, "sensorwire_frames_received_total")):
+                and answers_to_pings(p, c) is not None):
             return c, p
         return None
 
@@ -129,7 +143,8 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
     assert value(c, "sensorwire_end_to_end_latency_seconds_sum") >= 0
     assert value(c, "sensorwire_sink_write_duration_seconds_count", sink="sqlite") > 0
     nbytes = value(c, "sensorwire_bytes_received_total")
-    assert nbytes == value(p, "sensorwire_bytes_forwarded_total") > 0
+    assert 0 < nbytes <= value(p, "sensorwire_bytes_forwarded_total")
+    assert answers_to_pings(p, c) in range(len(ams) + 1)
     # both said "stopping" in their last heartbeat
     assert value(c, "sensorwire_devices_online") == 0
     assert value(c, "sensorwire_build_info", role="collector", version="0.1.0") == 1

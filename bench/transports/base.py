@@ -15,7 +15,8 @@ processes, and never calls a transport's client library itself:
   returning.
 
 ``env`` is what :meth:`Transport.services` set up for one run (free ports, a
-proxy process), as strings, so it can be handed to the child processes.
+proxy process), as strings, so it can be handed to the child processes; a
+``proxy_pid`` in it has the harness report that process's CPU per frame too.
 
 What the harness guarantees: ``handle`` is only called from the thread (or
 the one callback thread) the receiver delivers on; ``flush`` is called after

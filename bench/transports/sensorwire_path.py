@@ -187,8 +187,8 @@ class SensorwirePath(Transport):
         front = f"tcp://{procs.LOOPBACK}:{p_front}"
         back = f"tcp://{procs.LOOPBACK}:{p_back}"
         argv = ["-m", "sensorwire", "proxy", "--frontend", front, "--backend", back]
-        with procs.command(argv, [p_front, p_back]):
-            yield {"frontend": front, "backend": back}
+        with procs.command(argv, [p_front, p_back]) as pid:
+            yield {"frontend": front, "backend": back, "proxy_pid": str(pid)}
 
     def sender(self, env: Env) -> _Agent:
         return _Agent(env["frontend"])

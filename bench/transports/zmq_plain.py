@@ -148,8 +148,8 @@ class ZmqProxy(ZmqTwoPart):
     def services(self) -> Iterator[Env]:
         front = f"tcp://{procs.LOOPBACK}:{procs.free_port()}"
         back = f"tcp://{procs.LOOPBACK}:{procs.free_port()}"
-        with procs.helper(run_proxy, front, back):
-            yield {"frontend": front, "backend": back}
+        with procs.helper(run_proxy, front, back) as pid:
+            yield {"frontend": front, "backend": back, "proxy_pid": str(pid)}
 
     def sender(self, env: Env) -> _Pub:
         return _Pub(env["frontend"], bind=False, two_part=False)

@@ -1,0 +1,182 @@
+"""The proxy's data path in C: libzmq's ``zmq_proxy_steerable`` in a thread.
+
+Used by :mod:`sensorwire.proxy` when neither the last-value cache nor CURVE
+identity checks are on (the default configuration), because then no Python
+code needs to see a frame: libzmq moves every message in both directions,
+about half the CPU per frame of the Python loop.
+
+- :class:`Forwarder` runs ``zmq.proxy_steerable(frontend, backend,
+  control=...)`` in a thread of its own (pyzmq releases the GIL there) and
+  steers it over an ``inproc://`` PAIR: ``STATISTICS`` returns libzmq's eight
+  counters (:class:`Statistics`), ``TERMINATE`` stops it.  The sockets are
+  made and bound by the proxy's main thread and handed over when the thread
+  starts (a full memory barrier, which is all libzmq asks); they are closed
+  there again after the thread has ended.
+- :class:`Upstream` is the proxy's own peer on its frontend, in the main
+  thread's poller: an XPUB connected over ``inproc://``, as an agent is. It
+  sees what collectors send upstream (subscriptions, counted; pings, answered
+  with ``$ack/<nonce>``, which libzmq then forwards to the backend like an
+  agent's message, and which the frame and byte counters leave out, as the
+  Python loop does).  It never sees a data frame.
+
+What changes against the Python loop:
+
+- a ping also travels on to the agents connected at that moment, which
+  answer too (the proxy's answer comes first, the subscriber ignores the
+  rest).  Their answers are messages from agents, so they are in the frames
+  forwarded; a subscriber started after the agents adds one per agent;
+- the proxy no longer drops multi-part messages or frames with too many
+  samples itself: the collector rejects and counts both (decode errors
+  ``multipart`` and ``too_many_samples``), and ``sensorwire tail`` skips
+  them.  ``ZMQ_MAXMSGSIZE`` still bounds the size on both sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import threading
+from dataclasses import dataclass
+
+import zmq
+
+from sensorwire.proto import wire
+
+log = logging.getLogger(__name__)
+
+JOIN_S = 5.0  # the proxy thread returns at once on TERMINATE; this only bounds a bug
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """libzmq's proxy counters (4.3.5: messages count each part of a multi-part one)."""
+
+    frontend_in: int = 0          # messages from agents
+    frontend_in_bytes: int = 0
+    frontend_out: int = 0         # messages to agents (subscriptions, repair requests, pings)
+    frontend_out_bytes: int = 0
+    backend_in: int = 0           # messages from collectors
+    backend_in_bytes: int = 0
+    backend_out: int = 0          # messages to collectors
+    backend_out_bytes: int = 0
+
+    @classmethod
+    def from_parts(cls, parts: list[bytes]) -> Statistics:
+        if len(parts) != 8 or any(len(p) != 8 for p in parts):
+            raise ValueError(f"STATISTICS: expected 8 parts of 8 bytes, got {parts!r}")
+        return cls(*(struct.unpack("=Q", p)[0] for p in parts))
+
+
+def endpoint() -> str:
+    """A fresh ``inproc://`` endpoint for one proxy's frontend in this process."""
+    return f"inproc://sensorwire-proxy-{next(_ids)}-frontend"
+
+
+class Forwarder:
+    """``zmq.proxy_steerable`` between two bound sockets; construct, :meth:`start`, :meth:`close`."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], front: zmq.Socket[bytes],
+                 back: zmq.Socket[bytes]) -> None:
+        self._ctx = ctx
+        self._front = front
+        self._back = back
+        self._control: zmq.Socket[bytes] | None = None   # ours
+        self._steered: zmq.Socket[bytes] | None = None   # the proxy thread's
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        endpoint = f"inproc://sensorwire-proxy-control-{next(_ids)}"
+        self._steered = self._ctx.socket(zmq.PAIR)
+        self._control = self._ctx.socket(zmq.PAIR)
+        for s in (self._steered, self._control):
+            s.setsockopt(zmq.LINGER, 0)
+        self._steered.bind(endpoint)
+        self._control.connect(endpoint)
+        self._control.setsockopt(zmq.RCVTIMEO, int(JOIN_S * 1000))
+        self._thread = threading.Thread(target=self._run, name="sensorwire-proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            zmq.proxy_steerable(self._front, self._back, None, self._steered)
+        except BaseException as exc:  # noqa: BLE001 - reported by check() in the main thread
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise if the proxy thread has ended on its own (it only ends on TERMINATE)."""
+        if self._thread is not None and not self._thread.is_alive():
+            raise RuntimeError(f"the libzmq proxy thread stopped: {self.error!r}")
+
+    def statistics(self) -> Statistics:
+        assert self._control is not None
+        self._control.send(b"STATISTICS")
+        try:
+            return Statistics.from_parts(self._control.recv_multipart())
+        except zmq.Again:
+            self.check()
+            raise RuntimeError(f"the libzmq proxy did not answer STATISTICS in {JOIN_S} s") from None
+
+    def close(self) -> None:
+        """Stop the proxy thread and close the control sockets (not the two it forwarded)."""
+        if self._thread is not None and self._control is not None:
+            if self._thread.is_alive():
+                self._control.send(b"TERMINATE")
+                self._thread.join(JOIN_S)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the libzmq proxy thread did not stop within {JOIN_S} s")
+        self._thread = None
+        for s in (self._control, self._steered):
+            if s is not None:
+                s.close()
+        self._control = self._steered = None
+
+
+class Upstream:
+    """The proxy's own agent-side peer: answers pings, counts subscriptions; see the module doc."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], frontend: str) -> None:
+        self._ctx = ctx
+        self._frontend = frontend
+        self.sock: zmq.Socket[bytes] | None = None
+        self.subscriptions = 0       # subscription messages passed on to the agents
+        self.acks = 0                # our answers that reach the frontend (so: forwarded)
+        self.ack_bytes = 0
+        self._live: set[bytes] = set()  # the subscriptions in force upstream
+
+    def open(self) -> None:
+        sock = self.sock = self._ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription the backend passed on
+        sock.connect(self._frontend)
+
+    def answer(self) -> None:
+        """Answer the pings and count the subscriptions waiting on our socket."""
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = msg[:1]
+            if kind == b"\x01":
+                self.subscriptions += 1
+                self._live.add(msg[1:])
+            elif kind == b"\x00":
+                self._live.discard(msg[1:])
+            elif kind == wire.PING:
+                self._ack(sock, wire.ACK + msg[1:65])
+
+    def _ack(self, sock: zmq.Socket[bytes], ack: bytes) -> None:
+        sock.send(ack)
+        if any(ack.startswith(s) for s in self._live):  # else our XPUB dropped it, as libzmq's would
+            self.acks += 1
+            self.ack_bytes += len(ack)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
