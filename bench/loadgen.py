@@ -1,8 +1,9 @@
 """A load generator: many simulated devices' frames from one process, paced.
 
-Binds an XPUB, waits until a subscriber is there, then sends ``frames``
-frames of ``samples`` samples, round-robin over ``devices`` devices, at
-``rate`` frames/s (0: as fast as possible). With ``XPUB_NODROP`` and a large
+Binds (or connects) an XPUB, waits until a subscriber is there, then sends
+``frames`` frames of ``samples`` samples, round-robin over ``devices``
+devices (each encoding its frames as an agent does), at ``rate`` frames/s
+(0: as fast as possible). With ``XPUB_NODROP`` and a large
 HWM nothing is dropped at the sender; the returned dict says what was sent.
 """
 
@@ -17,11 +18,16 @@ from collections.abc import Callable
 import zmq
 
 from sensorwire.proto import wire
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from sensorwire.proto.encoder import DataEncoder
+
+BOOT_ID = 12345
+METRICS = [("temperature", "C"), ("humidity", "%"), ("pressure", "hPa"), ("co2", "ppm"),
+           ("pm25", "ug/m3"), ("voc", "ppb"), ("light", "lx"), ("noise", "dB")]
 
 
 def run(endpoint: str, frames: int, devices: int, rate: float, samples: int = 8,
-        site: str = "bench", connect: bool = False) -> dict[str, float]:
+        site: str = "bench", connect: bool = False, first_device: int = 0) -> dict[str, float]:
+    """Send ``frames`` frames round-robin over devices ``first_device`` ... (+ ``devices``)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 1_000_000)
@@ -34,25 +40,17 @@ def run(endpoint: str, frames: int, devices: int, rate: float, samples: int = 8,
     if not pub.poll(30_000):
         raise SystemExit("loadgen: no subscriber within 30 s")
     pub.recv()
-    names = [f"dev-{i:05d}" for i in range(devices)]
-    topics = [wire.data_topic(site, n, "env") for n in names]
+    metrics = METRICS[:samples]
+    # each device encodes as an agent does (sensorwire.proto.encoder, one encoder per sensor)
+    encoders = [DataEncoder(wire.data_topic(site, name, "env"), site, name, BOOT_ID, "env", metrics)
+                for name in (f"dev-{first_device + i:05d}" for i in range(devices))]
     seqs = [0] * devices
-    f = Frame(site=site, boot_id=12345, sensor="env")
-    metrics = [("temperature", "C"), ("humidity", "%"), ("pressure", "hPa"), ("co2", "ppm"),
-               ("pm25", "ug/m3"), ("voc", "ppb"), ("light", "lx"), ("noise", "dB")][:samples]
-    for m, u in metrics:
-        f.samples.add(metric=m, value=0.0, unit=u)
     t0 = time.perf_counter()
     again = 0
     for i in range(frames):
         d = i % devices
         seqs[d] += 1
-        f.device_id = names[d]
-        f.seq = seqs[d]
-        f.time_unix_nano = time.time_ns()
-        for k, s in enumerate(f.samples):
-            s.value = float(i + k)
-        msg = topics[d] + wire.DELIM + f.SerializeToString()
+        msg = encoders[d].encode(seqs[d], time.time_ns(), [float(i + k) for k in range(samples)])
         while True:
             try:
                 pub.send(msg, zmq.NOBLOCK)
@@ -93,6 +91,8 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=0.0)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--connect", action="store_true")
+    ap.add_argument("--first-device", type=int, default=0)
     a = ap.parse_args()
-    print(json.dumps(run(a.endpoint, a.frames, a.devices, a.rate, a.samples, connect=a.connect)))
+    print(json.dumps(run(a.endpoint, a.frames, a.devices, a.rate, a.samples, connect=a.connect,
+                         first_device=a.first_device)))
     sys.stdout.flush()

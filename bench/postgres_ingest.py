@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -42,14 +43,14 @@ from bench.procs import free_port
 METRICS = ("temperature", "humidity", "pressure", "co2", "pm25", "voc", "light", "noise")
 
 
-def make_frames(frames: int, devices: int, first_seq: int) -> list[tuple[Frame, int]]:
+def make_frames(frames: int, devices: int, first_seq: int) -> list[tuple[CheckedFrame, int]]:
     out = []
     for i in range(frames):
         f = Frame(site="bench", device_id=f"dev-{i % devices:05d}", boot_id=1,
                   seq=first_seq + i // devices, time_unix_nano=time.time_ns(), sensor="env")
         for k, m in enumerate(METRICS):
             f.samples.add(metric=m, value=float(i + k), unit="u")
-        out.append((f, time.time_ns()))
+        out.append((CheckedFrame.from_pb(f), time.time_ns()))
     return out
 
 

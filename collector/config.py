@@ -37,8 +37,8 @@ class SubscribeConfig(Config):
 class StorageConfig(Config):
     kind: Literal["sqlite", "postgres", "none"] = "sqlite"
     path: str = "telemetry.db"
-    batch_max: Annotated[int, msgspec.Meta(gt=0)] = 5000
-    flush_interval_s: Positive = 0.2
+    batch_max: Annotated[int, msgspec.Meta(gt=0)] = 20_000
+    flush_interval_s: Positive = 1.0
     queue_max: Annotated[int, msgspec.Meta(gt=0)] = 200_000
     # --- kind = "postgres" (docs/postgres.md) ---------------------------------------------
     dsn: str | None = None

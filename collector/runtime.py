@@ -50,6 +50,8 @@ _bad = RateLimited(log, period_s=10.0)
 
 DRAIN_MAX = 5000  # messages taken per wake-up before handing a batch on
 TICK_S = 0.5      # presence, repair requests and counters are looked at this often
+STORAGE_SINKS = ("sqlite", "postgres")
+LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -75,9 +77,12 @@ class Collector:
         self.config = config
         self.sinks = make_sinks(config) if sinks is None else sinks
         s = config.storage
+        # storage writes big batches (fewer, larger transactions); alerting and metrics see
+        # frames within LIVE_FLUSH_S whatever the storage settings
         self.runners = [
             SinkRunner(sink, queue_max=s.queue_max, batch_max=s.batch_max,
-                       flush_interval_s=s.flush_interval_s)
+                       flush_interval_s=s.flush_interval_s if sink.name in STORAGE_SINKS
+                       else min(s.flush_interval_s, LIVE_FLUSH_S))
             for sink in self.sinks
         ]
         self.decoder = Intake(max_samples=config.limits.max_samples_per_frame)

@@ -107,6 +107,8 @@ CREATE VIEW IF NOT EXISTS readings AS
 """
 
 
+_UPDATE_LAST_SEEN = "UPDATE devices SET last_seen_ns=max(last_seen_ns, ?) WHERE id=?"
+LAST_SEEN_EVERY_NS = 10 * 10**9  # devices.last_seen_ns is written this often per device at most
 _INSERT_FRAME = ("INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns, "
                  "flags) VALUES (?,?,?,?,?,?,?)")
 _INSERT_FRAME_WITH_ID = ("INSERT OR IGNORE INTO frames(id, device_key, boot_id, seq, sensor, time_ns, "
@@ -161,6 +163,8 @@ class SqliteWriter:
         self._series: dict[tuple[int, str, str, str], int] = {}
         self._layouts: dict[tuple[int, str, Layout], tuple[int, ...]] = {}
         self._next_id: int | None = None  # the id the next frame gets
+        self._seen_written: dict[int, int] = {}  # device key -> devices.last_seen_ns written
+        self._seen_pending: dict[int, int] = {}  # device key -> a newer one, not yet written
         self.frames_stored = 0
         self.samples_stored = 0
         self.duplicates = 0
@@ -170,8 +174,31 @@ class SqliteWriter:
 
     def close(self) -> None:
         if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+            try:
+                if self._seen_pending:
+                    with self.conn:
+                        self.conn.executemany(_UPDATE_LAST_SEEN,
+                                              [(t, d) for d, t in self._seen_pending.items()])
+            finally:
+                self._seen_pending.clear()
+                self.conn.close()
+                self.conn = None
+
+    def _last_seen_rows(self, last_seen: dict[int, int]) -> list[tuple[int, int]]:
+        """The ``devices.last_seen_ns`` updates due: at most one per device per LAST_SEEN_EVERY_NS
+        (``boots.last_seen_ns`` is exact; the rest is written at close)."""
+        written, pending = self._seen_written, self._seen_pending
+        if len(written) >= _CACHE_MAX:
+            written.clear()
+        rows = []
+        for d, t in last_seen.items():
+            if t - written.get(d, 0) >= LAST_SEEN_EVERY_NS:
+                rows.append((t, d))
+                written[d] = t
+                pending.pop(d, None)
+            else:
+                pending[d] = t
+        return rows
 
     def _device_key(self, cur: sqlite3.Cursor, frame: CheckedFrame, now_ns: int) -> int:
         key = self._devices.get(frame.device_id)
@@ -275,8 +302,7 @@ class SqliteWriter:
                     values = [values[i] for i in layout.unique]
                 rows.extend(zip(itertools.repeat(new_id), sids, values))
             cur.executemany("INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES (?,?,?)", rows)
-            cur.executemany("UPDATE devices SET last_seen_ns=max(last_seen_ns, ?) WHERE id=?",
-                            [(t, d) for d, t in last_seen.items()])
+            cur.executemany(_UPDATE_LAST_SEEN, self._last_seen_rows(last_seen))
             cur.executemany(
                 "INSERT INTO boots(device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, "
                 "last_seen_ns) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
@@ -300,6 +326,7 @@ class SqliteWriter:
             self._devices.clear()
             self._series.clear()
             self._layouts.clear()
+            self._seen_written.clear()
             self._next_id = None
             raise
         n_stored = len(data) - sum(dups_by_dev.values())
@@ -385,7 +412,7 @@ class SqliteWriter:
 def status(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """One dict per device: presence and loss counters, computed from what is stored."""
     rows = conn.execute(
-        "SELECT d.site, d.device, d.state, d.last_seen_ns, "
+        "SELECT d.site, d.device, d.state, max(d.last_seen_ns, coalesce(max(b.last_seen_ns), 0)), "
         "coalesce(sum(b.stored), 0), coalesce(sum(max(b.max_seq, b.announced_seq) - b.stored), 0), "
         "d.duplicates, max(count(b.boot_id) - 1, 0), d.out_of_order, d.lost, d.heartbeat_s, "
         "d.state_since_ns, d.clock_offset_s, d.clock_synced "
