@@ -17,7 +17,8 @@ Two processes run at the same time for ``--seconds`` (after a 5 s warm-up):
   reason, when nothing listens there.
 
 For each: the largest RSS seen (sampled every second, MiB), CPU time over the
-window as a share of one core (psutil ``cpu_times``, user + system) and
+window as a share of one core (on-CPU time of its threads, from
+``/proc/<pid>/task/*/schedstat``; psutil's ``cpu_times`` elsewhere) and
 frames received per second.  Prints a markdown table::
 
     python -m bench.agent_footprint [--seconds 60]
@@ -38,18 +39,14 @@ from pathlib import Path
 import psutil
 import zmq
 
+from bench.paho_publisher import METRICS as SIM_METRICS
+from bench.paho_publisher import SERIAL_FIELDS
 from bench.procs import free_port
 from sensorwire.proto import wire
 from sensorwire.serialsim import Pty
 
 WARM_S = 5.0
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
-SIM_METRICS = (  # (name, unit, signal): 8 readings per simulated sensor, as bench.paho_publisher
-    ("temp", "Cel", "sine"), ("rh", "%", "walk"), ("pressure", "Pa", "sine"),
-    ("gas", "Ohm", "walk"), ("dew_point", "Cel", "sine"), ("alt", "m", "walk"),
-    ("iaq", "", "sine"), ("co2", "ppm", "walk"),
-)
-SERIAL_FIELDS = ("n", "temp", "rh", "pressure", "gas", "dew_point", "alt", "co2")
 
 
 def agent_toml(ep: str, spool: Path, serial_port: str) -> str:
@@ -110,8 +107,19 @@ class Watched:
     n1: int = 0
 
     def cpu_s(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return float(t.user + t.system)
+        """CPU time of the process's threads: nanoseconds from /proc (``cpu_times`` counts
+        10 ms ticks, too coarse for 3 ms a second), else psutil's."""
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        if not (tasks.parent / "schedstat").exists():
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system)
+        ns = 0
+        for task in tasks.iterdir():
+            try:
+                ns += int((task / "schedstat").read_text().split()[0])
+            except FileNotFoundError:  # a thread that has just ended
+                pass
+        return ns / 1e9
 
     def sample_rss(self) -> None:
         self.rss_peak = max(self.rss_peak, psutil.Process(self.proc.pid).memory_info().rss)

@@ -32,7 +32,6 @@ import os
 import random
 import time
 
-import paho.mqtt.client as mqtt
 import psutil
 import serial  # pyserial
 
@@ -65,6 +64,8 @@ def system_readings() -> list[tuple[str, float, str]]:
 
 
 def main(host: str, port: int, serial_port: str, seconds: float) -> None:
+    import paho.mqtt.client as mqtt  # the bench's optional client library: imported when used
+
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho-agent")
     client.connect(host, port)
     client.loop_start()
