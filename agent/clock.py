@@ -37,10 +37,10 @@ class ClockState:
             self._tried = True
             try:
                 import ctypes
-                import ctypes.util
 
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-                self._adjtimex = libc.adjtimex
+                # the process's own symbols, libc's among them: no ctypes.util (which
+                # loads subprocess and tempfile to look for a library already loaded)
+                self._adjtimex = ctypes.CDLL(None, use_errno=True).adjtimex
                 self._buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
             except (OSError, AttributeError) as exc:
                 log.debug("adjtimex unavailable: %s", exc)

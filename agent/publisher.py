@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 REPAIR_MAX_SEQS = 100_000   # per request: bounds the work one message can cause
 REPAIR_MAX_BYTES = 64 * 1024
 MAX_ENCODERS = 1024         # one per sensor; bounded all the same
+RING_AGE_CHECK_S = 1.0      # how often the ring drops frames older than ring_s
 
 
 class Publisher:
@@ -75,6 +76,8 @@ class Publisher:
         self._frame = Frame()
         self._hb_topic = wire.heartbeat_topic(site, device_id)
         self._ring: collections.OrderedDict[int, tuple[float, bytes]] = collections.OrderedDict()
+        self._ring_frames = config.ring_frames
+        self._ring_age_check = 0.0   # monotonic time of the next look for frames past ring_s
         self._pass_left = 0          # spool records still to look at in this replay pass
         self._tokens = 0.0
         self._last_replay = time.monotonic()
@@ -178,26 +181,30 @@ class Publisher:
         its metrics and units stay the same (they usually do).
         """
         self.seq += 1
-        topic = self.topic(sensor)
         enc = self._encoders.get(sensor)
-        layout = enc.layout if enc is not None else None
-        if layout is None or len(layout) != len(readings) or any(
-                m != lm or u != lu for (m, _, u), (lm, lu) in zip(readings, layout, strict=True)):
-            enc = DataEncoder(topic, self.site, self.device_id, self.boot_id, sensor,
-                              [(m, u) for m, _, u in readings])
+        if readings:
+            metrics, values, units = zip(*readings, strict=True)
+        else:  # the host never publishes an empty read; an empty frame all the same
+            metrics = values = units = ()
+        if enc is None or enc.metrics != metrics or enc.units != units:
+            enc = DataEncoder(self.topic(sensor), self.site, self.device_id, self.boot_id, sensor,
+                              list(zip(metrics, units, strict=True)))
             if len(self._encoders) >= MAX_ENCODERS:
                 self._encoders.clear()
             self._encoders[sensor] = enc
-        return topic, enc.encode(self.seq, time_ns, [v for _, v, _ in readings], self._flags)
+        return enc.topic, enc.encode(self.seq, time_ns, values, self._flags)
 
     def publish(self, topic: bytes, msg: bytes) -> None:
         """Send the data frame just built (``self.seq``), or spool it."""
         seq = self.seq
-        if self.spool is not None and not self.listened(topic):
-            if self.spool.append(self.boot_id, seq, msg):
-                self.counters["spooled"] += 1
-            return
-        if not self.listened(topic):
+        listened = self._listened.get(topic)
+        if listened is None:
+            listened = self.listened(topic)
+        if not listened:
+            if self.spool is not None:
+                if self.spool.append(self.boot_id, seq, msg):
+                    self.counters["spooled"] += 1
+                return
             self.counters["sent_unsubscribed"] += 1
         if self._send(msg):
             self.counters["frames_sent"] += 1
@@ -216,16 +223,30 @@ class Publisher:
             return False
         return True
 
+    # -- the ring of recently sent frames, for gap repair -------------------------
+    # At most ``ring_frames`` frames (one pop per insert keeps that exact), none
+    # older than ``ring_s`` returned (``_recent`` checks the age of what it finds);
+    # frames past ``ring_s`` are dropped at most every RING_AGE_CHECK_S.
     def _remember(self, seq: int, msg: bytes) -> None:
         ring = self._ring
-        if self.config.ring_frames == 0:
-            return
         now = time.monotonic()
         ring[seq] = (now, msg)
-        limit = self.config.ring_frames
-        oldest = now - self.config.ring_s
-        while ring and (len(ring) > limit or next(iter(ring.values()))[0] < oldest):
+        if len(ring) > self._ring_frames:
             ring.popitem(last=False)
+        if now >= self._ring_age_check:
+            self._prune_ring(now)
+
+    def _prune_ring(self, now: float) -> None:
+        ring = self._ring
+        oldest = now - self.config.ring_s
+        while ring and next(iter(ring.values()))[0] < oldest:
+            ring.popitem(last=False)
+        self._ring_age_check = now + RING_AGE_CHECK_S
+
+    def _recent(self, seq: int, oldest: float) -> bytes | None:
+        """The frame ``seq`` if the ring holds it and it was sent at ``oldest`` or later."""
+        hit = self._ring.get(seq)
+        return hit[1] if hit is not None and hit[0] >= oldest else None
 
     # -- replay ------------------------------------------------------------------
     @property
@@ -285,6 +306,7 @@ class Publisher:
         if req.device_id != self.device_id:
             return
         budget = REPAIR_MAX_SEQS
+        oldest = time.monotonic() - self.config.ring_s
         resent = 0
         unavailable: list[SeqRange] = []
         for r in req.ranges:
@@ -298,8 +320,8 @@ class Publisher:
                 if r.boot_id == self.boot_id:
                     if seq > self.seq:
                         break
-                    hit = self._ring.get(seq)
-                    if hit is not None and self._send(hit[1]):
+                    hit = self._recent(seq, oldest)
+                    if hit is not None and self._send(hit):
                         resent += 1
                         have = True
                 if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):
@@ -350,6 +372,7 @@ class Publisher:
         hb.clock_synced = self.clock_synced
         for k, v in self.counters.items():
             hb.counters[k] = v
+        self._prune_ring(time.monotonic())
         hb.counters["ring_frames"] = len(self._ring)
         if self.spool is not None:
             for k, v in self.spool.stats().items():

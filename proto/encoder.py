@@ -20,10 +20,17 @@ from collections.abc import Sequence
 
 from sensorwire.proto.wire import DELIM
 
-_TIME = struct.Struct("<q")
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
 
 
 def _varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf varint; the sizes a ``seq`` or flags have are unrolled."""
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x20_0000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -38,13 +45,20 @@ def _text(field: int, value: str) -> bytes:
 
 
 class DataEncoder:
-    """Encodes the data frames of one sensor with one list of (metric, unit)."""
+    """Encodes the data frames of one sensor with one list of (metric, unit).
 
-    __slots__ = ("layout", "_head", "_struct", "_args", "_n")
+    ``metrics`` and ``units`` are the layout as two tuples, so a caller can
+    compare a sample's names with them in C (``zip(*readings)``).
+    """
+
+    __slots__ = ("topic", "layout", "metrics", "units", "_head", "_struct", "_args", "_n")
 
     def __init__(self, topic: bytes, site: str, device_id: str, boot_id: int, sensor: str,
                  layout: Sequence[tuple[str, str]]) -> None:
+        self.topic = topic
         self.layout = list(layout)
+        self.metrics = tuple(m for m, _ in self.layout)
+        self.units = tuple(u for _, u in self.layout)
         self._n = len(self.layout)
         self._head = (topic + DELIM + _text(1, site) + _text(2, device_id)
                       + b"\x19" + boot_id.to_bytes(8, "little"))
@@ -57,16 +71,18 @@ class DataEncoder:
             consts.append(c)
             c = body_tail
         consts.append(c)
-        fmt = "<" + "".join(f"{len(x)}sd" for x in consts[:-1]) + f"{len(consts[-1])}s"
-        self._struct = struct.Struct(fmt)
-        self._args: list[object] = [b""] * (2 * self._n + 1)
+        # one pack writes the time's tag and value, then the constants with the values between
+        consts.insert(0, b"\x29")
+        fmt = "<" + "".join(f"{len(x)}s{'q' if i == 0 else 'd'}" for i, x in enumerate(consts[:-1]))
+        self._struct = struct.Struct(fmt + f"{len(consts[-1])}s")
+        self._args: list[object] = [b""] * (2 * self._n + 3)
         self._args[0::2] = consts
 
     def encode(self, seq: int, time_ns: int, values: Sequence[float], flags: int = 0) -> bytes:
         args = self._args
-        args[1::2] = values
-        msg = (self._head + b"\x20" + _varint(seq) + b"\x29" + _TIME.pack(time_ns)
-               + self._struct.pack(*args))
+        args[1] = time_ns
+        args[3::2] = values
+        msg = self._head + b"\x20" + _varint(seq) + self._struct.pack(*args)
         return msg + b"\x48" + _varint(flags) if flags else msg
 
     def template(self, flags: int = 0) -> tuple[bytes, str, tuple[bytes, ...]]:
@@ -79,6 +95,7 @@ class DataEncoder:
         indexes, the time and the values at the odd ones.
         """
         consts = [bytes(c) for c in self._args[0::2]]  # type: ignore[arg-type]
-        consts[-1] += b"\x48" + _varint(flags) if flags else b""
-        fmt = "<1sq" + "".join(f"{len(c)}sd" for c in consts[:-1]) + f"{len(consts[-1])}s"
-        return self._head + b"\x20", fmt, (b"\x29", *consts)
+        if flags:
+            consts[-1] += b"\x48" + _varint(flags)
+        fmt = "<" + "".join(f"{len(c)}s{'q' if i == 0 else 'd'}" for i, c in enumerate(consts[:-1]))
+        return self._head + b"\x20", fmt + f"{len(consts[-1])}s", tuple(consts)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sensorwire import __version__, logs
 from sensorwire.configload import ConfigError
@@ -261,8 +263,45 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, finding the terminal's width without :mod:`shutil`.
+
+    argparse makes a formatter for every argument added, and the stock one
+    imports shutil for ``get_terminal_size``, which brings bz2 and lzma
+    (0.5 MB of RSS in an agent that runs for months).  Same rule as shutil's:
+    ``$COLUMNS``, else the terminal of stdout, else 80.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _columns()
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through ``add_subparsers``, sub-parsers) with :class:`_Formatter`."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sensorwire",
         description="Brokerless IoT telemetry: agents publish protobuf frames on ZeroMQ, "
         "a proxy joins them to collectors, collectors store them.",
@@ -423,8 +462,8 @@ def _set_level(args: argparse.Namespace, config_level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # not kept: the parsers of every command are garbage once the arguments are parsed
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level or "info")
     try:
         rc: int = args.func(args)
@@ -433,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sensorwire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except _Usage as exc:
-        parser.print_usage(sys.stderr)
+        build_parser().print_usage(sys.stderr)
         print(f"sensorwire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

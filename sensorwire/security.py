@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import zmq
 
 from sensorwire import zmqutil
-from sensorwire.allowlist import AllowList
 from sensorwire.configload import Config
 from sensorwire.guard import Guard, Watched
-from sensorwire.keys import KeyPair, load_public, load_secret
 from sensorwire.proto import wire
+
+if TYPE_CHECKING:  # loaded in open() with mode = "curve" only: a plain agent never needs them
+    from sensorwire.allowlist import AllowList
+    from sensorwire.keys import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ class Security:
     def open(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         cfg = self.config
         if self.curve:
+            from sensorwire.keys import load_public, load_secret
+
             if not zmq.has("curve"):
                 raise zmqutil.EndpointError('[security] mode = "curve": this libzmq has no CURVE '
                                             "support (install pyzmq's wheel, built with libsodium)")
@@ -200,6 +204,8 @@ class Security:
             self.guard.start()
 
     def _allow_lists(self) -> dict[str, AllowList]:
+        from sensorwire.allowlist import AllowList
+
         cfg = self.config
         made: dict[Path, AllowList] = {}
 

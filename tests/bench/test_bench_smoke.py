@@ -45,3 +45,20 @@ def test_a_skipped_row_is_reported_not_failed() -> None:
                           reason="no server on 127.0.0.1:6379")
     text = report.table([row], c, QUICK)
     assert "skipped (no server on 127.0.0.1:6379)" in text
+
+
+def test_the_footprint_agent_has_the_10_sensors_the_paho_publisher_imitates(tmp_path: Path) -> None:
+    import tomllib
+
+    from bench import agent_footprint, paho_publisher
+    from sensorwire.agent.config import from_raw
+
+    cfg = from_raw(tomllib.loads(agent_footprint.agent_toml("tcp://127.0.0.1:1", tmp_path, "/dev/null")),
+                   "footprint.toml")
+    kinds = [k.name for k, _ in cfg.sensors]
+    assert kinds == ["simulated"] * 8 + ["system", "serial"]
+    assert all(c.interval_s == 1.0 for _, c in cfg.sensors if not hasattr(c, "port"))
+    sim = cfg.sensors[0][1]
+    assert [(m.name, m.unit) for m in sim.metrics] == [(m, u) for m, u, _ in paho_publisher.METRICS]  # type: ignore[attr-defined]
+    assert cfg.sensors[9][1].fields == list(paho_publisher.SERIAL_FIELDS)  # type: ignore[attr-defined]
+    assert len(agent_footprint.csv_line(7).split(b",")) == len(paho_publisher.SERIAL_FIELDS)

@@ -48,3 +48,13 @@ def test_the_agent_s_publisher_uses_it_and_notices_a_new_layout() -> None:
     assert [f.seq for f in frames] == [1, 2, 3]
     assert [(s.metric, s.value, s.unit) for s in frames[1].samples] == [("t", 22.5, "C"), ("h", 41.0, "%")]
     assert [(s.metric, s.value, s.unit) for s in frames[2].samples] == [("t", 23.5, "K"), ("p", 1.0, "")]
+
+
+def test_seq_and_flags_decode_across_every_varint_length() -> None:
+    enc = DataEncoder(wire.data_topic("gh", "pi-07", "env"), "gh", "pi-07", 7, "env", [("t", "C")])
+    edges = [n for k in range(1, 10) for n in (2 ** (7 * k) - 1, 2 ** (7 * k))] + [0, 1, 2**63 - 1]
+    for n in edges:
+        msg = enc.encode(max(n, 1), 5, [1.0], n % 2**32)
+        f = Frame.FromString(msg[msg.index(0) + 1:])
+        assert (f.seq, f.flags) == (max(n, 1), n % 2**32)
+        assert msg.endswith(Frame(flags=n % 2**32).SerializeToString())

@@ -1,0 +1,132 @@
+"""The publisher's ring of recent frames keeps both of its bounds, whichever is reached first.
+
+A real XSUB socket stands in for the proxy: it subscribes, receives the
+frames and sends repair requests upstream, as the proxy does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+from support import tcp, wait_until
+
+from sensorwire.agent.config import PublishConfig
+from sensorwire.agent.publisher import Publisher
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
+
+READINGS = [("t", 21.5, "C"), ("h", 40.0, "%")]
+
+
+class Upstream:
+    """The proxy's side of the agent's connection: an XSUB that the publisher connects to."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.endpoint = tcp()
+        self.sock = ctx.socket(zmq.XSUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+
+    def subscribe_and_wait(self, p: Publisher) -> None:
+        assert p.sock is not None
+
+        def subscribed() -> bool:
+            # sent again until it arrives: one sent before the connection is up is lost
+            self.sock.send(b"\x01")  # everything
+            p.sock.poll(50)  # type: ignore[union-attr]
+            p.handle_incoming()
+            return bool(p.subscriptions)
+
+        wait_until(subscribed, what="the publisher to see the subscription")
+
+    def ask_repair(self, p: Publisher, boot_id: int, first: int, last: int) -> None:
+        req = RepairRequest(device_id=p.device_id, ranges=[SeqRange(boot_id=boot_id, first=first, last=last)])
+        self.sock.send(wire.REPAIR + req.SerializeToString())
+        wait_until(lambda: p.sock.poll(50) and (p.handle_incoming() or True),  # type: ignore[union-attr]
+                   what="the repair request to arrive")
+
+    def seqs(self, expect: int) -> list[int]:
+        """The ``seq`` of the next ``expect`` data frames, then checks that none follows."""
+        out = []
+        for _ in range(expect):
+            assert self.sock.poll(5000), f"only {len(out)} of {expect} frames arrived"
+            msg = self.sock.recv()
+            out.append(Frame.FromString(msg[msg.index(wire.DELIM) + 1:]).seq)
+        assert not self.sock.poll(200), "more frames than expected"
+        return out
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def started(ctx: zmq.Context[zmq.Socket[bytes]], up: Upstream, **ring: float) -> Publisher:
+    p = Publisher("gh", "pi-07", PublishConfig(connect=[up.endpoint], **ring))  # type: ignore[arg-type]
+    p.open(ctx)
+    try:
+        up.subscribe_and_wait(p)
+    except BaseException:
+        p.close()
+        raise
+    return p
+
+
+def send(p: Publisher, n: int) -> None:
+    for _ in range(n):
+        p.publish(*p.build_data("env", READINGS, time.time_ns()))
+
+
+def test_the_ring_keeps_the_last_ring_frames_and_repairs_from_them(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    up = Upstream(ctx)
+    p = started(ctx, up, ring_frames=5)
+    try:
+        send(p, 8)
+        assert up.seqs(8) == [1, 2, 3, 4, 5, 6, 7, 8]
+        up.ask_repair(p, p.boot_id, 1, 8)
+        assert up.seqs(5) == [4, 5, 6, 7, 8]
+        assert [(r.first, r.last) for r in p.take_unavailable()] == [(1, 3)]
+        assert p.counters["repaired"] == 5 and p.counters["unavailable"] == 3
+    finally:
+        p.close()
+
+
+def test_a_frame_older_than_ring_s_is_never_resent(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    up = Upstream(ctx)
+    p = started(ctx, up, ring_s=2.0)
+    try:
+        send(p, 3)
+        sent_at = time.monotonic()
+        assert up.seqs(3) == [1, 2, 3]
+        # ring_s passes; nothing is published meanwhile, so nothing has pruned the ring
+        wait_until(lambda: time.monotonic() > sent_at + 2.0, what="ring_s to pass")
+        up.ask_repair(p, p.boot_id, 1, 3)
+        assert up.seqs(0) == []
+        assert [(r.first, r.last) for r in p.take_unavailable()] == [(1, 3)]
+        send(p, 1)  # a new frame is remembered and can be resent; the old ones are gone
+        hb = Frame.FromString(p.build_heartbeat(5.0).split(wire.DELIM, 1)[1]).heartbeat
+        assert hb.counters["ring_frames"] == 1
+        assert up.seqs(1) == [4]
+        up.ask_repair(p, p.boot_id, 3, 4)
+        assert up.seqs(1) == [4]
+        assert [(r.first, r.last) for r in p.take_unavailable()] == [(3, 3)]
+    finally:
+        p.close()
+
+
+def test_ring_frames_0_keeps_nothing(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    up = Upstream(ctx)
+    p = started(ctx, up, ring_frames=0)
+    try:
+        send(p, 2)
+        assert up.seqs(2) == [1, 2]
+        up.ask_repair(p, p.boot_id, 1, 2)
+        assert up.seqs(0) == []
+        assert [(r.first, r.last) for r in p.take_unavailable()] == [(1, 2)]
+    finally:
+        p.close()
