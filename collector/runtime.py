@@ -5,7 +5,11 @@ One thread owns the socket.  It drains it in batches (``recv`` with
 accounting (:mod:`sensorwire.collector.tracking`: duplicates are dropped
 here), and hands the batch to every sink's bounded queue.  Nothing on this
 path waits for a sink.  Bad messages are counted by reason and logged,
-rate-limited; they never stop the loop.
+rate-limited; they never stop the loop.  A message of several parts is rejected
+as ``multipart`` when its first part is not a frame (the usual mistake: topic
+and payload sent as two parts); otherwise each part is judged as a message of
+its own.  ZeroMQ's "more" flag costs more to read than a decode, so it is read
+only for messages that are not frames.
 
 The socket is an XSUB rather than a SUB so that gap-repair requests can
 travel upstream to the agents on the same connection.
