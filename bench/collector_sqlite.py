@@ -200,7 +200,8 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="length of the 1 Hz runs")
-    ap.add_argument("--max-frames", type=int, default=300_000, help="frames in the unpaced run")
+    ap.add_argument("--max-frames", type=int, default=150_000,
+                    help="frames in the unpaced run (below the collector's queue_max: they wait in its queue)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--only", default="1k,10k,max", help="which runs: 1k, 10k, max")
     a = ap.parse_args()

@@ -43,6 +43,7 @@ from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import Tracker
+from sensorwire import gcpolicy
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -146,6 +147,7 @@ class Collector:
         for r in self.runners:
             r.start()
         self._resume()
+        gcpolicy.settle()
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sub = ctx.socket(zmq.XSUB)
         self.sock = sub

@@ -81,6 +81,9 @@ class ProxyConfig(Config):
     backend: str
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     summary_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # frames queued per collector (and read ahead from agents) before ZeroMQ drops; the
+    # collector sees a dropped frame as a gap and asks the agent for it again
+    hwm: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     last_value_cache: bool = False
     last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -117,6 +120,9 @@ class Proxy:
             for s in (front, back):
                 s.setsockopt(zmq.LINGER, 0)
                 s.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
+            # a collector that falls behind for a moment gets a queue, not gaps to repair
+            front.setsockopt(zmq.RCVHWM, self.config.hwm)
+            back.setsockopt(zmq.SNDHWM, self.config.hwm)
             if self.cache is not None:
                 back.setsockopt(zmq.XPUB_VERBOSE, 1)
             sec.open(ctx)

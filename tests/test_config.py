@@ -102,3 +102,11 @@ def test_collector_prefix_is_validated(tmp_path: Path) -> None:
     p = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\nprefixes = ["a b"]\n')
     with pytest.raises(ConfigError, match=r"collector.toml: subscribe.prefixes: \[0\] prefix 'a b'"):
         checkconfig.load_any(p)
+
+
+def test_proxy_hwm_is_a_count_of_frames(tmp_path: Path) -> None:
+    base = 'frontend = "tcp://127.0.0.1:1"\nbackend = "tcp://127.0.0.1:2"\n'
+    role, cfg = checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = 5000\n"))
+    assert (role, getattr(cfg, "hwm", None)) == ("proxy", 5000)
+    with pytest.raises(ConfigError, match=r"proxy.toml: hwm: expected an integer >= 0, got -1"):
+        checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = -1\n"))

@@ -62,3 +62,18 @@ def test_the_footprint_agent_has_the_10_sensors_the_paho_publisher_imitates(tmp_
     assert [(m.name, m.unit) for m in sim.metrics] == [(m, u) for m, u, _ in paho_publisher.METRICS]  # type: ignore[attr-defined]
     assert cfg.sensors[9][1].fields == list(paho_publisher.SERIAL_FIELDS)  # type: ignore[attr-defined]
     assert len(agent_footprint.csv_line(7).split(b",")) == len(paho_publisher.SERIAL_FIELDS)
+
+
+def test_the_storage_ceiling_and_the_writer_alone_store_every_frame(tmp_path: Path) -> None:
+    import sqlite3
+
+    from bench import collector_sqlite
+
+    assert collector_sqlite.raw_ceiling(tmp_path, frames=2000, devices=10, batch=500) > 1_000
+    assert collector_sqlite.writer_alone(tmp_path, frames=2000, devices=10, batch=500) > 1_000
+    for db, frames in (("raw.db", 2000), ("writer.db", 2000)):
+        conn = sqlite3.connect(tmp_path / db)
+        assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM frames").fetchone() == (
+            frames, frames // 10)
+        assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] == frames * 8
+        conn.close()
