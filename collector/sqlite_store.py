@@ -289,7 +289,7 @@ class SqliteWriter:
             stored = self._insert_frames(conn, cur, data)
             rows: list[tuple[int, int, float]] = []
             dups_by_dev: dict[int, int] = {}
-            for (first_id, dev, boot, seq, *_), (sids, values, layout), new_id in zip(
+            for (_, dev, boot, seq, *_), (sids, values, layout), new_id in zip(
                     data, sample_sets, stored, strict=True):
                 if new_id is None:
                     dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
