@@ -17,6 +17,9 @@ Collectors ask for missing ``seq`` ranges with a :class:`RepairRequest` that
 travels upstream through the proxy (0x02 + protobuf).  The agent resends what
 its ring holds, leaves what its spool holds to the replay, and reports the
 rest as unavailable in an immediate heartbeat.
+
+Frames and heartbeats are encoded by hand (:mod:`sensorwire.proto.encoder`);
+protobuf is imported only when the first repair request arrives, to parse it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import time
 from collections.abc import Iterable, Sequence
 
 import zmq
-from google.protobuf.message import DecodeError
 
 from sensorwire import __version__, zmqutil
 from sensorwire.agent.clock import ClockState
@@ -38,8 +40,7 @@ from sensorwire.security import COLLECTORS, AgentSecurity, Security
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
-from sensorwire.proto.encoder import DataEncoder
-from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
+from sensorwire.proto.encoder import DataEncoder, HeartbeatEncoder, SeqSpan
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class Publisher:
         self._listened: dict[bytes, bool] = {}
         self._topics: dict[str, bytes] = {}
         self._encoders: dict[str, DataEncoder] = {}
-        self._frame = Frame()
-        self._hb_topic = wire.heartbeat_topic(site, device_id)
+        self._heartbeats = HeartbeatEncoder(wire.heartbeat_topic(site, device_id), site, device_id,
+                                            self.boot_id, __version__)
         self._ring: collections.OrderedDict[int, tuple[float, bytes]] = collections.OrderedDict()
         self._ring_frames = config.ring_frames
         self._ring_age_check = 0.0   # monotonic time of the next look for frames past ring_s
@@ -82,7 +83,7 @@ class Publisher:
         self._tokens = 0.0
         self._last_replay = time.monotonic()
         self._held: tuple[int, int, bytes] | None = None   # a replayed frame ZeroMQ refused
-        self._unavailable: list[SeqRange] = []
+        self._unavailable: list[SeqSpan] = []
         self.sock: zmq.Socket[bytes] | None = None
         self.clock = clock
         self.clock_synced = clock.synced() if clock is not None else True
@@ -298,6 +299,11 @@ class Publisher:
         if len(payload) > REPAIR_MAX_BYTES:
             log.warning("ignored a repair request of %d bytes", len(payload))
             return
+        # protobuf's parser for what may be hostile input; imported on the first request only
+        from google.protobuf.message import DecodeError
+
+        from sensorwire.proto.v1.telemetry_pb2 import RepairRequest
+
         try:
             req = RepairRequest.FromString(payload)
         except DecodeError:
@@ -308,7 +314,7 @@ class Publisher:
         budget = REPAIR_MAX_SEQS
         oldest = time.monotonic() - self.config.ring_s
         resent = 0
-        unavailable: list[SeqRange] = []
+        unavailable: list[SeqSpan] = []
         for r in req.ranges:
             first, last = r.first, min(r.last, r.first + budget - 1)
             if last < first or first < 1:
@@ -328,14 +334,14 @@ class Publisher:
                     have = True  # the replay will bring it
                 if have:
                     if run_start is not None:
-                        unavailable.append(SeqRange(boot_id=r.boot_id, first=run_start, last=seq - 1))
+                        unavailable.append(SeqSpan(r.boot_id, run_start, seq - 1))
                         run_start = None
                 elif run_start is None:
                     run_start = seq
             if run_start is not None:
                 end = min(last, self.seq) if r.boot_id == self.boot_id else last
                 if end >= run_start:
-                    unavailable.append(SeqRange(boot_id=r.boot_id, first=run_start, last=end))
+                    unavailable.append(SeqSpan(r.boot_id, run_start, end))
             if budget <= 0:
                 break
         self.counters["repaired"] += resent
@@ -346,41 +352,31 @@ class Publisher:
         if unavailable:
             self._unavailable.extend(unavailable)
 
-    def take_unavailable(self) -> list[SeqRange]:
+    def take_unavailable(self) -> list[SeqSpan]:
         out, self._unavailable = self._unavailable, []
         return out
 
     # -- heartbeats -----------------------------------------------------------------
     def build_heartbeat(self, interval_s: float, stopping: bool = False,
                         extra: Iterable[tuple[str, int]] = (),
-                        unavailable: Iterable[SeqRange] = ()) -> bytes:
-        f = self._frame
-        f.Clear()
-        f.site = self.site
-        f.device_id = self.device_id
-        f.boot_id = self.boot_id
-        f.time_unix_nano = time.time_ns()
-        hb = f.heartbeat
-        hb.agent_version = __version__
-        hb.uptime_s = time.monotonic() - self.started
-        hb.interval_s = interval_s
-        hb.last_seq = self.seq
-        hb.stopping = stopping
+                        unavailable: Iterable[tuple[int, int, int]] = ()) -> bytes:
+        """The heartbeat message: the publisher's and the spool's counters, then ``extra``.
+
+        A counter name given twice keeps its last value.  ``unavailable`` holds
+        ``(boot_id, first, last)`` ranges (:class:`SeqSpan`).
+        """
         if self.clock is not None:
             self.clock_synced = self.clock.synced()
             self._flags = 0 if self.clock_synced else 1
-        hb.clock_synced = self.clock_synced
-        for k, v in self.counters.items():
-            hb.counters[k] = v
+        counters = dict(self.counters)
         self._prune_ring(time.monotonic())
-        hb.counters["ring_frames"] = len(self._ring)
+        counters["ring_frames"] = len(self._ring)
         if self.spool is not None:
-            for k, v in self.spool.stats().items():
-                hb.counters[k] = v
-        for k, v in extra:
-            hb.counters[k] = v
-        hb.unavailable.extend(unavailable)
-        return self._hb_topic + wire.DELIM + f.SerializeToString()
+            counters.update(self.spool.stats())
+        counters.update(extra)
+        return self._heartbeats.encode(time.time_ns(), time.monotonic() - self.started, interval_s,
+                                       self.seq, stopping, counters.items(), self.clock_synced,
+                                       unavailable)
 
     def send_heartbeat(self, msg: bytes) -> None:
         if self._send(msg):

@@ -36,7 +36,6 @@ from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.sensors import Reading, Sensor, SensorConfig, SensorKind, StreamSensor
 from sensorwire.lifecycle import StopSignal
-from sensorwire.proto.v1.telemetry_pb2 import SeqRange
 from sensorwire.service import NO_SERVICE, Rate, Service
 from sensorwire.waker import Waker
 
@@ -241,7 +240,7 @@ class Agent:
         topic, msg = self.publisher.build_data(sensor, readings, time_ns)
         self.publisher.publish(topic, msg)
 
-    def _heartbeat(self, stopping: bool, unavailable: Sequence[SeqRange] = ()) -> None:
+    def _heartbeat(self, stopping: bool, unavailable: Sequence[tuple[int, int, int]] = ()) -> None:
         msg = self.publisher.build_heartbeat(self.config.publish.heartbeat_s, stopping,
                                              self._counters(), unavailable)
         self.publisher.send_heartbeat(msg)

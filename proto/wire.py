@@ -9,14 +9,20 @@ Data topics are ``<site>/<device>/<sensor>``; a device's heartbeats go to
 heartbeat topic cannot collide with a sensor, and a prefix filter on a site
 (``greenhouse/``) or a device (``greenhouse/pi-07/``) also delivers the
 device's heartbeats.
+
+protobuf is imported by the functions and classes that parse or build a
+``Frame`` (``encode``, ``mark_cached``, ``Decoder``), not by this module: an
+agent uses the names and constants here, and encodes without protobuf.
 """
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
+from typing import TYPE_CHECKING, Any
 
 from sensorwire import names
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+if TYPE_CHECKING:
+    from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 DELIM = b"\x00"
 HEARTBEAT = "$hb"
@@ -79,6 +85,15 @@ def alert_topic(site: str, device: str, rule: str) -> bytes:
     return f"{ALERT}/{site}/{device}/{rule}".encode("ascii")
 
 
+def __getattr__(name: str) -> Any:
+    """``wire.Frame``: the generated class, imported on first use."""
+    if name == "Frame":
+        from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+        return Frame
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def encode(topic: bytes, frame: Frame) -> bytes:
     """The one-part message for ``frame`` on ``topic``."""
     return topic + DELIM + frame.SerializeToString()
@@ -86,6 +101,8 @@ def encode(topic: bytes, frame: Frame) -> bytes:
 
 def mark_cached(msg: bytes) -> bytes:
     """The same message with FLAG_CACHED set in its frame."""
+    from sensorwire.proto.v1.telemetry_pb2 import Frame
+
     end = msg.find(DELIM)
     frame = Frame.FromString(msg[end + 1 :])
     frame.flags |= FLAG_CACHED
@@ -126,6 +143,12 @@ class Decoder:
     """
 
     def __init__(self, max_samples: int = 1024, cache_size: int = 65536) -> None:
+        from google.protobuf.message import DecodeError
+
+        from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+        self._parse = Frame.FromString
+        self._decode_error = DecodeError
         self.max_samples = max_samples
         self._cache_size = cache_size
         # topic -> (is a heartbeat topic, site, device, sensor) of the frames seen valid on it
@@ -139,8 +162,8 @@ class Decoder:
             raise WireError("no_delimiter", f"no 0x00 after the topic in {len(msg)} bytes")
         topic = msg[:idx]
         try:
-            frame = Frame.FromString(msg[idx + 1 :])
-        except DecodeError as exc:
+            frame = self._parse(msg[idx + 1 :])
+        except self._decode_error as exc:
             raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})") from None
         known = self._good_topics.get(topic)
         if (known is None or known[0] != (frame.seq == 0) or known[1] != frame.site

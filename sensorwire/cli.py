@@ -12,11 +12,14 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sensorwire import __version__, logs
 from sensorwire.configload import ConfigError
+
+if TYPE_CHECKING:
+    from sensorwire.metrics import Family
 
 log = logging.getLogger("sensorwire")
 
@@ -36,17 +39,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from sensorwire.agent import once
 
         return once.run(cfg)
-    from sensorwire import daemon, rolemetrics
+    from sensorwire import daemon
     from sensorwire.agent.runtime import Agent
 
     agent = Agent(cfg)
+
+    def families() -> Iterable[Family]:
+        from sensorwire import rolemetrics  # only a scrape needs it: [metrics] is off by default
+
+        return rolemetrics.agent_families(agent)
 
     def reload() -> None:
         new = agent_config.load(args.config)
         agent.reload(new)
         _set_level(args, new.log_level)
 
-    daemon.run("agent", agent, cfg.metrics, lambda: rolemetrics.agent_families(agent), reload)
+    daemon.run("agent", agent, cfg.metrics, families, reload)
     return EXIT_OK
 
 

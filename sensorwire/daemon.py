@@ -27,14 +27,21 @@ class Role(Protocol):
 def run(name: str, role: Role, metrics: MetricsConfig,
         describe: Callable[[], Iterable[Family]],
         reload: Callable[[], None] | None) -> None:
-    """Run ``role`` until SIGTERM/SIGINT; ``reload`` re-reads its file on SIGHUP."""
-    from sensorwire.rolemetrics import service_families
+    """Run ``role`` until SIGTERM/SIGINT; ``reload`` re-reads its file on SIGHUP.
 
+    ``describe`` is called only when ``/metrics`` is scraped (off by default on
+    an agent), so it should import what it needs itself.
+    """
     with StopSignal().install(with_hup=True) as stop:
         svc = Service.for_systemd(stop, status=role.status, reload=reload)
+
+        def service() -> Iterable[Family]:
+            from sensorwire.rolemetrics import service_families  # only a scrape needs it
+
+            return service_families(name, svc)
+
         listen, explicit = metrics.endpoint(name)
-        with MetricsServer(listen, [describe, lambda: service_families(name, svc)],
-                           explicit) as server:
+        with MetricsServer(listen, [describe, service], explicit) as server:
             def ready() -> None:
                 server.start()
                 svc.ready()

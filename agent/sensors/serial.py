@@ -27,7 +27,6 @@ pyserial is imported only when a port is opened or listed.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -372,6 +371,8 @@ class PortInfo:
 
 def list_ports() -> list[PortInfo]:
     """The serial ports of this machine, sorted by device path."""
+    import glob  # only `sensorwire serial list` needs it, never a running agent
+
     from serial.tools import list_ports as pyserial_list
 
     by_id: dict[str, str] = {}

@@ -1,12 +1,15 @@
-"""The fast encoder writes the same frames protobuf does."""
+"""The hand-written encoders write the same frames protobuf does."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensorwire.proto import wire
-from sensorwire.proto.encoder import DataEncoder
+from sensorwire.proto.encoder import DataEncoder, HeartbeatEncoder, SeqSpan
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 metric = st.from_regex(r"[a-z][a-z0-9._:-]{0,20}", fullmatch=True)
@@ -58,3 +61,93 @@ def test_seq_and_flags_decode_across_every_varint_length() -> None:
         f = Frame.FromString(msg[msg.index(0) + 1:])
         assert (f.seq, f.flags) == (max(n, 1), n % 2**32)
         assert msg.endswith(Frame(flags=n % 2**32).SerializeToString())
+
+
+# -- heartbeats -------------------------------------------------------------------
+u64 = st.integers(0, 2**64 - 1)
+double = st.floats()  # NaN, infinities and -0.0 included
+text = st.text(max_size=30)  # unicode and "" included; no surrogates: protobuf rejects them too
+span = st.tuples(u64, u64, u64)
+
+
+def _reference_heartbeat(site: str, device_id: str, boot_id: int, time_ns: int, version: str,
+                         uptime_s: float, interval_s: float, last_seq: int, stopping: bool,
+                         counters: list[tuple[str, int]], clock_synced: bool,
+                         unavailable: list[tuple[int, int, int]]) -> Frame:
+    f = Frame(site=site, device_id=device_id, boot_id=boot_id, time_unix_nano=time_ns)
+    hb = f.heartbeat
+    hb.SetInParent()
+    hb.agent_version = version
+    hb.uptime_s = uptime_s
+    hb.interval_s = interval_s
+    hb.last_seq = last_seq
+    hb.stopping = stopping
+    for k, v in counters:
+        hb.counters[k] = v
+    hb.clock_synced = clock_synced
+    for b, first, last in unavailable:
+        hb.unavailable.add(boot_id=b, first=first, last=last)
+    return f
+
+
+def _same(a: Frame, b: Frame) -> bool:
+    """Equal, NaN included (a NaN field makes == false on both sides)."""
+    return bool(a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(site=text, device_id=text, boot_id=u64, time_ns=st.integers(-2**63, 2**63 - 1), version=text,
+       uptime_s=double, interval_s=double, last_seq=u64, stopping=st.booleans(),
+       counters=st.lists(st.tuples(text, u64), max_size=40), clock_synced=st.booleans(),
+       unavailable=st.lists(span, max_size=20))
+def test_a_heartbeat_is_the_frame_protobuf_would_build(
+        site: str, device_id: str, boot_id: int, time_ns: int, version: str, uptime_s: float,
+        interval_s: float, last_seq: int, stopping: bool, counters: list[tuple[str, int]],
+        clock_synced: bool, unavailable: list[tuple[int, int, int]]) -> None:
+    topic = b"gh/pi-07/$hb"
+    enc = HeartbeatEncoder(topic, site, device_id, boot_id, version)
+    msg = enc.encode(time_ns, uptime_s, interval_s, last_seq, stopping, counters, clock_synced,
+                     unavailable)
+    ref = _reference_heartbeat(site, device_id, boot_id, time_ns, version, uptime_s, interval_s,
+                               last_seq, stopping, counters, clock_synced, unavailable)
+    assert msg.startswith(topic + wire.DELIM)
+    got = Frame.FromString(msg[len(topic) + 1:])
+    assert got.HasField("heartbeat")
+    assert _same(got, ref)
+    if len(counters) <= 1:  # protobuf keeps a map in no order, each name once: bytes only then
+        assert msg == topic + wire.DELIM + ref.SerializeToString()
+
+
+def test_a_heartbeat_of_defaults_still_has_its_heartbeat_field() -> None:
+    msg = HeartbeatEncoder(b"t", "", "", 0, "").encode(0, 0.0, 0.0, 0, False, (), False)
+    assert msg == b"t" + wire.DELIM + b"\x42\x00"
+    assert Frame.FromString(msg[2:]).HasField("heartbeat")
+
+
+def test_the_agent_s_heartbeats_decode_and_pass_the_collector_s_checks() -> None:
+    from sensorwire.agent.config import PublishConfig
+    from sensorwire.agent.publisher import Publisher
+
+    p = Publisher("gh", "pi-07", PublishConfig(connect=["tcp://127.0.0.1:1"]))
+    p.build_data("env", [("t", 21.5, "C")], 10)
+    msg = p.build_heartbeat(5.0, stopping=True, extra=[("sensor_errors", 3), ("frames_sent", 7)],
+                            unavailable=[SeqSpan(p.boot_id, 4, 9)])
+    f = wire.Decoder().decode(msg)
+    hb = f.heartbeat
+    assert (f.seq, f.site, f.device_id, f.boot_id) == (0, "gh", "pi-07", p.boot_id)
+    assert (hb.interval_s, hb.last_seq, hb.stopping, hb.clock_synced) == (5.0, 1, True, True)
+    assert hb.counters["sensor_errors"] == 3
+    assert hb.counters["frames_sent"] == 7  # the last value given for a name wins, as in a map
+    assert hb.counters["ring_frames"] == 0
+    assert [(r.boot_id, r.first, r.last) for r in hb.unavailable] == [(p.boot_id, 4, 9)]
+
+
+@pytest.mark.parametrize("bad", [dict(last_seq=-1), dict(last_seq=2**64),
+                                 dict(counters=[("x", -1)]), dict(unavailable=[(2**64, 1, 1)]),
+                                 dict(time_ns=2**63)])
+def test_a_heartbeat_field_out_of_range_is_a_value_error(bad: dict[str, Any]) -> None:
+    args: dict[str, Any] = dict(time_ns=1, uptime_s=1.0, interval_s=5.0, last_seq=1, stopping=False,
+                                counters=[], clock_synced=True, unavailable=[])
+    args.update(bad)
+    with pytest.raises(ValueError):
+        HeartbeatEncoder(b"t", "gh", "pi-07", 1, "1.0").encode(**args)
