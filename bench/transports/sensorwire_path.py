@@ -14,7 +14,8 @@ this writing:
 * a ``sensorwire proxy --frontend EP --backend EP`` process (the real CLI);
 * subscriber process: the whole ``sensorwire.collector.runtime.Collector.run``
   loop (its SUB socket options, filters, poller, ``drain`` with the real
-  ``wire.Decoder`` and its counters), with no storage: the one sink runner is
+  ``Intake`` (``wire.Decoder``'s checks, then a per-topic template) and its
+  counters), with no storage: the one sink runner is
   replaced by a tap that hands each decoded batch to the bench as
   ``drain`` offers it, so latency is measured when the collector has the
   decoded frames, as for every peer, not after SQLite.
@@ -173,7 +174,8 @@ class SensorwirePath(Transport):
     label = "sensorwire (agent → proxy → collector)"
     practice = ("the product's code: agent Publisher.build_data + send/publish (XPUB, "
                 "XPUB_NODROP, SNDHWM 10000) → `sensorwire proxy` process → the whole "
-                "Collector.run loop (its socket, poller, drain with NOBLOCK, wire.Decoder and "
+                "Collector.run loop (its socket, poller, drain with NOBLOCK, the collector's Intake "
+                "(wire.Decoder's checks, then a per-topic template) and "
                 "counters), frames tapped where drain hands batches to the sinks (no storage)")
 
     def versions(self) -> str:
