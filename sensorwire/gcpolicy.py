@@ -16,10 +16,19 @@ from __future__ import annotations
 import gc
 
 YOUNG_THRESHOLD = 50_000
+_settled = False
 
 
 def settle() -> None:
-    """Call once start-up is done: freeze what exists, collect the young less often."""
+    """Call once start-up is done: freeze what exists, collect the young less often.
+
+    Once per process: a second collector started in the same process (tests do
+    that) leaves the first freeze as it was.
+    """
+    global _settled
+    if _settled:
+        return
+    _settled = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, 20, 100)
