@@ -40,7 +40,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.loadgen import BOOT_ID, METRICS
+from bench.loadgen import BOOT_ID, METRICS, wait_growth
 from bench.procs import free_port
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter, connect
@@ -165,17 +165,8 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
             if time.monotonic() > deadline:
                 raise SystemExit(f"{sc.label}: nothing stored within 60 s")
             time.sleep(0.05)
-        t0, c0, p0 = time.monotonic(), cpu_s(pcol), cpu_s(pproxy)
-        last, last_change = first, t0
-        while True:
-            n = count(db)
-            now = time.monotonic()
-            if n != last:
-                last, last_change = n, now
-            if n >= target or now - last_change > quiet_s:
-                break
-            time.sleep(0.02)
-        t1 = last_change
+        c0, p0 = cpu_s(pcol), cpu_s(pproxy)
+        _, window, last = wait_growth(lambda: count(db), target, quiet_s, interval_s=0.02)
         c1, p1 = cpu_s(pcol), cpu_s(pproxy)
         sent = [json.loads(g.communicate(timeout=60)[0]) for g in gens]
     finally:
@@ -188,7 +179,7 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
             except subprocess.TimeoutExpired:
                 p.kill()
     stored = count(db)
-    window = max(t1 - t0, 1e-9)
+    window = max(window, 1e-9)
     return {
         "frames_sent": sum(s["frames"] for s in sent),
         "frames_stored": stored,

@@ -72,15 +72,23 @@ def run(endpoint: str, frames: int, devices: int, rate: float, samples: int = 8,
 def wait_stored(count: Callable[[], int], target: int, quiet_s: float = 5.0) -> float:
     """Poll ``count()`` until it reaches ``target`` or stops growing for ``quiet_s``;
     returns the seconds waited (the drain time after the load generator finished)."""
+    return wait_growth(count, target, quiet_s)[0]
+
+
+def wait_growth(count: Callable[[], int], target: int, quiet_s: float = 5.0,
+                interval_s: float = 0.1) -> tuple[float, float, int]:
+    """As :func:`wait_stored`; returns (seconds waited, seconds until the count last grew,
+    the last count)."""
     t0 = time.monotonic()
     last, last_change = -1, t0
     while True:
         n = count()
-        if n >= target or time.monotonic() - last_change > quiet_s:
-            return time.monotonic() - t0
+        now = time.monotonic()
         if n != last:
-            last, last_change = n, time.monotonic()
-        time.sleep(0.1)
+            last, last_change = n, now
+        if n >= target or now - last_change > quiet_s:
+            return now - t0, last_change - t0, n
+        time.sleep(interval_s)
 
 
 if __name__ == "__main__":

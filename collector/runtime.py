@@ -43,7 +43,7 @@ from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import Tracker
-from sensorwire import gcpolicy
+from sensorwire import gcpolicy, zmqutil
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -283,10 +283,7 @@ class Collector:
 
     def _reject_parts(self, sub: zmq.Socket[bytes]) -> None:
         """The rest of a multipart message whose first part was not a frame: one rejection."""
-        parts = 1
-        while sub.rcvmore:
-            sub.recv()
-            parts += 1
+        parts = zmqutil.skip_parts(sub)
         self._reject("multipart", f"a message of {parts} parts (sensorwire sends one part)")
 
     def _ack(self, msg: bytes) -> None:

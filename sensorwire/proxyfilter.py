@@ -26,6 +26,7 @@ import logging
 import zmq
 from google.protobuf.message import DecodeError
 
+from sensorwire import zmqutil
 from sensorwire.lastvalue import LastValueCache
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -107,10 +108,7 @@ class FrontendFilter:
         return n, nbytes
 
     def _multipart(self, src: zmq.Socket[bytes]) -> None:
-        parts = 1
-        while src.rcvmore:
-            src.recv()
-            parts += 1
+        parts = zmqutil.skip_parts(src)
         self._drop("multipart", f"a message of {parts} parts (sensorwire sends one part)")
 
     def _too_many_samples(self, msg: bytes) -> bool:

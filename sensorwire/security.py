@@ -154,8 +154,7 @@ class Identity:
         try:
             self.check(msg)
         except Refused:
-            while sock.rcvmore:
-                sock.recv()
+            zmqutil.skip_parts(sock)
             raise
         return msg.bytes
 

@@ -1,4 +1,4 @@
-"""Binding and connecting ZeroMQ sockets with errors a person can act on."""
+"""Binding and connecting ZeroMQ sockets with errors a person can act on; multi-part leftovers."""
 
 from __future__ import annotations
 
@@ -43,3 +43,12 @@ def is_local(endpoint: str) -> bool:
         host = endpoint[6:].rsplit(":", 1)[0].strip("[]")
         return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
     return False
+
+
+def skip_parts(sock: zmq.Socket[bytes]) -> int:
+    """Receive and drop the rest of a multi-part message; returns its number of parts in all."""
+    parts = 1
+    while sock.rcvmore:
+        sock.recv()
+        parts += 1
+    return parts
