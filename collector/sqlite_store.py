@@ -19,7 +19,6 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.collector.frames import CheckedFrame, Layout
+from sensorwire.collector.multirow import MultiRow, fan_out, param_limit, plain
 
 SCHEMA_VERSION = 1
 _U64 = 1 << 64
@@ -113,6 +113,15 @@ _INSERT_FRAME = ("INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor,
                  "flags) VALUES (?,?,?,?,?,?,?)")
 _INSERT_FRAME_WITH_ID = ("INSERT OR IGNORE INTO frames(id, device_key, boot_id, seq, sensor, time_ns, "
                          "received_ns, flags) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_SAMPLES = "INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES "
+_INSERT_BOOTS = ("INSERT INTO boots(device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, "
+                 "last_seen_ns) VALUES ")
+_UPSERT_BOOTS = (" ON CONFLICT DO UPDATE SET max_seq=max(max_seq, excluded.max_seq), "
+                 "stored=stored+excluded.stored, announced_seq=max(announced_seq, excluded.announced_seq), "
+                 "last_seen_ns=max(last_seen_ns, excluded.last_seen_ns)")
+# many devices at once (SQLite 3.33 and newer)
+_UPDATE_LAST_SEEN_FROM = "UPDATE devices SET last_seen_ns=max(devices.last_seen_ns, v.column1) FROM (VALUES "
+_UPDATE_LAST_SEEN_WHERE = ") AS v WHERE devices.id=v.column2"
 
 
 def to_i64(u: int) -> int:
@@ -154,10 +163,17 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
 
 
 class SqliteWriter:
-    """Writes batches of frames in one transaction each. One thread only."""
+    """Writes batches of frames in one transaction each. One thread only.
 
-    def __init__(self, path: str | Path) -> None:
+    Events (presence, frames lost, counts) are kept until the next batch's
+    transaction, :meth:`flush` or :meth:`close`: they come in bursts (every
+    device of a fleet goes online when a collector starts), and one
+    transaction each would cost more than the frames.
+    """
+
+    def __init__(self, path: str | Path, max_params: int | None = None) -> None:
         self.path = Path(path)
+        self.max_params = max_params  # per statement; None: as many as this SQLite allows
         self.conn: sqlite3.Connection | None = None
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
@@ -165,16 +181,45 @@ class SqliteWriter:
         self._next_id: int | None = None  # the id the next frame gets
         self._seen_written: dict[int, int] = {}  # device key -> devices.last_seen_ns written
         self._seen_pending: dict[int, int] = {}  # device key -> a newer one, not yet written
+        self._events: list[Event] = []  # not written yet
+        self._samples: dict[int, MultiRow | None] = {}  # by samples per frame
         self.frames_stored = 0
         self.samples_stored = 0
         self.duplicates = 0
 
     def open(self) -> None:
         self.conn = connect(self.path)
+        limit = param_limit(self.conn)
+        if self.max_params is not None:
+            limit = min(limit, self.max_params)
+        self._params = limit
+        self._frames = MultiRow(_INSERT_FRAME_WITH_ID.split(" VALUES ")[0] + " VALUES ", plain(8), 8,
+                                max_params=limit)
+        self._boots = MultiRow(_INSERT_BOOTS, plain(7), 7, _UPSERT_BOOTS, max_params=limit)
+        self._seen = (MultiRow(_UPDATE_LAST_SEEN_FROM, plain(2), 2, _UPDATE_LAST_SEEN_WHERE, max_params=limit)
+                      if sqlite3.sqlite_version_info >= (3, 33, 0) else None)
+
+    def flush(self) -> None:
+        """Write the events kept so far (the sink calls it when no frames come)."""
+        conn = self.conn
+        if conn is None or not self._events:
+            return
+        cur = conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            self._write_events(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                cur.execute("ROLLBACK")
+            self._forget()
+            raise
+        self._events.clear()
 
     def close(self) -> None:
         if self.conn is not None:
             try:
+                self.flush()
                 if self._seen_pending:
                     with self.conn:
                         self.conn.executemany(_UPDATE_LAST_SEEN,
@@ -184,7 +229,15 @@ class SqliteWriter:
                 self.conn.close()
                 self.conn = None
 
-    def _last_seen_rows(self, last_seen: dict[int, int]) -> list[tuple[int, int]]:
+    def _forget(self) -> None:
+        """After a rollback: what this process cached may not be in the database."""
+        self._devices.clear()
+        self._series.clear()
+        self._layouts.clear()
+        self._seen_written.clear()
+        self._next_id = None
+
+    def _write_last_seen(self, cur: sqlite3.Cursor, last_seen: dict[int, int]) -> None:
         """The ``devices.last_seen_ns`` updates due: at most one per device per LAST_SEEN_EVERY_NS
         (``boots.last_seen_ns`` is exact; the rest is written at close)."""
         written, pending = self._seen_written, self._seen_pending
@@ -198,191 +251,218 @@ class SqliteWriter:
                 pending.pop(d, None)
             else:
                 pending[d] = t
-        return rows
+        if self._seen is not None:
+            self._seen.run(cur, rows)
+        else:
+            cur.executemany(_UPDATE_LAST_SEEN, rows)
 
-    def _device_key(self, cur: sqlite3.Cursor, frame: CheckedFrame, now_ns: int) -> int:
-        key = self._devices.get(frame.device_id)
+    def _device_key(self, cur: sqlite3.Cursor, site: str, device: str, now_ns: int) -> int:
+        key = self._devices.get(device)
         if key is None:
             cur.execute(
                 "INSERT INTO devices(device, site, first_seen_ns, last_seen_ns) VALUES (?,?,?,?) "
                 "ON CONFLICT(device) DO UPDATE SET site=excluded.site RETURNING id",
-                (frame.device_id, frame.site, now_ns, now_ns),
+                (device, site, now_ns, now_ns),
             )
             key = int(cur.fetchone()[0])
             if len(self._devices) >= _CACHE_MAX:
                 self._devices.clear()
-            self._devices[frame.device_id] = key
+            self._devices[device] = key
         return key
 
-    def _series_key(self, cur: sqlite3.Cursor, dev: int, sensor: str, metric: str, unit: str) -> int:
-        k = (dev, sensor, metric, unit)
-        sid = self._series.get(k)
-        if sid is None:
-            cur.execute(
-                "INSERT INTO series(device_key, sensor, metric, unit) VALUES (?,?,?,?) "
-                "ON CONFLICT DO UPDATE SET unit=excluded.unit RETURNING id",
-                k,
-            )
-            sid = int(cur.fetchone()[0])
-            if len(self._series) >= _CACHE_MAX:
-                self._series.clear()
-            self._series[k] = sid
-        return sid
-
     def _series_ids(self, cur: sqlite3.Cursor, dev: int, sensor: str, layout: Layout) -> tuple[int, ...]:
-        """The series ids of a frame's samples (of the first of each metric named twice)."""
-        k = (dev, sensor, layout)
-        ids = self._layouts.get(k)
-        if ids is None:
-            pairs = layout.pairs if layout.unique is None else [layout.pairs[i] for i in layout.unique]
-            ids = tuple([self._series_key(cur, dev, sensor, m, u) for m, u in pairs])
-            if len(self._layouts) >= _CACHE_MAX:
-                self._layouts.clear()
-            self._layouts[k] = ids
+        """The series ids of a frame's samples (of the first of each metric named twice);
+        the ones new to this process are upserted together."""
+        pairs = layout.pairs if layout.unique is None else [layout.pairs[i] for i in layout.unique]
+        known = self._series
+        missing = list(dict.fromkeys(p for p in pairs if (dev, sensor, *p) not in known))
+        if len(known) + len(missing) > _CACHE_MAX:
+            known.clear()
+            missing = list(dict.fromkeys(pairs))
+        per = max(1, min(256, self._params // 4))
+        for at in range(0, len(missing), per):
+            part = missing[at:at + per]
+            cur.execute(
+                "INSERT INTO series(device_key, sensor, metric, unit) VALUES "
+                + ",".join(["(?,?,?,?)"] * len(part))
+                + " ON CONFLICT DO UPDATE SET unit=excluded.unit RETURNING id, metric, unit",
+                [x for m, u in part for x in (dev, sensor, m, u)])
+            for sid, m, u in cur.fetchall():
+                known[(dev, sensor, m, u)] = int(sid)
+        ids = tuple([known[(dev, sensor, m, u)] for m, u in pairs])
+        if len(self._layouts) >= _CACHE_MAX:
+            self._layouts.clear()
+        self._layouts[(dev, sensor, layout)] = ids
         return ids
 
     def write(self, batch: Sequence[tuple[CheckedFrame, int]]) -> None:
-        """Store a batch in one transaction: new frames with their samples, boots, devices.
+        """Store a batch in one transaction: the events kept, new frames with their samples,
+        boots, devices.
 
-        Frame ids are numbered here, so a batch's frames go in with one
-        ``executemany``; if not all of them went in (a frame stored before, or
-        another writer took an id), the batch's frames are inserted again one
-        by one, each one that is already there counted as a duplicate.
+        Frame ids are numbered here, so a batch's frames go in with a few
+        multi-row statements; if not all of them went in (a frame stored
+        before, or another writer took an id), the batch's frames are inserted
+        again one by one, each one that is already there counted as a duplicate.
         """
         conn = self.conn
         assert conn is not None
         cur = conn.cursor()
         if self._next_id is None:
             self._next_id = int(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM frames").fetchone()[0])
+        devices = self._devices
+        layouts = self._layouts
         last_seen: dict[int, int] = {}
         # per (device_key, boot_id): [max seq stored, frames stored, announced seq, last seen]
         boots: dict[tuple[int, int], list[int]] = {}
-        heartbeat_s: dict[int, float] = {}
-        clocks: dict[int, tuple[float, int]] = {}
+        heartbeats: dict[int, tuple[float | None, float, int]] = {}
         data: list[tuple[int, int, int, int, str, int, int, int]] = []
-        sample_sets: list[tuple[tuple[int, ...], Sequence[float], Layout]] = []
+        samples: list[tuple[Any, ...]] = []  # per frame: (frame id, series ids..., values...)
+        n_samples = 0
         fid = self._next_id
         cur.execute("BEGIN")
         try:
+            self._write_events(cur)
             for frame, received in batch:
-                dev = self._device_key(cur, frame, received)
+                dev = devices.get(frame.device_id)
+                if dev is None:
+                    dev = self._device_key(cur, frame.site, frame.device_id, received)
                 last_seen[dev] = received
-                boot = to_i64(frame.boot_id)
+                boot = frame.boot_id
+                if boot > _I64_MAX:
+                    boot -= _U64
                 bs = boots.get((dev, boot))
                 if bs is None:
                     bs = boots[(dev, boot)] = [0, 0, 0, received]
                 bs[3] = received
-                if frame.seq == 0:
+                seq = frame.seq
+                if seq == 0:
                     hb = frame.heartbeat
                     assert hb is not None
                     if hb.last_seq > bs[2]:
                         bs[2] = hb.last_seq
-                    if hb.interval_s:
-                        heartbeat_s[dev] = hb.interval_s
-                    clocks[dev] = ((frame.time_unix_nano - received) / 1e9, int(hb.clock_synced))
+                    heartbeats[dev] = (hb.interval_s or None, (frame.time_unix_nano - received) / 1e9,
+                                       int(hb.clock_synced))
                     continue
-                data.append((fid, dev, boot, frame.seq, frame.sensor, frame.time_unix_nano,
-                             received, frame.flags))
-                sample_sets.append((self._series_ids(cur, dev, frame.sensor, frame.layout),
-                                    frame.values, frame.layout))
-                fid += 1
-            stored = self._insert_frames(conn, cur, data)
-            rows: list[tuple[int, int, float]] = []
-            dups_by_dev: dict[int, int] = {}
-            for (_, dev, boot, seq, *_), (sids, values, layout), new_id in zip(
-                    data, sample_sets, stored, strict=True):
-                if new_id is None:
-                    dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
-                    continue
-                bs = boots[(dev, boot)]
+                layout = frame.layout
+                sids = layouts.get((dev, frame.sensor, layout))
+                if sids is None:
+                    sids = self._series_ids(cur, dev, frame.sensor, layout)
+                data.append((fid, dev, boot, seq, frame.sensor, frame.time_unix_nano, received, frame.flags))
+                if sids:
+                    values = frame.values
+                    if layout.unique is not None:
+                        values = [values[i] for i in layout.unique]
+                    samples.append((fid, *sids, *values))
+                    n_samples += len(sids)
                 if seq > bs[0]:
                     bs[0] = seq
                 bs[1] += 1
-                if layout.unique is not None:
-                    values = [values[i] for i in layout.unique]
-                rows.extend(zip(itertools.repeat(new_id), sids, values))
-            cur.executemany("INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES (?,?,?)", rows)
-            cur.executemany(_UPDATE_LAST_SEEN, self._last_seen_rows(last_seen))
-            cur.executemany(
-                "INSERT INTO boots(device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, "
-                "last_seen_ns) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-                "max_seq=max(max_seq, excluded.max_seq), stored=stored+excluded.stored, "
-                "announced_seq=max(announced_seq, excluded.announced_seq), "
-                "last_seen_ns=max(last_seen_ns, excluded.last_seen_ns)",
-                [(d, b, v[0], v[1], v[2], v[3], v[3]) for (d, b), v in boots.items()])
-            if dups_by_dev:
-                cur.executemany("UPDATE devices SET duplicates=duplicates+? WHERE id=?",
-                                [(n, d) for d, n in dups_by_dev.items()])
-            if heartbeat_s:
-                cur.executemany("UPDATE devices SET heartbeat_s=? WHERE id=?",
-                                [(v, d) for d, v in heartbeat_s.items()])
-            if clocks:
-                cur.executemany("UPDATE devices SET clock_offset_s=?, clock_synced=? WHERE id=?",
-                                [(o, sy, d) for d, (o, sy) in clocks.items()])
+                fid += 1
+            duplicates = 0
+            if data and not self._insert_frames(conn, cur, data):
+                samples, duplicates = self._insert_one_by_one(cur, data, samples, boots)
+                n_samples = sum((len(r) - 1) // 2 for r in samples)
+            self._insert_samples(cur, samples)
+            self._write_last_seen(cur, last_seen)
+            self._boots.run(cur, [(d, b, v[0], v[1], v[2], v[3], v[3]) for (d, b), v in boots.items()])
+            if heartbeats:
+                cur.executemany("UPDATE devices SET heartbeat_s=coalesce(?, heartbeat_s), clock_offset_s=?, "
+                                "clock_synced=? WHERE id=?", [(*h, d) for d, h in heartbeats.items()])
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 cur.execute("ROLLBACK")
-            self._devices.clear()
-            self._series.clear()
-            self._layouts.clear()
-            self._seen_written.clear()
-            self._next_id = None
+            self._forget()
             raise
-        n_stored = len(data) - sum(dups_by_dev.values())
-        self.frames_stored += n_stored
-        self.samples_stored += len(rows)
-        self.duplicates += len(data) - n_stored
+        self._events.clear()
+        self.frames_stored += len(data) - duplicates
+        self.samples_stored += n_samples
+        self.duplicates += duplicates
 
     def _insert_frames(self, conn: sqlite3.Connection, cur: sqlite3.Cursor,
-                       data: list[tuple[int, int, int, int, str, int, int, int]]) -> list[int | None]:
-        """Insert the frames; the id each one got, or None where it was stored before."""
-        if not data:
-            return []
+                       data: list[tuple[int, int, int, int, str, int, int, int]]) -> bool:
+        """Insert the frames with the ids numbered here; False (and nothing inserted) unless
+        every one went in."""
         before = conn.total_changes
         cur.execute("SAVEPOINT frames")
-        cur.executemany(_INSERT_FRAME_WITH_ID, data)
+        self._frames.run(cur, data)
         if conn.total_changes - before == len(data):
             cur.execute("RELEASE frames")
             self._next_id = data[-1][0] + 1
-            return [row[0] for row in data]
+            return True
         cur.execute("ROLLBACK TO frames")
         cur.execute("RELEASE frames")
-        ids: list[int | None] = []
+        return False
+
+    def _insert_one_by_one(self, cur: sqlite3.Cursor, data: list[tuple[int, int, int, int, str, int, int, int]],
+                           samples: list[tuple[Any, ...]], boots: dict[tuple[int, int], list[int]],
+                           ) -> tuple[list[tuple[Any, ...]], int]:
+        """Insert frames one at a time, SQLite giving the ids: the samples rows of the frames
+        that went in (with their ids) and how many were stored before."""
+        for bs in boots.values():
+            bs[0] = bs[1] = 0
+        by_id = {r[0]: r for r in samples}
+        kept: list[tuple[Any, ...]] = []
+        dups_by_dev: dict[int, int] = {}
         for row in data:
             cur.execute(_INSERT_FRAME, row[1:])
-            ids.append(cur.lastrowid if cur.rowcount == 1 else None)
+            _, dev, boot, seq = row[:4]
+            if cur.rowcount != 1:
+                dups_by_dev[dev] = dups_by_dev.get(dev, 0) + 1
+                continue
+            bs = boots[(dev, boot)]
+            if seq > bs[0]:
+                bs[0] = seq
+            bs[1] += 1
+            s = by_id.get(row[0])
+            if s is not None:
+                kept.append((cur.lastrowid, *s[1:]))
+        if dups_by_dev:
+            cur.executemany("UPDATE devices SET duplicates=duplicates+? WHERE id=?",
+                            [(n, d) for d, n in dups_by_dev.items()])
         self._next_id = None  # ids were given by SQLite: read the next one again
-        return ids
+        return kept, sum(dups_by_dev.values())
+
+    def _insert_samples(self, cur: sqlite3.Cursor, samples: list[tuple[Any, ...]]) -> None:
+        """One row per frame ``(frame id, k series ids, k values)``: k samples rows each,
+        frames of the same k several to a statement."""
+        by_k: dict[int, list[tuple[Any, ...]]] = {}
+        for row in samples:
+            k = len(row)
+            rows = by_k.get(k)
+            if rows is None:
+                rows = by_k[k] = []
+            rows.append(row)
+        for width, rows in by_k.items():
+            k = (width - 1) // 2
+            if k not in self._samples:
+                self._samples[k] = (MultiRow(_INSERT_SAMPLES, fan_out(1, 2, k), width, max_params=self._params)
+                                    if width <= self._params else None)
+            multi = self._samples[k]
+            if multi is not None:
+                multi.run(cur, rows)
+            else:  # more samples than one statement may have parameters for
+                cur.executemany(_INSERT_SAMPLES + "(?,?,?)",
+                                [(r[0], r[1 + i], r[1 + k + i]) for r in rows for i in range(k)])
 
     def event(self, ev: Event) -> None:
-        """Record a presence transition, frames lost for good, or drop counts."""
-        conn = self.conn
-        assert conn is not None
-        key = self._device_key_by_name(ev.site, ev.device)
-        with conn:
-            if isinstance(ev, Presence):
-                conn.execute("INSERT INTO presence(device_key, time_ns, state, previous) VALUES (?,?,?,?)",
-                             (key, ev.time_ns, ev.state, ev.previous))
-                conn.execute("UPDATE devices SET state=?, state_since_ns=? WHERE id=?",
-                             (ev.state, ev.time_ns, key))
-            elif isinstance(ev, Lost):
-                conn.execute("UPDATE devices SET lost=lost+? WHERE id=?", (ev.count, key))
-            else:
-                conn.execute("UPDATE devices SET duplicates=duplicates+?, out_of_order=out_of_order+? "
-                             "WHERE id=?", (ev.duplicates, ev.out_of_order, key))
+        """Keep a presence transition, frames lost for good, or drop counts, to be written with
+        the next batch (or by :meth:`flush`)."""
+        self._events.append(ev)
 
-    def _device_key_by_name(self, site: str, device: str) -> int:
-        assert self.conn is not None
-        key = self._devices.get(device)
-        if key is None:
-            now = time.time_ns()
-            key = int(self.conn.execute(
-                "INSERT INTO devices(device, site, first_seen_ns, last_seen_ns) VALUES (?,?,?,?) "
-                "ON CONFLICT(device) DO UPDATE SET site=excluded.site RETURNING id",
-                (device, site, now, now)).fetchone()[0])
-            self._devices[device] = key
-        return key
+    def _write_events(self, cur: sqlite3.Cursor) -> None:
+        for ev in self._events:
+            key = self._device_key(cur, ev.site, ev.device, time.time_ns())
+            if isinstance(ev, Presence):
+                cur.execute("INSERT INTO presence(device_key, time_ns, state, previous) VALUES (?,?,?,?)",
+                            (key, ev.time_ns, ev.state, ev.previous))
+                cur.execute("UPDATE devices SET state=?, state_since_ns=? WHERE id=?",
+                            (ev.state, ev.time_ns, key))
+            elif isinstance(ev, Lost):
+                cur.execute("UPDATE devices SET lost=lost+? WHERE id=?", (ev.count, key))
+            else:
+                cur.execute("UPDATE devices SET duplicates=duplicates+?, out_of_order=out_of_order+? "
+                            "WHERE id=?", (ev.duplicates, ev.out_of_order, key))
 
     def resume(self, since_ns: int) -> list[ResumeBoot]:
         """The boots seen since ``since_ns``, with the seqs missing from storage."""

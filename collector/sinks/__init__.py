@@ -15,7 +15,8 @@ heartbeats (``seq == 0``), in arrival order, each a
 
 :class:`SinkRunner` owns what makes delivery reliable, once for every sink: a
 bounded queue between reception and the sink (reception never waits on a
-sink), batching (a sink that falls behind gets bigger batches), retry with
+sink), batching (a sink that falls behind gets bigger batches, and after a
+full one, what is queued at once, without waiting for the interval), retry with
 capped backoff for errors marked retryable, and counting of everything
 dropped, per device.
 """
@@ -100,6 +101,7 @@ class SinkRunner:
         self._depth = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._behind = False  # the last batch taken was a full one: more is waiting
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
@@ -173,7 +175,8 @@ class SinkRunner:
 
     def _take(self) -> list[Item] | Event | _Reload | None:
         with self._cond:
-            deadline = time.monotonic() + self.flush_interval_s
+            # behind, take what is there now; else wait for a batch to fill, or the interval
+            deadline = time.monotonic() + (0.0 if self._behind else self.flush_interval_s)
             while (self._depth < self.batch_max and not self._closing
                    and not (self._q and not isinstance(self._q[0], list))):
                 left = deadline - time.monotonic()
@@ -181,6 +184,7 @@ class SinkRunner:
                     break
                 self._cond.wait(left)
             if not self._q:
+                self._behind = False
                 return None if self._closing else []
             if not isinstance(self._q[0], list):
                 return self._q.popleft()
@@ -188,6 +192,7 @@ class SinkRunner:
             while self._q and isinstance(self._q[0], list) and len(out) < self.batch_max:
                 out.extend(self._q.popleft())  # type: ignore[arg-type]
             self._depth -= len(out)
+            self._behind = len(out) >= self.batch_max
             return out
 
     def _run(self) -> None:

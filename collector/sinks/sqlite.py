@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 
@@ -9,6 +10,8 @@ from sensorwire.collector.events import Event
 from sensorwire.collector.sinks import Item, SinkError
 from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.collector.sqlite_store import SqliteWriter
+
+log = logging.getLogger(__name__)
 
 
 class SqliteSink:
@@ -29,10 +32,13 @@ class SqliteSink:
             raise SinkError(f"{self.writer.path}: {exc}", retryable=False) from exc
 
     def event(self, ev: Event) -> None:
+        self.writer.event(ev)  # written with the next batch, or by tick when no frames come
+
+    def tick(self, now_ns: int) -> None:
         try:
-            self.writer.event(ev)
-        except sqlite3.Error as exc:
-            raise SinkError(f"{self.writer.path}: {exc}", retryable=False) from exc
+            self.writer.flush()
+        except sqlite3.Error as exc:  # the events stay: written with the next batch or tick
+            log.warning("%s: events not written yet (%s); trying again", self.writer.path, exc)
 
     def resume(self, since_ns: int) -> list[ResumeBoot]:
         return self.writer.resume(since_ns)

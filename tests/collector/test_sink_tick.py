@@ -1,4 +1,5 @@
-"""SinkRunner calls ``tick(now_ns)`` on sinks that have it, with or without frames."""
+"""SinkRunner calls ``tick(now_ns)`` on sinks that have it, with or without frames; and when
+it waits for a batch to fill."""
 
 from __future__ import annotations
 
@@ -58,3 +59,21 @@ def test_a_busy_sink_is_ticked_too() -> None:
     finally:
         r.close()
     assert sink.frames > 0
+
+
+def test_a_sink_that_is_behind_gets_what_is_queued_without_waiting_for_the_interval() -> None:
+    sink = Ticking()
+    r = SinkRunner(sink, batch_max=10, flush_interval_s=60.0)
+    f = CheckedFrame.from_pb(Frame(site="s", device_id="d", seq=1, sensor="x"))
+    r.offer([(f, 1)] * 10)  # queued before the thread starts: a full batch, then 5 more
+    r.offer([(f, 1)] * 5)
+    r.start()
+    try:
+        # without the rule the 5 would wait the whole minute
+        wait_until(lambda: sink.frames == 15, timeout_s=10, what="the 5 after a full batch, at once")
+        r.offer([(f, 1)] * 3)  # not behind any more: these wait for the interval
+        time.sleep(0.2)
+        assert sink.frames == 15
+    finally:
+        r.close()
+    assert sink.frames == 18

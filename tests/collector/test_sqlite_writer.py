@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from sensorwire.collector.events import Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter, status
 
@@ -80,3 +81,68 @@ def test_last_seen_of_a_device_is_written_at_close_when_it_was_held_back(tmp_pat
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT last_seen_ns FROM devices").fetchone() == (T0 + 3,)
     conn.close()
+
+
+def test_batches_of_every_size_go_in_whole(tmp_path: Path) -> None:
+    """Statements of many rows: whole ones, then one of each smaller power of two."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    first = 1
+    for n in (1, 63, 64, 65, 200, 0, 7):
+        w.write([frame(f"pi-{n}", s) for s in range(first, first + n)])
+        first += n
+    w.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM frames").fetchone() == (first - 1, first - 1)
+    assert conn.execute("SELECT count(*) FROM samples").fetchone() == (2 * (first - 1),)
+    # every value went to its own frame and series
+    assert conn.execute("SELECT count(*) FROM readings WHERE (metric = 't' AND value != seq) "
+                        "OR (metric = 'h' AND value != seq + 0.5)").fetchone() == (0,)
+    conn.close()
+    assert (w.frames_stored, w.samples_stored, w.duplicates) == (first - 1, 2 * (first - 1), 0)
+
+
+def test_a_frame_with_more_samples_than_a_statement_takes_is_stored_row_by_row(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db, max_params=15)  # a frame of 8 samples needs 17
+    w.open()
+    wide = Layout([(f"m{i}", "") for i in range(8)])
+    batch = [(CheckedFrame("gh", "pi-1", 7, s, T0 + s, "wide", 0, wide, tuple(float(s * 10 + i) for i in range(8))),
+              T0 + s) for s in (1, 2, 3)]
+    w.write(batch + [frame("pi-1", 4)])
+    w.close()
+    conn = sqlite3.connect(db)
+    got = conn.execute("SELECT seq, metric, value FROM readings WHERE sensor = 'wide' "
+                       "ORDER BY seq, metric").fetchall()
+    conn.close()
+    assert got == [(s, f"m{i}", float(s * 10 + i)) for s in (1, 2, 3) for i in range(8)]
+    assert rows(db)[-2:] == expected("pi-1", range(4, 5))
+
+
+def test_events_are_written_with_the_next_batch_or_by_flush_or_close(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+
+    def presence() -> list[tuple[str, str]]:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT d.device, p.state FROM presence p JOIN devices d ON d.id = p.device_key "
+                                "ORDER BY p.rowid").fetchall()
+        finally:
+            conn.close()
+
+    w.event(Presence("gh", "pi-1", "online", None, T0, 0))
+    assert presence() == []  # kept for the next transaction
+    w.write([frame("pi-1", 1)])
+    assert presence() == [("pi-1", "online")]
+    w.event(Presence("gh", "pi-2", "online", None, T0, 0))
+    w.flush()
+    assert presence() == [("pi-1", "online"), ("pi-2", "online")]
+    w.event(Lost("gh", "pi-1", 7, 5, 9))  # seqs 5 to 9: 5 frames
+    w.event(Presence("gh", "pi-1", "offline", "online", T0 + 5, 0))
+    w.close()
+    assert presence()[-1] == ("pi-1", "offline")
+    [d1, d2] = status(sqlite3.connect(db))
+    assert (d1["device"], d1["lost"], d1["state"], d2["state"]) == ("pi-1", 5, "offline", "online")
