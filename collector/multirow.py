@@ -27,18 +27,17 @@ PORTABLE_PARAMS = 999
 
 def param_limit(conn: sqlite3.Connection) -> int:
     """The most parameters one statement of this connection may have."""
-    try:
-        return int(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-    except (AttributeError, sqlite3.Error):  # pragma: no cover - Python < 3.11 has no getlimit
-        return PORTABLE_PARAMS
+    return int(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
 
 
 class MultiRow:
-    """One INSERT of many rows per statement.
+    """A statement ``head + VALUES rows + tail`` run with many rows at a time: an INSERT,
+    or an ``UPDATE ... FROM (VALUES ...)``.
 
     ``values(j)`` gives the VALUES text of row ``j`` (0-based) in a statement:
-    ``"(?,?,?)"`` for plain rows, or several tuples with numbered parameters
-    when one row of parameters makes several table rows (see ``samples``).
+    ``"(?,?,?)"`` for plain rows (:func:`plain`), or several tuples with
+    numbered parameters when one row of parameters makes several table rows
+    (:func:`fan_out`).
     """
 
     def __init__(self, head: str, values: Callable[[int], str], width: int, tail: str = "",

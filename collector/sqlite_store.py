@@ -111,8 +111,8 @@ _UPDATE_LAST_SEEN = "UPDATE devices SET last_seen_ns=max(last_seen_ns, ?) WHERE 
 LAST_SEEN_EVERY_NS = 10 * 10**9  # devices.last_seen_ns is written this often per device at most
 _INSERT_FRAME = ("INSERT OR IGNORE INTO frames(device_key, boot_id, seq, sensor, time_ns, received_ns, "
                  "flags) VALUES (?,?,?,?,?,?,?)")
-_INSERT_FRAME_WITH_ID = ("INSERT OR IGNORE INTO frames(id, device_key, boot_id, seq, sensor, time_ns, "
-                         "received_ns, flags) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_FRAMES_WITH_IDS = ("INSERT OR IGNORE INTO frames(id, device_key, boot_id, seq, sensor, time_ns, "
+                           "received_ns, flags) VALUES ")
 _INSERT_SAMPLES = "INSERT OR IGNORE INTO samples(frame_id, series_id, value) VALUES "
 _INSERT_BOOTS = ("INSERT INTO boots(device_key, boot_id, max_seq, stored, announced_seq, first_seen_ns, "
                  "last_seen_ns) VALUES ")
@@ -146,7 +146,9 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     else:
         if p.parent and not p.parent.exists():
             raise StoreError(f"{p}: the folder {p.parent} does not exist")
-        conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None, check_same_thread=False)
+        # the writer's statements of many rows come in a few sizes per table and sample count
+        conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None, check_same_thread=False,
+                               cached_statements=512)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
@@ -193,8 +195,7 @@ class SqliteWriter:
         if self.max_params is not None:
             limit = min(limit, self.max_params)
         self._params = limit
-        self._frames = MultiRow(_INSERT_FRAME_WITH_ID.split(" VALUES ")[0] + " VALUES ", plain(8), 8,
-                                max_params=limit)
+        self._frames = MultiRow(_INSERT_FRAMES_WITH_IDS, plain(8), 8, max_params=limit)
         self._boots = MultiRow(_INSERT_BOOTS, plain(7), 7, _UPSERT_BOOTS, max_params=limit)
         self._seen = (MultiRow(_UPDATE_LAST_SEEN_FROM, plain(2), 2, _UPDATE_LAST_SEEN_WHERE, max_params=limit)
                       if sqlite3.sqlite_version_info >= (3, 33, 0) else None)
