@@ -12,7 +12,7 @@ agent does:
 3. as fast as the collector stores (1,000 devices, the generators unpaced,
    ``XPUB_NODROP``: they wait when the collector's queues are full).  The
    burst is stored in about two seconds, so this run is made
-   ``--unpaced-runs`` times (3) and the median is reported too.
+   ``--unpaced-runs`` times (5) and the median is reported too.
 
 Each run reports frames sent and stored (loss), samples/s stored and the
 collector's and the proxy's CPU as % of one core, measured from the first
@@ -160,6 +160,8 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
         storage: str = "") -> dict[str, float]:
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     db = tmp / f"{sc.key}.db"
+    for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        f.unlink(missing_ok=True)  # each run on a fresh file
     cfg = tmp / f"{sc.key}.toml"
     cfg.write_text(f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\n{storage}'
                    '[metrics]\nlisten = ""\n')
@@ -223,7 +225,7 @@ def main() -> None:
                     help="frames in the unpaced run (below the collector's queue_max: they wait in its queue)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--only", default="1k,10k,max", help="which runs: 1k, 10k, max")
-    ap.add_argument("--unpaced-runs", type=int, default=3,
+    ap.add_argument("--unpaced-runs", type=int, default=5,
                     help="times the unpaced run is made (each a short burst: the median is reported)")
     a = ap.parse_args()
     wanted = set(a.only.split(","))
