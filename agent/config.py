@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,16 +57,17 @@ class AgentFile(Config):
                        connects=bool(self.publish.connect))
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(msgspec.Struct, frozen=True):
+    """A validated agent.toml: the file's tables, with each sensor's kind and settings."""
+
     site: str
     device_id: str
     log_level: str
     publish: PublishConfig
     spool: SpoolConfig
     sensors: list[tuple[sensors.SensorKind, sensors.SensorConfig]]
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    security: AgentSecurity = field(default_factory=AgentSecurity)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    security: AgentSecurity = msgspec.field(default_factory=AgentSecurity)
 
     @property
     def spool_dir(self) -> Path:

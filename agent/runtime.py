@@ -19,14 +19,12 @@ its ``boot_id`` and its ``seq`` stay, so no stream has a gap.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import heapq
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import msgspec
 import zmq
@@ -46,8 +44,7 @@ BACKOFF_MAX_S = 30.0
 STREAM_QUEUE_MAX = 1000
 
 
-@dataclass
-class SensorState:
+class SensorState(msgspec.Struct):
     """What the host knows about one sensor: health and retry state."""
 
     kind: SensorKind
@@ -59,8 +56,8 @@ class SensorState:
     readings: int = 0
     backoff_s: float = BACKOFF_MIN_S
     last_error: str = ""
-    thread: threading.Thread | None = field(default=None, repr=False)
-    stop: threading.Event = field(default_factory=threading.Event, repr=False)  # stream thread
+    thread: threading.Thread | None = None
+    stop: threading.Event = msgspec.field(default_factory=threading.Event)  # stream thread
 
     @property
     def name(self) -> str:
@@ -344,8 +341,8 @@ class Agent:
                     continue
             _close_quietly(st)
         self.states = plan.states
-        self.config = dataclasses.replace(self.config, sensors=config.sensors, publish=publish,
-                                           log_level=config.log_level)
+        self.config = msgspec.structs.replace(self.config, sensors=config.sensors, publish=publish,
+                                             log_level=config.log_level)
         self._start_streams(plan.fresh)
         self._replan = {id(st) for st in plan.fresh}
         log.info("reload: %d sensors; added %s, changed %s, removed %s", len(plan.states),
@@ -422,7 +419,7 @@ class _Reloading:
 def _restart_only(old: AgentConfig, new: AgentConfig) -> list[str]:
     """Keys that changed but apply only at the next start."""
     out = []
-    for f in dataclasses.fields(old):
+    for f in msgspec.structs.fields(old):
         if f.name in ("sensors", "log_level", "publish"):
             continue
         if getattr(old, f.name) != getattr(new, f.name):

@@ -32,9 +32,10 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ class SpoolError(Exception):
     """The spool folder cannot be used; the message says why and what to do."""
 
 
-@dataclass
-class _Segment:
+class _Segment(msgspec.Struct):
     number: int
     path: Path
     size: int = 0          # bytes on disk (after the header)
@@ -60,8 +60,7 @@ class _Segment:
     consumed: int = 0      # records read by replay
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     boot_id: int
     seq: int
     message: bytes

@@ -20,9 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
-
 from sensorwire import names
+from sensorwire.msgspecload import msgspec
 
 T = TypeVar("T")
 

@@ -25,9 +25,9 @@ import logging
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
 import zmq
 
 from sensorwire.logs import RateLimited
@@ -54,14 +54,13 @@ _PROTOCOL: dict[int, str] = {
 }
 
 
-@dataclass
-class Watched:
+class Watched(msgspec.Struct):
     """One monitored socket; ``connected`` holds the endpoints it connects to (it is the
     client there) - on any other endpoint it is the server."""
 
     name: str        # e.g. "frontend", "subscribe"
     monitor: zmq.Socket[bytes]
-    connected: set[str] = field(default_factory=set)
+    connected: set[str] = msgspec.field(default_factory=set)
 
 
 class Guard:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -81,8 +80,7 @@ class CollectorMetricsConfig(MetricsConfig):
 Kind = Literal["counter", "gauge", "histogram"]
 
 
-@dataclass
-class Family:
+class Family(msgspec.Struct):
     """One metric family, described by a role at scrape time.
 
     ``name`` is the full Prometheus name (counters end in ``_total``); each
@@ -94,7 +92,7 @@ class Family:
     kind: Kind
     help: str
     labels: tuple[str, ...] = ()
-    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
+    samples: list[tuple[tuple[str, ...], Any]] = msgspec.field(default_factory=list)
 
     def add(self, value: Any, *label_values: str) -> Family:
         self.samples.append((tuple(label_values), value))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -72,8 +71,7 @@ class StreamSensor(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class SensorKind:
+class SensorKind(msgspec.Struct, frozen=True):
     name: str
     config: type[SensorConfig]
     factory: Callable[[Any], Sensor | StreamSensor]

@@ -33,7 +33,6 @@ import re
 import select
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -361,8 +360,7 @@ KIND = SensorKind("serial", SerialConfig, SerialSensor, streaming=True)
 
 
 # -- sensorwire serial list ----------------------------------------------------------
-@dataclass(frozen=True)
-class PortInfo:
+class PortInfo(msgspec.Struct, frozen=True):
     device: str
     by_id: str  # the stable /dev/serial/by-id/ link, "" when there is none
     description: str

@@ -1,10 +1,15 @@
-"""A running agent sends frames and heartbeats without loading protobuf.
+"""A running agent sends frames and heartbeats without loading what it does not need.
 
 protobuf (descriptor pool, message classes, text format) costs an agent about
 2.4 MiB of RSS, so the agent encodes by hand and imports protobuf only to
 parse a repair request.  A real ``sensorwire agent`` process is checked from
 outside: protobuf's C extension must not be in its memory map (Linux
 ``/proc/<pid>/maps``) until a repair request arrives, and must be there after.
+
+inspect (with ast and dis, about 1 MiB) comes with dataclasses and with
+typing_extensions, which msgspec imports when it is installed: a real agent
+with a sensor of every built-in kind is run with ``PYTHONPROFILEIMPORTTIME``,
+and the imports it logs are checked.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import zmq
 from support import Proc, tcp, wait_until, write
 
 from sensorwire.proto import wire
+from sensorwire.serialsim import Pty
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
@@ -95,3 +101,58 @@ metrics = [{{ name = "t", unit = "C", signal = "constant", value = 1.0 }}]
     assert [(r.boot_id, r.first, r.last) for r in hb.heartbeat.unavailable] == [(other_boot, 1, 3)]
     assert mapped(agent, protobuf_extension), "the repair request was parsed without protobuf?"
     assert agent.terminate() == 0
+
+
+def imported(log: str) -> set[str]:
+    """The modules a process imported, from its ``-X importtime`` lines on stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in log.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_a_running_agent_never_imports_inspect(
+        tmp_path: Path, procs: Callable[..., Proc], upstream: zmq.Socket[bytes]) -> None:
+    ep = tcp()
+    with Pty() as pty:
+        cfg = write(tmp_path / "agent.toml", f"""\
+site = "gh"
+device_id = "pi-1"
+[publish]
+bind = ["{ep}"]
+heartbeat_s = 0.2
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.1
+metrics = [{{ name = "t", unit = "C", signal = "sine", noise = 0.1 }}]
+[[sensors]]
+name = "health"
+kind = "system"
+interval_s = 0.1
+[[sensors]]
+name = "uart"
+kind = "serial"
+port = "{pty.path}"
+format = "csv"
+fields = ["a", "b"]
+""")
+        agent = procs("agent", "agent", "-c", str(cfg), env={"PYTHONPROFILEIMPORTTIME": "1"})
+        upstream.connect(ep)
+        upstream.send(b"\x01")  # subscribe to everything
+        decoder = wire.Decoder()
+        sensors: set[str] = set()
+
+        def every_sensor_published() -> bool:
+            pty.write(b"1.5,2.5\n")
+            while upstream.poll(100):
+                sensors.add(decoder.decode(upstream.recv()).sensor)
+            return {"env", "health", "uart"} <= sensors
+
+        wait_until(every_sensor_published, what="frames from every sensor")
+        modules = imported(agent.log())
+        assert agent.terminate() == 0
+    # the check sees the imports: msgspec at start, psutil and pyserial when their sensors open
+    assert {"msgspec", "psutil", "serial"} <= modules, sorted(modules)
+    assert "inspect" not in modules, (
+        "the agent imported inspect (about 1 MiB): through dataclasses, or typing_extensions "
+        "when msgspec was imported without sensorwire.msgspecload")
+    assert "dataclasses" not in modules
