@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import zmq
 
+from sensorwire import heaptrim
 from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STREAM_QUEUE_MAX = 1000
+TRIM_AFTER_S = 3.0  # after start and reloads: sensors are open and read, the heap is trimmed
 
 
 class SensorState(msgspec.Struct):
@@ -107,6 +109,7 @@ class Agent:
         self._waker = Waker()
         self._replan: set[int] | None = None  # after a reload: ids of the new states
         self._rate = Rate()
+        self._trim_at: float | None = None  # monotonic time of the next heap trim
 
     # -- the loop -------------------------------------------------------------
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
@@ -141,6 +144,7 @@ class Agent:
     def _loop(self, stop: StopSignal, poller: zmq.Poller, svc: Service = NO_SERVICE) -> None:
         start = time.monotonic()
         due, periods, nth = self._plan(start, start, None)
+        self._trim_at = start + TRIM_AFTER_S
         sock = self.publisher.sock
         publisher = self.publisher
         replay_in: float | None = None
@@ -182,6 +186,9 @@ class Agent:
                 heapq.heappush(due, (nxt, order, idx))
             replay_in = publisher.replay()
             publisher.flush()
+            if self._trim_at is not None and now >= self._trim_at:
+                self._trim_at = None
+                heaptrim.trim()  # what start-up (or the reload) freed goes back to the system
 
     def _plan(self, start: float, now: float, fresh: set[int] | None
               ) -> tuple[list[tuple[float, int, int]], dict[int, float], dict[int, int]]:
@@ -345,6 +352,7 @@ class Agent:
                                              log_level=config.log_level)
         self._start_streams(plan.fresh)
         self._replan = {id(st) for st in plan.fresh}
+        self._trim_at = time.monotonic() + TRIM_AFTER_S
         log.info("reload: %d sensors; added %s, changed %s, removed %s", len(plan.states),
                  plan.added or "none", plan.changed or "none", plan.removed or "none")
 
