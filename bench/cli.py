@@ -103,13 +103,16 @@ def _run(chosen: list[Transport], settings: Settings, json_path: Path | None,
         log.error("ceilings: %s", exc)
         return 1
     log.info("%s", report.ceilings_line(ceil))
-    results: list[TransportResult] = []
-    for t in chosen:
-        log.info("%s ...", t.name)
-        r = harness.measure(t, settings, progress=log.info)
+    # round by round: a noisy minute of the shared machine falls on one run of every
+    # transport, not on all the runs of one
+    results: list[TransportResult] = [harness.prepare(t) for t in chosen]
+    for i in range(settings.runs):
+        log.info("round %d of %d ...", i + 1, settings.runs)
+        for r in results:
+            harness.add_run(r, settings, i, progress=log.info)
+    for r in results:
         if r.status != "ok":
-            log.warning("  %s: %s", r.status, report.summary(r.reason))
-        results.append(r)
+            log.warning("%s %s: %s", r.transport.name, r.status, report.summary(r.reason))
     elapsed = time.monotonic() - started
     out = [
         f"Measured {head} · {elapsed:.0f} s · `{command}` · "

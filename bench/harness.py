@@ -54,7 +54,7 @@ class Settings:
     lossless_s: float = 1.5
     lossless_trials: int = 5
     latency_rate: float = 5000.0
-    latency_s: float = 2.0
+    latency_s: float = 4.0  # 20,000 frames: a p99 that one scheduling hiccup moves less
     warmup_limit_s: float = 15.0
     ceiling_s: float = 1.0  # per ceiling
 
@@ -172,9 +172,8 @@ class TransportResult:
         return self.median(lambda r: r.latency.proxy_cpu_us)
 
 
-def measure(transport: Transport, settings: Settings,
-            progress: Callable[[str], None] = print) -> TransportResult:
-    """All runs of one transport; a missing server or library gives a skipped result."""
+def prepare(transport: Transport) -> TransportResult:
+    """A result to add runs to; skipped (with the reason) when its server or library is missing."""
     result = TransportResult(transport)
     reason = transport.unavailable()
     if reason is not None:
@@ -182,17 +181,27 @@ def measure(transport: Transport, settings: Settings,
         return result
     try:
         result.versions = transport.versions()
-        for i in range(settings.runs):
-            run = run_once(transport, settings)
-            result.runs.append(run)
-            lossless = f"{run.lossless_rate:,.0f}/s" if run.lossless_rate else "none passed"
-            progress(f"  run {i + 1}/{settings.runs}: max {run.max_rate:,.0f}/s, "
-                     f"lossless {lossless}, "
-                     f"p50/p99 {run.latency.p50_us:,.0f}/{run.latency.p99_us:,.0f} µs"
-                     + (f" (lost {run.latency.lost:,})" if run.latency.lost else ""))
     except BenchError as exc:
         result.status, result.reason = "failed", str(exc)
     return result
+
+
+def add_run(result: TransportResult, settings: Settings, i: int,
+            progress: Callable[[str], None] = print) -> None:
+    """Run ``result``'s transport once more (run ``i``, from 0); a failure marks the result."""
+    if result.status != "ok":
+        return
+    try:
+        run = run_once(result.transport, settings)
+    except BenchError as exc:
+        result.status, result.reason = "failed", str(exc)
+        return
+    result.runs.append(run)
+    lossless = f"{run.lossless_rate:,.0f}/s" if run.lossless_rate else "none passed"
+    progress(f"  {result.transport.name} run {i + 1}/{settings.runs}: max {run.max_rate:,.0f}/s, "
+             f"lossless {lossless}, "
+             f"p50/p99 {run.latency.p50_us:,.0f}/{run.latency.p99_us:,.0f} µs"
+             + (f" (lost {run.latency.lost:,})" if run.latency.lost else ""))
 
 
 def run_once(transport: Transport, settings: Settings) -> RunResult:

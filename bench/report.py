@@ -72,7 +72,8 @@ def ceilings_line(c: Ceilings) -> str:
 
 def method(settings: Settings) -> str:
     return (f"Publisher and subscriber are separate processes; medians of {settings.runs} "
-            f"run(s), each with fresh processes. max: unpaced for {settings.max_s:g} s (the "
+            f"run(s), each with fresh processes, made round by round (run 1 of every transport, "
+            f"then run 2, ...). max: unpaced for {settings.max_s:g} s (the "
             f"highest receive rate of any trial); lossless: up to {settings.lossless_trials} "
             f"paced trials of {settings.lossless_s:g} s, every frame received and the subscriber "
             f"done within 0.1 s + 5 % of the trial after the last send; latency and CPU: paced "
