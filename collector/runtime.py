@@ -53,11 +53,7 @@ from sensorwire.security import AGENTS, Identity, Refused, Security
 log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)
 
-DRAIN_MAX = 5000  # messages taken per wake-up
-# Frames are handed to the sinks in batches that double in size during a wake-up, from 1 up
-# to this: the first frame of a burst does not wait for those that arrive after it, and a
-# wake-up that finds thousands waiting still makes only a few hand-overs.
-HAND_ON_MAX = 1024
+DRAIN_MAX = 5000  # messages taken per wake-up before handing a batch on
 TICK_S = 0.5      # presence, repair requests and counters are looked at this often
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
@@ -243,7 +239,6 @@ class Collector:
             rate_limit.roll(mono)
         n = 0
         nbytes = acks = 0
-        hand_on_at = 1
         for n in range(1, DRAIN_MAX + 1):  # noqa: B007
             try:
                 msg = recv(zmq.NOBLOCK)
@@ -277,21 +272,14 @@ class Collector:
                 continue
             if on_frame(frame, mono, now):
                 batch.append((frame, now))
-                if len(batch) >= hand_on_at:
-                    self._hand_on(batch, mono)
-                    batch = []
-                    hand_on_at = min(2 * hand_on_at, HAND_ON_MAX)
         self.received += n - acks
         self.bytes_received += nbytes
         if batch:
-            self._hand_on(batch, mono)
+            self.accepted += len(batch)
+            for r in self.runners:
+                for frame, _ in r.offer(batch):
+                    self.tracker.forget(frame, mono)
         return n
-
-    def _hand_on(self, batch: list[Item], mono: float) -> None:
-        self.accepted += len(batch)
-        for r in self.runners:
-            for frame, _ in r.offer(batch):
-                self.tracker.forget(frame, mono)
 
     def _reject_parts(self, sub: zmq.Socket[bytes]) -> None:
         """The rest of a multipart message whose first part was not a frame: one rejection."""

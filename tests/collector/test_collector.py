@@ -181,39 +181,3 @@ def test_stop_flushes_everything_received(tmp_path: Path) -> None:
                      "WHERE d.device='pi-1'").fetchone()[0]
     conn.close()
     assert n == 2000
-
-
-def test_a_wake_up_hands_frames_on_in_batches_that_double_the_first_alone() -> None:
-    """The first frame of a burst does not wait for those after it; a big one is still
-    handed on in a few batches."""
-    from sensorwire.collector.sinks import Item, SinkRunner
-
-    handed: list[list[int]] = []
-
-    class Recording(SinkRunner):
-        def offer(self, batch: list[Item]) -> list[Item]:
-            handed.append([f.seq for f, _ in batch])
-            return []
-
-    cfg = CollectorConfig(subscribe=SubscribeConfig(connect=["tcp://127.0.0.1:1"]),
-                          storage=StorageConfig(kind="none"),
-                          limits=LimitsConfig(max_frames_per_s_per_device=0))
-    c = Collector(cfg, sinks=[])
-    c.runners = [Recording(type("Null", (), {"name": "null"})())]
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    tx, rx = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    try:
-        rx.bind("inproc://drain")
-        tx.connect("inproc://drain")
-        for seq in range(1, 11):
-            tx.send(encode(frame("pi-1", seq)))
-        n = 0
-        while n < 10 and rx.poll(5000):
-            n += c.drain(rx)
-    finally:
-        tx.close(0)
-        rx.close(0)
-        ctx.term()
-    assert n == 10 and c.accepted == 10
-    # inproc: all ten were waiting when the one drain began
-    assert handed == [[1], [2, 3], [4, 5, 6, 7], [8, 9, 10]]
