@@ -102,6 +102,7 @@ class SinkRunner:
         self._cond = threading.Condition()
         self._closing = False
         self._behind = False  # the last batch taken was a full one: more is waiting
+        self._marks = 0  # events and reloads in the queue
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
@@ -151,6 +152,7 @@ class SinkRunner:
             return
         with self._cond:
             self._q.append(ev)
+            self._marks += 1
             self._cond.notify()
 
     def offer_reload(self, config: object) -> None:
@@ -159,6 +161,7 @@ class SinkRunner:
             return
         with self._cond:
             self._q.append(_Reload(config))
+            self._marks += 1
             self._cond.notify()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -175,10 +178,10 @@ class SinkRunner:
 
     def _take(self) -> list[Item] | Event | _Reload | None:
         with self._cond:
-            # behind, take what is there now; else wait for a batch to fill, or the interval
+            # behind, take what is there now; else wait for a batch to fill, or the interval,
+            # but not while an event waits (behind frames or not): it is due in order, now
             deadline = time.monotonic() + (0.0 if self._behind else self.flush_interval_s)
-            while (self._depth < self.batch_max and not self._closing
-                   and not (self._q and not isinstance(self._q[0], list))):
+            while self._depth < self.batch_max and not self._closing and not self._marks:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -187,6 +190,7 @@ class SinkRunner:
                 self._behind = False
                 return None if self._closing else []
             if not isinstance(self._q[0], list):
+                self._marks -= 1
                 return self._q.popleft()
             out: list[Item] = []
             while self._q and isinstance(self._q[0], list) and len(out) < self.batch_max:

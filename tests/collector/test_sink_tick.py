@@ -77,3 +77,31 @@ def test_a_sink_that_is_behind_gets_what_is_queued_without_waiting_for_the_inter
     finally:
         r.close()
     assert sink.frames == 18
+
+
+def test_frames_queued_between_events_do_not_wait_for_the_interval() -> None:
+    """New devices at a low rate queue event, frame, event, frame...: each frame is written
+    before the event after it, without waiting for a batch to fill."""
+    seen: list[object] = []
+
+    class Recording(Ticking):
+        def write(self, batch: Sequence[Item]) -> None:
+            seen.extend(f.seq for f, _ in batch)
+
+        def event(self, ev: object) -> None:
+            seen.append(ev)
+
+    r = SinkRunner(Recording(), batch_max=1000, flush_interval_s=60.0)
+    frames = [CheckedFrame.from_pb(Frame(site="s", device_id=f"d{i}", seq=1 + i, sensor="x"))
+              for i in range(5)]
+    for i, f in enumerate(frames):
+        r.offer_event(f"online {i}")  # type: ignore[arg-type]
+        r.offer([(f, 1)])
+    r.start()
+    try:
+        # all but the last frame, which has no event after it: that one waits for a batch
+        wait_until(lambda: len(seen) == 9, timeout_s=10, what="every frame before an event")
+        assert len(seen) == 9
+    finally:
+        r.close()
+    assert seen == [x for i in range(5) for x in (f"online {i}", 1 + i)]
