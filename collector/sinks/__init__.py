@@ -2,7 +2,11 @@
 
 A sink is told these things, in one thread of its own: ``open()``,
 ``write(batch)`` and, if it has the method, ``event(ev)`` any number of times,
-in arrival order, then ``close()``.  ``close`` is called only after the last
+in arrival order, then ``close()``.  A sink that sets
+``events_with_batches = True`` gets its events with the next batch instead,
+just before its ``write``, maybe ahead of frames that were queued before
+them: for a store that writes events in the batch's transaction, where their
+order among the batch's frames makes no difference (SQLite).  ``close`` is called only after the last
 ``write`` has returned, so a sink needs no locks.  A sink that has the method
 ``tick(now_ns)`` is also called at least every ``flush_interval_s`` (when
 frames flow and when none arrive at all), with the wall clock in Unix ns: for
@@ -103,6 +107,9 @@ class SinkRunner:
         self._closing = False
         self._behind = False  # the last batch taken was a full one: more is waiting
         self._marks = 0  # events and reloads in the queue
+        # a sink that writes events in its next batch's transaction takes them with the batch
+        self._ride = bool(getattr(sink, "events_with_batches", False))
+        self._riders: list[Event] = []
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
@@ -151,6 +158,9 @@ class SinkRunner:
         if not hasattr(self.sink, "event"):
             return
         with self._cond:
+            if self._ride:
+                self._riders.append(ev)  # handed over with the next batch
+                return
             self._q.append(ev)
             self._marks += 1
             self._cond.notify()
@@ -176,7 +186,7 @@ class SinkRunner:
                           self.sink.name, timeout_s, self._depth)
             self._thread = None
 
-    def _take(self) -> list[Item] | Event | _Reload | None:
+    def _take(self) -> tuple[list[Item], list[Event]] | Event | _Reload | None:
         with self._cond:
             # behind, take what is there now; else wait for a batch to fill, or the interval,
             # but not while an event waits (behind frames or not): it is due in order, now
@@ -186,10 +196,12 @@ class SinkRunner:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            riders, self._riders = self._riders, []
             if not self._q:
                 self._behind = False
-                return None if self._closing else []
+                return None if self._closing and not riders else ([], riders)
             if not isinstance(self._q[0], list):
+                self._riders = riders + self._riders
                 self._marks -= 1
                 return self._q.popleft()
             out: list[Item] = []
@@ -197,7 +209,7 @@ class SinkRunner:
                 out.extend(self._q.popleft())  # type: ignore[arg-type]
             self._depth -= len(out)
             self._behind = len(out) >= self.batch_max
-            return out
+            return out, riders
 
     def _run(self) -> None:
         try:
@@ -214,9 +226,12 @@ class SinkRunner:
                 work = self._take()
                 if work is None:
                     break
-                if isinstance(work, list):
-                    if work:
-                        self._write(work)
+                if isinstance(work, tuple):
+                    frames, riders = work
+                    for ev in riders:
+                        self._event(ev)
+                    if frames:
+                        self._write(frames)
                 else:
                     self._event(work)
                 if tick is not None and time.monotonic() >= next_tick:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 class SqliteSink:
     name = "sqlite"
+    events_with_batches = True  # the writer keeps events for the next batch's transaction
 
     def __init__(self, path: str) -> None:
         self.writer = SqliteWriter(path)

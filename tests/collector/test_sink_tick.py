@@ -105,3 +105,24 @@ def test_frames_queued_between_events_do_not_wait_for_the_interval() -> None:
     finally:
         r.close()
     assert seen == [x for i in range(5) for x in (f"online {i}", 1 + i)]
+
+
+def test_a_sink_that_takes_events_with_batches_gets_one_batch_and_every_event_before_it() -> None:
+    log: list[object] = []
+
+    class Store(Ticking):
+        events_with_batches = True  # as the SQLite sink: events go into the batch's transaction
+
+        def write(self, batch: Sequence[Item]) -> None:
+            log.append([f.seq for f, _ in batch])
+
+        def event(self, ev: object) -> None:
+            log.append(ev)
+
+    r = SinkRunner(Store(), batch_max=1000, flush_interval_s=60.0)
+    for i in range(5):
+        r.offer_event(f"online {i}")  # type: ignore[arg-type]
+        r.offer([(CheckedFrame.from_pb(Frame(site="s", device_id=f"d{i}", seq=1 + i, sensor="x")), 1)])
+    r.start()
+    r.close()
+    assert log == [f"online {i}" for i in range(5)] + [[1, 2, 3, 4, 5]]
