@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import machine
 from bench.pacing import Pace
 from bench.procs import BenchError, other_cpu_seconds
 from bench.transports.base import Transport
@@ -191,6 +192,9 @@ def add_run(result: TransportResult, settings: Settings, i: int,
     """Run ``result``'s transport once more (run ``i``, from 0); a failure marks the result."""
     if result.status != "ok":
         return
+    waited = machine.wait_quiet()
+    if waited > 5:
+        progress(f"  (waited {waited:.0f} s for the machine to go quiet)")
     try:
         run = run_once(result.transport, settings)
     except BenchError as exc:

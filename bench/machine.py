@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 
 import zmq
 from google.protobuf import __version__ as protobuf_version
@@ -37,6 +38,33 @@ def busy() -> bool:
         return os.getloadavg()[0] > (os.cpu_count() or 1) / 2
     except OSError:
         return False
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine so far (Linux), else None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def wait_quiet(cores: float = 0.3, limit_s: float = 20.0, window_s: float = 0.5) -> float:
+    """Wait until the machine uses less than ``cores`` cores over ``window_s`` (the brokers
+    have worked off what an earlier row left them), at most ``limit_s``; the seconds waited."""
+    start = time.monotonic()
+    n = os.cpu_count() or 1
+    while time.monotonic() - start < limit_s:
+        a = _cpu_jiffies()
+        time.sleep(window_s)
+        b = _cpu_jiffies()
+        if a is None or b is None or b[1] == a[1]:
+            break
+        if (b[0] - a[0]) / (b[1] - a[1]) * n < cores:
+            break
+    return time.monotonic() - start
 
 
 def header() -> str:
