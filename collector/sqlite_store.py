@@ -19,6 +19,7 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -206,9 +207,17 @@ class SqliteWriter:
         if conn is None or not self._events:
             return
         cur = conn.cursor()
+        with self._transaction(conn, cur):
+            pass  # the transaction writes the events kept
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection, cur: sqlite3.Cursor) -> Iterator[None]:
+        """One transaction that writes the events kept so far first; after a rollback the
+        events stay kept, and what this process cached is forgotten."""
         cur.execute("BEGIN")
         try:
             self._write_events(cur)
+            yield
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -320,9 +329,7 @@ class SqliteWriter:
         samples: list[tuple[Any, ...]] = []  # per frame: (frame id, series ids..., values...)
         n_samples = 0
         fid = self._next_id
-        cur.execute("BEGIN")
-        try:
-            self._write_events(cur)
+        with self._transaction(conn, cur):
             for frame, received in batch:
                 dev = devices.get(frame.device_id)
                 if dev is None:
@@ -369,13 +376,6 @@ class SqliteWriter:
             if heartbeats:
                 cur.executemany("UPDATE devices SET heartbeat_s=coalesce(?, heartbeat_s), clock_offset_s=?, "
                                 "clock_synced=? WHERE id=?", [(*h, d) for d, h in heartbeats.items()])
-            cur.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                cur.execute("ROLLBACK")
-            self._forget()
-            raise
-        self._events.clear()
         self.frames_stored += len(data) - duplicates
         self.samples_stored += n_samples
         self.duplicates += duplicates
