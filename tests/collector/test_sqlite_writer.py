@@ -1,6 +1,6 @@
 """The SQLite writer on real files: frames numbered by the writer, and what happens when that fails.
 
-A batch's frames go in with one ``executemany`` and ids the writer numbers;
+A batch's frames go in as statements of many rows, with ids the writer numbers;
 a frame stored before, or an id another writer took, makes the batch go in
 frame by frame instead.  Either way every new frame is stored once with all
 its samples, and every repeat is counted as a duplicate.
