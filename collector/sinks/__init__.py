@@ -6,8 +6,8 @@ in arrival order, then ``close()``.  A sink that sets
 ``events_with_batches = True`` gets its events with the next batch instead,
 just before its ``write``, maybe ahead of frames that were queued before
 them: for a store that writes events in the batch's transaction, where their
-order among the batch's frames makes no difference (SQLite).  ``close`` is called only after the last
-``write`` has returned, so a sink needs no locks.  A sink that has the method
+order among the batch's frames makes no difference (SQLite).  ``close`` is
+called only after the last ``write`` has returned, so a sink needs no locks.  A sink that has the method
 ``tick(now_ns)`` is also called at least every ``flush_interval_s`` (when
 frames flow and when none arrive at all), with the wall clock in Unix ns: for
 sinks that act on time passing, such as alerting on stale data, or a
@@ -201,7 +201,8 @@ class SinkRunner:
                 self._behind = False
                 return None if self._closing and not riders else ([], riders)
             if not isinstance(self._q[0], list):
-                self._riders = riders + self._riders
+                if riders:  # events that came before a reload go first
+                    return [], riders
                 self._marks -= 1
                 return self._q.popleft()
             out: list[Item] = []
