@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sensorwire.collector.events import Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
@@ -24,13 +25,17 @@ def frame(device: str, seq: int) -> tuple[CheckedFrame, int]:
                         (float(seq), seq + 0.5, -1.0)), T0 + seq + 1
 
 
-def rows(db: Path) -> list[tuple[str, int, str, float]]:
+def fetch(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one query, on a connection of its own."""
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT device, seq, metric, value FROM readings "
-                            "ORDER BY device, seq, metric").fetchall()
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def rows(db: Path) -> list[tuple[str, int, str, float]]:
+    return fetch(db, "SELECT device, seq, metric, value FROM readings ORDER BY device, seq, metric")
 
 
 def expected(device: str, seqs: range) -> list[tuple[str, int, str, float]]:
@@ -93,13 +98,11 @@ def test_batches_of_every_size_go_in_whole(tmp_path: Path) -> None:
         w.write([frame(f"pi-{n}", s) for s in range(first, first + n)])
         first += n
     w.close()
-    conn = sqlite3.connect(db)
-    assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM frames").fetchone() == (first - 1, first - 1)
-    assert conn.execute("SELECT count(*) FROM samples").fetchone() == (2 * (first - 1),)
+    assert fetch(db, "SELECT count(*), count(DISTINCT seq) FROM frames") == [(first - 1, first - 1)]
+    assert fetch(db, "SELECT count(*) FROM samples") == [(2 * (first - 1),)]
     # every value went to its own frame and series
-    assert conn.execute("SELECT count(*) FROM readings WHERE (metric = 't' AND value != seq) "
-                        "OR (metric = 'h' AND value != seq + 0.5)").fetchone() == (0,)
-    conn.close()
+    assert fetch(db, "SELECT count(*) FROM readings WHERE (metric = 't' AND value != seq) "
+                     "OR (metric = 'h' AND value != seq + 0.5)") == [(0,)]
     assert (w.frames_stored, w.samples_stored, w.duplicates) == (first - 1, 2 * (first - 1), 0)
 
 
@@ -112,10 +115,7 @@ def test_a_frame_with_more_samples_than_a_statement_takes_is_stored_row_by_row(t
               T0 + s) for s in (1, 2, 3)]
     w.write(batch + [frame("pi-1", 4)])
     w.close()
-    conn = sqlite3.connect(db)
-    got = conn.execute("SELECT seq, metric, value FROM readings WHERE sensor = 'wide' "
-                       "ORDER BY seq, metric").fetchall()
-    conn.close()
+    got = fetch(db, "SELECT seq, metric, value FROM readings WHERE sensor = 'wide' ORDER BY seq, metric")
     assert got == [(s, f"m{i}", float(s * 10 + i)) for s in (1, 2, 3) for i in range(8)]
     assert rows(db)[-2:] == expected("pi-1", range(4, 5))
 
@@ -125,13 +125,9 @@ def test_events_are_written_with_the_next_batch_or_by_flush_or_close(tmp_path: P
     w = SqliteWriter(db)
     w.open()
 
-    def presence() -> list[tuple[str, str]]:
-        conn = sqlite3.connect(db)
-        try:
-            return conn.execute("SELECT d.device, p.state FROM presence p JOIN devices d ON d.id = p.device_key "
-                                "ORDER BY p.rowid").fetchall()
-        finally:
-            conn.close()
+    def presence() -> list[tuple[Any, ...]]:
+        return fetch(db, "SELECT d.device, p.state FROM presence p JOIN devices d ON d.id = p.device_key "
+                         "ORDER BY p.rowid")
 
     w.event(Presence("gh", "pi-1", "online", None, T0, 0))
     assert presence() == []  # kept for the next transaction
