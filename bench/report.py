@@ -53,6 +53,45 @@ def table(results: list[TransportResult], ceilings: Ceilings, settings: Settings
     return "\n".join(lines)
 
 
+def targets(results: list[TransportResult], settings: Settings) -> str:
+    """Issue 10's two targets for the data path, read off this run's rows.
+
+    Throughput: sensorwire's lossless rate at least NATS core's (aim 1.5x).
+    Latency: sensorwire's p99 below every other row's.  Both compare
+    medians; each row's p99 of every run is listed too, because on a shared
+    machine one run's p99 can move by a factor of two.
+    """
+    by_name = {r.transport.name: r for r in results if r.status == "ok" and r.runs}
+    sw = by_name.get("sensorwire")
+    if sw is None:
+        return "Targets: not judged (the sensorwire row did not run)."
+    lines = ["Targets, from this run (medians of the rows above):", ""]
+    nats = by_name.get("nats")
+    if nats is None or not nats.lossless_rate > 0:
+        lines.append("- **Throughput**: not judged (no NATS core row with a lossless rate).")
+    else:
+        x = sw.lossless_rate / nats.lossless_rate
+        verdict = ("met, and the 1.5x aim" if x >= 1.5 else "met; the 1.5x aim not"
+                   if x >= 1.0 else "**not met**")
+        lines.append(f"- **Throughput**: sensorwire's lossless rate is {x:.2f}x NATS core's "
+                     f"({_rate(sw.lossless_rate)} against {_rate(nats.lossless_rate)} frames/s; "
+                     f"target at least 1x, aim 1.5x): {verdict}.")
+    rate = f"{settings.latency_rate / 1000:g}k/s"
+    peers = [r for r in by_name.values() if r is not sw and not math.isnan(r.p99_us)]
+    if math.isnan(sw.p99_us) or not peers:
+        lines.append(f"- **p99 latency at {rate}**: not judged (no peer row with a latency).")
+    else:
+        above = [r for r in peers if r.p99_us <= sw.p99_us]
+        names = ", ".join(f"{r.transport.label} ({r.p99_us:,.0f} µs)" for r in above)
+        verdict = ("met: below every other row" if not above
+                   else f"**not met**: at or above {names}")
+        lines.append(f"- **p99 latency at {rate}**: sensorwire {sw.p99_us:,.0f} µs; {verdict}.")
+        lines.append("- p99 of each run, µs: " + "; ".join(
+            f"{r.transport.name} " + " / ".join(f"{run.latency.p99_us:,.0f}" for run in r.runs)
+            for r in [sw, *peers]) + ".")
+    return "\n".join(lines)
+
+
 def summary(reason: str) -> str:
     """One line for a multi-line reason: its first line and, for a traceback, its last."""
     lines = [x.strip() for x in reason.strip().splitlines() if x.strip()]

@@ -77,3 +77,40 @@ def test_the_storage_ceiling_and_the_writer_alone_store_every_frame(tmp_path: Pa
             frames, frames // 10)
         assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] == frames * 8
         conn.close()
+
+
+def _row(name: str, lossless: float, p99s: list[float]) -> TransportResult:
+    from bench.harness import RunResult, TrialResult
+
+    def trial(p99: float) -> TrialResult:
+        return TrialResult(target=5000.0, attempted=10, accepted=10, received=10, dups=0,
+                           send_rate=5000.0, recv_rate=5000.0, behind_s=0.0, pub_cpu_s=0.0,
+                           sub_cpu_s=0.0, p50_us=p99 / 2, p99_us=p99, details={})
+
+    runs = [RunResult(max=trial(p), lossless_rate=lossless, lossless_trials=[], latency=trial(p))
+            for p in p99s]
+    return TransportResult(transports.get(name), runs=runs)
+
+
+def test_the_targets_are_judged_from_the_medians_and_every_run_is_listed() -> None:
+    rows = [_row("sensorwire", 150_000, [400, 900, 500]), _row("nats", 100_000, [450, 520, 480]),
+            _row("redis", 70_000, [600, 700, 650])]
+    text = report.targets(rows, QUICK)
+    assert "1.50x NATS core's" in text and "met, and the 1.5x aim" in text
+    # sensorwire's median p99 is 500 µs: above NATS's 480, below Redis's 650
+    assert "sensorwire 500 µs; **not met**: at or above NATS core (480 µs)" in text
+    assert "Redis" not in text.split("not met")[1].split(".")[0]
+    assert "sensorwire 400 / 900 / 500; nats 450 / 520 / 480; redis 600 / 700 / 650" in text
+
+    rows[0] = _row("sensorwire", 90_000, [300, 310, 320])
+    text = report.targets(rows, QUICK)
+    assert "0.90x NATS core's" in text and "**not met**." in text
+    assert "310 µs; met: below every other row" in text
+
+
+def test_the_targets_say_when_they_cannot_be_judged() -> None:
+    assert "not judged" in report.targets([_row("nats", 1.0, [1.0])], QUICK)
+    skipped = TransportResult(transports.get("nats"), status="skipped", reason="no server")
+    text = report.targets([_row("sensorwire", 1.0, [1.0]), skipped], QUICK)
+    assert "Throughput**: not judged" in text
+    assert "p99 latency at 5k/s**: not judged (no peer row with a latency)" in text
