@@ -14,12 +14,11 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from sensorwire import render
 from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.sensors import Reading, SensorConfig, SensorKind
 from sensorwire.proto import wire
-
-from sensorwire import render
 
 STREAM_WAIT_S = 10.0
 

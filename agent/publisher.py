@@ -35,12 +35,12 @@ import zmq
 from sensorwire import __version__, zmqutil
 from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import PublishConfig, SpoolConfig
-from sensorwire.configload import ConfigError
-from sensorwire.security import COLLECTORS, AgentSecurity, Security
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
+from sensorwire.configload import ConfigError
 from sensorwire.proto import wire
 from sensorwire.proto.encoder import DataEncoder, HeartbeatEncoder, SeqSpan
+from sensorwire.security import COLLECTORS, AgentSecurity, Security
 
 log = logging.getLogger(__name__)
 

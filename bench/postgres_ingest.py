@@ -33,12 +33,11 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from bench.loadgen import wait_stored
+from bench.procs import free_port
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
-
-from bench.loadgen import wait_stored
-from bench.procs import free_port
 
 METRICS = ("temperature", "humidity", "pressure", "co2", "pm25", "voc", "light", "noise")
 

@@ -28,7 +28,6 @@ from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 
-
 def fill(folder: Path, frames: int) -> float:
     f = Frame(site="bench", device_id="pi-bench", boot_id=99, sensor="env", time_unix_nano=1)
     f.samples.add(metric="temperature", value=21.5, unit="C")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from sensorwire.agent.spool import Spool, SpoolError
 from sensorwire.collector.events import Counts, Event, Lost, Presence
-from sensorwire.logs import RateLimited
 from sensorwire.collector.frames import CheckedFrame
+from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 log = logging.getLogger(__name__)

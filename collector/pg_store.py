@@ -35,11 +35,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from sensorwire.collector.events import Event, Lost, Presence
+from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.frames import Layout as SampleLayout
 from sensorwire.collector.pg_schema import Layout, Policy, migrate
 from sensorwire.collector.sqlite_store import QueryFilter, StoreError, to_i64, to_u64
 from sensorwire.collector.tracking import ResumeBoot
-from sensorwire.collector.frames import CheckedFrame
-from sensorwire.collector.frames import Layout as SampleLayout
 
 log = logging.getLogger(__name__)
 

@@ -31,24 +31,24 @@ import collections
 import functools
 import logging
 import os
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 
 import msgspec
 import zmq
 
+from sensorwire import gcpolicy, zmqutil
 from sensorwire.collector.config import CollectorConfig
 from sensorwire.collector.events import Counts, Event
 from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import Tracker
-from sensorwire import gcpolicy, zmqutil
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
-from sensorwire.service import NO_SERVICE, Rate, Service
 from sensorwire.security import AGENTS, Identity, Refused, Security
+from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sensorwire.collector.events import Event, Lost, Presence
-from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.multirow import MultiRow, fan_out, param_limit, plain
+from sensorwire.collector.tracking import ResumeBoot
 
 SCHEMA_VERSION = 1
 _U64 = 1 << 64

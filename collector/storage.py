@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.sqlite_store import QueryFilter
 
+
 class Reader(Protocol):
     def status(self) -> list[dict[str, Any]]: ...
 

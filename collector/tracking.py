@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sensorwire.collector.events import Event, Lost, Presence, State
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.ranges import RangeSet
 from sensorwire.proto import wire
-from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
-from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import RepairRequest, SeqRange
+from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
 
 log = logging.getLogger(__name__)
 

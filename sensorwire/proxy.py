@@ -56,13 +56,13 @@ import zmq
 
 from sensorwire import configload, libzmqproxy, security
 from sensorwire.configload import Config
+from sensorwire.lastvalue import LastValueCache
 from sensorwire.lifecycle import StopSignal
-from sensorwire.proto import wire
 from sensorwire.metrics import MetricsConfig
-from sensorwire.service import NO_SERVICE, Rate, Service
+from sensorwire.proto import wire
 from sensorwire.proxyfilter import FrontendFilter
 from sensorwire.security import AGENTS, COLLECTORS, ProxySecurity, Security
-from sensorwire.lastvalue import LastValueCache
+from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
 

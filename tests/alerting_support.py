@@ -3,9 +3,8 @@ receiver on loopback, an in-process collector with rules."""
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -22,10 +21,10 @@ from sensorwire.collector.alerting.engine import Engine
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.rules import AlertRule
 from sensorwire.collector.alerting.sink import AlertSink
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.runtime import Collector
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
-from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 NS = 1_000_000_000

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sensorwire.collector.sinks.metrics import MetricsSink
-from sensorwire.collector.frames import CheckedFrame
-from sensorwire.proto.v1.telemetry_pb2 import Frame
 from support import free_port, run_cli, tcp, wait_until, write
 
+from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.sinks.metrics import MetricsSink
 from sensorwire.metrics import Histogram, MetricsConfig
+from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import zmq
+from support import Proc, free_port, tcp, wait_until, write
+
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
-from support import Proc, free_port, tcp, wait_until, write
 
 
 def sensor(name: str, interval_s: float = 0.05, value: float = 1.0) -> str:

@@ -33,10 +33,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from sensorwire.proto.v1.telemetry_pb2 import Frame
-
 from bench.pacing import Pace, SendStats, drive
 from bench.workload import FrameBuilder
+from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 Env = dict[str, str]
 Handler = Callable[[Frame], None]

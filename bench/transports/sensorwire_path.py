@@ -135,10 +135,8 @@ class _Collector:
         self.collector: Any = None
 
     def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None]) -> None:
-        from sensorwire.collector.config import CollectorConfig, StorageConfig, SubscribeConfig
-        from sensorwire.collector.config import LimitsConfig
+        from sensorwire.collector.config import CollectorConfig, LimitsConfig, StorageConfig, SubscribeConfig
         from sensorwire.collector.runtime import Collector
-
         from sensorwire.lifecycle import StopSignal
 
         # one device at tens of thousands of frames/s: the per-device flood limit is off here

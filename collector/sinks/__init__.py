@@ -37,7 +37,6 @@ from typing import Protocol
 
 from sensorwire.collector.events import Event
 from sensorwire.collector.frames import CheckedFrame
-
 from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.sinks import Item
-
 from sensorwire.metrics import Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from sensorwire.collector.events import Event
 from sensorwire.collector.sinks import Item, SinkError
-from sensorwire.collector.tracking import ResumeBoot
 from sensorwire.collector.sqlite_store import SqliteWriter
+from sensorwire.collector.tracking import ResumeBoot
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import zmq
 from support import Proc, tcp, wait_until, write
 
 from sensorwire.proto import wire
-from sensorwire.serialsim import Pty
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
+from sensorwire.serialsim import Pty
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
 

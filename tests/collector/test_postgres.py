@@ -21,12 +21,12 @@ from sensorwire.collector import pg_store, storage
 from sensorwire.collector.backlog import Backlog
 from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.events import Counts, Lost, Presence
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_schema import SCHEMA_VERSION, MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.collector.sinks import SinkError
 from sensorwire.collector.sinks.postgres import PostgresSink
 from sensorwire.collector.sqlite_store import QueryFilter, SqliteWriter, StoreError
-from sensorwire.collector.frames import CheckedFrame
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 BOOT = (1 << 63) + 12345  # above 2^63: stored as a negative bigint, read back unsigned

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from support import wait_until
 
-from sensorwire.collector.sinks import Item, SinkRunner
 from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.sinks import Item, SinkRunner
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 

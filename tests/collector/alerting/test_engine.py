@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from alerting_support import NS, T0, at, brief, checked, feed, frame, rule
+from alerting_support import NS, T0, at, brief, checked, feed, rule
 
 from sensorwire.collector.alerting.engine import ActiveAlert, Engine
 from sensorwire.collector.events import Presence
