@@ -78,7 +78,8 @@ class SensorState(msgspec.Struct):
         self.readings += 1
         self.backoff_s = BACKOFF_MIN_S
         if self.failing:
-            log.info("sensor %s: recovered after %d errors (last: %s)", self.name, self.errors, self.last_error)
+            log.info("sensor %s: recovered after %d errors (last: %s)",
+                     self.name, self.errors, self.last_error)
             self.failing = False
 
     def next_backoff(self) -> float:

@@ -222,7 +222,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="length of the 1 Hz runs")
     ap.add_argument("--max-frames", type=int, default=150_000,
-                    help="frames in the unpaced run (below the collector's queue_max: they wait in its queue)")
+                    help="frames in the unpaced run "
+                         "(below the collector's queue_max: they wait in its queue)")
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--only", default="1k,10k,max", help="which runs: 1k, 10k, max")
     ap.add_argument("--unpaced-runs", type=int, default=5,
@@ -243,7 +244,8 @@ def main() -> None:
         print(f"SqliteWriter alone (checked frames in, no sockets): {alone:,.0f} samples/s "
               f"({alone / ceiling:.2f} x ceiling)")
         print()
-        print("| run | frames sent | stored | lost | samples/s stored | ÷ ceiling | collector CPU | proxy CPU |")
+        print("| run | frames sent | stored | lost | samples/s stored | ÷ ceiling "
+              "| collector CPU | proxy CPU |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         unpaced: list[float] = []
         for sc in scenarios(a.seconds, a.max_frames):

@@ -51,14 +51,16 @@ def fill(folder: Path, frames: int) -> float:
 def replay(folder: Path, frames: int, rate: float) -> tuple[float, int, int]:
     ep = f"tcp://127.0.0.1:{free_port()}"
     cfg = folder.parent / "agent.toml"
-    cfg.write_text(f'site = "bench"\ndevice_id = "pi-bench"\n[publish]\nconnect = ["{ep}"]\nheartbeat_s = 60\n'
+    cfg.write_text(f'site = "bench"\ndevice_id = "pi-bench"\n'
+                   f'[publish]\nconnect = ["{ep}"]\nheartbeat_s = 60\n'
                    f'[spool]\ndir = "{folder}"\nreplay_rate = {rate}\nmax_mb = 256\n')
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"bench/pi-bench/env\x00")
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.bind(ep)
-    p = subprocess.Popen([sys.executable, "-m", "sensorwire", "--log-level", "warning", "agent", "-c", str(cfg)])
+    p = subprocess.Popen([sys.executable, "-m", "sensorwire", "--log-level", "warning",
+                          "agent", "-c", str(cfg)])
     seqs: set[int] = set()
     first = last = 0.0
     try:

@@ -250,7 +250,8 @@ class Collector:
                 continue
             nbytes += len(msg)
             if len(msg) > limit:
-                self._reject("oversized", f"{len(msg)} bytes, the limit is {limit} ([limits] max_message_bytes)")
+                self._reject("oversized",
+                             f"{len(msg)} bytes, the limit is {limit} ([limits] max_message_bytes)")
                 continue
             if rate_limit is not None and not rate_limit.admit(msg):
                 self.rejected["rate_limited"] += 1  # logged per device, once a second

@@ -395,7 +395,8 @@ class SqliteWriter:
         cur.execute("RELEASE frames")
         return False
 
-    def _insert_one_by_one(self, cur: sqlite3.Cursor, data: list[tuple[int, int, int, int, str, int, int, int]],
+    def _insert_one_by_one(self, cur: sqlite3.Cursor,
+                           data: list[tuple[int, int, int, int, str, int, int, int]],
                            samples: list[tuple[Any, ...]], boots: dict[tuple[int, int], list[int]],
                            ) -> tuple[list[tuple[Any, ...]], int]:
         """Insert frames one at a time, SQLite giving the ids: the samples rows of the frames
@@ -437,7 +438,8 @@ class SqliteWriter:
         for width, rows in by_k.items():
             k = (width - 1) // 2
             if k not in self._samples:
-                self._samples[k] = (MultiRow(_INSERT_SAMPLES, fan_out(1, 2, k), width, max_params=self._params)
+                self._samples[k] = (MultiRow(_INSERT_SAMPLES, fan_out(1, 2, k), width,
+                                             max_params=self._params)
                                     if width <= self._params else None)
             multi = self._samples[k]
             if multi is not None:

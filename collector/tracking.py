@@ -203,7 +203,8 @@ class Tracker:
     def _clock(self, dev: DeviceTrack, synced: bool, offset_s: float) -> None:
         """Follow a device's clock offset (smoothed over heartbeats) and flag a skew."""
         old = dev.clock_offset_s
-        dev.clock_offset_s = offset_s if old is None or abs(offset_s - old) > 60 else 0.7 * old + 0.3 * offset_s
+        dev.clock_offset_s = (offset_s if old is None or abs(offset_s - old) > 60
+                              else 0.7 * old + 0.3 * offset_s)
         dev.clock_synced = synced
         skewed = abs(dev.clock_offset_s) > self.max_skew_s
         if skewed != dev.skewed:

@@ -71,11 +71,13 @@ class SystemSensor:
             except OSError:
                 continue
             name = _disk_name(path)
-            out += [(f"disk.{name}.used_percent", du.percent, "%"), (f"disk.{name}.free", float(du.free), "B")]
+            out += [(f"disk.{name}.used_percent", du.percent, "%"),
+                    (f"disk.{name}.free", float(du.free), "B")]
         if self.config.network:
             net = ps.net_io_counters()
             if net is not None:
-                out += [("net.bytes_sent", float(net.bytes_sent), "B"), ("net.bytes_recv", float(net.bytes_recv), "B")]
+                out += [("net.bytes_sent", float(net.bytes_sent), "B"),
+                        ("net.bytes_recv", float(net.bytes_recv), "B")]
         if self.config.temperatures and hasattr(ps, "sensors_temperatures"):
             seen: set[str] = set()
             for chip, entries in (ps.sensors_temperatures() or {}).items():

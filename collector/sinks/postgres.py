@@ -3,7 +3,8 @@
 The :class:`~sensorwire.collector.sinks.SinkRunner` thread is the writer: the
 receive loop never waits on the database.  At start the database must answer
 (a wrong DSN, password or database name stops the collector with a clear
-message, :class:`~sensorwire.collector.sqlite_store.StoreError`, exit status 1); once running, an outage is ridden out here, not in the runner:
+message, :class:`~sensorwire.collector.sqlite_store.StoreError`, exit status 1);
+once running, an outage is ridden out here, not in the runner:
 
 - a write that fails because the connection is gone (or the server is shutting
   down, or out of resources) *parks* its batch in a
