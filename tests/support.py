@@ -75,10 +75,10 @@ class Proc:
             self.popen.send_signal(signal.SIGTERM)
         try:
             return self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.popen.kill()
             self.popen.wait()
-            raise AssertionError(f"{self.name} did not stop within {timeout_s} s:\n{self.log()}")
+            raise AssertionError(f"{self.name} did not stop within {timeout_s} s:\n{self.log()}") from exc
 
     def kill(self) -> None:
         if self.popen.poll() is None:

@@ -48,10 +48,13 @@ def test_wrong_type_names_file_key_path_and_value(tmp_path: Path) -> None:
         (AGENT % "-1", "agent.toml: sensors[1].interval_s: expected a number > 0, got -1"),
         (AGENT % "1" + "bogus = 1\n", "agent.toml: sensors[1].bogus: unknown key (a typo?)"),
         ((AGENT % "1").replace('site = "greenhouse"\n', ""), "agent.toml: site: required key is missing"),
-        ((AGENT % "1").replace('kind = "system"', 'kind = "nope"'), "agent.toml: sensors[1].kind: unknown sensor kind 'nope'"),
+        ((AGENT % "1").replace('kind = "system"', 'kind = "nope"'),
+         "agent.toml: sensors[1].kind: unknown sensor kind 'nope'"),
         ((AGENT % "1").replace('"pi-07"', '"pi 07"'), "agent.toml: device_id: 'pi 07' may hold only"),
-        ((AGENT % "1").replace('signal = "constant"', 'signal = "cosine"'), "agent.toml: sensors[0].metrics[0].signal"),
-        ((AGENT % "1").replace('name = "health"', 'name = "env"'), "agent.toml: sensors[1].name: 'env' is already"),
+        ((AGENT % "1").replace('signal = "constant"', 'signal = "cosine"'),
+         "agent.toml: sensors[0].metrics[0].signal"),
+        ((AGENT % "1").replace('name = "health"', 'name = "env"'),
+         "agent.toml: sensors[1].name: 'env' is already"),
     ],
 )
 def test_bad_agent_files_are_explained(tmp_path: Path, text: str, expected: str) -> None:
@@ -99,7 +102,8 @@ def test_each_role_refuses_a_bad_config_with_exit_2(tmp_path: Path, role: str) -
 
 
 def test_collector_prefix_is_validated(tmp_path: Path) -> None:
-    p = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\nprefixes = ["a b"]\n')
+    p = write(tmp_path / "collector.toml",
+              '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\nprefixes = ["a b"]\n')
     with pytest.raises(ConfigError, match=r"collector.toml: subscribe.prefixes: \[0\] prefix 'a b'"):
         checkconfig.load_any(p)
 

@@ -25,8 +25,10 @@ heartbeat_s = 0.5
 name = "env"
 kind = "simulated"
 interval_s = 0.05
-metrics = [{{ name = "temperature", unit = "C", signal = "sine", mean = 20.0, amplitude = 2.0, period_s = 10.0 }},
-           {{ name = "door", signal = "constant", value = 0.0 }}]
+metrics = [
+  {{ name = "temperature", unit = "C", signal = "sine", mean = 20.0, amplitude = 2.0, period_s = 10.0 }},
+  {{ name = "door", signal = "constant", value = 0.0 }},
+]
 [[sensors]]
 name = "health"
 kind = "system"
@@ -57,7 +59,7 @@ def stack(tmp_path: Path, procs: Any) -> dict[str, Any]:
     collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
         f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')))
     agents = [procs(f"agent-{d}", "agent", "-c", str(write(tmp_path / f"agent-{d}.toml",
-                                                                     agent_toml(d, front, spool_dir=str(tmp_path / f"spool-{d}")))))
+                    agent_toml(d, front, spool_dir=str(tmp_path / f"spool-{d}")))))
               for d in ("pi-1", "pi-2")]
     return {"front": front, "back": back, "db": db, "proxy": proxy, "collector": collector, "agents": agents}
 
@@ -127,8 +129,10 @@ def test_query_formats(stack: dict[str, Any]) -> None:
     assert len(objs) == 5
     assert set(objs[0]) == {"time", "device", "sensor", "metric", "value", "unit", "boot_id", "seq"}
     assert [o["time"] for o in objs] == sorted(o["time"] for o in objs)
-    assert {(o["device"], o["sensor"], o["metric"], o["unit"]) for o in objs} == {("pi-1", "env", "temperature", "C")}
-    r = run_cli("query", "--db", str(db), "--device", "pi-1", "--metric", "door", "--limit", "3", "--format", "csv")
+    assert ({(o["device"], o["sensor"], o["metric"], o["unit"]) for o in objs}
+            == {("pi-1", "env", "temperature", "C")})
+    r = run_cli("query", "--db", str(db), "--device", "pi-1", "--metric", "door", "--limit", "3",
+                "--format", "csv")
     lines = r.stdout.splitlines()
     assert lines[0] == "time,device,sensor,metric,value,unit" and len(lines) == 4
     assert lines[1].endswith(",pi-1,env,door,0.0,")

@@ -56,7 +56,7 @@ def test_a_late_tail_gets_the_last_value_of_every_topic_at_once(tmp_path: Path, 
           f'frontend = "{front}"\nbackend = "{back}"\nlast_value_cache = true\n')))
     db = tmp_path / "t.db"
     collector = procs("collector", "collector", "-c", str(write(tmp_path / "collector.toml",
-                      f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')))
+        f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')))
     for d in ("pi-1", "pi-2"):
         procs(d, "agent", "-c", str(write(tmp_path / f"{d}.toml", agent_toml(d, front, tmp_path, 30.0))))
     # each sensor reads once at start, then not for 30 s: anything tail prints soon is cached
@@ -95,7 +95,8 @@ def test_a_restarted_collector_says_when_it_listens_and_misses_nothing_after(
     cfg = write(tmp_path / "collector.toml",
                 f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{db}"\nflush_interval_s = 0.05\n')
     collector = procs("collector0", "collector", "-c", str(cfg))
-    agent = procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml", agent_toml("pi-1", front, tmp_path, 0.05))))
+    agent = procs("pi-1", "agent", "-c",
+                  str(write(tmp_path / "pi-1.toml", agent_toml("pi-1", front, tmp_path, 0.05))))
     wait_until(lambda: frames(db) >= 20, timeout_s=20, what="flow")
     assert collector.terminate() == 0
     collector = procs("collector1", "collector", "-c", str(cfg))

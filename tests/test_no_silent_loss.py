@@ -164,7 +164,8 @@ def test_agent_killed_with_a_full_spool_delivers_it_after_restart(tmp_path: Path
     def old_boot_seqs() -> list[int]:
         return [s for b, s in stack.seqs("pi-1") if b == first_boot]
     # everything numbered before the kill that reached the spool arrives with its original seq
-    wait_until(lambda: len({b for b, _ in stack.seqs("pi-1")}) == 2 and not list(spool.glob("seg-*0001.spool")),
+    wait_until(lambda: (len({b for b, _ in stack.seqs("pi-1")}) == 2
+                        and not list(spool.glob("seg-*0001.spool"))),
                timeout_s=30, what="the new boot and the old spool replayed")
     old = old_boot_seqs()
     # only frames in flight when the collector died (and so never spooled) may be missing,

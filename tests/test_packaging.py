@@ -25,7 +25,8 @@ def source_packages() -> set[str]:
 
 @pytest.mark.slow
 def test_wheel_contains_every_package_and_no_top_level_agent_or_proto(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "-w", str(tmp_path), str(ROOT)],
                    check=True, timeout=300)
     [wheel] = tmp_path.glob("sensorwire-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -35,7 +35,8 @@ heartbeat_s = 0.5
 name = "env"
 kind = "simulated"
 interval_s = 0.02
-metrics = [{{ name = "t", signal = "constant", value = 1.0 }}, {{ name = "u", signal = "constant", value = 2.0 }}]
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }},
+           {{ name = "u", signal = "constant", value = 2.0 }}]
 [spool]
 dir = "{tmp_path / ('spool-' + d)}"
 """)))

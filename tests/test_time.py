@@ -52,14 +52,15 @@ def test_wrong_clocks_are_flagged_and_a_clock_before_2020_is_replaced(tmp_path: 
         # stand between the test and the process it must be able to kill)
         env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": fake, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
                "FAKETIME_NO_CACHE": "1"} if fake else {}
-        procs(device, "agent", "-c", str(write(tmp_path / f"{device}.toml", agent_toml(device, front, tmp_path))),
-              env=env)
+        procs(device, "agent", "-c",
+              str(write(tmp_path / f"{device}.toml", agent_toml(device, front, tmp_path))), env=env)
 
     def rows(device: str) -> list[tuple[int, int, int]]:
         conn = sqlite3.connect(db)
         try:
             return conn.execute("SELECT f.time_ns, f.received_ns, f.flags FROM frames f JOIN devices d "
-                                "ON d.id = f.device_key WHERE d.device = ? ORDER BY f.seq", (device,)).fetchall()
+                                "ON d.id = f.device_key WHERE d.device = ? ORDER BY f.seq",
+                                (device,)).fetchall()
         except sqlite3.OperationalError:
             return []
         finally:

@@ -88,7 +88,8 @@ class Listener:
 
 
 @pytest.fixture
-def run_agent(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> Iterator[tuple[Agent, Listener, StopSignal]]:
+def run_agent(caplog: pytest.LogCaptureFixture,
+              tmp_path: Path) -> Iterator[tuple[Agent, Listener, StopSignal]]:
     caplog.set_level(logging.INFO)
     ep = tcp()
     agent = Agent(agent_cfg(ep, tmp_path / "spool"))

@@ -82,7 +82,8 @@ def send(p: Publisher, n: int) -> None:
         p.publish(*p.build_data("env", READINGS, time.time_ns()))
 
 
-def test_the_ring_keeps_the_last_ring_frames_and_repairs_from_them(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_the_ring_keeps_the_last_ring_frames_and_repairs_from_them(
+        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     up = Upstream(ctx)
     p = started(ctx, up, ring_frames=5)
     try:

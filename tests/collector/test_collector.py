@@ -95,7 +95,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
 
 def stored_seqs(r: Running, device: str) -> list[int]:
     return [s for (s,) in r.rows(
-        f"SELECT f.seq FROM frames f JOIN devices d ON d.id=f.device_key WHERE d.device='{device}' ORDER BY f.seq")]
+        "SELECT f.seq FROM frames f JOIN devices d ON d.id=f.device_key "
+        f"WHERE d.device='{device}' ORDER BY f.seq")]
 
 
 def test_bad_messages_are_counted_and_good_ones_after_them_stored(running: Running) -> None:
@@ -137,7 +138,8 @@ def test_a_frame_that_arrives_twice_is_stored_once(running: Running) -> None:
 def test_samples_keep_values_units_and_the_frame_identity(running: Running) -> None:
     running.send(encode(frame("pi-9", 5, boot_id=2**64 - 1)))
     wait_until(lambda: stored_seqs(running, "pi-9") == [5], what="frame stored")
-    rows = running.rows("SELECT metric, value, unit, boot_id, seq FROM readings WHERE device='pi-9' ORDER BY metric")
+    rows = running.rows("SELECT metric, value, unit, boot_id, seq FROM readings "
+                        "WHERE device='pi-9' ORDER BY metric")
     assert rows[0] == ("m0", 5.0, "C", -1, 5)  # boot_id 2**64-1 is stored as the signed -1
     assert rows[1][2] is None
     assert len(rows) == 8

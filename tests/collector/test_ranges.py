@@ -23,5 +23,5 @@ def test_matches_a_plain_set() -> None:
             assert r.remove(a, b) == len(ref & set(range(a, b + 1)))
             ref -= set(range(a, b + 1))
         assert r.count == len(ref)
-        assert sorted(x for f, l in r for x in range(f, l + 1)) == sorted(ref)
+        assert sorted(x for first, last in r for x in range(first, last + 1)) == sorted(ref)
         assert all((x in r) == (x in ref) for x in (a, b, a - 1, b + 1))

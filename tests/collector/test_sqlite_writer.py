@@ -111,7 +111,8 @@ def test_a_frame_with_more_samples_than_a_statement_takes_is_stored_row_by_row(t
     w = SqliteWriter(db, max_params=15)  # a frame of 8 samples needs 17
     w.open()
     wide = Layout([(f"m{i}", "") for i in range(8)])
-    batch = [(CheckedFrame("gh", "pi-1", 7, s, T0 + s, "wide", 0, wide, tuple(float(s * 10 + i) for i in range(8))),
+    batch = [(CheckedFrame("gh", "pi-1", 7, s, T0 + s, "wide", 0, wide,
+                           tuple(float(s * 10 + i) for i in range(8))),
               T0 + s) for s in (1, 2, 3)]
     w.write(batch + [frame("pi-1", 4)])
     w.close()

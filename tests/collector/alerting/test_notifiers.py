@@ -111,7 +111,7 @@ def test_a_hanging_webhook_does_not_hold_up_other_notifiers(hook: Hook) -> None:
                     notifier(name="fine", kind="webhook", url=fine.url)])
     d.start()
     try:
-        for i in range(5):
+        for _ in range(5):
             d.deliver(FIRING, ["stuck", "fine"])
         wait_until(lambda: len(fine.delivered()) == 5, what="the healthy hook's 5 deliveries")
         assert hook.count() == 1  # still waiting on its first
@@ -141,7 +141,8 @@ def test_a_full_queue_drops_and_counts_without_blocking(hook: Hook) -> None:
 def test_exec_gets_the_json_on_stdin_and_placeholders_in_argv(tmp_path: Path) -> None:
     out = tmp_path / "out"
     script = "import sys; open(sys.argv[1], 'w').write(sys.argv[2] + '|' + sys.stdin.read())"
-    c = courier_for(name="run", kind="exec", command=[sys.executable, "-c", script, str(out), "{name}:{state}"])
+    c = courier_for(name="run", kind="exec",
+                    command=[sys.executable, "-c", script, str(out), "{name}:{state}"])
     try:
         c.offer(FIRING)
         wait_until(lambda: c.delivered == 1, what="the command")
@@ -184,9 +185,11 @@ def test_publish_sends_an_alert_frame_on_its_topic() -> None:
     topic, payload = msg.split(wire.DELIM, 1)
     assert topic == b"alert/greenhouse/pi-07/greenhouse-hot"
     f = Frame.FromString(payload)
-    assert (f.site, f.device_id, f.sensor, f.time_unix_nano) == ("greenhouse", "pi-07", "greenhouse-hot", FIRING.started_ns)
+    assert (f.site, f.device_id, f.sensor, f.time_unix_nano) == (
+        "greenhouse", "pi-07", "greenhouse-hot", FIRING.started_ns)
     assert f.seq >= 1
-    assert {s.metric: s.value for s in f.samples} == {"firing": 1.0, "severity": 3.0, "value": 36.5, "threshold": 35.0}
+    assert {s.metric: s.value for s in f.samples} == {
+        "firing": 1.0, "severity": 3.0, "value": 36.5, "threshold": 35.0}
 
 
 def test_email_is_delivered_to_a_local_smtp_server() -> None:

@@ -39,9 +39,11 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
         (rule('stale_s = 60.0\nclear = 1.0'),
          "collector.toml: alerts[0].clear: rule 'greenhouse-hot': only above, below, outside"),
         (rule('metric = "t"\nabove = 35.0\nnotify = ["log", "hok"]') + HOOK,
-         "collector.toml: alerts[0].notify: rule 'greenhouse-hot': [1] no notifier named 'hok' (declared: hook, log)"),
+         "collector.toml: alerts[0].notify: rule 'greenhouse-hot': "
+         "[1] no notifier named 'hok' (declared: hook, log)"),
         (rule('metric = "t"\nabove = 35.0\nmatch = "greenhouse/pi-*"'),
-         "collector.toml: alerts[0].match: rule 'greenhouse-hot': 'greenhouse/pi-*': segment 'pi-*': a segment is"),
+         "collector.toml: alerts[0].match: rule 'greenhouse-hot': "
+         "'greenhouse/pi-*': segment 'pi-*': a segment is"),
         (rule('metric = "t"\nabove = 35.0\nmatch = "a/b/c/d"'),
          "collector.toml: alerts[0].match: rule 'greenhouse-hot': 'a/b/c/d' can never match"),
         (rule('above = 35.0'),
@@ -49,7 +51,8 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
         (rule('metric = "t"\nabove = 35.0\nstale_s = 9.0'),
          "collector.toml: alerts[0].stale_s: rule 'greenhouse-hot': a rule has one condition"),
         (rule('metric = "t"\ndevice_offline = true'),
-         "collector.toml: alerts[0].metric: rule 'greenhouse-hot': a device_offline rule watches a whole device"),
+         "collector.toml: alerts[0].metric: rule 'greenhouse-hot': "
+         "a device_offline rule watches a whole device"),
         (rule('metric = "t"\nabove = 1.0\nwindow_s = 5.0'),
          "collector.toml: alerts[0].window_s: rule 'greenhouse-hot': only rate_above and rate_below"),
         (rule('metric = "t"\nabove = 1.0\nseverity = "high"'),
@@ -57,7 +60,8 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
         (rule('metric = "t"\nabove = 1.0\nfor_s = -1'),
          "collector.toml: alerts[0].for_s: rule 'greenhouse-hot': expected a number >= 0, got -1"),
         (rule('metric = "t"\nabove = 1.0') + rule("stale_s = 5.0", name="greenhouse-hot"),
-         "collector.toml: alerts[1].name: rule 'greenhouse-hot': 'greenhouse-hot' is already the name of alerts[0]"),
+         "collector.toml: alerts[1].name: rule 'greenhouse-hot': "
+         "'greenhouse-hot' is already the name of alerts[0]"),
         ('[[notifiers]]\nname = "pager"\nkind = "pagerduty"\n',
          "collector.toml: notifiers[0].kind: notifier 'pager': unknown notifier kind 'pagerduty'"),
         ('[[notifiers]]\nname = "log"\nkind = "exec"\ncommand = ["x"]\n',
