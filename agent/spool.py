@@ -67,7 +67,7 @@ class Record(msgspec.Struct, frozen=True):
 
 
 class Spool:
-    def __init__(self, folder: str | Path, max_bytes: int, overflow: Overflow = "drop_oldest",
+    def __init__(self, folder: str | os.PathLike[str], max_bytes: int, overflow: Overflow = "drop_oldest",
                  fsync: Fsync = "interval", fsync_interval_s: float = 1.0,
                  segment_bytes: int | None = None) -> None:
         self.folder = Path(folder)

@@ -221,7 +221,11 @@ class Tracker:
         if now - self.started < JOIN_GRACE_S:
             # We may have joined this boot's stream late: what came before its first frame we
             # see was not ours to miss.  Later than this, a new boot is followed from seq 1.
-            first = frame.heartbeat.last_seq + 1 if frame.seq == 0 else frame.seq
+            if frame.seq == 0:
+                assert frame.heartbeat is not None  # seq 0: a heartbeat
+                first = frame.heartbeat.last_seq + 1
+            else:
+                first = frame.seq
             b.floor = first
             b.max_seq = first - 1
         if dev.current_boot and dev.current_boot != boot_id:

@@ -86,7 +86,7 @@ class DataEncoder:
     compare a sample's names with them in C (``zip(*readings)``).
     """
 
-    __slots__ = ("topic", "layout", "metrics", "units", "_head", "_struct", "_args", "_n")
+    __slots__ = ("topic", "layout", "metrics", "units", "_head", "_struct", "_consts", "_args", "_n")
 
     def __init__(self, topic: bytes, site: str, device_id: str, boot_id: int, sensor: str,
                  layout: Sequence[tuple[str, str]]) -> None:
@@ -110,6 +110,7 @@ class DataEncoder:
         consts.insert(0, b"\x29")
         fmt = "<" + "".join(f"{len(x)}s{'q' if i == 0 else 'd'}" for i, x in enumerate(consts[:-1]))
         self._struct = struct.Struct(fmt + f"{len(consts[-1])}s")
+        self._consts = tuple(consts)
         self._args: list[object] = [b""] * (2 * self._n + 3)
         self._args[0::2] = consts
 
@@ -129,7 +130,7 @@ class DataEncoder:
         value1, k2, value2, ..., kN)``: the constant parts ``consts`` at the even
         indexes, the time and the values at the odd ones.
         """
-        consts = [bytes(c) for c in self._args[0::2]]  # type: ignore[arg-type]
+        consts = list(self._consts)
         if flags:
             consts[-1] += b"\x48" + _varint(flags)
         fmt = "<" + "".join(f"{len(c)}s{'q' if i == 0 else 'd'}" for i, c in enumerate(consts[:-1]))

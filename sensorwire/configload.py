@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,7 +61,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p.name}: TOML syntax error: {exc}") from None
 
 
-def expand_env(raw: Any, where: str = "", env: dict[str, str] | None = None) -> Any:
+def expand_env(raw: Any, where: str = "", env: Mapping[str, str] | None = None) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``raw``."""
     environ = os.environ if env is None else env
     if isinstance(raw, str):

@@ -199,11 +199,13 @@ class SinkRunner:
             if not self._q:
                 self._behind = False
                 return None if self._closing and not riders else ([], riders)
-            if not isinstance(self._q[0], list):
+            head = self._q[0]
+            if not isinstance(head, list):
                 if riders:  # events that came before a reload go first
                     return [], riders
                 self._marks -= 1
-                return self._q.popleft()
+                self._q.popleft()
+                return head
             out: list[Item] = []
             while self._q and isinstance(self._q[0], list) and len(out) < self.batch_max:
                 out.extend(self._q.popleft())  # type: ignore[arg-type]
