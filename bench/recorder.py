@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from array import array
 
-from sensorwire.proto.v1.telemetry_pb2 import Frame
+from bench.transports.base import Received
 
 
 class Trial:
@@ -47,7 +47,7 @@ class Recorder:
         self.trial = trial  # one assignment: the receive thread sees the old or the new trial
         return trial
 
-    def __call__(self, frame: Frame) -> None:
+    def __call__(self, frame: Received) -> None:
         now = time.time_ns()
         self.seen += 1
         self.last_seen_ns = now

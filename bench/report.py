@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from bench import transports
 from bench.ceilings import Ceilings
 from bench.harness import Settings, TransportResult
 
@@ -83,12 +84,16 @@ def targets(results: list[TransportResult], settings: Settings) -> str:
     else:
         above = [r for r in peers if r.p99_us <= sw.p99_us]
         names = ", ".join(f"{r.transport.label} ({r.p99_us:,.0f} µs)" for r in above)
-        verdict = ("met: below every other row" if not above
+        verdict = (f"met: below each of the {len(peers)} other rows" if not above
                    else f"**not met**: at or above {names}")
         lines.append(f"- **p99 latency at {rate}**: sensorwire {sw.p99_us:,.0f} µs; {verdict}.")
         lines.append("- p99 of each run, µs: " + "; ".join(
             f"{r.transport.name} " + " / ".join(f"{run.latency.p99_us:,.0f}" for run in r.runs)
             for r in [sw, *peers]) + ".")
+    missing = [t.name for t in transports.ALL if t.name not in by_name]
+    if missing:
+        lines.append(f"- Judged without these rows (skipped, failed or not asked for): "
+                     f"{', '.join(missing)}.")
     return "\n".join(lines)
 
 

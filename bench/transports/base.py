@@ -35,10 +35,22 @@ from typing import Protocol
 
 from bench.pacing import Pace, SendStats, drive
 from bench.workload import FrameBuilder
-from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 Env = dict[str, str]
-Handler = Callable[[Frame], None]
+
+
+class Received(Protocol):
+    """What a handler reads of a received frame: a protobuf ``Frame``, or the collector's
+    ``CheckedFrame`` in the sensorwire row."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def time_unix_nano(self) -> int: ...
+
+
+Handler = Callable[[Received], None]
 
 
 class Sender(Protocol):

@@ -5,7 +5,7 @@ everything else in ``bench/`` only knows the wire format.  What runs, as of
 this writing:
 
 * publisher process: ``sensorwire.agent.publisher.Publisher`` (XPUB with
-  ``XPUB_NODROP``, its ``build_data`` + ``send``/``publish``, the same 8
+  ``XPUB_NODROP``, its ``build_data`` + ``publish``, the same 8
   readings as every peer), connected to the proxy's frontend, its incoming
   messages handled whenever the socket is readable, as the agent's loop
   does.  A refused send (``zmq.Again`` at the high-water mark) is counted by
@@ -21,8 +21,8 @@ this writing:
   decoded frames, as for every peer, not after SQLite.
 
 Hooks to revisit when the product changes: ``Publisher(site, device,
-PublishConfig)``, ``.open(ctx)``, ``.build_data``, ``.send`` or
-``.publish``, ``.handle_subscriptions`` or ``.handle_incoming``, ``.seq``,
+PublishConfig)``, ``.open(ctx)``, ``.build_data``, ``.publish`` (refusals
+counted in ``.counters["dropped_hwm"]``, or ``"spooled"``), ``.handle_incoming``, ``.seq``,
 ``.counters``, ``.sock``; ``Collector(config, sinks=[])``, ``.runners``
 (the list ``drain`` offers batches to; ``offer`` returns what it could not
 take), ``.run(stop, ready)``; ``CollectorConfig``/``SubscribeConfig``/
@@ -54,13 +54,6 @@ class _Agent(SyncSender):
         config = PublishConfig(connect=[frontend])
         self.publisher = Publisher(workload.SITE, workload.DEVICE, config)
         self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        # The Publisher's API is changing: ``send(topic, msg) -> bool`` and
-        # ``handle_subscriptions()`` became ``publish(topic, msg)`` (refusals
-        # counted in ``counters["dropped_hwm"]``) and ``handle_incoming()``
-        # (subscriptions and repair requests).  Both are used as found.
-        pub = self.publisher
-        self._incoming = getattr(pub, "handle_incoming", None) or pub.handle_subscriptions
-        self._publish = getattr(pub, "publish", None)
 
     @property
     def next_seq(self) -> int:
@@ -72,29 +65,21 @@ class _Agent(SyncSender):
 
     def send(self, n: int) -> int:
         pub = self.publisher
-        build = pub.build_data
+        build, publish, counters = pub.build_data, pub.publish, pub.counters
         sensor, readings = workload.SENSOR, workload.READINGS
-        if self._publish is not None:
-            publish, counters = self._publish, pub.counters
-            refused = counters["dropped_hwm"] + counters.get("spooled", 0)
-            for _ in range(n):
-                topic, msg = build(sensor, readings, time.time_ns())
-                publish(topic, msg)
-            ok = n - (counters["dropped_hwm"] + counters.get("spooled", 0) - refused)
-        else:
-            send = pub.send
-            ok = 0
-            for _ in range(n):
-                topic, msg = build(sensor, readings, time.time_ns())
-                ok += send(topic, msg)
+        refused = counters["dropped_hwm"] + counters.get("spooled", 0)
+        for _ in range(n):
+            topic, msg = build(sensor, readings, time.time_ns())
+            publish(topic, msg)
+        ok = n - (counters["dropped_hwm"] + counters.get("spooled", 0) - refused)
         # as the agent's loop does when its socket is readable
         sock = pub.sock
-        if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._incoming()
+        if sock is not None and sock.poll(0, zmq.POLLIN):
+            pub.handle_incoming()
         return int(ok)
 
     def run(self, pace: Any, should_stop: Callable[[], bool] | None = None) -> Any:
-        self._incoming()
+        self.publisher.handle_incoming()
         return super().run(pace, should_stop)
 
     def close(self) -> None:
@@ -170,7 +155,7 @@ class _Collector:
 class SensorwirePath(Transport):
     name = "sensorwire"
     label = "sensorwire (agent → proxy → collector)"
-    practice = ("the product's code: agent Publisher.build_data + send/publish (XPUB, "
+    practice = ("the product's code: agent Publisher.build_data + publish (XPUB, "
                 "XPUB_NODROP, SNDHWM 10000) → `sensorwire proxy` process → the whole "
                 "Collector.run loop (its socket, poller, drain with NOBLOCK, the collector's Intake "
                 "(wire.Decoder's checks, then a per-topic template) and "
