@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - builds .venv, then runs the whole data path locally for 20 s
 #   make test   - builds .venv with the test tools, then runs make lint and the test suite
-#   make lint   - ruff over the repository, mypy --strict over the sensorwire package
+#   make lint   - ruff over the repository, mypy --strict over the sensorwire package and bench/
 #   make bench  - adds the peers' client libraries, then runs the comparison (BENCH_ARGS=--quick)
 PYTHON ?= python3
 VENV := .venv
@@ -43,8 +43,8 @@ lint: $(STAMP)
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/sensorwire
 	@ln -s $(CURDIR)/sensorwire/* $(TYPECHECK)/sensorwire/
 	@ln -s $(CURDIR)/agent $(CURDIR)/collector $(CURDIR)/proto $(TYPECHECK)/sensorwire/
-	@echo "MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire"
-	@MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire >$(TYPECHECK)/mypy.out; rc=$$?; \
+	@echo "MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire -p bench"
+	@MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire -p bench >$(TYPECHECK)/mypy.out; rc=$$?; \
 	  sed -E 's#^$(TYPECHECK)/sensorwire/(agent|collector|proto)/#\1/#; s#^$(TYPECHECK)/##' \
 	    $(TYPECHECK)/mypy.out; exit $$rc
 

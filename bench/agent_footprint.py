@@ -153,9 +153,10 @@ class MqttCounter:
 
     def __init__(self) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.frames = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho-counter")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-paho-counter")
         self.client.on_message = lambda _c, _u, _m: self._one()
         self.client.connect(MQTT_HOST, MQTT_PORT)
         self.client.subscribe("bench/pi-paho/#", qos=0)

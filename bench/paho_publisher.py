@@ -65,8 +65,9 @@ def system_readings() -> list[tuple[str, float, str]]:
 
 def main(host: str, port: int, serial_port: str, seconds: float) -> None:
     import paho.mqtt.client as mqtt  # the bench's optional client library: imported when used
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho-agent")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-paho-agent")
     client.connect(host, port)
     client.loop_start()
     uart = serial.Serial(serial_port, 115200, timeout=0)
