@@ -86,8 +86,9 @@ class RateLimited:
         if last is not None and now - last < self._period:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
-        if len(self._last) > 1024:
+        if len(self._last) > 1024:  # keys may be device names: made-up ones must not grow memory
             self._last.clear()
+            self._suppressed.clear()
         self._last[key] = now
         hidden = self._suppressed.pop(key, 0)
         if hidden:
