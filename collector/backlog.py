@@ -32,6 +32,7 @@ from pathlib import Path
 from sensorwire.agent.spool import Spool, SpoolError
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.sinks import count_by_device
 from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -232,8 +233,7 @@ class Backlog:
         if not items:
             return
         self.dropped += len(items)
-        for frame, _ in items:
-            self.dropped_by_device[frame.device_id] += 1
+        count_by_device(self.dropped_by_device, items)
         where = (f"the spool {self.spool_dir} is full (storage.spool_max_mb)" if spool_full
                  else f"the memory buffer is full ({self.buffer_max} frames, storage.buffer_max)"
                  + ("" if self._spool is not None else " and storage.spool_dir is not set"))

@@ -31,7 +31,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,18 @@ from sensorwire.metrics import Histogram
 log = logging.getLogger(__name__)
 
 Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
+
+DROPS_BY_DEVICE_MAX = 10_000  # devices whose dropped frames are counted one by one
+
+
+def count_by_device(counter: collections.Counter[str], items: Iterable[Item]) -> None:
+    """Count dropped frames per device, for at most DROPS_BY_DEVICE_MAX devices: made-up device
+    ids must not grow memory, so a full counter starts again (the totals are kept beside)."""
+    for frame, _ in items:
+        key = frame.device_id
+        if key not in counter and len(counter) >= DROPS_BY_DEVICE_MAX:
+            counter.clear()
+        counter[key] += 1
 
 
 class SinkError(Exception):
@@ -141,8 +153,7 @@ class SinkRunner:
                 lost = batch[max(room, 0):]
                 batch = batch[: max(room, 0)]
                 self.dropped += len(lost)
-                for frame, _ in lost:
-                    self.dropped_by_device[frame.device_id] += 1
+                count_by_device(self.dropped_by_device, lost)
                 log.warning("sink %s: queue full (%d frames): %d frames dropped (%d in all)",
                             self.sink.name, self.queue_max, len(lost), self.dropped)
             if batch:
@@ -291,6 +302,5 @@ class SinkRunner:
 
     def _drop(self, batch: list[Item], why: str) -> None:
         self.dropped += len(batch)
-        for frame, _ in batch:
-            self.dropped_by_device[frame.device_id] += 1
+        count_by_device(self.dropped_by_device, batch)
         log.error("sink %s: %d frames dropped: %s", self.sink.name, len(batch), why)
