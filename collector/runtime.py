@@ -39,7 +39,7 @@ import zmq
 
 from sensorwire import gcpolicy, zmqutil
 from sensorwire.collector.config import CollectorConfig
-from sensorwire.collector.events import Counts, Event
+from sensorwire.collector.events import Event
 from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
@@ -101,7 +101,6 @@ class Collector:
             repair_delay_s=config.repair.delay_s, repair_attempts=config.repair.attempts,
             max_skew_s=config.time.max_skew_s,
         )
-        self._counts_sent: dict[str, tuple[int, int]] = {}
         self.cached_ignored = 0
         self._nonce = os.urandom(8).hex().encode()
         self._started = time.monotonic()
@@ -179,7 +178,7 @@ class Collector:
             sub.close()
             self.security.close()
             ctx.term()
-            self._flush_counts()
+            self.tracker.flush_counts()
             for r in self.runners:
                 r.close()
             self._summary(final=True)
@@ -206,23 +205,11 @@ class Collector:
                 self.tracker.tick(now, time.time_ns())
                 if self.rate_limit is not None:
                     self.rate_limit.roll(now)  # report devices over budget even when all is quiet
-                self._flush_counts()
+                self.tracker.flush_counts()
                 next_tick = now + TICK_S
             if now >= next_summary:
                 self._summary()
                 next_summary = now + self.config.summary_s
-
-    def _flush_counts(self) -> None:
-        """Hand duplicate and out-of-order counts that changed to the sinks."""
-        for dev in self.tracker.devices.values():
-            if not dev.changed:
-                continue
-            dev.changed = False
-            before = self._counts_sent.get(dev.device, (0, 0))
-            now = (dev.duplicates, dev.out_of_order)
-            if now != before:
-                self._counts_sent[dev.device] = now
-                self._emit(Counts(dev.site, dev.device, now[0] - before[0], now[1] - before[1]))
 
     def drain(self, sub: zmq.Socket[bytes]) -> int:
         """Take what is waiting on ``sub`` (up to DRAIN_MAX), check it, queue it."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from sensorwire.collector.events import Event, Lost, Presence, State
+from sensorwire.collector.events import Counts, Event, Lost, Presence, State
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.ranges import RangeSet
 from sensorwire.proto import wire
@@ -66,6 +66,8 @@ class DeviceTrack:
     out_of_order: int = 0
     restarts: int = 0
     lost: int = 0
+    duplicates_sent: int = 0      # handed to the sinks in Counts events so far
+    out_of_order_sent: int = 0
     gaps_retired: int = 0         # gaps of boots no longer followed
     repair_due: float | None = None
     repair_attempt: int = 0
@@ -311,6 +313,20 @@ class Tracker:
         log.info("device %s: asked for %d missing frames in %d ranges (attempt %d)",
                  dev.device, n, len(req.ranges), dev.repair_attempt)
         dev.repair_due = now + min(30.0, 2.0 ** dev.repair_attempt)
+
+    def flush_counts(self) -> None:
+        """Hand duplicate and out-of-order counts that changed to the sinks (Counts events)."""
+        for dev in self.devices.values():
+            if dev.changed:
+                dev.changed = False
+                self._hand_counts(dev)
+
+    def _hand_counts(self, dev: DeviceTrack) -> None:
+        dups = dev.duplicates - dev.duplicates_sent
+        ooo = dev.out_of_order - dev.out_of_order_sent
+        if dups or ooo:
+            dev.duplicates_sent, dev.out_of_order_sent = dev.duplicates, dev.out_of_order
+            self.emit(Counts(dev.site, dev.device, dups, ooo))
 
     # -- summaries -----------------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
