@@ -61,6 +61,10 @@ class LimitsConfig(Config):
     max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
     # frames per second one device may send; excess frames are dropped and counted (0: no limit)
     max_frames_per_s_per_device: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    # devices followed at once (seq tracking, presence); when full, a new device evicts the one
+    # silent longest that is not online, or its frames are rejected and counted
+    # (too_many_devices); there is no "no limit": memory is bounded whatever is sent
+    max_devices: Annotated[int, msgspec.Meta(ge=1)] = 100_000
 
 
 class PresenceConfig(Config):

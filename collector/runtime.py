@@ -43,7 +43,8 @@ from sensorwire.collector.events import Event
 from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
-from sensorwire.collector.tracking import Tracker
+from sensorwire.collector.tracking import DeviceTableFull, Tracker
+from sensorwire import gcpolicy, zmqutil
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -99,7 +100,7 @@ class Collector:
             self.subscribe_filters(), emit=self._emit, send_request=self._send_request,
             offline_after_s=config.presence.offline_after_s, repair=config.repair.enabled,
             repair_delay_s=config.repair.delay_s, repair_attempts=config.repair.attempts,
-            max_skew_s=config.time.max_skew_s,
+            max_skew_s=config.time.max_skew_s, max_devices=config.limits.max_devices,
         )
         self.cached_ignored = 0
         self._nonce = os.urandom(8).hex().encode()
@@ -258,7 +259,12 @@ class Collector:
             if frame.flags & wire.FLAG_CACHED:
                 self.cached_ignored += 1  # a proxy's last value: stored when it first passed
                 continue
-            if on_frame(frame, mono, now):
+            try:
+                fresh = on_frame(frame, mono, now)
+            except DeviceTableFull as exc:  # only ever raised for a device not followed yet
+                self._reject("too_many_devices", str(exc))
+                continue
+            if fresh:
                 batch.append((frame, now))
         self.received += n - acks
         self.bytes_received += nbytes
@@ -292,9 +298,11 @@ class Collector:
         t = self.tracker.totals()
         connections = self.security.summary()
         log.info("collector%s: %d messages received, %d accepted, %d rejected %s; devices %d (%d "
-                 "online), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; "
+                 "online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; "
                  "%s%s", " stopping" if final else "", self.received, self.accepted, rejected,
-                 dict(self.rejected) if rejected else "", t["devices"], t["online"], t["gaps"],
+                 dict(self.rejected) if rejected else "", t["devices"], t["online"],
+                 f", {t['evicted']} evicted to stay within max_devices" if t["evicted"] else "",
+                 t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
                  stored or "no sinks", f"; connections: {connections}" if connections else "")
 
@@ -328,6 +336,7 @@ class Collector:
             log.info("reload: filters now %s", [f.decode("ascii", "replace") for f in after])
         if config.limits != old.limits:
             self.decoder = Intake(max_samples=config.limits.max_samples_per_frame)
+            self.tracker.set_max_devices(config.limits.max_devices)
         if config.alerts and not any(s.name == "alerting" for s in self.sinks):
             log.warning("reload: [[alerts]] were added; alerting starts only after a restart")
         self.security.reload()

@@ -17,10 +17,35 @@ exponential backoff, up to ``repair_attempts`` times.
 
 Per-frame work is a few dictionary and attribute reads; everything else
 happens in :meth:`Tracker.tick`, about once a second.
+
+The table of devices is bounded (``max_devices``, ``[limits] max_devices``):
+anyone who may send frames could otherwise grow it with made-up device ids.
+A device not in a full table makes room by *evicting* the device silent
+longest, if that one is not online (offline or stopped: its state already
+went to the sinks as a :class:`~sensorwire.collector.events.Presence`
+event); its duplicate and out-of-order counts are handed on first, and its
+totals stay in :meth:`Tracker.totals`.  When every device is online there is
+no room: :meth:`Tracker.on_frame` raises :class:`DeviceTableFull` and the
+collector rejects the frame, counted (``too_many_devices``).
+
+An evicted device is remembered by its current boot and the highest seq seen
+(:attr:`Tracker.evicted_boots`, at most ``max_devices`` of them, oldest
+dropped first).  When it sends again, its boot continues from there: no
+restart is counted and the seqs after that one are followed as before
+(a hole after it is a gap: we were listening); a seq at or below it is
+accepted as out of order, never a duplicate (the tracker no longer knows
+which of them it had; storage stores each frame once).  A new ``boot_id``
+from it is a restart, as it would have been.  Its gaps from before the
+eviction are no longer asked for (storage still counts them: ``sensorwire
+status``).  Once a remembered boot had to be dropped, a device never seen is
+indistinguishable from one forgotten, so from then on (until a restart) a
+device not in the table is followed from its first frame, as at start-up:
+what came before it is never reported as a gap.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -29,17 +54,26 @@ from dataclasses import dataclass, field
 from sensorwire.collector.events import Counts, Event, Lost, Presence, State
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.ranges import RangeSet
+from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import RepairRequest, SeqRange
 from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
 
 log = logging.getLogger(__name__)
+_full = RateLimited(log, period_s=60.0)
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
 JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
 MAX_RANGES_PER_REQUEST = 256
 DEFAULT_HEARTBEAT_S = 5.0
+MAX_DEVICES = 100_000      # the default of [limits] max_devices
+_TOTALS = ("frames", "gaps", "duplicates", "out_of_order", "restarts", "lost")
+
+
+class DeviceTableFull(Exception):
+    """A frame from a device not followed yet, and no room for it: every device followed is
+    online.  Raised only on the new-device path of :meth:`Tracker.on_frame`."""
 
 
 @dataclass(slots=True)
@@ -99,7 +133,7 @@ class Tracker:
     def __init__(self, filters: Iterable[bytes], emit: Callable[[Event], None],
                  send_request: Callable[[bytes], None], offline_after_s: float | None = None,
                  repair: bool = True, repair_delay_s: float = 0.5, repair_attempts: int = 6,
-                 max_skew_s: float = 300.0) -> None:
+                 max_skew_s: float = 300.0, max_devices: int = MAX_DEVICES) -> None:
         self._filters = list(filters)
         self.emit = emit
         self.send_request = send_request
@@ -108,11 +142,20 @@ class Tracker:
         self.repair_delay_s = repair_delay_s
         self.repair_attempts = repair_attempts
         self.max_skew_s = max_skew_s
+        self.max_devices = max_devices
         self.devices: dict[str, DeviceTrack] = {}
         self.started = time.monotonic()
         self.requests_sent = 0
         self.times_replaced = 0
         self.frames_skewed = 0
+        self.evicted = 0   # devices evicted from the table, in all
+        # evicted device -> (its current boot, the highest seq seen of it), oldest first
+        self.evicted_boots: dict[str, tuple[int, int]] = {}
+        self._unsure = False  # an evicted device's boot was dropped: new devices may be old ones
+        # (last_seen, device) of every device not online, for eviction; entries of devices that
+        # came back online since are skipped when popped (and pruned when there are many)
+        self._idle: list[tuple[float, str]] = []
+        self._retired = dict.fromkeys(_TOTALS, 0)  # the totals of devices evicted
 
     def set_filters(self, filters: Iterable[bytes]) -> None:
         """New subscription filters (a reload): which devices are followed whole changes."""
@@ -124,6 +167,7 @@ class Tracker:
     # -- start-up ---------------------------------------------------------------------
     def resume(self, boots: Iterable[ResumeBoot]) -> None:
         now, now_ns = time.monotonic(), time.time_ns()
+        boots = self._within_bound(list(boots))
         for rb in boots:
             dev = self._device(rb.site, rb.device)
             b = dev.boots.setdefault(rb.boot_id, BootTrack())
@@ -139,10 +183,33 @@ class Tracker:
                 dev.state = rb.state
             if b.missing and dev.tracked and self.repair:
                 dev.repair_due = now + self.repair_delay_s
+        for dev in self.devices.values():
+            if dev.state != "online":
+                heapq.heappush(self._idle, (dev.last_seen, dev.device))
         if self.devices:
             gaps = sum(d.gaps for d in self.devices.values())
             log.info("resumed seq tracking of %d devices from storage (%d frames missing)",
                      len(self.devices), gaps)
+
+    def _within_bound(self, boots: list[ResumeBoot]) -> list[ResumeBoot]:
+        """The boots of the ``max_devices`` devices seen last; the others are remembered as
+        evicted (their current boot and its highest seq)."""
+        latest: dict[str, ResumeBoot] = {}
+        for rb in boots:
+            seen = latest.get(rb.device)
+            if seen is None or rb.last_seen_ns >= seen.last_seen_ns:
+                latest[rb.device] = rb
+        if len(latest) + len(self.devices) <= self.max_devices:
+            return boots
+        room = max(0, self.max_devices - len(self.devices))
+        by_age = sorted(latest.values(), key=lambda rb: rb.last_seen_ns)
+        keep = {rb.device for rb in by_age[len(by_age) - room:]} if room else set()
+        for rb in by_age[:len(by_age) - room]:
+            self._remember(rb.device, rb.boot_id, rb.max_seq)
+        log.warning("storage knows %d devices seen in the last [repair] resume_s, more than "
+                    "[limits] max_devices (%d): following the %d seen last; the others are "
+                    "followed again when they send", len(latest), self.max_devices, len(keep))
+        return [rb for rb in boots if rb.device in keep]
 
     def _device(self, site: str, device: str) -> DeviceTrack:
         dev = self.devices.get(device)
@@ -157,7 +224,7 @@ class Tracker:
         """Account for one checked frame; False when it is a duplicate to drop."""
         dev = self.devices.get(frame.device_id)
         if dev is None:
-            dev = self._device(frame.site, frame.device_id)
+            dev = self._admit(frame, now)
         boot_id = frame.boot_id
         b = dev.boots.get(boot_id)
         if b is None:
@@ -202,6 +269,71 @@ class Tracker:
             self.frames_skewed += 1
         return True
 
+    # -- the bound on the table (only for devices not in it) --------------------------------
+    def _admit(self, frame: CheckedFrame, now: float) -> DeviceTrack:
+        """A device not in the table: make room for it, or raise DeviceTableFull."""
+        known = self.evicted_boots.pop(frame.device_id, None)  # before making room, which adds one
+        if len(self.devices) >= self.max_devices and not self._evict_idle(now):
+            if known is not None:
+                self.evicted_boots[frame.device_id] = known
+            raise DeviceTableFull(
+                f"device {frame.site}/{frame.device_id} is new and all {len(self.devices)} "
+                f"devices followed are online ([limits] max_devices = {self.max_devices}): "
+                "raise max_devices if the fleet is this large")
+        dev = self._device(frame.site, frame.device_id)
+        if known is not None:
+            boot_id, max_seq = known
+            dev.current_boot = boot_id
+            dev.boots[boot_id] = BootTrack(max_seq=max_seq, floor=max_seq + 1, last_seen=now)
+        elif self._unsure:
+            self._new_boot(dev, frame.boot_id, frame, now, late=True)
+        return dev
+
+    def _evict_idle(self, now: float) -> bool:
+        """Evict the device silent longest among those not online; False when all are."""
+        idle = self._idle
+        while idle:
+            seen, name = heapq.heappop(idle)
+            dev = self.devices.get(name)
+            if dev is not None and dev.state != "online" and dev.last_seen == seen:
+                self._evict(dev, now)
+                return True
+        return False
+
+    def _evict(self, dev: DeviceTrack, now: float) -> None:
+        self._hand_counts(dev)  # what the sinks have not been told yet
+        del self.devices[dev.device]
+        for k in _TOTALS:
+            self._retired[k] += getattr(dev, k)
+        b = dev.boots.get(dev.current_boot)
+        self._remember(dev.device, dev.current_boot, b.max_seq if b is not None else 0)
+        self.evicted += 1
+        _full.warning("evict", "the device table is full ([limits] max_devices = %d): evicted "
+                      "%s/%s (%s, silent for %.0f s) to follow a new device; %d evicted in all",
+                      self.max_devices, dev.site, dev.device, dev.state or "state unknown",
+                      now - dev.last_seen, self.evicted)
+
+    def _remember(self, device: str, boot_id: int, max_seq: int) -> None:
+        kept = self.evicted_boots
+        if len(kept) >= self.max_devices:
+            del kept[next(iter(kept))]  # the one evicted first
+            if not self._unsure:
+                self._unsure = True
+                log.warning("more than [limits] max_devices (%d) devices evicted: devices not "
+                            "in the table are now followed from their first frame (earlier "
+                            "frames are not reported as gaps)", self.max_devices)
+        kept[device] = (boot_id, max_seq)
+
+    def set_max_devices(self, max_devices: int) -> None:
+        """A new bound (a reload): devices not online are evicted down to it at once."""
+        self.max_devices = max_devices
+        now = time.monotonic()
+        while len(self.devices) > max_devices and self._evict_idle(now):
+            pass
+        while len(self.evicted_boots) > max_devices:
+            del self.evicted_boots[next(iter(self.evicted_boots))]
+            self._unsure = True
+
     def _clock(self, dev: DeviceTrack, synced: bool, offset_s: float) -> None:
         """Follow a device's clock offset (smoothed over heartbeats) and flag a skew."""
         old = dev.clock_offset_s
@@ -218,9 +350,10 @@ class Tracker:
             else:
                 log.info("device %s: its clock is within %.0f s again", dev.device, self.max_skew_s)
 
-    def _new_boot(self, dev: DeviceTrack, boot_id: int, frame: CheckedFrame, now: float) -> BootTrack:
+    def _new_boot(self, dev: DeviceTrack, boot_id: int, frame: CheckedFrame, now: float,
+                  late: bool = False) -> BootTrack:
         b = dev.boots[boot_id] = BootTrack()
-        if now - self.started < JOIN_GRACE_S:
+        if late or now - self.started < JOIN_GRACE_S:
             # We may have joined this boot's stream late: what came before its first frame we
             # see was not ours to miss.  Later than this, a new boot is followed from seq 1.
             if frame.seq == 0:
@@ -273,6 +406,13 @@ class Tracker:
     def _transition(self, dev: DeviceTrack, state: State, now_ns: int) -> None:
         previous = dev.state
         dev.state = state
+        if state != "online":
+            idle = self._idle
+            heapq.heappush(idle, (dev.last_seen, dev.device))
+            if len(idle) > 2 * len(self.devices) + 1024:  # mostly devices online again: prune
+                self._idle = [(d.last_seen, d.device) for d in self.devices.values()
+                              if d.state != "online"]
+                heapq.heapify(self._idle)
         if previous is not None or state == "online":
             level = logging.INFO if state != "offline" else logging.WARNING
             log.log(level, "device %s/%s is %s (was %s)", dev.site, dev.device, state, previous or "unknown")
@@ -330,8 +470,9 @@ class Tracker:
 
     # -- summaries -----------------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
-        out = dict(devices=len(self.devices), online=0, frames=0, gaps=0, duplicates=0,
-                   out_of_order=0, restarts=0, lost=0)
+        """Devices in the table, online; frames, gaps, ... of every device followed since start
+        (the evicted ones' too)."""
+        out = dict(devices=len(self.devices), online=0, evicted=self.evicted, **self._retired)
         for d in list(self.devices.values()):  # also called from the metrics server's thread
             out["online"] += d.state == "online"
             out["frames"] += d.frames

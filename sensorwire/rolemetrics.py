@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # The decode-error reasons of sensorwire.proto.wire.WireError and the collector's own checks:
 # exported at 0 from the start, so that rate() works before the first error.
 DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_name",
-                  "too_many_samples", "oversized", "multipart")
+                  "too_many_samples", "oversized", "multipart", "too_many_devices")
 
 # The publisher's counters dict -> (name, help).  A key missing from the dict is not exported.
 PUBLISHER_COUNTERS = {
@@ -162,6 +162,9 @@ def _tracking_families(collector: Collector) -> Iterable[Family]:
     """Loss accounting (the same numbers as `sensorwire status`, live)."""
     t = collector.tracker.totals()
     yield Family("sensorwire_devices_known", "gauge", "Devices the collector follows.").add(t["devices"])
+    yield Family("sensorwire_devices_evicted_total", "counter",
+                 "Devices no longer followed to stay within [limits] max_devices."
+                 ).add(t["evicted"])
     yield Family("sensorwire_frames_missing", "gauge",
                  "Frames missing from the devices' seq streams right now (gaps, not yet repaired)."
                  ).add(t["gaps"])

@@ -9,6 +9,7 @@ from support import run_cli, write
 
 from sensorwire import checkconfig, configload
 from sensorwire.agent import config as agent_config
+from sensorwire.collector.config import CollectorConfig
 from sensorwire.configload import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,16 @@ def test_each_role_refuses_a_bad_config_with_exit_2(tmp_path: Path, role: str) -
     r = run_cli(role, "-c", str(p), timeout=30)
     assert r.returncode == 2, r.stderr
     assert f"{role}.toml: " in r.stderr
+
+
+def test_check_config_accepts_the_collector_limits(tmp_path: Path) -> None:
+    p = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\n'
+              "[limits]\nmax_devices = 500\nmax_frames_per_s_per_device = 0\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0, r.stderr
+    assert "a valid collector configuration" in r.stdout
+    _, cfg = checkconfig.load_any(p)
+    assert isinstance(cfg, CollectorConfig) and cfg.limits.max_devices == 500
 
 
 def test_collector_prefix_is_validated(tmp_path: Path) -> None:

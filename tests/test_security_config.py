@@ -71,6 +71,8 @@ def load(tmp_path: Path, role: str, text: str) -> object:
     ("collector",
      '[subscribe]\nconnect = ["tcp://h:1"]\n[limits]\nmax_frames_per_s_per_device = -1\n',
      "collector.toml: limits.max_frames_per_s_per_device: expected an integer >= 0, got -1"),
+    ("collector", '[subscribe]\nconnect = ["tcp://h:1"]\n[limits]\nmax_devices = 0\n',
+     "collector.toml: limits.max_devices: expected an integer >= 1, got 0"),
 ])
 def test_bad_security_and_limits_are_explained(tmp_path: Path, role: str, text: str,
                                                expected: str) -> None:

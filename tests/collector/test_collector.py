@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,8 +12,15 @@ import pytest
 import zmq
 from support import tcp, wait_until
 
-from sensorwire.collector.config import CollectorConfig, LimitsConfig, StorageConfig, SubscribeConfig
+from sensorwire.collector.config import (
+    CollectorConfig,
+    LimitsConfig,
+    PresenceConfig,
+    StorageConfig,
+    SubscribeConfig,
+)
 from sensorwire.collector.runtime import Collector
+from sensorwire.collector.tracking import JOIN_GRACE_S
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
@@ -34,7 +42,8 @@ def encode(f: Frame) -> bytes:
 class Running:
     """A collector running in a thread, fed by a real PUB socket it connects to."""
 
-    def __init__(self, tmp_path: Path, prefixes: list[str] | None = None, **limits: int) -> None:
+    def __init__(self, tmp_path: Path, prefixes: list[str] | None = None,
+                 offline_after_s: float | None = None, **limits: int) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -45,6 +54,7 @@ class Running:
         cfg = CollectorConfig(
             subscribe=SubscribeConfig(connect=[ep], prefixes=prefixes or []),
             storage=StorageConfig(path=str(self.db), flush_interval_s=0.05),
+            presence=PresenceConfig(offline_after_s=offline_after_s),
             limits=LimitsConfig(**limits),
         )
         self.collector = Collector(cfg)
@@ -183,3 +193,49 @@ def test_stop_flushes_everything_received(tmp_path: Path) -> None:
                      "WHERE d.device='pi-1'").fetchone()[0]
     conn.close()
     assert n == 2000
+
+
+def test_a_new_device_is_rejected_and_counted_while_every_device_followed_is_online(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r = Running(tmp_path, max_devices=3)  # the probe, pi-1 and pi-2
+    try:
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.runtime"):
+            r.send(encode(frame("pi-1", 1)), encode(frame("pi-2", 1)), encode(frame("pi-3", 1)),
+                   encode(frame("pi-1", 2)))
+            wait_until(lambda: stored_seqs(r, "pi-1") == [1, 2], what="pi-1's frames")
+        assert r.collector.rejected["too_many_devices"] == 1
+        assert stored_seqs(r, "pi-3") == []
+        assert set(r.collector.tracker.devices) == {"probe", "pi-1", "pi-2"}
+        assert ("rejected a message (too_many_devices): device gh/pi-3 is new and all 3 devices "
+                "followed are online ([limits] max_devices = 3): raise max_devices") in caplog.text
+    finally:
+        r.close()
+
+
+def test_an_offline_device_makes_room_and_comes_back_with_no_false_gap_or_restart(
+        tmp_path: Path) -> None:
+    r = Running(tmp_path, offline_after_s=0.3, max_devices=2)  # the probe and one more
+
+    def offline(*devices: str) -> bool:
+        states = dict(r.rows("SELECT device, state FROM devices"))  # type: ignore[arg-type]
+        return all(states.get(d) == "offline" for d in devices)
+
+    try:
+        r.collector.tracker.started -= JOIN_GRACE_S  # as if long started: new boots from seq 1
+        r.send(*(encode(frame("pi-1", seq)) for seq in (1, 2, 3)))
+        wait_until(lambda: stored_seqs(r, "pi-1") == [1, 2, 3], what="pi-1's frames")
+        wait_until(lambda: offline("probe", "pi-1"), what="the probe and pi-1 offline")
+        r.send(encode(frame("pi-2", 1)), encode(frame("pi-3", 1)))  # evict the probe, then pi-1
+        wait_until(lambda: stored_seqs(r, "pi-3") == [1], what="pi-3's frame")
+        assert set(r.collector.tracker.devices) == {"pi-2", "pi-3"}
+        wait_until(lambda: offline("pi-2", "pi-3"), what="pi-2 and pi-3 offline")
+        r.send(encode(frame("pi-1", 4)))  # pi-1 again, on the same boot: evicts pi-2
+        wait_until(lambda: stored_seqs(r, "pi-1") == [1, 2, 3, 4], what="pi-1's next frame")
+        tracker = r.collector.tracker
+        assert set(tracker.devices) == {"pi-3", "pi-1"}
+        t = tracker.totals()
+        assert (t["evicted"], t["gaps"], t["restarts"]) == (3, 0, 0)
+        assert tracker.requests_sent == 0  # nothing asked for again: 1-3 are not a gap
+        assert r.collector.rejected["too_many_devices"] == 0
+    finally:
+        r.close()

@@ -1,0 +1,190 @@
+"""The tracker's table of devices is bounded by ``max_devices``: which device makes room for a
+new one, what is handed on before it goes, and what a frame from it means afterwards."""
+
+from __future__ import annotations
+
+import pytest
+from sensorwire.collector.events import Counts, Event, Presence
+from sensorwire.collector.frames import EMPTY, CheckedFrame
+from sensorwire.collector.tracking import JOIN_GRACE_S, DeviceTableFull, ResumeBoot, Tracker
+from sensorwire.proto.v1.telemetry_pb2 import Heartbeat
+
+NS = 1_000_000_000
+OFFLINE_S = 10.0
+
+
+class Fixture:
+    """A tracker with every event it emits and every repair request it sends; time is given."""
+
+    def __init__(self, max_devices: int) -> None:
+        self.events: list[Event] = []
+        self.requests: list[bytes] = []
+        self.tracker = Tracker([b""], emit=self.events.append, send_request=self.requests.append,
+                               offline_after_s=OFFLINE_S, max_devices=max_devices)
+        self.now = self.tracker.started + JOIN_GRACE_S + 1  # past the start-up grace
+
+    def frame(self, device: str, seq: int, boot_id: int = 1) -> bool:
+        f = CheckedFrame("gh", device, boot_id, seq, 1_700_000_000 * NS + seq, "env", 0,
+                         EMPTY, ())
+        return self.tracker.on_frame(f, self.now, int(self.now * NS))
+
+    def heartbeat(self, device: str, last_seq: int, boot_id: int = 1,
+                  stopping: bool = False) -> bool:
+        hb = Heartbeat(interval_s=1.0, last_seq=last_seq, clock_synced=True, stopping=stopping)
+        f = CheckedFrame("gh", device, boot_id, 0, int(self.now * NS), "", 0, EMPTY, (), hb)
+        return self.tracker.on_frame(f, self.now, int(self.now * NS))
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+        self.tracker.tick(self.now, int(self.now * NS))
+
+    def state(self, device: str) -> str | None:
+        dev = self.tracker.devices.get(device)
+        return None if dev is None else dev.state
+
+    def gaps(self, device: str) -> list[tuple[int, int]]:
+        dev = self.tracker.devices[device]
+        return [r for b in dev.boots.values() for r in b.missing]
+
+
+def test_a_new_device_evicts_the_one_silent_longest_among_those_not_online() -> None:
+    f = Fixture(max_devices=3)
+    f.frame("a", 1)
+    f.wait(1)
+    f.frame("b", 1)
+    f.frame("c", 1)
+    f.wait(OFFLINE_S + 0.5)  # a and b silent long enough: offline; then c speaks
+    f.frame("c", 2)
+    assert (f.state("a"), f.state("b"), f.state("c")) == ("offline", "offline", "online")
+    assert f.frame("d", 1)
+    assert set(f.tracker.devices) == {"b", "c", "d"}  # a was silent longest
+    assert f.tracker.evicted == 1
+    assert f.frame("e", 1)
+    assert set(f.tracker.devices) == {"c", "d", "e"}
+
+
+def test_a_stopped_device_is_evicted_before_an_online_one() -> None:
+    f = Fixture(max_devices=2)
+    f.frame("a", 1)
+    f.frame("b", 1)
+    f.wait(1)
+    f.heartbeat("b", 1, stopping=True)  # a clean stop
+    assert (f.state("a"), f.state("b")) == ("online", "stopped")
+    assert f.frame("c", 1)
+    assert set(f.tracker.devices) == {"a", "c"}  # a is online, silent longer, and stays
+
+
+def test_when_every_device_is_online_a_new_one_is_refused_and_nothing_changes() -> None:
+    f = Fixture(max_devices=2)
+    f.frame("a", 1)
+    f.frame("b", 1)
+    with pytest.raises(DeviceTableFull, match=r"gh/c is new and all 2 devices followed are "
+                                              r"online \(\[limits\] max_devices = 2\)"):
+        f.frame("c", 1)
+    assert set(f.tracker.devices) == {"a", "b"} and f.tracker.evicted == 0
+    # a device that went offline and came back is online: its old place in line does not count
+    f.wait(OFFLINE_S + 1)
+    f.frame("a", 2)
+    f.frame("b", 2)
+    with pytest.raises(DeviceTableFull):
+        f.frame("c", 1)
+    assert set(f.tracker.devices) == {"a", "b"}
+
+
+def test_eviction_hands_on_counts_not_handed_yet_and_keeps_the_totals() -> None:
+    f = Fixture(max_devices=1)
+    f.frame("a", 1)
+    f.frame("a", 3)
+    assert not f.frame("a", 1)  # a duplicate
+    assert f.frame("a", 2)      # fills the gap: out of order
+    f.tracker.flush_counts()
+    assert not f.frame("a", 3)  # one more duplicate, not handed on yet
+    f.wait(OFFLINE_S + 1)
+    before = f.tracker.totals()
+    f.events.clear()
+    f.frame("b", 1)
+    assert "a" not in f.tracker.devices
+    assert f.events[0] == Counts("gh", "a", 1, 0)  # handed on before a was forgotten
+    assert [e for e in f.events if isinstance(e, Counts)] == [Counts("gh", "a", 1, 0)]
+    after = f.tracker.totals()
+    for key in ("frames", "duplicates", "out_of_order", "restarts", "lost", "gaps"):
+        assert after[key] >= before[key], key  # counters never go back
+    assert (after["duplicates"], after["out_of_order"], after["evicted"]) == (2, 1, 1)
+    assert after["frames"] == before["frames"] + 1
+
+
+def test_an_evicted_device_back_on_the_same_boot_is_no_restart_and_has_no_false_gap() -> None:
+    f = Fixture(max_devices=1)
+    for seq in range(1, 6):
+        f.frame("a", seq)
+    f.wait(OFFLINE_S + 1)
+    f.frame("b", 1)                      # a evicted
+    f.wait(OFFLINE_S + 1)
+    assert f.frame("a", 8)               # b evicted; a goes on from seq 5, where it was
+    assert f.tracker.evicted_boots == {"b": (1, 1)}
+    dev = f.tracker.devices["a"]
+    assert dev.restarts == 0
+    assert f.gaps("a") == [(6, 7)]       # sent after the last frame we had seen: a real gap
+    assert f.frame("a", 3)               # from before the eviction: accepted, not a duplicate
+    assert (dev.out_of_order, dev.duplicates) == (1, 0)
+    assert f.tracker.totals()["restarts"] == 0
+
+
+def test_an_evicted_device_back_with_a_new_boot_is_one_restart() -> None:
+    f = Fixture(max_devices=1)
+    f.frame("a", 1, boot_id=1)
+    f.wait(OFFLINE_S + 1)
+    f.frame("b", 1)
+    f.wait(OFFLINE_S + 1)
+    f.frame("a", 1, boot_id=2)
+    assert f.tracker.devices["a"].restarts == 1
+    assert f.gaps("a") == []
+
+
+def test_a_new_device_is_followed_from_seq_1_until_a_remembered_boot_is_dropped() -> None:
+    f = Fixture(max_devices=1)
+    f.frame("a", 1)
+    f.wait(OFFLINE_S + 1)
+    f.frame("new-1", 5)                  # never seen, we were listening: 1-4 are a gap
+    assert f.gaps("new-1") == [(1, 4)]
+    f.wait(OFFLINE_S + 1)
+    f.frame("b", 1)                      # new-1 evicted: a's boot is no longer remembered
+    assert list(f.tracker.evicted_boots) == ["new-1"]
+    f.wait(OFFLINE_S + 1)
+    f.frame("a", 50)                     # a may have been here before: followed from 50
+    assert f.gaps("a") == [] and f.tracker.devices["a"].restarts == 0
+    f.frame("a", 52)
+    assert f.gaps("a") == [(51, 51)]     # after its first frame, holes are gaps again
+
+
+def test_resume_follows_the_devices_seen_last_and_remembers_the_others() -> None:
+    f = Fixture(max_devices=2)
+    f.tracker.resume([
+        ResumeBoot("gh", name, 7, 10, [], last_ns * NS, "offline")
+        for name, last_ns in (("old", 1), ("mid", 2), ("new", 3))
+    ] + [ResumeBoot("gh", "old", 6, 99, [], 0, "offline")])
+    assert set(f.tracker.devices) == {"mid", "new"}
+    assert f.tracker.evicted_boots == {"old": (7, 10)}
+    f.frame("old", 11, boot_id=7)        # evicts "mid", the resumed device seen longest ago
+    assert set(f.tracker.devices) == {"new", "old"}
+    assert f.gaps("old") == [] and f.tracker.devices["old"].restarts == 0
+
+
+def test_a_lower_max_devices_evicts_devices_not_online_at_once() -> None:
+    f = Fixture(max_devices=4)
+    for name in ("a", "b", "c"):
+        f.frame(name, 1)
+    f.wait(OFFLINE_S + 1)
+    f.frame("d", 1)
+    f.tracker.set_max_devices(2)
+    assert set(f.tracker.devices) == {"c", "d"}
+    assert f.tracker.evicted == 2
+
+
+def test_presence_went_to_the_sinks_before_a_device_is_evicted() -> None:
+    f = Fixture(max_devices=1)
+    f.frame("a", 1)
+    f.wait(OFFLINE_S + 1)
+    f.frame("b", 1)
+    states = [(e.device, e.state) for e in f.events if isinstance(e, Presence)]
+    assert states == [("a", "online"), ("a", "offline"), ("b", "online")]
