@@ -98,7 +98,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
     if cfg.metrics.endpoint("collector")[0]:
         from sensorwire.collector.sinks.metrics import MetricsSink
 
-        sinks.append(MetricsSink(cfg.metrics.export_values, cfg.metrics.values_max))
+        sinks.append(MetricsSink(cfg.metrics.export_values, cfg.metrics.values_max,
+                                 devices_max=cfg.limits.max_devices))
     c = Collector(cfg, sinks=sinks)
 
     def reload() -> None:

@@ -167,6 +167,29 @@ def test_metrics_sink_keeps_values_within_values_max() -> None:
     assert sink.devices_online() == 1
 
 
+def test_metrics_sink_keeps_at_most_devices_max_devices_forgetting_offline_ones_first() -> None:
+    now = 10**18
+    sink = MetricsSink(devices_max=16, clock_ns=lambda: now)
+
+    def seen(device: str, at_ns: int) -> None:
+        f = Frame(site="s", device_id=device, boot_id=1, seq=1, sensor="env", time_unix_nano=at_ns)
+        f.samples.add(metric="x", value=1.0)
+        sink.write([(CheckedFrame.from_pb(f), at_ns)])
+
+    for i in range(4):                      # silent for a minute: offline
+        seen(f"old-{i}", now - 60 * 10**9)
+    for i in range(12):                     # online
+        seen(f"live-{i}", now - 10**9 + i)
+    assert sink.devices_seen() == 16 and sink.devices_online() == 12
+    seen("new", now)                        # full: the offline ones go, the online ones stay
+    assert sink.devices_seen() == 13 and sink.devices_online() == 13
+    for i in range(3):
+        seen(f"more-{i}", now)
+    seen("one-too-many", now)               # all online: the two silent longest (16 / 8) go
+    assert sink.devices_seen() == 15 and sink.devices_online() == 15
+    assert not {("s", "live-0"), ("s", "live-1")} & set(sink._devices)
+
+
 def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     h = Histogram([0.1, 1.0])
     for v in (0.05, 0.1, 0.5, 7.0):

@@ -10,7 +10,9 @@ sink, so the receive loop does no extra work per frame.  It keeps:
   step, counts as 0);
 - which devices are online: a device is online while its frames keep coming
   (within three of its heartbeat intervals) and its last heartbeat did not say
-  it was stopping;
+  it was stopping; at most ``devices_max`` devices (``[limits] max_devices``)
+  are kept: when full, the offline ones are forgotten (and the ones silent
+  longest, up to an eighth of them);
 - with ``[metrics] export_values = true``, the latest value of every
   ``(site, device, sensor, metric)``, at most ``values_max`` series.
 """
@@ -37,9 +39,10 @@ class MetricsSink:
     name = "metrics"
 
     def __init__(self, export_values: bool = False, values_max: int = 10_000,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, devices_max: int = 100_000) -> None:
         self.export_values = export_values
         self.values_max = values_max
+        self.devices_max = devices_max
         self.latency = Histogram(LATENCY_BUCKETS)
         self.data_frames = 0
         self.heartbeats = 0
@@ -64,6 +67,8 @@ class MetricsSink:
                 key = (frame.site, frame.device_id)
                 dev = devices.get(key)
                 if dev is None:
+                    if len(devices) >= self.devices_max:
+                        self._make_room(received_ns)
                     dev = devices[key] = [0, DEFAULT_HEARTBEAT_S, 0]
                 dev[0] = received_ns
                 if frame.seq == 0:
@@ -80,6 +85,20 @@ class MetricsSink:
                 observe(lag if lag > 0 else 0.0)
                 if self.export_values:
                     self._keep_values(frame.site, frame.device_id, frame.sensor, frame)
+
+    def _make_room(self, now_ns: int) -> None:
+        """Forget the devices that are not online, and if they are fewer than an eighth of
+        ``devices_max``, the ones silent longest up to that (so this runs at most once per
+        ``devices_max / 8`` new devices)."""
+        devices = self._devices
+        gone = [k for k, (last, interval, stopping) in devices.items()
+                if stopping or now_ns - last > ONLINE_HEARTBEATS * interval * 1e9]
+        for k in gone:
+            del devices[k]
+        short = max(1, self.devices_max // 8) - len(gone)
+        if short > 0:
+            for k in sorted(devices, key=lambda k: devices[k][0])[:short]:
+                del devices[k]
 
     def _keep_values(self, site: str, device: str, sensor: str, frame: CheckedFrame) -> None:
         values = self._values
