@@ -4,6 +4,7 @@ new one, what is handed on before it goes, and what a frame from it means afterw
 from __future__ import annotations
 
 import pytest
+
 from sensorwire.collector.events import Counts, Event, Presence
 from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.tracking import JOIN_GRACE_S, DeviceTableFull, ResumeBoot, Tracker
