@@ -10,7 +10,8 @@ and calls :meth:`Service.ready` once its sockets are bound or connected and its
 sinks are open.  The messages (one datagram each, see :mod:`sensorwire.sdnotify`):
 
 - ``READY=1`` with a first ``STATUS=``, from :meth:`ready`;
-- ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC`` (:mod:`sensorwire.watchdog`);
+- ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC`` (:mod:`sensorwire.watchdog`), withheld
+  while a check the role installed names something stuck (the collector's sinks);
 - ``STATUS=<one line>`` every ``status_s``, from the role's own ``status()``;
 - ``RELOADING=1`` before and ``READY=1`` after a reload (SIGHUP);
 - ``STOPPING=1`` as soon as SIGTERM/SIGINT arrives (:meth:`stopping`).

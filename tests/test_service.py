@@ -64,6 +64,30 @@ def test_watchdog_pings_at_most_once_per_interval(listener: NotifyListener) -> N
     assert Watchdog(None).due_in() is None and not Watchdog(None).kick()
 
 
+def test_watchdog_withholds_pings_while_a_check_names_something_stuck(
+        listener: NotifyListener, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    wd = Watchdog(0.25, clock=clock)
+    stuck: list[str] = []
+    with wd.watching(lambda: stuck[0] if stuck else None):
+        assert wd.kick()
+        stuck.append("sink x: a write into it has been running for 130.0 s")
+        clock.t += 0.25
+        assert not wd.kick() and wd.withheld == 1
+        assert wd.due_in() == 0.25  # asked again a half period later: no busy loop meanwhile
+        clock.t += 0.25
+        assert not wd.kick() and wd.withheld == 2
+        stuck.clear()
+        clock.t += 0.25
+        assert wd.kick()
+    stuck.append("no longer asked")
+    clock.t += 0.25
+    assert wd.kick()  # the check is gone with the block
+    assert drain(listener) == ["WATCHDOG=1"] * 3
+    assert caplog.text.count("no longer telling systemd that all is well: sink x: a write") == 1
+    assert "pinging systemd again, 2 pings were withheld (sink x" in caplog.text
+
+
 def test_poll_timeout_is_capped_by_the_watchdog_and_rounded_up(listener: NotifyListener) -> None:
     clock = Clock()
     svc = Service(watchdog=Watchdog(0.25, clock=clock))
