@@ -40,6 +40,9 @@ class StorageConfig(Config):
     batch_max: Annotated[int, msgspec.Meta(gt=0)] = 20_000
     flush_interval_s: Positive = 1.0
     queue_max: Annotated[int, msgspec.Meta(gt=0)] = 200_000
+    # a call into a sink (a write, ...) running longer than this: the sink is stalled, logged,
+    # and the systemd watchdog is no longer pinged, so systemd restarts the collector
+    stalled_after_s: Positive = 120.0
     # --- kind = "postgres" (docs/postgres.md) ---------------------------------------------
     dsn: str | None = None
     schema: str | None = None

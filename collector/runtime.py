@@ -19,6 +19,16 @@ and ``summary_s`` apply at once, and every sink with a ``reload(config)``
 method gets the new configuration in its own thread, in order with the frames;
 endpoints, ``[storage]`` and ``[metrics]`` need a restart.
 
+Sinks run in threads of their own, which the main loop's watchdog pings do not
+cover by themselves.  So the loop looks at them every tick: a sink whose
+current call (a write, say) has been running for longer than ``[storage]
+stalled_after_s`` is *stalled*: logged at ERROR with its name and how long,
+shown in ``STATUS=``, and while it lasts the watchdog withholds its pings
+(:meth:`sensorwire.watchdog.Watchdog.watching`), so systemd restarts the
+collector rather than let it drop every frame from then on.  A sink that fails
+and is retried, or that holds frames while its database is down, returns from
+each call and is not stalled.
+
 With ``[security] mode = "curve"`` and agents connecting to a bound
 endpoint, each message's sender is checked against the device its key is
 registered for (:class:`sensorwire.security.Identity`); without that, the
@@ -58,6 +68,7 @@ DRAIN_MAX = 5000  # messages taken per wake-up before handing a batch on
 TICK_S = 0.5      # presence, repair requests and counters are looked at this often
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
+STALL_LOG_S = 30.0  # a stalled sink is logged this often while it lasts
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -106,6 +117,7 @@ class Collector:
         self._nonce = os.urandom(8).hex().encode()
         self._started = time.monotonic()
         self._live_at: float | None = None
+        self._stall_logged: float | None = None  # when a stalled sink was last logged
         self._next_ping = 0.0
         self.bytes_received = 0
         self._rate = Rate()
@@ -173,7 +185,9 @@ class Collector:
                      [s.name for s in self.sinks])
             if ready is not None:
                 ready()
-            self._loop(stop, sub, service or NO_SERVICE)
+            svc = service or NO_SERVICE
+            with svc.watchdog.watching(self.sink_stall):  # the sinks' threads are covered too
+                self._loop(stop, sub, svc)
         finally:
             self.sock = None
             sub.close()
@@ -207,10 +221,31 @@ class Collector:
                 if self.rate_limit is not None:
                     self.rate_limit.roll(now)  # report devices over budget even when all is quiet
                 self.tracker.flush_counts()
+                self._watch_sinks(now, svc)
                 next_tick = now + TICK_S
             if now >= next_summary:
                 self._summary()
                 next_summary = now + self.config.summary_s
+
+    def sink_stall(self) -> str | None:
+        """What is stuck among the sinks (see the module's docstring), or None."""
+        now, limit = time.monotonic(), self.config.storage.stalled_after_s
+        stuck = [f"{why} (more than [storage] stalled_after_s = {limit:g} s); {r.depth} frames "
+                 f"queued, {r.dropped} dropped" for r in self.runners
+                 if (why := r.stalled(now, limit)) is not None]
+        return "; ".join(stuck) or None
+
+    def _watch_sinks(self, now: float, svc: Service) -> None:
+        stall = self.sink_stall()
+        if stall is None:
+            if self._stall_logged is not None:
+                log.info("sinks: none is stalled any more")
+                self._stall_logged = None
+        elif self._stall_logged is None or now - self._stall_logged >= STALL_LOG_S:
+            self._stall_logged = now
+            log.error("%s; %s", stall, "the systemd watchdog is no longer pinged, so systemd "
+                      "restarts the collector" if svc.watchdog.enabled else
+                      "there is no systemd watchdog to restart it: restart the collector")
 
     def drain(self, sub: zmq.Socket[bytes]) -> int:
         """Take what is waiting on ``sub`` (up to DRAIN_MAX), check it, queue it."""
@@ -362,4 +397,5 @@ class Collector:
         parts.append(f"{t['online']} of {t['devices']} devices online, {t['gaps']} frames missing")
         stored = ", ".join(f"{r.sink.name} {r.written} written, {r.dropped} dropped"
                            for r in self.runners if r.sink.name != "metrics")
-        return "; ".join(parts + ([stored] if stored else []))
+        stall = self.sink_stall()
+        return "; ".join(parts + ([stored] if stored else []) + ([stall] if stall else []))

@@ -22,7 +22,9 @@ bounded queue between reception and the sink (reception never waits on a
 sink), batching (a sink that falls behind gets bigger batches, and after a
 full one, what is queued at once, without waiting for the interval), retry with
 capped backoff for errors marked retryable, and counting of everything
-dropped, per device.
+dropped, per device.  It also notes which call into the sink is running and
+since when, so that the collector can tell a sink that hangs (a write that
+never returns) from one that is slow but moving (:meth:`SinkRunner.stalled`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class SinkRunner:
         self.dropped_by_device: collections.Counter[str] = collections.Counter()
         self.write_seconds = 0.0
         self.write_latency = Histogram(WRITE_BUCKETS)  # seconds per batch written
+        self._in_call: tuple[str, float] | None = None  # the call into the sink running, since
 
     @property
     def depth(self) -> int:
@@ -143,6 +146,23 @@ class SinkRunner:
         if self._open_error is not None:
             self._thread.join()
             raise self._open_error
+
+    def stalled(self, now: float, limit_s: float) -> str | None:
+        """Why the sink is stuck, or None: a call into it (``write``, ``event``, ``reload``,
+        ``tick``) running for longer than ``limit_s`` (monotonic ``now``), or its thread gone.
+
+        Waiting between retries is not a call: a sink that keeps failing and being retried, or
+        that holds what it cannot write (the PostgreSQL sink during an outage), is moving.
+        Any thread may ask.
+        """
+        call = self._in_call
+        if call is not None and now - call[1] > limit_s:
+            return (f"sink {self.sink.name}: a {call[0]} into it has been running for "
+                    f"{now - call[1]:.1f} s")
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._closing:
+            return f"sink {self.sink.name}: its thread has ended"
+        return None
 
     def offer(self, batch: list[Item]) -> list[Item]:
         """Queue a batch; what does not fit is dropped, counted per device and returned."""
@@ -256,12 +276,20 @@ class SinkRunner:
             except Exception:  # noqa: BLE001
                 log.exception("sink %s: close failed", self.sink.name)
 
+    def _call(self, what: str, fn: Callable[..., None], *args: object) -> None:
+        """Call into the sink, noting what and since when for :meth:`stalled`."""
+        self._in_call = (what, time.monotonic())
+        try:
+            fn(*args)
+        finally:
+            self._in_call = None
+
     def _write(self, batch: list[Item]) -> None:
         delay = 0.1
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
             try:
-                self.sink.write(batch)
+                self._call("write", self.sink.write, batch)
             except SinkError as exc:
                 if exc.retryable and attempt < self.retries:
                     log.warning("sink %s: write failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
@@ -284,19 +312,19 @@ class SinkRunner:
     def _event(self, ev: Event | _Reload) -> None:
         if isinstance(ev, _Reload):
             try:
-                self.sink.reload(ev.config)  # type: ignore[attr-defined]
+                self._call("reload", self.sink.reload, ev.config)  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - the sink keeps its previous settings
                 log.exception("sink %s: reload failed; it keeps its previous settings",
                               self.sink.name)
             return
         try:
-            self.sink.event(ev)  # type: ignore[attr-defined]
+            self._call("event", self.sink.event, ev)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a sink bug must not stop the others
             log.exception("sink %s: event %r failed", self.sink.name, ev)
 
     def _tick(self, tick: Callable[[int], None]) -> None:
         try:
-            tick(time.time_ns())
+            self._call("tick", tick, time.time_ns())
         except Exception:  # noqa: BLE001 - a sink bug must not stop the others
             log.exception("sink %s: tick failed", self.sink.name)
 

@@ -24,7 +24,7 @@ from sensorwire.collector.events import Counts, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_schema import SCHEMA_VERSION, MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter
-from sensorwire.collector.sinks import SinkError
+from sensorwire.collector.sinks import SinkError, SinkRunner
 from sensorwire.collector.sinks.postgres import PostgresSink
 from sensorwire.collector.sqlite_store import QueryFilter, SqliteWriter, StoreError
 from sensorwire.proto.v1.telemetry_pb2 import Frame
@@ -285,6 +285,38 @@ def test_sink_rides_out_a_lost_connection_and_writes_everything(pg: PgSchema, tm
     assert sink.backlog.dropped == 0
     assert pg.rows("SELECT state FROM presence") == [("offline",)]
     boots_consistent(pg)
+
+
+def test_a_sink_riding_out_an_outage_returns_from_every_call_so_is_never_stalled(
+        pg: PgSchema, tmp_path: Path) -> None:
+    sink = PostgresSink(storage_config(pg, tmp_path, buffer_max=50))
+    runner = SinkRunner(sink, flush_interval_s=0.02)
+    runner.start()
+    stalls: list[str] = []
+
+    def feed(first: int, last: int) -> None:
+        for s in range(first, last + 1):
+            runner.offer([frame("pi-1", s)])
+            why = runner.stalled(time.monotonic(), limit_s=1.0)  # the default is 120 s
+            if why is not None:
+                stalls.append(why)
+            time.sleep(0.01)  # frames at a pace, not a wait for anything
+
+    try:
+        feed(1, 10)
+        wait_until(lambda: len(stored(pg)) == 10, what="the first frames stored")
+        good_dsn = sink.writer.dsn
+        sink.writer.dsn = "postgresql://postgres@127.0.0.1:1/none"  # nothing answers there
+        pid = sink.writer.conn.info.backend_pid  # type: ignore[union-attr]
+        pg.rows("SELECT pg_terminate_backend(%s)", pid)
+        feed(11, 150)                        # 1.4 s of frames, held in memory then the spool
+        wait_until(lambda: sink.backlog.spool_pending > 0, what="frames held in the spool")
+        assert not sink.connected
+        sink.writer.dsn = good_dsn
+        wait_until(lambda: len(stored(pg)) == 150, timeout_s=20, what="everything written")
+        assert stalls == [] and runner.dropped == 0
+    finally:
+        runner.close()
 
 
 def test_sink_counts_what_exceeds_its_bounds(pg: PgSchema) -> None:
