@@ -43,8 +43,8 @@ lint: $(STAMP)
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/sensorwire
 	@ln -s $(CURDIR)/sensorwire/* $(TYPECHECK)/sensorwire/
 	@ln -s $(CURDIR)/agent $(CURDIR)/collector $(CURDIR)/proto $(TYPECHECK)/sensorwire/
-	@echo "MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire -p bench"
-	@MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p sensorwire -p bench >$(TYPECHECK)/mypy.out; rc=$$?; \
+	@echo "MYPYPATH=$(TYPECHECK) $(BIN)/mypy --cache-dir build/mypy-cache -p sensorwire -p bench"
+	@MYPYPATH=$(TYPECHECK) $(BIN)/mypy --cache-dir build/mypy-cache -p sensorwire -p bench >$(TYPECHECK)/mypy.out; rc=$$?; \
 	  sed -E 's#^$(TYPECHECK)/sensorwire/(agent|collector|proto)/#\1/#; s#^$(TYPECHECK)/##' \
 	    $(TYPECHECK)/mypy.out; exit $$rc
 
