@@ -150,12 +150,15 @@ def test_redundant_collectors_store_every_frame_once(tmp_path: Path, procs: Any,
     for d, n in last.items():
         wait_until(lambda d=d, n=n: complete(pg.seqs(d), n), timeout_s=30, what=f"{d}: 1..{n}")
     no_duplicates(pg)
-    for name, c in fleet.collectors.items():
+    stored = already = 0
+    for c in fleet.collectors.values():
         assert c.terminate() == 0, c.log()
-        # both wrote: each found frames the other had already stored
         m = re.search(r"postgres: (\d+) frames stored \(\d+ samples\), (\d+) already stored", c.log())
         assert m, c.log()
-        assert int(m.group(1)) > 0, f"{name} stored nothing:\n{c.log()}"
+        stored, already = stored + int(m.group(1)), already + int(m.group(2))
+    # each frame went in once, by whichever collector came first (batch by batch a race: either
+    # may store them all), and the other found it there
+    assert stored == sum(last.values()) and already > 0, (stored, already, last)
     status = {r["device"]: r for r in cli_json("status", "--db", pg.dsn)}
     assert all(status[d]["frames"] == last[d] and status[d]["gaps"] == 0 for d in devices), status
 
