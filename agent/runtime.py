@@ -2,10 +2,13 @@
 
 One thread owns the ZeroMQ socket and runs polled sensors on their intervals
 (due times are fixed multiples of ``interval_s`` from the start, so they do
-not drift).  Stream sensors (a serial line) each get a reader thread of their
-own that hands readings to the main loop through a bounded queue and a
-self-pipe.  The loop blocks in ``zmq.Poller.poll`` until the next due time, a
-reading, a subscription message or a signal: no busy polling.
+not drift).  Stream sensors (a serial line) each get a thread of their own that
+opens them (retrying with backoff) and reads them, handing readings to the
+main loop through a bounded queue and a self-pipe; a stream sensor that
+offers a descriptor (``fileno()``: a native serial port) is read by the main
+loop itself once open, its thread waiting until the port is lost.  The loop
+blocks in ``zmq.Poller.poll`` until the next due time, a reading, a
+subscription message or a signal: no busy polling.
 
 The host owns reliability: a sensor that raises is counted and logged once
 when it starts failing and once when it recovers; ``open`` is retried with
@@ -25,6 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import msgspec
 import zmq
@@ -33,7 +37,14 @@ from sensorwire import heaptrim
 from sensorwire.agent.clock import ClockState
 from sensorwire.agent.config import AgentConfig
 from sensorwire.agent.publisher import Publisher
-from sensorwire.agent.sensors import Reading, Sensor, SensorConfig, SensorKind, StreamSensor
+from sensorwire.agent.sensors import (
+    LoopReadable,
+    Reading,
+    Sensor,
+    SensorConfig,
+    SensorKind,
+    StreamSensor,
+)
 from sensorwire.lifecycle import StopSignal
 from sensorwire.service import NO_SERVICE, Rate, Service
 from sensorwire.waker import Waker
@@ -60,6 +71,9 @@ class SensorState(msgspec.Struct):
     last_error: str = ""
     thread: threading.Thread | None = None
     stop: threading.Event = msgspec.field(default_factory=threading.Event)  # stream thread
+    # a stream sensor read by the main loop: its descriptor there, and what its thread waits on
+    fd: int | None = None
+    resume: threading.Event = msgspec.field(default_factory=threading.Event)
 
     @property
     def name(self) -> str:
@@ -107,6 +121,9 @@ class Agent:
         )
         self._stream_lock = threading.Lock()
         self.stream_dropped = 0
+        self._handed: list[SensorState] = []  # stream sensors opened, for the loop to read
+        self._polled: dict[int, SensorState] = {}  # descriptor -> sensor the loop reads
+        self._poller: zmq.Poller | None = None
         self._waker = Waker()
         self._replan: set[int] | None = None  # after a reload: ids of the new states
         self._rate = Rate()
@@ -122,6 +139,7 @@ class Agent:
             poller.register(sock, zmq.POLLIN)
             poller.register(stop.fd, zmq.POLLIN)
             poller.register(self._waker.fd, zmq.POLLIN)
+            self._poller = poller
             self._start_streams()
             log.info(
                 "agent %s/%s started: boot_id %d, %d sensors, publishing to %s",
@@ -168,6 +186,10 @@ class Agent:
                     self._heartbeat(False, unavailable)
             if self._waker.fd in events:
                 self._waker.drain()
+                self._take_handed()
+            if self._polled:
+                for fd in [fd for fd in self._polled if fd in events]:
+                    self._read_polled(self._polled[fd])
             self._publish_stream_readings()
             now = time.monotonic()
             while due and due[0][0] <= now:
@@ -280,9 +302,65 @@ class Agent:
                 st.thread.start()
 
     def _stop_streams(self, states: Sequence[SensorState]) -> None:
-        """Ask the reader threads of ``states`` to stop (they notice within 0.5 s)."""
+        """Ask the reader threads of ``states`` to stop (they notice within 0.5 s); the loop
+        stops reading those it read itself (the caller closes them)."""
         for st in states:
             st.stop.set()
+            if st.fd is not None:
+                self._unpoll(st)
+            st.resume.set()
+
+    def _take_handed(self) -> None:
+        """Start reading the stream sensors their threads opened and handed over."""
+        with self._stream_lock:
+            handed, self._handed = self._handed, []
+        poller = self._poller
+        for st in handed:
+            fd = cast(LoopReadable, st.sensor).fileno() if not st.stop.is_set() else None
+            if fd is None or poller is None:
+                st.resume.set()  # stopped (a reload removed it) or no longer readable here
+                continue
+            poller.register(fd, zmq.POLLIN)
+            self._polled[fd] = st
+            st.fd = fd
+
+    def _read_polled(self, st: SensorState) -> None:
+        """Publish what a stream sensor read by the loop has ready; when its device is lost,
+        close it and hand it back to its thread, which reopens it with backoff."""
+        try:
+            batch = cast(LoopReadable, st.sensor).read_ready()
+        except Exception as exc:  # noqa: BLE001 - e.g. the device was unplugged
+            st.failed("read", exc)
+            self._unpoll(st)
+            _close_quietly(st)
+            st.resume.set()
+            return
+        t = time.time_ns()
+        for readings in batch:
+            st.succeeded()
+            self._publish(st.name, readings, t)
+
+    def _unpoll(self, st: SensorState) -> None:
+        fd, st.fd = st.fd, None
+        if fd is not None and self._polled.pop(fd, None) is not None and self._poller is not None:
+            self._poller.unregister(fd)
+
+    def _hand_over(self, st: SensorState) -> bool:
+        """In the sensor's thread, after it opened: when the sensor can be read from the loop,
+        hand it over and wait until the loop gives it back (lost) or the agent stops it."""
+        fileno = getattr(st.sensor, "fileno", None)
+        if fileno is None or not hasattr(st.sensor, "read_ready") or fileno() is None:
+            return False
+        st.resume.clear()
+        if st.stop.is_set():  # stopped before the clear: nobody would set it again
+            return True
+        with self._stream_lock:
+            self._handed.append(st)
+        self._waker.wake()
+        st.resume.wait()
+        if not st.stop.is_set():
+            st.stop.wait(st.next_backoff())  # given back after a failure: reopen after a while
+        return True
 
     def _stream_reader(self, st: SensorState) -> None:
         sensor: StreamSensor = st.sensor  # type: ignore[assignment]
@@ -298,6 +376,8 @@ class Agent:
                     st.failed("open", exc)
                     stop.wait(st.next_backoff())
                     continue
+            if self._hand_over(st):
+                continue
             try:
                 readings = sensor.read_next(0.5)
             except Exception as exc:  # noqa: BLE001 - e.g. the device was unplugged

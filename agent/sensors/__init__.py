@@ -59,6 +59,14 @@ class StreamSensor(Protocol):
     The host calls ``read_next(timeout_s)`` in a thread of its own; it blocks
     for at most ``timeout_s`` and returns one sample's readings, or None.
 
+    A stream sensor may also offer to be read from the host's own loop: then
+    it has ``fileno() -> int | None`` (after ``open``: a descriptor that is
+    readable when input waits, or None to be read in a thread after all) and
+    ``read_ready() -> list[readings]`` (what the waiting input makes, without
+    blocking; raises when the device is lost, like ``read_next``).  The host
+    then opens it and retries the open in a thread as before, but reads it in
+    its main loop: a line wakes the loop only, not a reader thread first.
+
     Any sensor may also have ``counters() -> dict[str, int]`` (e.g. bad input
     by reason); the host calls it from its main thread for every heartbeat,
     so it must be cheap and must not block.
@@ -69,6 +77,14 @@ class StreamSensor(Protocol):
     def read_next(self, timeout_s: float) -> Sequence[Reading] | None: ...
 
     def close(self) -> None: ...
+
+
+class LoopReadable(StreamSensor, Protocol):
+    """A stream sensor the host may read from its own loop (see :class:`StreamSensor`)."""
+
+    def fileno(self) -> int | None: ...
+
+    def read_ready(self) -> list[Sequence[Reading]]: ...
 
 
 class SensorKind(msgspec.Struct, frozen=True):

@@ -8,7 +8,10 @@ the string is written every ``interval_s`` and each answer line is a reading.
 What the host may rely on:
 
 - ``read_next`` blocks in the port's read for at most ``timeout_s``; it
-  never sleeps, retries or raises for bad input.  Bad lines are counted by
+  never sleeps, retries or raises for bad input.  A native port or
+  ``socket://`` without ``poll`` also has ``fileno()`` and ``read_ready()``,
+  so the host's own loop waits on it and reads it (a line wakes the loop
+  only, not a reader thread first).  Bad lines are counted by
   reason (:meth:`SerialSensor.counters`) and logged rate-limited.
 - ``open`` and ``read_next`` raise :class:`SerialPortError` when the port is
   missing or lost (USB unplugged, pty closed); the host closes the sensor and
@@ -255,6 +258,25 @@ class SerialSensor:
             if now >= deadline:
                 return None
             self._lines.feed(self._read(max(0.0, wait)))
+
+    # -- read from the host's own loop (optional, see StreamSensor) ----------
+    def fileno(self) -> int | None:
+        """The descriptor the host may wait on instead of calling :meth:`read_next` in a
+        thread: a native port or ``socket://`` that prints by itself; None otherwise (not
+        open, read through pyserial, or with ``poll``, which must be written on a schedule)."""
+        return self._fd if self._poll is None else None
+
+    def read_ready(self) -> list[Sequence[Reading]]:
+        """The readings of every complete good line in what waits on the port now; never
+        blocks.  Raises :class:`SerialPortError` when the port is lost."""
+        fd = self._fd
+        if fd is None:
+            raise SerialPortError(f"{self.config.port}: not open")
+        self._lines.feed(self._read_fd(fd, 0.0))
+        out: list[Sequence[Reading]] = []
+        while (readings := self._next_reading()) is not None:
+            out.append(readings)
+        return out
 
     def close(self) -> None:
         port, self._port = self._port, None

@@ -141,3 +141,51 @@ def test_the_last_heartbeat_of_a_clean_stop_says_so(run_agent: Any) -> None:
     stop.set()
     wait_until(lambda: any(f.heartbeat.stopping for f in listener.pump() if f.seq == 0),
                what="the stopping heartbeat")
+
+
+def test_a_native_serial_port_is_read_by_the_loop_and_handed_back_to_its_thread_when_lost(
+        tmp_path: Path) -> None:
+    """Its thread opens it and waits; the loop reads it; a loss closes it and the thread
+    opens it again (after its backoff) once the device is back."""
+    from sensorwire.serialsim import Pty, point
+
+    link = tmp_path / "ttyUSB0"
+    first, second = Pty(), Pty()
+    point(link, first.path)
+    ep = tcp()
+    cfg = agent_cfg(ep, tmp_path / "spool", sensors=[
+        {"name": "uart", "kind": "serial", "port": str(link), "format": "csv", "fields": ["a"]}])
+    agent = Agent(cfg)
+    listener = Listener(ep)
+    stop = StopSignal()
+    ready = threading.Event()
+    t = threading.Thread(target=agent.run, args=(stop, ready.set))
+    t.start()
+    try:
+        assert ready.wait(10)
+        uart = agent.states[0]
+        wait_until(lambda: uart.fd is not None, timeout_s=10, what="the loop to take the port")
+        assert uart.thread is not None and uart.thread.is_alive()  # waiting, not reading
+
+        def values() -> list[float]:
+            return [s.value for f in listener.pump() if f.sensor == "uart" for s in f.samples]
+
+        first.write(b"\n1\n")  # up to the first line end is discarded after an open
+        wait_until(lambda: 1.0 in values(), timeout_s=10, what="a reading read by the loop")
+        first.close()  # unplugged
+        wait_until(lambda: uart.fd is None and uart.failing, timeout_s=10, what="the loss")
+        assert uart.errors == 1
+        point(link, second.path)
+        wait_until(lambda: uart.fd is not None, timeout_s=10, what="the port taken again")
+        second.write(b"\n41\n42\n")
+        wait_until(lambda: 42.0 in values(), timeout_s=10, what="a reading after the replug")
+        assert not uart.failing
+    finally:
+        stop.set()
+        t.join(10)
+        listener.close()
+        stop.close()
+        first.close()
+        second.close()
+    assert not t.is_alive()
+    assert uart.thread is not None and not uart.thread.is_alive()

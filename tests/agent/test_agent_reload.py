@@ -107,3 +107,23 @@ def test_a_reload_that_cannot_make_a_sensor_changes_nothing(running: Any) -> Non
     reload(stop, pending, cfg({"name": "bad", "kind": "tick", "explode": True}))
     assert agent.states == before and CLOSED == []
     assert all(s.thread is None or s.thread.is_alive() for s in before)
+
+
+def test_a_serial_port_the_loop_reads_is_let_go_when_a_reload_removes_it(running: Any) -> None:
+    from sensorwire.serialsim import Pty
+
+    agent, stop, pending = running
+    with Pty() as pty:
+        uart = {"name": "uart", "kind": "serial", "port": pty.path, "format": "csv", "fields": ["a"]}
+        reload(stop, pending, cfg({"name": "stream", "kind": "tick"}, uart))
+        st = agent.states[2]
+        wait_until(lambda: st.fd is not None, what="the loop to read the port")
+        pty.write(b"\n7\n")
+        wait_until(lambda: st.readings == 1, what="a line read by the loop")
+        reload(stop, pending, cfg({"name": "stream", "kind": "tick"}))
+        assert st.fd is None and not agent._polled
+        assert st.thread is not None and not st.thread.is_alive()
+        assert not st.opened and st.sensor._port is None  # type: ignore[union-attr]
+        env = agent.states[0]
+        n = env.readings
+        wait_until(lambda: env.readings >= n + 3, what="the loop going on")

@@ -213,6 +213,37 @@ def test_unplug_then_replug_at_a_repointed_symlink(
         second.close()
 
 
+def test_read_ready_gives_every_complete_line_waiting_and_keeps_a_partial_one(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, format="csv", fields=["a"])
+    assert sensor.fileno() is None  # not open
+    sensor.open()
+    fd = sensor.fileno()
+    assert fd is not None
+    assert sensor.read_ready() == []  # nothing waits: no blocking
+    pty.write(b"\n1\n2\n4,5\n3")  # "4,5": a column too many, counted
+    wait_until(lambda: select.select([fd], [], [], 0.05)[0], timeout_s=5, what="input")
+    assert sensor.read_ready() == [[("a", 1.0, "")], [("a", 2.0, "")]]
+    assert sensor.counters()["bad_lines"] == 1
+    pty.write(b"\n")
+    wait_until(lambda: select.select([fd], [], [], 0.05)[0], timeout_s=5, what="the line end")
+    assert sensor.read_ready() == [[("a", 3.0, "")]]
+    pty.close()  # unplugged
+    with pytest.raises(SerialPortError, match="lost"):
+        wait_until(lambda: sensor.read_ready(), timeout_s=5, what="the loss to show")
+
+
+def test_a_polling_or_pyserial_read_sensor_is_left_to_its_thread(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    polling = make_sensor(port=pty.path, format="json", poll="READ\r\n")
+    polling.open()
+    assert polling.fileno() is None  # its request must be written on a schedule
+    polling.close()
+    loop = make_sensor(port="loop://", format="json")
+    loop.open()
+    assert loop.fileno() is None  # read through pyserial
+
+
 def test_read_next_returns_within_its_timeout_when_the_device_is_quiet(
         pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
     sensor = make_sensor(port=pty.path, format="json")
