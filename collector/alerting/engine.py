@@ -18,6 +18,16 @@ and timed transitions (``for_s`` elapsed, ``stale_s`` elapsed, ``repeat_s``)
 are stamped at the exact time they became due, however late :meth:`Engine.tick`
 is called, so a live run and a replay of the same frames give the same
 transitions at the same times.  Rates use the samples' own times.
+
+Memory is bounded whatever is sent: a rule follows at most ``max_instances``
+instances.  A full rule makes room for a new series by forgetting its
+instance that is ok and has been idle longest (no sample for the longest
+time: for a rate rule, a window going out of date; for a stale rule, the
+series closest to going stale), counted in :attr:`Engine.evicted`.  Pending
+and firing instances are never forgotten (a firing alert must resolve), so a
+rule whose instances all are pending or firing does not watch the new series:
+counted in :attr:`Engine.refused`.  Both name the last series concerned
+(:attr:`Engine.last_limited`), for the sink's warnings.
 """
 
 from __future__ import annotations
@@ -62,6 +72,11 @@ class Rule:
         self.band = config.clear_band
         lo_hi = config.outside
         self.outside = (float(lo_hi[0]), float(lo_hi[1])) if lo_hi else None
+        self.max_instances = config.max_instances
+        self.live = 0  # instances of this rule
+        # its instances that were ok when last active, least recently active first; an entry
+        # may have left ok since (it is skipped when found at the front)
+        self.idle: collections.OrderedDict[Key, Instance] = collections.OrderedDict()
 
     def condition(self, v: float) -> bool:
         k = self.kind
@@ -109,10 +124,10 @@ class Instance:
     scheduled: int | None = None      # the due time of this instance's live heap entry
     token: int = -1
     gone: bool = False
+    key: Key = field(init=False)
 
-    @property
-    def key(self) -> Key:
-        return (self.rule.name, self.site, self.device, self.sensor or "", self.metric or "")
+    def __post_init__(self) -> None:
+        self.key = (self.rule.name, self.site, self.device, self.sensor or "", self.metric or "")
 
     def deadline(self) -> int | None:
         """When something happens to this instance next, if nothing else does."""
@@ -161,6 +176,12 @@ class Engine:
         self._counter = itertools.count()
         self._topics: dict[tuple[str, str, str], _TopicRules] = {}
         self.transitions = 0
+        # max_instances: per rule, series forgotten to make room / new series not watched
+        self.evicted: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.evicted_total = self.refused_total = 0
+        # rule -> ("evicted" or "refused", the series concerned), since the sink last looked
+        self.last_limited: dict[str, tuple[str, Key]] = {}
 
     # -- inputs ---------------------------------------------------------------
     def restore(self, active: Iterable[ActiveAlert]) -> list[ActiveAlert]:
@@ -171,7 +192,8 @@ class Engine:
             if rule is None:
                 unknown.append(a)
                 continue
-            inst = self._instance(rule, a.site, a.device, a.sensor, a.metric)
+            inst = self._instance(rule, a.site, a.device, a.sensor, a.metric, room=False)
+            assert inst is not None  # a firing alert is carried over, beyond max_instances too
             inst.phase = "firing"
             inst.started_ns, inst.notified_ns, inst.value = a.started_ns, a.notified_ns, a.value
             inst.threshold = a.threshold
@@ -188,6 +210,8 @@ class Engine:
         todo += [(r, None) for r in rules.any_metric]
         for r, m in todo:
             inst = self._instance(r, site, device, sensor, m)
+            if inst is None:
+                continue  # max_instances: counted
             if inst.last_seen_ns is None or inst.last_seen_ns < seen_ns:
                 inst.last_seen_ns = seen_ns
             self._schedule(inst)
@@ -210,7 +234,9 @@ class Engine:
                         self._sample(out, r, site, device, sensor, metric, value,
                                      frame.time_unix_nano, t)
         for r in rules.any_metric:
-            self._seen(out, self._instance(r, site, device, sensor, None), t)
+            inst = self._instance(r, site, device, sensor, None)
+            if inst is not None:
+                self._seen(out, inst, t)
         return out
 
     def presence(self, ev: Presence) -> list[Notification]:
@@ -227,6 +253,8 @@ class Engine:
             if ev.state == "offline":
                 if inst is None:
                     inst = self._instance(r, ev.site, ev.device, None, None)
+                    if inst is None:
+                        continue  # max_instances: counted
                     inst.value = silent
                     inst.last_seen_ns = ev.last_seen_ns or None
                     self._begin(out, inst, t)
@@ -262,6 +290,10 @@ class Engine:
         """The earliest time :meth:`tick` may have something to do."""
         return self._heap[0][0] if self._heap else None
 
+    def instances(self) -> int:
+        """Alert instances followed now (ok, pending and firing), every rule."""
+        return len(self._instances)
+
     def firing(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.phase == "firing"]
 
@@ -270,12 +302,18 @@ class Engine:
                 metric: str, value: float, sample_ns: int, t: int) -> None:
         kind = r.kind
         if kind == "stale":
-            self._seen(out, self._instance(r, site, device, sensor, metric), t)
+            seen = self._instance(r, site, device, sensor, metric)
+            if seen is not None:
+                self._seen(out, seen, t)
             return
         if math.isnan(value):
             return
         if kind in ("rate_above", "rate_below"):
             rated = self._instance(r, site, device, sensor, metric)
+            if rated is None:
+                return
+            if rated.phase == "ok":
+                self._touch(rated)
             rate = _rate(rated, r, value, sample_ns)
             if rate is not None:
                 self._evaluate(out, rated, rate, t)
@@ -285,6 +323,8 @@ class Engine:
             if not r.condition(value):
                 return  # the common case: nothing to remember
         inst = found or self._instance(r, site, device, sensor, metric)
+        if inst is None:
+            return
         self._evaluate(out, inst, value, t)
         if inst.phase == "ok":
             self._drop(inst)
@@ -298,6 +338,7 @@ class Engine:
         elif inst.phase == "pending":
             if not r.condition(v):
                 inst.phase = "ok"
+                self._touch(inst)
         elif r.cleared(v):
             self._resolve(out, inst, t)
 
@@ -310,6 +351,7 @@ class Engine:
             self._resolve(out, inst, t)
         else:
             inst.phase = "ok"
+            self._touch(inst)
         self._schedule(inst)
 
     def _begin(self, out: list[Notification], inst: Instance, t: int) -> None:
@@ -343,6 +385,7 @@ class Engine:
 
     def _resolve(self, out: list[Notification], inst: Instance, t: int) -> None:
         inst.phase = "ok"
+        self._touch(inst)
         out.append(self._notification(inst, "resolved", t))
 
     def _notification(self, inst: Instance, state: Literal["firing", "resolved"],
@@ -364,18 +407,50 @@ class Engine:
         return bool(self._heap) and self._heap[0][0] <= t
 
     def _instance(self, r: Rule, site: str, device: str, sensor: str | None,
-                  metric: str | None) -> Instance:
+                  metric: str | None, room: bool = True) -> Instance | None:
+        """The instance of ``r`` for this series, made if need be; None when ``r`` is at
+        ``max_instances`` and none of its instances can go (``room``: make room or refuse)."""
         key = (r.name, site, device, sensor or "", metric or "")
         inst = self._instances.get(key)
         if inst is None:
+            if room and r.live >= r.max_instances and not self._evict(r, key):
+                self.refused[r.name] += 1
+                self.refused_total += 1
+                self.last_limited[r.name] = ("refused", key)
+                return None
             inst = Instance(r, site, device, sensor, metric)
             if r.kind in ("rate_above", "rate_below"):
                 inst.window = collections.deque()
             self._instances[key] = inst
+            r.live += 1
+            self._touch(inst)
         return inst
 
+    def _evict(self, r: Rule, newcomer: Key) -> bool:
+        """Forget ``r``'s ok instance idle longest, to make room for ``newcomer``."""
+        idle = r.idle
+        while idle:
+            _, inst = idle.popitem(last=False)
+            if inst.phase == "ok" and not inst.gone:
+                self._drop(inst)
+                self.evicted[r.name] += 1
+                self.evicted_total += 1
+                self.last_limited[r.name] = ("evicted", inst.key)
+                return True
+        return False  # every instance is pending or firing
+
+    def _touch(self, inst: Instance) -> None:
+        """``inst`` is ok and was active now: the last of its rule's to be forgotten."""
+        idle = inst.rule.idle
+        idle[inst.key] = inst
+        idle.move_to_end(inst.key)
+
     def _drop(self, inst: Instance) -> None:
+        if inst.gone:
+            return
         inst.gone = True
+        inst.rule.live -= 1
+        inst.rule.idle.pop(inst.key, None)
         self._instances.pop(inst.key, None)
 
     def _schedule(self, inst: Instance) -> None:
@@ -384,7 +459,17 @@ class Engine:
             return  # an entry at or before ``due`` is queued; it looks again then
         inst.token = next(self._counter)
         inst.scheduled = due
-        heapq.heappush(self._heap, (due, inst.token, inst))
+        heap = self._heap
+        heapq.heappush(heap, (due, inst.token, inst))
+        if len(heap) > 2 * len(self._instances) + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep only the heap entries still meant (one per scheduled instance): entries of
+        instances forgotten or moved later would otherwise pile up until they fall due."""
+        self._heap = [(i.scheduled, i.token, i) for i in self._instances.values()
+                      if i.scheduled is not None]
+        heapq.heapify(self._heap)
 
     def _rules_for(self, site: str, device: str, sensor: str) -> _TopicRules:
         key = (site, device, sensor)

@@ -12,7 +12,8 @@ One rule has exactly one condition:
 
 ``for_s`` delays firing until the condition has held that long, ``repeat_s``
 re-notifies a long-firing alert, ``notify`` names notifiers (``log`` always
-exists).  Errors name the rule: ``collector.toml: alerts[0].clear: rule
+exists), ``max_instances`` bounds the alert instances (series) the rule
+follows at once.  Errors name the rule: ``collector.toml: alerts[0].clear: rule
 "greenhouse-hot": ...``.
 """
 
@@ -35,6 +36,7 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 DEFAULT_WINDOW_S = 60.0
+DEFAULT_MAX_INSTANCES = 10_000
 _CONDITIONS = ("above", "below", "outside", "rate_above", "rate_below", "stale_s", "device_offline")
 
 
@@ -55,6 +57,9 @@ class AlertRule(Config):
     repeat_s: Positive | None = None
     severity: Severity = "warning"
     notify: list[str] = msgspec.field(default_factory=lambda: ["log"])
+    # alert instances (site/device/sensor/metric) followed at once; when full, the ok one idle
+    # longest is forgotten, or (all pending or firing) the new series is not watched, counted
+    max_instances: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_INSTANCES
 
     def __post_init__(self) -> None:
         configload.check_name(self.name, "name")

@@ -208,3 +208,65 @@ def test_the_worked_example_of_docs_alerting_md() -> None:
     assert [n.value for n in notes] == [36.4, 32.9]
     assert notes[1].summary == ("greenhouse/pi-07/env temperature is 32.9, back past clear 33 "
                                 "after 1m30s (greenhouse-hot, critical)")
+
+
+# -- max_instances: memory is bounded whatever is sent --------------------------------
+
+
+def test_made_up_devices_cannot_grow_a_stale_rule_past_max_instances() -> None:
+    e = Engine([rule(name="stale", match="**", stale_s=10.0, max_instances=100)])
+    for i in range(5000):  # a flood of made-up device ids, one frame each
+        e.observe(checked({"v": 1.0}, 0, device=f"fake-{i}"), at(i * 0.001))
+    assert e.instances() == 100
+    assert (e.evicted["stale"], e.refused["stale"]) == (4900, 0)
+    # the 100 kept (the newest) go stale and fire: at most max_instances alerts
+    fired = e.tick(at(100))
+    assert len(fired) == 100 and {n.device for n in fired} == {f"fake-{i}" for i in range(4900, 5000)}
+    # now every instance fires: none may go, so a new series is not watched, and counted
+    assert e.observe(checked({"v": 1.0}, 0, device="late"), at(101)) == []
+    assert (e.instances(), e.refused["stale"], e.refused_total) == (100, 1, 1)
+    assert e.last_limited["stale"] == ("refused", ("stale", "greenhouse", "late", "env", ""))
+    # a firing alert was kept, so it still resolves when its device sends again
+    back = e.observe(checked({"v": 1.0}, 0, device="fake-4999"), at(102))
+    assert brief(back) == [("resolved", 102.0)]
+
+
+def test_the_ok_instance_idle_longest_is_forgotten_first() -> None:
+    e = Engine([rule(name="rise", metric="v", rate_above=1.0, window_s=10.0, max_instances=3)])
+    for t, device in enumerate(("a", "b", "c", "a")):  # b is now the one idle longest
+        e.observe(checked({"v": 1.0}, t, device=device), at(t))
+    e.observe(checked({"v": 1.0}, 4, device="d"), at(4))
+    assert e.last_limited["rise"] == ("evicted", ("rise", "greenhouse", "b", "env", "v"))
+    e.observe(checked({"v": 1.0}, 5, device="e"), at(5))  # then c
+    assert e.last_limited["rise"] == ("evicted", ("rise", "greenhouse", "c", "env", "v"))
+    assert (e.instances(), e.evicted["rise"], e.refused["rise"]) == (3, 2, 0)
+
+
+def test_pending_and_firing_instances_are_never_forgotten() -> None:
+    e = Engine([rule(name="hot", metric="temperature", above=35.0, for_s=60.0, max_instances=2)])
+    feed(e, [(0, 40.0)], device="pending")             # pending until 60 s
+    e.restore([ActiveAlert("hot", "greenhouse", "firing", "env", "temperature", at(0), at(0), 40.0)])
+    assert feed(e, [(1, 40.0)], device="third") == []  # no room: not watched
+    assert (e.instances(), e.refused["hot"], e.evicted["hot"]) == (2, 1, 0)
+    assert brief(e.tick(at(60))) == [("firing", 60.0)]  # the pending one still fires ...
+    assert brief(feed(e, [(61, 30.0)], device="firing")) == [("resolved", 61.0)]  # ... and resolves
+    # an ok threshold instance is not kept at all: the room is there for the next series
+    assert brief(feed(e, [(62, 40.0)], device="third")) == []
+    assert e.instances() == 2 and e.refused["hot"] == 1
+
+
+def test_offline_alerts_of_devices_never_seen_again_are_bounded() -> None:
+    e = Engine([rule(name="offline", device_offline=True, max_instances=10)])
+    fired = 0
+    for i in range(50):
+        fired += len(e.presence(Presence("gh", f"fake-{i}", "offline", "online", at(i), at(0))))
+    assert (fired, e.instances(), e.refused["offline"]) == (10, 10, 40)
+
+
+def test_the_heap_of_deadlines_stays_bounded_while_instances_are_forgotten() -> None:
+    e = Engine([rule(name="stale", match="**", stale_s=3600.0, max_instances=10)])
+    for i in range(20_000):
+        e.observe(checked({"v": 1.0}, 0, device=f"fake-{i}"), at(i * 0.001))
+    assert e.instances() == 10 and e.evicted["stale"] == 19_990
+    assert len(e._heap) <= 2 * e.instances() + 1025  # not one entry per series ever seen
+    assert len(e.tick(at(3700))) == 10
