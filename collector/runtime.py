@@ -331,14 +331,27 @@ class Collector:
         rejected = sum(self.rejected.values())
         t = self.tracker.totals()
         connections = self.security.summary()
+        alerting = self._alerting_summary()
         log.info("collector%s: %d messages received, %d accepted, %d rejected %s; devices %d (%d "
                  "online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; "
-                 "%s%s", " stopping" if final else "", self.received, self.accepted, rejected,
+                 "%s%s%s", " stopping" if final else "", self.received, self.accepted, rejected,
                  dict(self.rejected) if rejected else "", t["devices"], t["online"],
                  f", {t['evicted']} evicted to stay within max_devices" if t["evicted"] else "",
                  t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
-                 stored or "no sinks", f"; connections: {connections}" if connections else "")
+                 stored or "no sinks", f"; {alerting}" if alerting else "",
+                 f"; connections: {connections}" if connections else "")
+
+    def _alerting_summary(self) -> str:
+        """Alert rules at their max_instances, in the summary line only when it happened."""
+        for sink in self.sinks:
+            limited = getattr(sink, "limited", None)
+            if limited is not None:
+                evicted, refused = limited()
+                if evicted or refused:
+                    return (f"alerting: {evicted} series forgotten and {refused} not watched "
+                            "to stay within the rules' max_instances")
+        return ""
 
     # -- reload and status (sensorwire.service) -----------------------------------------------
     def reload(self, config: CollectorConfig) -> None:

@@ -25,7 +25,9 @@ Names, by role:
   ``sensorwire_sink_write_duration_seconds`` (histogram), and from the metrics sink
   ``sensorwire_end_to_end_latency_seconds`` (histogram), ``sensorwire_devices_online``,
   ``sensorwire_heartbeats_received_total``,
-  ``sensorwire_sensor_value{site,device,sensor,metric}`` (with ``export_values``).
+  ``sensorwire_sensor_value{site,device,sensor,metric}`` (with ``export_values``), and from
+  the alerting sink ``sensorwire_alert_instances``,
+  ``sensorwire_alert_series_evicted_total{rule}``, ``sensorwire_alert_series_refused_total{rule}``.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def collector_families(collector: Collector) -> Iterable[Family]:
         yield latency
     for sink in collector.sinks:
         yield from _metrics_sink_families(sink)
+        yield from _alert_sink_families(sink)
     yield from _tracking_families(collector)
 
 
@@ -178,6 +181,25 @@ def _tracking_families(collector: Collector) -> Iterable[Family]:
                  "New boot_ids seen after a device's first.").add(t["restarts"])
     yield Family("sensorwire_repair_requests_total", "counter",
                  "Gap-repair requests sent upstream.").add(collector.tracker.requests_sent)
+
+
+def _alert_sink_families(sink: Any) -> Iterable[Family]:
+    from sensorwire.collector.alerting.sink import AlertSink
+
+    if not isinstance(sink, AlertSink):
+        return
+    yield Family("sensorwire_alert_instances", "gauge",
+                 "Alert instances (series) the rules follow now.").add(sink.instances())
+    evicted = Family("sensorwire_alert_series_evicted_total", "counter",
+                     "Series a rule at max_instances forgot (its ok one idle longest) to watch a "
+                     "new one.", ("rule",))
+    refused = Family("sensorwire_alert_series_refused_total", "counter",
+                     "New series not watched: the rule was at max_instances, all pending or "
+                     "firing.", ("rule",))
+    for name, (n_evicted, n_refused) in sorted(sink.limited_by_rule().items()):
+        evicted.add(n_evicted, name)
+        refused.add(n_refused, name)
+    yield from (evicted, refused)
 
 
 def _metrics_sink_families(sink: Any) -> Iterable[Family]:

@@ -9,10 +9,16 @@ and ``for_s`` deadlines are noticed when no frames arrive at all.
 Transitions are stored first (state and history, one transaction), then
 handed to the notifiers' couriers, which deliver them in threads of their
 own: a slow notifier never holds this thread.
+
+A rule at its ``max_instances`` (see :mod:`.engine`) is logged at WARNING,
+at most once a minute per rule and kind, naming the rule and the series; the
+counts (:meth:`AlertSink.limited`) go to the collector's summary line and to
+``/metrics``, and carry over a reload.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -26,8 +32,10 @@ from sensorwire.collector.alerting.rules import AlertRule
 from sensorwire.collector.alerting.store import AlertStore
 from sensorwire.collector.events import Event, Presence
 from sensorwire.collector.sinks import Item
+from sensorwire.logs import RateLimited
 
 log = logging.getLogger(__name__)
+_limited = RateLimited(log, period_s=60.0)
 
 # Ticks look this far behind the wall clock, so a frame received just before a
 # tick but still in the queue is never overtaken by a stale alert.
@@ -52,6 +60,10 @@ class AlertSink:
         self._unsaved: list[Notification] = []
         self.notifications = 0
         self.store_errors = 0
+        # max_instances counts of the engines replaced by reloads, by rule
+        self._evicted_before: collections.Counter[str] = collections.Counter()
+        self._refused_before: collections.Counter[str] = collections.Counter()
+        self._limited_before = (0, 0)
 
     def reload(self, config: Any) -> None:
         """SIGHUP: new rules and notifiers (already validated); firing alerts carry over.
@@ -61,6 +73,9 @@ class AlertSink:
         """
         fresh = AlertSink(config.alerts, config.notifiers, None)
         self._save([])
+        self._evicted_before.update(self.engine.evicted)
+        self._refused_before.update(self.engine.refused)
+        self._limited_before = self.limited()
         self.rules, self._notify = fresh.rules, fresh._notify
         self.notifier_configs, self.engine = fresh.notifier_configs, fresh.engine
         carried = self._restore() if self.store is not None else 0
@@ -76,12 +91,21 @@ class AlertSink:
         assert self.store is not None
         active = self.store.active()
         gone = self.engine.restore(active)
+        over = [f"{r.name} ({r.live} > {r.max_instances})" for r in self.engine.rules
+                if r.live > r.max_instances]
+        if over:
+            log.warning("alerting: more firing alerts carried over than max_instances allows: "
+                        "%s; they are kept until they resolve, and new series of these rules "
+                        "are not watched until then", ", ".join(over))
         if gone:
             log.info("alerting: forgetting %d firing alerts of rules no longer configured (%s)",
                      len(gone), ", ".join(sorted({a.rule for a in gone})))
             self.store.forget(gone)
-        for site, device, sensor, metrics, seen in self.store.known_series():
+        # the series seen longest ago first: a rule at max_instances keeps the latest ones
+        for site, device, sensor, metrics, seen in sorted(self.store.known_series(),
+                                                          key=lambda series: series[4] or 0):
             self.engine.seed(site, device, sensor, metrics, seen)
+        self._warn_limited()
         return len(active) - len(gone)
 
     def open(self) -> None:
@@ -120,7 +144,47 @@ class AlertSink:
             self._save([])
             self.store.close()
 
+    def limited(self) -> tuple[int, int]:
+        """(series forgotten to make room, new series not watched) in all, every rule: plain
+        reads, for other threads (the summary line)."""
+        e, (evicted, refused) = self.engine, self._limited_before
+        return e.evicted_total + evicted, e.refused_total + refused
+
+    def instances(self) -> int:
+        """Alert instances followed now, every rule."""
+        return self.engine.instances()
+
+    def limited_by_rule(self) -> dict[str, tuple[int, int]]:
+        """Per rule configured now, (forgotten, not watched) in all: for ``/metrics``."""
+        e = self.engine
+        evicted, refused = dict(e.evicted), dict(e.refused)  # copies: another thread counts
+        return {r.name: (evicted.get(r.name, 0) + self._evicted_before[r.name],
+                         refused.get(r.name, 0) + self._refused_before[r.name])
+                for r in list(self.rules)}
+
+    def _warn_limited(self) -> None:
+        """Warn (rate-limited per rule) about rules that hit max_instances since last time."""
+        e = self.engine
+        for name, (what, key) in e.last_limited.items():
+            r = next(r for r in e.rules if r.name == name)
+            series = "/".join(p for p in key[1:4] if p) + (f" {key[4]}" if key[4] else "")
+            if what == "refused":
+                _limited.warning(f"refused {name}", "alerting: rule %r has max_instances = %d "
+                                 "alert instances, all pending or firing: series %s is not "
+                                 "watched; %d series not watched so far; raise max_instances of "
+                                 "the rule or narrow its match", name, r.max_instances, series,
+                                 e.refused[name] + self._refused_before[name])
+            else:
+                _limited.warning(f"evicted {name}", "alerting: rule %r has max_instances = %d "
+                                 "alert instances: forgot series %s, idle longest, to watch a "
+                                 "new one; %d forgotten so far; raise max_instances of the rule "
+                                 "or narrow its match", name, r.max_instances, series,
+                                 e.evicted[name] + self._evicted_before[name])
+        e.last_limited.clear()
+
     def _handle(self, notes: list[Notification]) -> None:
+        if self.engine.last_limited:
+            self._warn_limited()
         if not notes and not self._unsaved:
             return
         self._save(notes)

@@ -4,6 +4,8 @@ and never holds up storage."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +146,42 @@ notify = ["hook"]
     wait_until(lambda: len(hook.delivered()) == 4, what="both resolved")
     assert {(d["rule"], d["state"]) for d in hook.delivered()[2:]} == {
         ("greenhouse-hot", "resolved"), ("greenhouse-dry", "resolved")}
+
+
+def test_a_rule_at_max_instances_is_logged_counted_in_the_summary_and_exported(
+        live: Callable[..., Live], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sensorwire import rolemetrics
+
+    stale = ('[[alerts]]\nname = "stale-bounded"\nmatch = "greenhouse/**"\nstale_s = 3600.0\n'
+             'max_instances = 2\n')
+    c = live(stale)
+    with caplog.at_level(logging.INFO):
+        for device in ("d1", "d2", "d3", "d4"):
+            c.send({"v": 1.0}, device=device)
+        wait_until(lambda: c.alerting.limited() == (2, 0), what="d1 and d2 forgotten")
+        # one WARNING for the rule (rate-limited), naming it and the series (the last one
+        # forgotten when the sink looked: d1, or d2 when all four frames came in one batch)
+        warnings = [r for r in caplog.records if "stale-bounded" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+        assert re.fullmatch(
+            r"alerting: rule 'stale-bounded' has max_instances = 2 alert instances: forgot "
+            r"series greenhouse/(d1/env, idle longest, to watch a new one; 1|d2/env, idle "
+            r"longest, to watch a new one; 2) forgotten so far; raise max_instances of the rule "
+            r"or narrow its match", warnings[0].getMessage())
+        c.collector._summary()
+        assert ("alerting: 2 series forgotten and 0 not watched to stay within the rules' "
+                "max_instances") in caplog.text
+    families = {f.name: f for f in rolemetrics.collector_families(c.collector)}
+    assert families["sensorwire_alert_instances"].samples == [((), 2)]
+    assert families["sensorwire_alert_series_evicted_total"].samples == [(("stale-bounded",), 2)]
+    assert families["sensorwire_alert_series_refused_total"].samples == [(("stale-bounded",), 0)]
+    # the counts carry over a reload (a new engine)
+    old = c.alerting.engine
+    path = tmp_path / "reloaded.toml"
+    path.write_text(c.config_text)
+    c.collector.reload(collector_config.load(path))
+    wait_until(lambda: c.alerting.engine is not old, what="the reload applied")
+    # 2 before it, and 2 more as the new engine was seeded with the 4 series stored
+    assert c.alerting.limited() == (4, 0)
+    assert c.alerting.limited_by_rule() == {"stale-bounded": (4, 0)}
+    assert c.alerting.instances() == 2
