@@ -11,6 +11,9 @@ The bucket holds ``BURST_S`` seconds' worth of frames: an agent catching up
 ring of frames at once) is not cut short, while a sustained flood is held
 to the budget.  Keep an agent's ``[spool] replay_rate`` plus its live rate
 below the budget.
+
+A reload (SIGHUP) changes the budget at once: a device keeps its bucket, so a
+device flooding at the time gets no fresh burst; 0 turns the limit off.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MAX_DEVICES = 10_000  # per-device drop totals kept at most
 class DeviceRateLimit:
     def __init__(self, per_s: int, burst_s: float = BURST_S) -> None:
         self.per_s = float(per_s)
+        self._burst_s = burst_s
         self.capacity = max(1.0, per_s * burst_s)
         self.total = 0                                                 # frames dropped in all
         self.dropped: collections.Counter[bytes] = collections.Counter()  # per device, in all
@@ -39,6 +43,15 @@ class DeviceRateLimit:
         self._recent: collections.Counter[bytes] = collections.Counter()
         self._now = 0.0
         self._next_report = 0.0
+
+    def set_rate(self, per_s: int) -> None:
+        """A new budget (``[limits]`` reloaded), from the next message on; devices keep their
+        buckets, with no more in them than the new depth."""
+        self.per_s = float(per_s)
+        self.capacity = max(1.0, per_s * self._burst_s)
+        for b in self._buckets.values():
+            if b[0] > self.capacity:
+                b[0] = self.capacity
 
     def roll(self, now: float) -> None:
         """Set the time for the next messages (once per drained batch); report and prune

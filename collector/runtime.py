@@ -122,8 +122,8 @@ class Collector:
         self._rate = Rate()
         self.security = Security(config.security, "collector", monitor=True)
         self.identity: Identity | None = None  # set in run() when agents connect with CURVE
-        per_s = config.limits.max_frames_per_s_per_device
-        self.rate_limit = DeviceRateLimit(per_s) if per_s else None
+        self.rate_limit: DeviceRateLimit | None = None
+        self._set_rate_limit(config.limits.max_frames_per_s_per_device)
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -384,11 +384,21 @@ class Collector:
         if config.limits != old.limits:
             self.decoder = Intake(max_samples=config.limits.max_samples_per_frame)
             self.tracker.set_max_devices(config.limits.max_devices)
+            self._set_rate_limit(config.limits.max_frames_per_s_per_device)
         if config.alerts and not any(s.name == "alerting" for s in self.sinks):
             log.warning("reload: [[alerts]] were added; alerting starts only after a restart")
         self.security.reload()
         for r in self.runners:
             r.offer_reload(config)
+
+    def _set_rate_limit(self, per_s: int) -> None:
+        """``[limits] max_frames_per_s_per_device`` now ``per_s`` (0: no limit)."""
+        if not per_s:
+            self.rate_limit = None
+        elif self.rate_limit is None:
+            self.rate_limit = DeviceRateLimit(per_s)
+        elif self.rate_limit.per_s != per_s:
+            self.rate_limit.set_rate(per_s)  # a device flooding now stays held, with no new burst
 
     def _resubscribe(self, before: list[bytes], after: list[bytes]) -> None:
         """Change the socket's subscriptions from ``before`` to ``after``."""

@@ -239,3 +239,42 @@ def test_an_offline_device_makes_room_and_comes_back_with_no_false_gap_or_restar
         assert r.collector.rejected["too_many_devices"] == 0
     finally:
         r.close()
+
+
+def test_a_reload_applies_the_frame_budget_at_once_to_and_from_no_limit(tmp_path: Path) -> None:
+    import msgspec
+
+    r = Running(tmp_path, max_frames_per_s_per_device=1)  # 10 frames deep (BURST_S)
+    seq = 0
+
+    def burst(n: int = 100) -> tuple[int, int]:
+        """Send ``n`` frames of pi-1 at once: (stored, rate_limited) of them."""
+        nonlocal seq
+        stored0, limited0 = len(stored_seqs(r, "pi-1")), r.collector.rejected["rate_limited"]
+        r.send(*(encode(frame("pi-1", seq + i)) for i in range(1, n + 1)))
+        seq += n
+
+        def done() -> bool:
+            return (len(stored_seqs(r, "pi-1")) - stored0
+                    + r.collector.rejected["rate_limited"] - limited0) == n
+        wait_until(done, what=f"the {n} frames stored or rate limited")
+        return len(stored_seqs(r, "pi-1")) - stored0, r.collector.rejected["rate_limited"] - limited0
+
+    def reload(per_s: int) -> None:
+        limits = LimitsConfig(max_frames_per_s_per_device=per_s)
+        r.collector.reload(msgspec.structs.replace(r.collector.config, limits=limits))
+
+    try:
+        stored, limited = burst()
+        assert stored <= 12 and limited >= 88  # the depth, and what refilled while sending
+        reload(0)   # no limit
+        assert burst() == (100, 0)
+        reload(1)   # a limit again
+        stored, limited = burst()
+        assert stored <= 12 and limited >= 88
+        reload(100_000)  # a bigger budget, applied to the device's bucket already there
+        stored, limited = burst()
+        assert limited <= 12  # only the emptied bucket refilling at the new rate
+        assert burst() == (100, 0)
+    finally:
+        r.close()
