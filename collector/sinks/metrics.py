@@ -10,9 +10,9 @@ sink, so the receive loop does no extra work per frame.  It keeps:
   step, counts as 0);
 - which devices are online: a device is online while its frames keep coming
   (within three of its heartbeat intervals) and its last heartbeat did not say
-  it was stopping; at most ``devices_max`` devices (``[limits] max_devices``)
-  are kept: when full, the offline ones are forgotten (and the ones silent
-  longest, up to an eighth of them);
+  it was stopping; at most ``devices_max`` devices (``[limits] max_devices``,
+  which a reload changes at once) are kept: when full, the offline ones are
+  forgotten (and the ones silent longest, up to an eighth of them);
 - with ``[metrics] export_values = true``, the latest value of every
   ``(site, device, sensor, metric)``, at most ``values_max`` series.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.sinks import Item
@@ -59,6 +60,16 @@ class MetricsSink:
     def close(self) -> None:
         pass
 
+    def reload(self, config: Any) -> None:
+        """SIGHUP: ``[limits] max_devices`` applies at once; with fewer, the offline devices
+        and those silent longest are forgotten down to it.  (``[metrics]`` needs a restart.)"""
+        devices_max = config.limits.max_devices
+        with self._lock:
+            self.devices_max = devices_max
+            over = len(self._devices) - devices_max
+            if over > 0:
+                self._make_room(self._clock_ns(), over)
+
     def write(self, batch: Sequence[Item]) -> None:
         observe = self.latency.observe
         devices = self._devices
@@ -86,16 +97,16 @@ class MetricsSink:
                 if self.export_values:
                     self._keep_values(frame.site, frame.device_id, frame.sensor, frame)
 
-    def _make_room(self, now_ns: int) -> None:
+    def _make_room(self, now_ns: int, at_least: int = 1) -> None:
         """Forget the devices that are not online, and if they are fewer than an eighth of
-        ``devices_max``, the ones silent longest up to that (so this runs at most once per
-        ``devices_max / 8`` new devices)."""
+        ``devices_max`` (or ``at_least``), the ones silent longest up to that (so this runs at
+        most once per ``devices_max / 8`` new devices)."""
         devices = self._devices
         gone = [k for k, (last, interval, stopping) in devices.items()
                 if stopping or now_ns - last > ONLINE_HEARTBEATS * interval * 1e9]
         for k in gone:
             del devices[k]
-        short = max(1, self.devices_max // 8) - len(gone)
+        short = max(at_least, self.devices_max // 8) - len(gone)
         if short > 0:
             for k in sorted(devices, key=lambda k: devices[k][0])[:short]:
                 del devices[k]

@@ -19,7 +19,9 @@ from sensorwire.collector.config import (
     StorageConfig,
     SubscribeConfig,
 )
-from sensorwire.collector.runtime import Collector
+from sensorwire.collector.runtime import Collector, make_sinks
+from sensorwire.collector.sinks import Sink
+from sensorwire.collector.sinks.metrics import MetricsSink
 from sensorwire.collector.tracking import JOIN_GRACE_S
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
@@ -43,7 +45,8 @@ class Running:
     """A collector running in a thread, fed by a real PUB socket it connects to."""
 
     def __init__(self, tmp_path: Path, prefixes: list[str] | None = None,
-                 offline_after_s: float | None = None, **limits: int) -> None:
+                 offline_after_s: float | None = None, sinks: list[Sink] | None = None,
+                 **limits: int) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -57,7 +60,7 @@ class Running:
             presence=PresenceConfig(offline_after_s=offline_after_s),
             limits=LimitsConfig(**limits),
         )
-        self.collector = Collector(cfg)
+        self.collector = Collector(cfg, sinks=make_sinks(cfg) + (sinks or []))
         self.stop = StopSignal()
         ready = threading.Event()
         self.thread = threading.Thread(target=self.collector.run, args=(self.stop, ready.set))
@@ -276,5 +279,30 @@ def test_a_reload_applies_the_frame_budget_at_once_to_and_from_no_limit(tmp_path
         stored, limited = burst()
         assert limited <= 12  # only the emptied bucket refilling at the new rate
         assert burst() == (100, 0)
+    finally:
+        r.close()
+
+
+def test_a_reload_applies_max_devices_to_the_metrics_sink(tmp_path: Path) -> None:
+    import msgspec
+
+    metrics = MetricsSink(devices_max=100)
+    r = Running(tmp_path, max_devices=100, sinks=[metrics])
+
+    def reload(max_devices: int) -> None:
+        limits = LimitsConfig(max_devices=max_devices)
+        r.collector.reload(msgspec.structs.replace(r.collector.config, limits=limits))
+
+    try:
+        r.send(*(encode(frame(f"pi-{i}", 1)) for i in range(20)))
+        wait_until(lambda: metrics.devices_seen() == 21, what="20 devices and the probe")
+        reload(8)   # fewer: forgotten down to it at once, the ones silent longest first
+        wait_until(lambda: metrics.devices_max == 8, what="the metrics sink's reload")
+        assert metrics.devices_seen() == 8
+        assert ("gh", "pi-19") in metrics._devices and ("zz", "probe") not in metrics._devices
+        reload(100)  # more: new devices are kept beside them again
+        wait_until(lambda: metrics.devices_max == 100, what="the second reload")
+        r.send(*(encode(frame(f"new-{i}", 1)) for i in range(5)))
+        wait_until(lambda: metrics.devices_seen() == 13, what="5 more devices kept")
     finally:
         r.close()
