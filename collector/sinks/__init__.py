@@ -39,9 +39,11 @@ from typing import Protocol
 
 from sensorwire.collector.events import Event
 from sensorwire.collector.frames import CheckedFrame
+from sensorwire.logs import RateLimited
 from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)
+_full = RateLimited(log, period_s=10.0)  # "queue full": per sink, with the count in all
 
 Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 
@@ -174,8 +176,9 @@ class SinkRunner:
                 batch = batch[: max(room, 0)]
                 self.dropped += len(lost)
                 count_by_device(self.dropped_by_device, lost)
-                log.warning("sink %s: queue full (%d frames): %d frames dropped (%d in all)",
-                            self.sink.name, self.queue_max, len(lost), self.dropped)
+                _full.warning(self.sink.name, "sink %s: queue full (%d frames): %d frames "
+                              "dropped (%d in all)", self.sink.name, self.queue_max, len(lost),
+                              self.dropped)
             if batch:
                 self._q.append(batch)
                 self._depth += len(batch)

@@ -226,3 +226,15 @@ def test_a_sink_slow_but_moving_keeps_the_watchdog_pinging(listener: NotifyListe
         assert pings >= 5 and fed.watchdog.withheld == 0
     finally:
         fed.close()
+
+
+def test_a_full_queue_logs_a_bounded_number_of_lines_and_counts_every_drop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    runner = SinkRunner(Nowhere(), queue_max=10)  # not started: nothing drains the queue
+    runner.sink.name = "full-queue"  # a key of its own for the rate limit
+    with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks"):
+        lost = sum(len(runner.offer(frames(5))) for _ in range(1000))
+    assert lost == runner.dropped == 5000 - 10
+    assert sum(runner.dropped_by_device.values()) == 4990
+    lines = [r.getMessage() for r in caplog.records if "full-queue" in r.getMessage()]
+    assert lines == ["sink full-queue: queue full (10 frames): 5 frames dropped (5 in all)"]
