@@ -44,10 +44,14 @@ if TYPE_CHECKING:
     from sensorwire.proxy import Proxy
     from sensorwire.service import Service
 
-# The decode-error reasons of sensorwire.proto.wire.WireError and the collector's own checks:
-# exported at 0 from the start, so that rate() works before the first error.
+# Every reason the collector rejects a message for: sensorwire.proto.wire.WireError's, the
+# CURVE identity check's (sensorwire.security.Refused) and the collector's own checks; exported
+# at 0 from the start, so that rate() works before the first error.  A test finds every reason
+# the code raises or counts and checks it is here.
 DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_name",
-                  "too_many_samples", "oversized", "multipart", "too_many_devices")
+                  "too_many_samples", "bad_heartbeat", "oversized", "multipart",
+                  "too_many_devices", "rate_limited", "no_identity", "revoked_key",
+                  "device_mismatch")
 
 # The publisher's counters dict -> (name, help).  A key missing from the dict is not exported.
 PUBLISHER_COUNTERS = {

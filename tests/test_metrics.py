@@ -251,3 +251,39 @@ def test_the_agent_does_not_load_prometheus_client_with_metrics_off(tmp_path: Pa
             "print(rc, 'prometheus_client' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "0 False", r.stderr
+
+
+def _rejection_reasons_in_the_code() -> dict[str, str]:
+    """Every reason the collector's receive path can reject a message for, found in the source:
+    ``WireError("x", ...)``, ``Refused("x", ...)``, ``_reject("x", ...)`` and
+    ``rejected["x"] += ...``; reason -> where."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found: dict[str, str] = {}
+    for folder in ("collector", "proto", "sensorwire"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                reason = None
+                if isinstance(node, ast.Call) and node.args:
+                    f = node.func
+                    name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+                    if name in ("WireError", "Refused", "_reject"):
+                        reason = node.args[0]
+                elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+                      and node.value.attr == "rejected"):
+                    reason = node.slice
+                if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+                    found.setdefault(reason.value, f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_every_rejection_reason_the_collector_can_count_is_exported_from_the_start() -> None:
+    from sensorwire.rolemetrics import DECODE_REASONS
+
+    found = _rejection_reasons_in_the_code()
+    # the scan sees each way of rejecting (else it would pass for finding nothing)
+    assert {"decode", "no_identity", "oversized", "rate_limited"} <= set(found)
+    missing = {reason: where for reason, where in found.items() if reason not in DECODE_REASONS}
+    assert missing == {}, f"add to sensorwire.rolemetrics.DECODE_REASONS: {missing}"
+    assert len(set(DECODE_REASONS)) == len(DECODE_REASONS)
