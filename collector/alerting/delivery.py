@@ -24,8 +24,10 @@ from sensorwire.collector.alerting.notifiers import (
     NotifyError,
     build,
 )
+from sensorwire.logs import RateLimited
 
 log = logging.getLogger(__name__)
+_full = RateLimited(log, period_s=10.0)  # "queue full": per notifier, the count in all in each line
 
 BACKOFF_MAX_S = 60.0
 
@@ -61,8 +63,9 @@ class Courier:
         with self._cond:
             if self._closing or len(self._q) >= self.queue_max:
                 self.dropped += 1
-                log.warning("notifier %s: queue full (%d): dropped %s %s of %s (%d dropped in all)",
-                        self.name, self.queue_max, n.rule, n.state, n.topic_name(), self.dropped)
+                _full.warning(self.name, "notifier %s: queue full (%d): dropped %s %s of %s (%d "
+                              "dropped in all)", self.name, self.queue_max, n.rule, n.state,
+                              n.topic_name(), self.dropped)
                 return
             self._q.append(n)
             self._cond.notify()
