@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sensorwire.demo import free_port  # noqa: F401 - the tests import it from here
+from sensorwire.demo import free_port as free_port  # re-exported: the tests import it from here
 from sensorwire.sdnotify import NotifyListener
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ def tcp() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 
 
-def wait_until(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05,
+def wait_until(check: Callable[[], T | None], timeout_s: float = 10.0, interval_s: float = 0.05,
                what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail after the deadline."""
     deadline = time.monotonic() + timeout_s
