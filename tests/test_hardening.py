@@ -80,8 +80,9 @@ def agents_lost_nothing(db: Path, agents: dict[str, Any]) -> None:
     for device, agent in agents.items():
         assert agent.terminate() == 0, agent.log()
         n = last_seq(agent)
-        wait_until(lambda d=device, n=n: seqs(db, d) == list(range(1, n + 1)), timeout_s=30,
-                   what=f"{device}: every seq 1..{n} stored")
+        def every_seq(d: str = device, n: int = n) -> bool:
+            return seqs(db, d) == list(range(1, n + 1))
+        wait_until(every_seq, timeout_s=30, what=f"{device}: every seq 1..{n} stored")
 
 
 def keeps_arriving(db: Path, before: dict[str, int]) -> None:

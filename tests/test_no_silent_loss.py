@@ -6,6 +6,7 @@ agents say they numbered (``last seq`` in their stop log line).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -108,7 +109,7 @@ def stop_agents_and_check_every_seq(stack: Stack) -> None:
         assert agent.terminate() == 0, agent.log()
         n = last_seq(agent)
         try:
-            wait_until(lambda d=device, n=n: complete(stack, d, n), timeout_s=20,
+            wait_until(functools.partial(complete, stack, device, n), timeout_s=20,
                        what=f"{device}: seqs 1..{n} stored")
         except AssertionError:
             have = {s for _, s in stack.seqs(device)}
@@ -189,8 +190,10 @@ def test_with_the_spool_off_the_gap_count_is_exactly_what_is_missing(tmp_path: P
         assert agent.terminate() == 0
         n = last_seq(agent)
         # the stopping heartbeat tells the collector the last seq, so the tail is counted too
-        wait_until(lambda d=device, n=n: stack.status().get(d, {}).get("gaps") == n - stack.count(d)
-                   and stack.status()[d]["state"] == "stopped", timeout_s=10, what=f"{device} gaps")
+        def gaps_counted(d: str = device, n: int = n) -> bool:
+            return (stack.status().get(d, {}).get("gaps") == n - stack.count(d)
+                    and stack.status()[d]["state"] == "stopped")
+        wait_until(gaps_counted, timeout_s=10, what=f"{device} gaps")
         assert n - stack.count(device) > 0
 
 

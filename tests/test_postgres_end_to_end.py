@@ -119,8 +119,9 @@ def test_query_and_status_from_postgres_match_sqlite_for_the_same_run(
                            for d in ("pi-1", "pi-2")), timeout_s=30, what="frames in both stores")
     last = fleet.stop_agents()
     for d, n in last.items():
-        wait_until(lambda d=d, n=n: complete(pg.seqs(d), n) and complete(sqlite_seqs(db, d), n),
-                   timeout_s=30, what=f"{d}: seqs 1..{n} in both stores")
+        def in_both(d: str = d, n: int = n) -> bool:
+            return complete(pg.seqs(d), n) and complete(sqlite_seqs(db, d), n)
+        wait_until(in_both, timeout_s=30, what=f"{d}: seqs 1..{n} in both stores")
     from_pg = cli_json("query", "--db", pg.dsn)
     from_sqlite = cli_json("query", "--db", str(db))
     assert len(from_pg) == 2 * sum(last.values())
@@ -133,8 +134,10 @@ def test_query_and_status_from_postgres_match_sqlite_for_the_same_run(
         cols = ("site", "device", "state", "frames", "gaps", "restarts", "lost")
         return ([{c: r[c] for c in cols} for r in cli_json("status", "--db", pg.dsn)],
                 [{c: r[c] for c in cols} for r in cli_json("status", "--db", str(db))])
-    wait_until(lambda: (lambda a, b: a == b and all(r["state"] == "stopped" for r in a))(*status_pair()),
-               timeout_s=10, what="the same status from both stores")
+    def same_status_all_stopped() -> bool:
+        a, b = status_pair()
+        return a == b and all(r["state"] == "stopped" for r in a)
+    wait_until(same_status_all_stopped, timeout_s=10, what="the same status from both stores")
     no_duplicates(pg)
 
 
@@ -148,7 +151,9 @@ def test_redundant_collectors_store_every_frame_once(tmp_path: Path, procs: Any,
     wait_until(lambda: all(len(pg.seqs(d)) >= 40 for d in devices), timeout_s=30, what="flow")
     last = fleet.stop_agents()
     for d, n in last.items():
-        wait_until(lambda d=d, n=n: complete(pg.seqs(d), n), timeout_s=30, what=f"{d}: 1..{n}")
+        def all_stored(d: str = d, n: int = n) -> bool:
+            return complete(pg.seqs(d), n)
+        wait_until(all_stored, timeout_s=30, what=f"{d}: 1..{n}")
     no_duplicates(pg)
     stored = already = 0
     for c in fleet.collectors.values():
@@ -173,7 +178,9 @@ def test_sharded_collectors_store_the_whole_fleet_once(tmp_path: Path, procs: An
     wait_until(lambda: all(len(pg.seqs(d)) >= 20 for d in sites), timeout_s=30, what="flow")
     last = fleet.stop_agents()
     for d, n in last.items():
-        wait_until(lambda d=d, n=n: complete(pg.seqs(d), n), timeout_s=30, what=f"{d}: 1..{n}")
+        def all_stored(d: str = d, n: int = n) -> bool:
+            return complete(pg.seqs(d), n)
+        wait_until(all_stored, timeout_s=30, what=f"{d}: 1..{n}")
     no_duplicates(pg)
     for name, c in fleet.collectors.items():
         assert c.terminate() == 0, c.log()
@@ -204,7 +211,9 @@ def test_postgres_stopped_for_10_s_loses_nothing_and_duplicates_nothing(
     wait_until(lambda: "postgres: reconnected" in collector.log(), timeout_s=30, what="reconnect")
     last = fleet.stop_agents()
     for d, n in last.items():
-        wait_until(lambda d=d, n=n: complete(pg.seqs(d), n), timeout_s=60, what=f"{d}: 1..{n}")
+        def all_stored(d: str = d, n: int = n) -> bool:
+            return complete(pg.seqs(d), n)
+        wait_until(all_stored, timeout_s=60, what=f"{d}: 1..{n}")
     no_duplicates(pg)
     assert collector.terminate() == 0, collector.log()
     log = collector.log()

@@ -59,8 +59,9 @@ dir = "{tmp_path / ('spool-' + d)}"
     for d, a in agents.items():
         assert a.terminate() == 0
         last = int(re.search(r"last seq (\d+);", a.log()).group(1))  # type: ignore[union-attr]
-        wait_until(lambda d=d, last=last: stored(d) == list(range(1, last + 1)), timeout_s=20,
-                   what=f"{d}: every seq once")
+        def every_seq_once(d: str = d, last: int = last) -> bool:
+            return stored(d) == list(range(1, last + 1))
+        wait_until(every_seq_once, timeout_s=20, what=f"{d}: every seq once")
     conn = sqlite3.connect(db)
     samples = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
     frames = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
