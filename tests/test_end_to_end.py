@@ -97,8 +97,8 @@ def test_tail_prints_one_flushed_json_line_per_frame_into_a_pipe(stack: dict[str
     p = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", "--connect", stack["back"], "gh/pi-1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        kinds = set()
+        lines: list[dict[str, Any]] = []
+        kinds: set[str] = set()
         assert p.stdout is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not ({"data", "heartbeat"} <= kinds and len(lines) > 5):

@@ -159,9 +159,14 @@ class Machine:
 
     def start(self, name: str) -> None:
         unit = (self.root / "etc/systemd/system" / f"{name}.service").read_text()
-        argv = [self.path(a) for a in shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.M)[1])]
-        state = re.search(r"^StateDirectory=(.*)$", unit, re.M)[1]
-        usec = int(re.search(r"^WatchdogSec=(\d+)s$", unit, re.M)[1]) * 1_000_000
+
+        def setting(pattern: str) -> str:
+            m = re.search(pattern, unit, re.M)
+            assert m, f"{name}.service has no line matching {pattern}"
+            return m[1]
+        argv = [self.path(a) for a in shlex.split(setting(r"^ExecStart=(.*)$"))]
+        state = setting(r"^StateDirectory=(.*)$")
+        usec = int(setting(r"^WatchdogSec=(\d+)s$")) * 1_000_000
         cwd = self.root / "var/lib" / state
         cwd.mkdir(parents=True, exist_ok=True)
         sock = str(self.tmp / f"{name}.notify")

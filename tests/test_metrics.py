@@ -264,17 +264,17 @@ def _rejection_reasons_in_the_code() -> dict[str, str]:
     for folder in ("collector", "proto", "sensorwire"):
         for path in sorted((root / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                reason = None
+                reason, line = None, 0
                 if isinstance(node, ast.Call) and node.args:
                     f = node.func
                     name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
                     if name in ("WireError", "Refused", "_reject"):
-                        reason = node.args[0]
+                        reason, line = node.args[0], node.lineno
                 elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
                       and node.value.attr == "rejected"):
-                    reason = node.slice
+                    reason, line = node.slice, node.lineno
                 if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
-                    found.setdefault(reason.value, f"{path.relative_to(root)}:{node.lineno}")
+                    found.setdefault(reason.value, f"{path.relative_to(root)}:{line}")
     return found
 
 

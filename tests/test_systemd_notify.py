@@ -86,15 +86,17 @@ def test_ready_watchdog_status_and_stopping(role: str, tmp_path: Path, procs: An
     p, up, mport = start_role(role, tmp_path, procs)  # returns once READY=1 has arrived
     up()                                            # sockets bound, sinks open: before READY=1
     assert "sensorwire_build_info" in scrape(mport)  # and the metrics endpoint too
-    ready = next(m for m in p.listener.messages if "READY=1" in m)
+    listener = p.listener
+    assert listener is not None  # procs() waits for READY=1 unless told ready=False
+    ready = next(m for m in listener.messages if "READY=1" in m)
     assert ready.startswith("READY=1\nSTATUS=")
     assert {"agent": "publishing", "proxy": "forwarding", "collector": "receiving"}[role] in ready
-    n0 = sum(m == "WATCHDOG=1" for m in p.listener.messages)
-    msgs = pump(p.listener, 1.0)
+    n0 = sum(m == "WATCHDOG=1" for m in listener.messages)
+    msgs = pump(listener, 1.0)
     pings = sum(m == "WATCHDOG=1" for m in msgs) - n0
     assert 3 <= pings <= 7, msgs  # every 0.2 s: not fewer, and no busy loop either
     p.popen.send_signal(signal.SIGTERM)
-    assert p.listener.wait_for("STOPPING=1", 5), p.listener.messages
+    assert listener.wait_for("STOPPING=1", 5), listener.messages
     assert p.terminate() == 0, p.log()
 
 

@@ -123,7 +123,7 @@ def test_a_serial_port_the_loop_reads_is_let_go_when_a_reload_removes_it(running
         reload(stop, pending, cfg({"name": "stream", "kind": "tick"}))
         assert st.fd is None and not agent._polled
         assert st.thread is not None and not st.thread.is_alive()
-        assert not st.opened and st.sensor._port is None  # type: ignore[union-attr]
+        assert not st.opened and st.sensor._port is None
         env = agent.states[0]
         n = env.readings
         wait_until(lambda: env.readings >= n + 3, what="the loop going on")

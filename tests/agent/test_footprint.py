@@ -36,7 +36,7 @@ def protobuf_extension() -> str:
 
     if api_implementation.Type() != "upb":
         pytest.skip(f"protobuf's {api_implementation.Type()!r} backend: no C extension to look for")
-    import google._upb._message as upb  # type: ignore[import-not-found]
+    import google._upb._message as upb
 
     path = str(Path(upb.__file__).resolve())
     assert path in Path("/proc/self/maps").read_text()  # the check sees it where it is loaded

@@ -45,12 +45,17 @@ class Upstream:
     def ask_repair(self, p: Publisher, boot_id: int, first: int, last: int) -> None:
         req = RepairRequest(device_id=p.device_id, ranges=[SeqRange(boot_id=boot_id, first=first, last=last)])
         self.sock.send(wire.REPAIR + req.SerializeToString())
-        wait_until(lambda: p.sock.poll(50) and (p.handle_incoming() or True),  # type: ignore[union-attr]
-                   what="the repair request to arrive")
+        def arrived() -> bool:
+            assert p.sock is not None
+            if not p.sock.poll(50):
+                return False
+            p.handle_incoming()
+            return True
+        wait_until(arrived, what="the repair request to arrive")
 
     def seqs(self, expect: int) -> list[int]:
         """The ``seq`` of the next ``expect`` data frames, then checks that none follows."""
-        out = []
+        out: list[int] = []
         for _ in range(expect):
             assert self.sock.poll(5000), f"only {len(out)} of {expect} frames arrived"
             msg = self.sock.recv()

@@ -66,8 +66,11 @@ GGA = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
 RMC = "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A"
 GSV = nmea("GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00")
 
+# a Reading as a test expects it: its value may be a pytest.approx(...)
+Expected = tuple[str, object, str]
+
 # format keys, the lines the device prints, the readings they must give
-FORMAT_CASES: dict[str, tuple[dict[str, Any], list[str], list[list[Reading]]]] = {
+FORMAT_CASES: dict[str, tuple[dict[str, Any], list[str], list[list[Expected]]]] = {
     "csv": (
         {"format": "csv", "fields": ["temperature", "", "humidity"],
          "units": {"temperature": "C", "humidity": "%"}},

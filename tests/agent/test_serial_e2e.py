@@ -102,7 +102,7 @@ def ptys() -> Iterator[Callable[[], Pty]]:
         p.close()
 
 
-def talk_until(check: Callable[[], Any], say: Callable[[], None], timeout_s: float = 30.0,
+def talk_until(check: Callable[[], Any], say: Callable[[], object], timeout_s: float = 30.0,
                what: str = "condition") -> Any:
     """Keep the device(s) talking until ``check`` holds."""
     def step() -> Any:

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -84,7 +85,7 @@ class Running:
             else:
                 self.pub.send(m)
 
-    def rows(self, sql: str) -> list[tuple[object, ...]]:
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.db)
         try:
             return conn.execute(sql).fetchall()
@@ -220,7 +221,7 @@ def test_an_offline_device_makes_room_and_comes_back_with_no_false_gap_or_restar
     r = Running(tmp_path, offline_after_s=0.3, max_devices=2)  # the probe and one more
 
     def offline(*devices: str) -> bool:
-        states = dict(r.rows("SELECT device, state FROM devices"))  # type: ignore[arg-type]
+        states = dict(r.rows("SELECT device, state FROM devices"))
         return all(states.get(d) == "offline" for d in devices)
 
     try:

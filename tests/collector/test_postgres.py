@@ -20,7 +20,7 @@ from support import wait_until
 from sensorwire.collector import pg_store, storage
 from sensorwire.collector.backlog import Backlog
 from sensorwire.collector.config import StorageConfig
-from sensorwire.collector.events import Counts, Lost, Presence
+from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_schema import SCHEMA_VERSION, MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter
@@ -48,7 +48,7 @@ def heartbeat(device: str, last_seq: int, boot: int = BOOT) -> tuple[CheckedFram
 
 
 def storage_config(pg: PgSchema, tmp: Path | None = None, **kw: Any) -> StorageConfig:
-    spool = {"spool_dir": str(tmp / "pgspool")} if tmp is not None else {}
+    spool: dict[str, Any] = {"spool_dir": str(tmp / "pgspool")} if tmp is not None else {}
     return StorageConfig(kind="postgres", dsn=pg.server, schema=pg.name, **spool, **kw)
 
 
@@ -191,7 +191,7 @@ def test_query_and_status_answer_as_sqlite_does(pg: PgSchema, tmp_path: Path) ->
         [frame("pi-1", 2), frame("pi-1", 4), frame("pi-2", 2, boot=9)],
         [frame("pi-1", 2)],
     ]
-    events = [Presence("gh", "pi-1", "online", None, 10, 5), Lost("gh", "pi-1", BOOT, 3, 3),
+    events: list[Event] = [Presence("gh", "pi-1", "online", None, 10, 5), Lost("gh", "pi-1", BOOT, 3, 3),
               Counts("gh", "pi-1", 2, 1), Presence("gh", "pi-2", "stopped", "online", 20, 15)]
     db = tmp_path / "t.db"
     lite = SqliteWriter(db)
@@ -251,7 +251,11 @@ def test_backlog_holds_memory_then_spool_in_order_and_counts_what_overflows(tmp_
     b.open()
     got: list[Any] = []
     while (piece := b.take(4)) is not None:
-        got.extend([f.seq for f, _ in piece] if isinstance(piece, list) else [piece.state])
+        if isinstance(piece, list):
+            got.extend(f.seq for f, _ in piece)
+        else:
+            assert isinstance(piece, Presence)  # the only kind of event parked above
+            got.append(piece.state)
     assert got == [1, 2, 3, 4, 5, 6, 7, "offline", *range(8, 17)]
     b.close()
     small = Backlog(buffer_max=5)
@@ -278,7 +282,10 @@ def test_sink_rides_out_a_lost_connection_and_writes_everything(pg: PgSchema, tm
     assert not sink.connected and sink.backlog.spool_pending > 0
     assert len(stored(pg)) == 10
     sink.writer.dsn = good_dsn
-    wait_until(lambda: (sink.tick(0), not sink.backlog)[1], timeout_s=20, what="backlog written")
+    def backlog_written() -> bool:
+        sink.tick(0)
+        return not sink.backlog
+    wait_until(backlog_written, timeout_s=20, what="backlog written")
     sink.write([frame("pi-1", s) for s in range(101, 111)])
     sink.close()
     assert [s for _, _, s in stored(pg)] == list(range(1, 111))

@@ -193,7 +193,10 @@ def test_a_hung_sink_stops_the_watchdog_pings_and_says_which_sink(
     try:
         assert listener.wait_for("WATCHDOG=1", 5)
         with caplog.at_level(logging.INFO, logger="sensorwire"):
-            wait_until(lambda: (fed.send(), sink.entered.is_set())[1], what="a write to begin")
+            def write_begun() -> bool:
+                fed.send()
+                return sink.entered.is_set()
+            wait_until(write_begun, what="a write to begin")
             wait_until(lambda: fed.watchdog.withheld > 0, what="a ping withheld")
             assert fed.pings_in(0.5) == 0  # about 5 were due: systemd would restart us
             stalled = "sink blocking: a write into it has been running for"
@@ -219,7 +222,10 @@ def test_a_sink_slow_but_moving_keeps_the_watchdog_pinging(listener: NotifyListe
     fed = Fed(sink, listener)
     try:
         assert listener.wait_for("WATCHDOG=1", 5)
-        wait_until(lambda: (fed.send(), sink.attempts > 0)[1], what="a write to begin")
+        def write_begun() -> bool:
+            fed.send()
+            return sink.attempts > 0
+        wait_until(write_begun, what="a write to begin")
         pings = fed.pings_in(1.0)            # while it backs off: longer than stalled_after_s
         wait_until(lambda: sink.frames > 0, what="the write to succeed")
         assert sink.attempts >= 5 and fed.collector.runners[0].dropped == 0
