@@ -6,9 +6,10 @@ fresh pseudo-terminal (plus a simulated sensor, and a system sensor unless
 until the first ``uart`` frame arrives (``None``: none within ``--timeout``).
 A healthy start takes about 0.2 s (the first line after an open is discarded).
 
-Made to reproduce a stall (2026-11-28): with the system sensor, some starts
-publish nothing from the port for seconds, although the lines are taken off
-the pty and neither ``bad_lines`` nor ``sensor_errors`` count them::
+Written to chase a stall (2026-11-28) that turned out to be in the harness, not
+the agent: a reader that drained with ``while poll(100)`` never went back to
+write the next line while the other sensors' 25 frames/s kept arriving within
+100 ms of each other.  This loop waits at most once per line written::
 
     python -m bench.serial_start [--starts 30] [--timeout 15] [--no-system]
 """
@@ -59,7 +60,9 @@ def first_reading_s(tmp: Path, system: bool, timeout_s: float) -> float | None:
             started = time.monotonic()
             while time.monotonic() - started < timeout_s:
                 pty.write(b"1.5,2.5\n")
-                while sub.poll(100):
+                if not sub.poll(100):
+                    continue
+                while sub.poll(0):  # what has come, then the next line
                     if decoder.decode(sub.recv()).sensor == "uart":
                         return time.monotonic() - started
             return None

@@ -143,8 +143,11 @@ fields = ["a", "b"]
 
         def every_sensor_published() -> bool:
             pty.write(b"1.5,2.5\n")
-            while upstream.poll(100):
-                sensors.add(decoder.decode(upstream.recv()).sensor)
+            # at most one wait per line written: with 25 frames/s from the other sensors,
+            # `while poll(100)` would never return to write the next line
+            if upstream.poll(100):
+                while upstream.poll(0):
+                    sensors.add(decoder.decode(upstream.recv()).sensor)
             return {"env", "health", "uart"} <= sensors
 
         wait_until(every_sensor_published, what="frames from every sensor")
