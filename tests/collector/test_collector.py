@@ -20,8 +20,8 @@ from sensorwire.collector.config import (
     StorageConfig,
     SubscribeConfig,
 )
-from sensorwire.collector.runtime import Collector, make_sinks
-from sensorwire.collector.sinks import Sink
+from sensorwire.collector.runtime import EAGER, Collector, make_sinks
+from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.sinks.metrics import MetricsSink
 from sensorwire.collector.tracking import JOIN_GRACE_S
 from sensorwire.lifecycle import StopSignal
@@ -307,3 +307,46 @@ def test_a_reload_applies_max_devices_to_the_metrics_sink(tmp_path: Path) -> Non
         wait_until(lambda: metrics.devices_seen() == 13, what="5 more devices kept")
     finally:
         r.close()
+
+
+def test_a_burst_is_handed_on_frame_by_frame_at_first_then_in_one_batch() -> None:
+    """The first EAGER frames of a wake-up reach the sinks before later ones are even read
+    (low latency for short bursts); a long burst still costs one offer for the rest."""
+    class NullSink:
+        name = "null"
+
+        def open(self) -> None: ...
+        def write(self, batch: list[Item]) -> None: ...
+        def close(self) -> None: ...
+
+    class Recording(SinkRunner):
+        def __init__(self) -> None:
+            super().__init__(NullSink())
+            self.offers: list[list[int]] = []
+
+        def offer(self, batch: list[Item]) -> list[Item]:
+            self.offers.append([f.seq for f, _ in batch])
+            return []
+
+    cfg = CollectorConfig(subscribe=SubscribeConfig(connect=["tcp://127.0.0.1:1"]),
+                          storage=StorageConfig(kind="none"))
+    collector = Collector(cfg, sinks=[])
+    runner = Recording()
+    collector.runners = [runner]
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    tx, rx = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        rx.bind("inproc://burst")
+        tx.connect("inproc://burst")
+        burst = EAGER + 12
+        for seq in range(1, burst + 1):
+            tx.send(encode(frame("pi-1", seq)))
+        assert rx.poll(1000)
+        assert collector.drain(rx) == burst
+    finally:
+        tx.close(linger=0)
+        rx.close(linger=0)
+        ctx.term()
+    assert runner.offers == [[seq] for seq in range(1, EAGER + 1)] + [
+        list(range(EAGER + 1, burst + 1))]
+    assert collector.accepted == burst
