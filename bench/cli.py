@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     if args.list:
         for t in transports.ALL:
-            print(f"{t.name:12} {t.label}")
+            print(f"{t.name:16} {t.label}")
+        for t in transports.EXTRA:
+            print(f"{t.name:16} {t.label} (only with --only)")
         return 0
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")

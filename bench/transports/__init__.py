@@ -3,7 +3,8 @@
 To add a peer: write a module here with a :class:`~bench.transports.base.Transport`
 subclass (import its client library inside the methods, not at module level,
 so a missing library makes the row "skipped" instead of breaking the
-benchmark) and list an instance below.
+benchmark) and list an instance below: in ``ALL`` for the default run, in
+``EXTRA`` for a row run only when asked for (``--only NAME``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bench.transports.nats_core import NatsCore
 from bench.transports.redis_pubsub import RedisPubSub
 from bench.transports.sensorwire_path import SensorwirePath
 from bench.transports.zenoh_peer import ZenohPeer
-from bench.transports.zmq_plain import ZmqOnePart, ZmqProxy, ZmqTwoPart
+from bench.transports.zmq_plain import ZmqHostedProxy, ZmqOnePart, ZmqProxy, ZmqTwoPart
 
 ALL: tuple[Transport, ...] = (
     SensorwirePath(),
@@ -28,7 +29,10 @@ ALL: tuple[Transport, ...] = (
     RedisPubSub(),
 )
 
-BY_NAME = {t.name: t for t in ALL}
+# what the proxy hop costs when it is not a process of its own (see bench/README.md)
+EXTRA: tuple[Transport, ...] = (ZmqHostedProxy(),)
+
+BY_NAME = {t.name: t for t in ALL + EXTRA}
 
 
 def get(name: str) -> Transport:

@@ -3,7 +3,10 @@
 Three rows: two-part messages (topic part, payload part), one-part messages
 (``topic 0x00 payload``, sensorwire's framing, without its code), and
 one-part messages through an XSUB/XPUB proxy process running libzmq's own
-``zmq.proxy_steerable``.  Defaults everywhere (HWM 1000 each way), TCP on
+``zmq.proxy_steerable``.  A fourth, not in the default run
+(``--only zmq-hosted-proxy``), hosts that proxy in the subscriber's own
+process, its SUB on ``inproc://``: what the proxy hop costs when it is not a
+process of its own.  Defaults everywhere (HWM 1000 each way), TCP on
 127.0.0.1, the subscriber blocks in ``poll`` and then drains with
 ``NOBLOCK`` in batches.
 """
@@ -156,6 +159,71 @@ class ZmqProxy(ZmqTwoPart):
 
     def receiver(self, env: Env) -> _Sub:
         return _Sub(env["backend"], two_part=False)
+
+
+class _HostedProxySub:
+    """A SUB on ``inproc://`` behind libzmq's proxy, all in the subscriber's process."""
+
+    def __init__(self, frontend: str) -> None:
+        self.frontend = frontend
+
+    def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None]) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        front, back, sub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
+        ctl_in, ctl_out = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        for s in (front, back, sub, ctl_in, ctl_out):
+            s.setsockopt(zmq.LINGER, 0)
+        ctl_in.bind("inproc://control")
+        ctl_out.connect("inproc://control")
+        front.bind(self.frontend)
+        back.bind("inproc://backend")
+        thread = threading.Thread(target=zmq.proxy_steerable, args=(front, back, None, ctl_in),
+                                  daemon=True)
+        thread.start()
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, TOPIC + b"\x00")
+            sub.connect("inproc://backend")
+            ready()
+            decode, recv = workload.decode, sub.recv
+            while not stop.is_set():
+                if not sub.poll(100):
+                    continue
+                for _ in range(DRAIN):
+                    try:
+                        msg = recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handle(decode(msg[msg.index(b"\x00") + 1:]))
+        finally:
+            ctl_out.send(b"TERMINATE")
+            thread.join(5.0)
+            for s in (front, back, sub, ctl_in, ctl_out):
+                s.close()
+            ctx.term()
+
+    def details(self) -> dict[str, object]:
+        return {}
+
+
+class ZmqHostedProxy(Transport):
+    name = "zmq-hosted-proxy"
+    label = "plain pyzmq one-part, the proxy inside the subscriber's process"
+    practice = ("one-part messages; the PUB connects to the subscriber's process, which runs "
+                "libzmq's zmq.proxy_steerable in a thread (XSUB frontend on tcp, XPUB backend "
+                "on inproc) and reads a SUB on inproc")
+
+    def versions(self) -> str:
+        return _zmq_versions()
+
+    @contextlib.contextmanager
+    def services(self) -> Iterator[Env]:
+        yield {"endpoint": f"tcp://{procs.LOOPBACK}:{procs.free_port()}"}
+
+    def sender(self, env: Env) -> _Pub:
+        return _Pub(env["endpoint"], bind=False, two_part=False)
+
+    def receiver(self, env: Env) -> _HostedProxySub:
+        return _HostedProxySub(env["endpoint"])
 
 
 def run_proxy(conn: Connection, frontend: str, backend: str) -> None:

@@ -9,14 +9,19 @@ that the ceiling measurements (one of them in a second process) work.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
 
+from support import wait_until  # noqa: E402
+
 from bench import ceilings, report, transports, workload  # noqa: E402
 from bench.harness import QUICK, TransportResult  # noqa: E402
+from bench.transports.base import Received  # noqa: E402
+from bench.transports.zmq_plain import ZmqHostedProxy  # noqa: E402
 
 
 def test_the_workload_frame_is_about_217_bytes() -> None:
@@ -33,10 +38,44 @@ def test_ceilings_measure_in_about_a_second() -> None:
 
 
 def test_every_transport_has_a_unique_name_and_a_practice() -> None:
-    names = [t.name for t in transports.ALL]
+    rows = transports.ALL + transports.EXTRA
+    names = [t.name for t in rows]
     assert len(names) == len(set(names))
     assert "sensorwire" in names
-    assert all(t.label and t.practice for t in transports.ALL)
+    assert all(t.label and t.practice for t in rows)
+    assert set(transports.BY_NAME) == set(names)
+
+
+def test_the_hosted_proxy_row_delivers_frames() -> None:
+    """The extra row (proxy inside the subscriber's process) moves frames end to end."""
+    transport = ZmqHostedProxy()
+    got: list[int] = []
+    stop, ready, arrived = threading.Event(), threading.Event(), threading.Event()
+
+    def handle(frame: Received) -> None:
+        got.append(frame.seq)
+        arrived.set()
+
+    with transport.services() as env:
+        receiver = transport.receiver(env)
+        thread = threading.Thread(target=receiver.run, args=(handle, stop, ready.set))
+        thread.start()
+        sender = transport.sender(env)
+        try:
+            assert ready.wait(10)
+            sender.open()
+
+            def delivered() -> bool:
+                sender.send(10)  # PUB drops until the subscription has reached it
+                return arrived.wait(0.2)
+
+            wait_until(delivered, what="frames through the hosted proxy")
+        finally:
+            stop.set()
+            thread.join(5)
+            sender.close()
+    assert not thread.is_alive()
+    assert got == sorted(got), "frames out of order"
 
 
 def test_a_skipped_row_is_reported_not_failed() -> None:

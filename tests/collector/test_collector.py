@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,7 @@ def test_a_burst_is_handed_on_frame_by_frame_at_first_then_in_one_batch() -> Non
         name = "null"
 
         def open(self) -> None: ...
-        def write(self, batch: list[Item]) -> None: ...
+        def write(self, batch: Sequence[Item]) -> None: ...
         def close(self) -> None: ...
 
     class Recording(SinkRunner):
