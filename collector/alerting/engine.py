@@ -36,6 +36,7 @@ import collections
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -48,7 +49,11 @@ from sensorwire.collector.frames import CheckedFrame
 
 NS = 1_000_000_000
 RATE_POINTS_MAX = 256  # samples kept per rate instance (decimated beyond)
+# topics whose matching rules are remembered; when full, a random eighth is forgotten: a
+# fleet with more topics than this keeps many of its hits (clearing it all, or forgetting
+# the oldest, would miss on every frame when the topics come round in a fixed order)
 _CACHE_MAX = 65536
+_CACHE_EVICT = _CACHE_MAX // 8
 
 Key = tuple[str, str, str, str, str]  # rule, site, device, sensor ('' = none), metric ('' = none)
 Phase = Literal["ok", "pending", "firing"]
@@ -175,6 +180,7 @@ class Engine:
         self._heap: list[tuple[int, int, Instance]] = []
         self._counter = itertools.count()
         self._topics: dict[tuple[str, str, str], _TopicRules] = {}
+        self._rng = random.Random(0)  # which topics a full cache forgets; not a secret
         self.transitions = 0
         # max_instances: per rule, series forgotten to make room / new series not watched
         self.evicted: collections.Counter[str] = collections.Counter()
@@ -482,9 +488,11 @@ class Engine:
                         found.any_metric.append(r)
                     else:
                         found.by_metric.setdefault(r.metric, []).append(r)
-            if len(self._topics) >= _CACHE_MAX:
-                self._topics.clear()
-            self._topics[key] = found
+            topics = self._topics
+            if len(topics) >= _CACHE_MAX:
+                for gone in self._rng.sample(list(topics), _CACHE_EVICT):
+                    del topics[gone]
+            topics[key] = found
         return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from alerting_support import NS, T0, at, brief, checked, feed, rule
 
 from sensorwire.collector.alerting.engine import ActiveAlert, Engine
@@ -270,3 +271,32 @@ def test_the_heap_of_deadlines_stays_bounded_while_instances_are_forgotten() -> 
     assert e.instances() == 10 and e.evicted["stale"] == 19_990
     assert len(e._heap) <= 2 * e.instances() + 1025  # not one entry per series ever seen
     assert len(e.tick(at(3700))) == 10
+
+
+def test_more_topics_than_the_rule_cache_holds_still_mostly_hit_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet with more topics than the cache of matching rules, coming round in a fixed
+    order, keeps many of its hits (a cache emptied when full would miss on every frame)."""
+    from sensorwire.collector.alerting import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "_CACHE_MAX", 64)
+    monkeypatch.setattr(engine_mod, "_CACHE_EVICT", 8)
+    made = 0
+
+    class Counted(engine_mod._TopicRules):
+        def __init__(self) -> None:
+            nonlocal made
+            made += 1
+            super().__init__()
+
+    monkeypatch.setattr(engine_mod, "_TopicRules", Counted)
+    e = Engine([rule(name="hot", match="greenhouse/*/env", metric="temperature", above=35.0)])
+    devices = [f"pi-{i}" for i in range(80)]
+    for t in range(20):
+        for d in devices:
+            e.observe(checked({"temperature": 20.0}, float(t), device=d, seq=t + 1), at(t))
+    assert len(e._topics) <= 64
+    looked_up = 20 * len(devices)
+    # about half hit here (the choice of what to forget is seeded: the same every run);
+    # emptying the cache when full missed all 1,600
+    assert made <= looked_up * 0.6, f"{made} misses in {looked_up} look-ups"
