@@ -3,9 +3,7 @@
 One thread owns the socket.  It drains it in batches (``recv`` with
 ``NOBLOCK`` until empty), decodes and checks each message, runs loss
 accounting (:mod:`sensorwire.collector.tracking`: duplicates are dropped
-here), and hands the frames to every sink's bounded queue: the first few of a
-wake-up one by one, so that a short burst is not held back, the rest as one
-batch.  Nothing on this
+here), and hands the batch to every sink's bounded queue.  Nothing on this
 path waits for a sink.  Bad messages are counted by reason and logged,
 rate-limited; they never stop the loop.  A message of several parts is rejected
 as ``multipart`` when its first part is not a frame (the usual mistake: topic
@@ -66,10 +64,6 @@ log = logging.getLogger(__name__)
 _bad = RateLimited(log, period_s=10.0)
 
 DRAIN_MAX = 5000  # messages taken per wake-up before handing a batch on
-# the first frames of a wake-up are handed on one by one, the rest in one batch: a
-# burst of a few frames is not held back while the later ones are decoded and the empty
-# socket is asked once more (that last recv is the dearest of all, about 10-25 µs)
-EAGER = 8
 TICK_S = 0.5      # presence, repair requests and counters are looked at this often
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
@@ -306,22 +300,14 @@ class Collector:
                 continue
             if fresh:
                 batch.append((frame, now))
-                if n <= EAGER:
-                    self._hand_on(batch, mono)
-                    batch = []
         self.received += n - acks
         self.bytes_received += nbytes
         if batch:
-            self._hand_on(batch, mono)
+            self.accepted += len(batch)
+            for r in self.runners:
+                for frame, _ in r.offer(batch):
+                    self.tracker.forget(frame, mono)
         return n
-
-    def _hand_on(self, batch: list[Item], mono: float) -> None:
-        """Offer ``batch`` to every sink's queue; a frame a queue had no room for is forgotten
-        by the tracker, so that the gap it leaves is repaired."""
-        self.accepted += len(batch)
-        for r in self.runners:
-            for frame, _ in r.offer(batch):
-                self.tracker.forget(frame, mono)
 
     def _reject_parts(self, sub: zmq.Socket[bytes]) -> None:
         """The rest of a multipart message whose first part was not a frame: one rejection."""

@@ -20,7 +20,7 @@ from sensorwire.collector.config import (
     StorageConfig,
     SubscribeConfig,
 )
-from sensorwire.collector.runtime import EAGER, Collector, make_sinks
+from sensorwire.collector.runtime import Collector, make_sinks
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.sinks.metrics import MetricsSink
 from sensorwire.collector.tracking import JOIN_GRACE_S
@@ -309,9 +309,10 @@ def test_a_reload_applies_max_devices_to_the_metrics_sink(tmp_path: Path) -> Non
         r.close()
 
 
-def test_a_burst_is_handed_on_frame_by_frame_at_first_then_in_one_batch() -> None:
-    """The first EAGER frames of a wake-up reach the sinks before later ones are even read
-    (low latency for short bursts); a long burst still costs one offer for the rest."""
+def test_what_one_wake_up_takes_is_handed_on_in_one_batch() -> None:
+    """One offer per sink per wake-up, however many frames: an offer costs about 2 µs per
+    sink, so handing frames on one by one would cost a fleet's collector a few % of a core
+    (measured: about 4 % at 10,000 devices) for a latency no sink sees, as sinks batch."""
     class NullSink:
         name = "null"
 
@@ -338,7 +339,7 @@ def test_a_burst_is_handed_on_frame_by_frame_at_first_then_in_one_batch() -> Non
     try:
         rx.bind("inproc://burst")
         tx.connect("inproc://burst")
-        burst = EAGER + 12
+        burst = 20
         for seq in range(1, burst + 1):
             tx.send(encode(frame("pi-1", seq)))
         assert rx.poll(1000)
@@ -347,6 +348,5 @@ def test_a_burst_is_handed_on_frame_by_frame_at_first_then_in_one_batch() -> Non
         tx.close(linger=0)
         rx.close(linger=0)
         ctx.term()
-    assert runner.offers == [[seq] for seq in range(1, EAGER + 1)] + [
-        list(range(EAGER + 1, burst + 1))]
+    assert runner.offers == [list(range(1, burst + 1))]
     assert collector.accepted == burst
