@@ -16,7 +16,9 @@ agent does:
 
 Each run reports frames sent and stored (loss), samples/s stored and the
 collector's and the proxy's CPU as % of one core, measured from the first
-frame stored to the last (start-up is not counted).
+frame stored to the last (start-up is not counted).  In the unpaced runs the
+proxy has usually forwarded the whole burst into the collector's queues
+before the first frame is stored, so its CPU there reads about 0 %.
 
 The **ceiling** is SQLite's own insert rate for the same schema in this
 Python, measured in the same run: rows built beforehand, 5,000 frames per
