@@ -66,6 +66,25 @@ class _Pub(SyncSender):
             self.ctx.term()
 
 
+def receive(sub: zmq.Socket[bytes], handle: Handler, stop: threading.Event,
+            two_part: bool) -> None:
+    """Until ``stop``: wait in ``poll``, then drain with ``NOBLOCK`` (at most DRAIN per wake-up),
+    handing each frame on as soon as it is decoded."""
+    decode, recv = workload.decode, sub.recv
+    while not stop.is_set():
+        if not sub.poll(100):
+            continue
+        for _ in range(DRAIN):
+            try:
+                msg = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if two_part:
+                handle(decode(recv()))
+            else:
+                handle(decode(msg[msg.index(b"\x00") + 1:]))
+
+
 class _Sub:
     def __init__(self, endpoint: str, two_part: bool) -> None:
         self.endpoint = endpoint
@@ -79,20 +98,7 @@ class _Sub:
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC if self.two_part else TOPIC + b"\x00")
             sub.connect(self.endpoint)
             ready()
-            decode = workload.decode
-            recv = sub.recv
-            while not stop.is_set():
-                if not sub.poll(100):
-                    continue
-                for _ in range(DRAIN):
-                    try:
-                        msg = recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if self.two_part:
-                        handle(decode(recv()))
-                    else:
-                        handle(decode(msg[msg.index(b"\x00") + 1:]))
+            receive(sub, handle, stop, self.two_part)
         finally:
             sub.close()
             ctx.term()
@@ -184,16 +190,7 @@ class _HostedProxySub:
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC + b"\x00")
             sub.connect("inproc://backend")
             ready()
-            decode, recv = workload.decode, sub.recv
-            while not stop.is_set():
-                if not sub.poll(100):
-                    continue
-                for _ in range(DRAIN):
-                    try:
-                        msg = recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    handle(decode(msg[msg.index(b"\x00") + 1:]))
+            receive(sub, handle, stop, two_part=False)
         finally:
             ctl_out.send(b"TERMINATE")
             thread.join(5.0)

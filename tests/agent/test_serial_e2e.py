@@ -188,9 +188,12 @@ class Heartbeats:
         self.counters: dict[str, int] = {}
 
     def latest(self) -> dict[str, int]:
-        while self.sock.poll(100):
-            frame = self.decoder.decode(self.sock.recv())
-            self.counters = dict(frame.heartbeat.counters)
+        """The counters of the newest heartbeat that arrived within 0.1 s (drained, then
+        returned: a ``while poll(100)`` would never return if heartbeats came faster)."""
+        if self.sock.poll(100):
+            while self.sock.poll(0):
+                frame = self.decoder.decode(self.sock.recv())
+                self.counters = dict(frame.heartbeat.counters)
         return self.counters
 
     def close(self) -> None:
