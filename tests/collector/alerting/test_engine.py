@@ -273,7 +273,7 @@ def test_the_heap_of_deadlines_stays_bounded_while_instances_are_forgotten() -> 
     assert len(e.tick(at(3700))) == 10
 
 
-def test_more_topics_than_the_rule_cache_holds_still_mostly_hit_it(
+def test_more_topics_than_the_rule_cache_holds_still_hit_it_often(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A fleet with more topics than the cache of matching rules, coming round in a fixed
     order, keeps many of its hits (a cache emptied when full would miss on every frame)."""
