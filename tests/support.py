@@ -13,12 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sensorwire.demo import free_port as free_port  # re-exported: the tests import it from here
 from sensorwire.sdnotify import NotifyListener
+
+if TYPE_CHECKING:
+    from sensorwire.collector.sinks import Item
 
 T = TypeVar("T")
 
@@ -104,3 +107,18 @@ def run_cli(*argv: str, timeout: float = 60.0, **kw: Any) -> subprocess.Complete
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class Nowhere:
+    """A sink that takes every batch and keeps nothing (for tests of what feeds sinks)."""
+
+    name = "nowhere"
+
+    def open(self) -> None:
+        pass
+
+    def write(self, batch: Sequence[Item]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 import zmq
 
 from bench import procs, workload
-from bench.transports.base import Env, Handler, SyncSender, Transport
+from bench.transports.base import Env, Handler, Receiver, SyncSender, Transport
 
 TOPIC = workload.TOPIC.encode()
 DRAIN = 1000  # messages per wake-up at most
@@ -130,7 +130,7 @@ class ZmqTwoPart(Transport):
     def sender(self, env: Env) -> _Pub:
         return _Pub(env["endpoint"], bind=True, two_part=self.two_part)
 
-    def receiver(self, env: Env) -> _Sub:
+    def receiver(self, env: Env) -> Receiver:
         return _Sub(env["endpoint"], two_part=self.two_part)
 
 
@@ -202,24 +202,17 @@ class _HostedProxySub:
         return {}
 
 
-class ZmqHostedProxy(Transport):
+class ZmqHostedProxy(ZmqOnePart):
     name = "zmq-hosted-proxy"
     label = "plain pyzmq one-part, the proxy inside the subscriber's process"
     practice = ("one-part messages; the PUB connects to the subscriber's process, which runs "
                 "libzmq's zmq.proxy_steerable in a thread (XSUB frontend on tcp, XPUB backend "
                 "on inproc) and reads a SUB on inproc")
 
-    def versions(self) -> str:
-        return _zmq_versions()
-
-    @contextlib.contextmanager
-    def services(self) -> Iterator[Env]:
-        yield {"endpoint": f"tcp://{procs.LOOPBACK}:{procs.free_port()}"}
-
     def sender(self, env: Env) -> _Pub:
         return _Pub(env["endpoint"], bind=False, two_part=False)
 
-    def receiver(self, env: Env) -> _HostedProxySub:
+    def receiver(self, env: Env) -> Receiver:
         return _HostedProxySub(env["endpoint"])
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from support import tcp, wait_until
+from support import Nowhere, tcp, wait_until
 
 from sensorwire.collector.config import (
     CollectorConfig,
@@ -313,16 +313,9 @@ def test_what_one_wake_up_takes_is_handed_on_in_one_batch() -> None:
     """One offer per sink per wake-up, however many frames: an offer costs about 2 µs per
     sink, so handing frames on one by one would cost a fleet's collector a few % of a core
     (measured: about 4 % at 10,000 devices) for a latency no sink sees, as sinks batch."""
-    class NullSink:
-        name = "null"
-
-        def open(self) -> None: ...
-        def write(self, batch: Sequence[Item]) -> None: ...
-        def close(self) -> None: ...
-
     class Recording(SinkRunner):
         def __init__(self) -> None:
-            super().__init__(NullSink())
+            super().__init__(Nowhere())
             self.offers: list[list[int]] = []
 
         def offer(self, batch: list[Item]) -> list[Item]:

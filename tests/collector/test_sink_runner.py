@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support import tcp, wait_until
+from support import Nowhere, tcp, wait_until
 
 from sensorwire.collector.config import CollectorConfig, StorageConfig, SubscribeConfig
 from sensorwire.collector.frames import EMPTY, CheckedFrame
@@ -27,19 +27,6 @@ from sensorwire.watchdog import Watchdog
 
 STALLED_AFTER_S = 0.3
 WATCHDOG_S = 0.1  # ping interval: half of a WATCHDOG_USEC of 0.2 s
-
-
-class Nowhere:
-    name = "nowhere"
-
-    def open(self) -> None:
-        pass
-
-    def write(self, batch: Sequence[Item]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Blocking(Nowhere):
