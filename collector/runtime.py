@@ -154,12 +154,16 @@ class Collector:
                 return
 
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
-            service: Service | None = None) -> None:
+            service: Service | None = None,
+            context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        """Receive until ``stop`` is set.  ``context``: a ZeroMQ context of the caller's to make
+        the socket in (one an ``inproc://`` endpoint in ``[subscribe]`` lives in); the collector
+        leaves it open.  By default it makes its own."""
         for r in self.runners:
             r.start()
         self._resume()
         gcpolicy.settle()
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context() if context is None else context
         sub = ctx.socket(zmq.XSUB)
         self.sock = sub
         try:
@@ -191,7 +195,8 @@ class Collector:
             self.sock = None
             sub.close()
             self.security.close()
-            ctx.term()
+            if context is None:
+                ctx.term()
             self.tracker.flush_counts()
             for r in self.runners:
                 r.close()

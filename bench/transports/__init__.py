@@ -13,7 +13,7 @@ from bench.transports.base import Transport
 from bench.transports.mqtt import MqttTransport
 from bench.transports.nats_core import NatsCore
 from bench.transports.redis_pubsub import RedisPubSub
-from bench.transports.sensorwire_path import SensorwirePath
+from bench.transports.sensorwire_path import SensorwireHostedProxy, SensorwirePath
 from bench.transports.zenoh_peer import ZenohPeer
 from bench.transports.zmq_plain import ZmqHostedProxy, ZmqOnePart, ZmqProxy, ZmqTwoPart
 
@@ -30,7 +30,7 @@ ALL: tuple[Transport, ...] = (
 )
 
 # what the proxy hop costs when it is not a process of its own (see bench/README.md)
-EXTRA: tuple[Transport, ...] = (ZmqHostedProxy(),)
+EXTRA: tuple[Transport, ...] = (ZmqHostedProxy(), SensorwireHostedProxy())
 
 BY_NAME = {t.name: t for t in ALL + EXTRA}
 

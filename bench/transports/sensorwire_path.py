@@ -20,12 +20,18 @@ this writing:
   ``drain`` offers it, so latency is measured when the collector has the
   decoded frames, as for every peer, not after SQLite.
 
+A second row, ``sensorwire-hosted-proxy`` (not in the default run), is the
+same agent and collector with libzmq's proxy in a thread of the collector's
+process instead of a ``sensorwire proxy`` process: the collector's XSUB
+connects to it over ``inproc://``, in the context it is given.  The product
+has no such mode; the row measures what one would give.
+
 Hooks to revisit when the product changes: ``Publisher(site, device,
 PublishConfig)``, ``.open(ctx)``, ``.build_data``, ``.publish`` (refusals
 counted in ``.counters["dropped_hwm"]``, or ``"spooled"``), ``.handle_incoming``, ``.seq``,
 ``.counters``, ``.sock``; ``Collector(config, sinks=[])``, ``.runners``
 (the list ``drain`` offers batches to; ``offer`` returns what it could not
-take), ``.run(stop, ready)``; ``CollectorConfig``/``SubscribeConfig``/
+take), ``.run(stop, ready, context=)``; ``CollectorConfig``/``SubscribeConfig``/
 ``StorageConfig(kind="none")``; ``SinkRunner``; ``StopSignal().set()``.
 """
 
@@ -119,7 +125,8 @@ class _Collector:
         self.backend = backend
         self.collector: Any = None
 
-    def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None]) -> None:
+    def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None],
+            context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         from sensorwire.collector.config import CollectorConfig, LimitsConfig, StorageConfig, SubscribeConfig
         from sensorwire.collector.runtime import Collector
         from sensorwire.lifecycle import StopSignal
@@ -138,7 +145,7 @@ class _Collector:
 
         threading.Thread(target=bridge, name="bench-stop-bridge", daemon=True).start()
         try:
-            self.collector.run(sw_stop, ready=ready)
+            self.collector.run(sw_stop, ready=ready, context=context)
         finally:
             sw_stop.set()
             sw_stop.close()
@@ -182,3 +189,39 @@ class SensorwirePath(Transport):
         return _Collector(env["backend"])
 
 
+
+
+PROXY_HWM = 100_000  # `sensorwire proxy`'s default ([proxy] hwm)
+
+
+class _HostedProxyCollector(_Collector):
+    """The collector with libzmq's proxy in a thread of its own process, on ``inproc://``."""
+
+    def __init__(self, frontend: str) -> None:
+        super().__init__("inproc://backend")
+        self.frontend = frontend
+
+    def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None],
+            context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        from bench.transports.zmq_plain import hosted_proxy
+
+        with hosted_proxy(self.frontend, self.backend, hwm=PROXY_HWM) as ctx:
+            super().run(handle, stop, ready, context=ctx)
+
+
+class SensorwireHostedProxy(SensorwirePath):
+    """What a proxy inside the collector's process would give (not a product feature)."""
+
+    name = "sensorwire-hosted-proxy"
+    label = "sensorwire, the proxy inside the collector's process"
+    practice = ("as the sensorwire row, but the agent's Publisher connects to the collector's "
+                "process, which runs libzmq's zmq.proxy_steerable in a thread (XSUB frontend on "
+                "tcp, XPUB backend on inproc, HWMs as `sensorwire proxy`'s) and the whole "
+                "Collector.run loop on an XSUB connected to it over inproc")
+
+    @contextlib.contextmanager
+    def services(self) -> Iterator[Env]:
+        yield {"frontend": f"tcp://{procs.LOOPBACK}:{procs.free_port()}"}
+
+    def receiver(self, env: Env) -> _HostedProxyCollector:
+        return _HostedProxyCollector(env["frontend"])

@@ -6,7 +6,8 @@ one-part messages through an XSUB/XPUB proxy process running libzmq's own
 ``zmq.proxy_steerable``.  A fourth, not in the default run
 (``--only zmq-hosted-proxy``), hosts that proxy in the subscriber's own
 process, its SUB on ``inproc://``: what the proxy hop costs when it is not a
-process of its own.  Defaults everywhere (HWM 1000 each way), TCP on
+process of its own (``hosted_proxy``, which the ``sensorwire-hosted-proxy`` row
+uses too).  Defaults everywhere (HWM 1000 each way), TCP on
 127.0.0.1, the subscriber blocks in ``poll`` and then drains with
 ``NOBLOCK`` in batches.
 """
@@ -167,6 +168,37 @@ class ZmqProxy(ZmqTwoPart):
         return _Sub(env["backend"], two_part=False)
 
 
+@contextlib.contextmanager
+def hosted_proxy(frontend: str, backend: str,
+                 hwm: int | None = None) -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """libzmq's proxy in a thread of this process: XSUB bound on ``frontend``, XPUB bound on
+    ``backend`` (an ``inproc://`` endpoint); yields the context to connect to ``backend`` in.
+    ``hwm``: the proxy's queue per peer each way (None: libzmq's default, 1000)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    front, back = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    ctl_in, ctl_out = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    for s in (front, back, ctl_in, ctl_out):
+        s.setsockopt(zmq.LINGER, 0)
+    if hwm is not None:
+        front.setsockopt(zmq.RCVHWM, hwm)
+        back.setsockopt(zmq.SNDHWM, hwm)
+    ctl_in.bind("inproc://control")
+    ctl_out.connect("inproc://control")
+    front.bind(frontend)
+    back.bind(backend)
+    thread = threading.Thread(target=zmq.proxy_steerable, args=(front, back, None, ctl_in),
+                              daemon=True)
+    thread.start()
+    try:
+        yield ctx
+    finally:
+        ctl_out.send(b"TERMINATE")
+        thread.join(5.0)
+        for s in (front, back, ctl_in, ctl_out):
+            s.close()
+        ctx.term()  # waits for the sockets made in ctx by the caller to be closed
+
+
 class _HostedProxySub:
     """A SUB on ``inproc://`` behind libzmq's proxy, all in the subscriber's process."""
 
@@ -174,29 +206,16 @@ class _HostedProxySub:
         self.frontend = frontend
 
     def run(self, handle: Handler, stop: threading.Event, ready: Callable[[], None]) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        front, back, sub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
-        ctl_in, ctl_out = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-        for s in (front, back, sub, ctl_in, ctl_out):
-            s.setsockopt(zmq.LINGER, 0)
-        ctl_in.bind("inproc://control")
-        ctl_out.connect("inproc://control")
-        front.bind(self.frontend)
-        back.bind("inproc://backend")
-        thread = threading.Thread(target=zmq.proxy_steerable, args=(front, back, None, ctl_in),
-                                  daemon=True)
-        thread.start()
-        try:
-            sub.setsockopt(zmq.SUBSCRIBE, TOPIC + b"\x00")
-            sub.connect("inproc://backend")
-            ready()
-            receive(sub, handle, stop, two_part=False)
-        finally:
-            ctl_out.send(b"TERMINATE")
-            thread.join(5.0)
-            for s in (front, back, sub, ctl_in, ctl_out):
-                s.close()
-            ctx.term()
+        with hosted_proxy(self.frontend, "inproc://backend") as ctx:
+            sub = ctx.socket(zmq.SUB)
+            try:
+                sub.setsockopt(zmq.LINGER, 0)
+                sub.setsockopt(zmq.SUBSCRIBE, TOPIC + b"\x00")
+                sub.connect("inproc://backend")
+                ready()
+                receive(sub, handle, stop, two_part=False)
+            finally:
+                sub.close()
 
     def details(self) -> dict[str, object]:
         return {}

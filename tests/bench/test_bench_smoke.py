@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
@@ -20,8 +22,7 @@ from support import wait_until  # noqa: E402
 
 from bench import ceilings, report, transports, workload  # noqa: E402
 from bench.harness import QUICK, TransportResult  # noqa: E402
-from bench.transports.base import Received  # noqa: E402
-from bench.transports.zmq_plain import ZmqHostedProxy  # noqa: E402
+from bench.transports.base import Received, SyncSender, Transport  # noqa: E402
 
 
 def test_the_workload_frame_is_about_217_bytes() -> None:
@@ -46,9 +47,10 @@ def test_every_transport_has_a_unique_name_and_a_practice() -> None:
     assert set(transports.BY_NAME) == set(names)
 
 
-def test_the_hosted_proxy_row_delivers_frames() -> None:
-    """The extra row (proxy inside the subscriber's process) moves frames end to end."""
-    transport = ZmqHostedProxy()
+@pytest.mark.parametrize("name", ["zmq-hosted-proxy", "sensorwire-hosted-proxy"])
+def test_the_hosted_proxy_rows_deliver_frames(name: str) -> None:
+    """The extra rows (proxy inside the subscriber's process) move frames end to end."""
+    transport: Transport = transports.get(name)
     got: list[int] = []
     stop, ready, arrived = threading.Event(), threading.Event(), threading.Event()
 
@@ -61,6 +63,7 @@ def test_the_hosted_proxy_row_delivers_frames() -> None:
         thread = threading.Thread(target=receiver.run, args=(handle, stop, ready.set))
         thread.start()
         sender = transport.sender(env)
+        assert isinstance(sender, SyncSender)  # both rows' senders send in the calling thread
         try:
             assert ready.wait(10)
             sender.open()

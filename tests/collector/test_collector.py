@@ -343,3 +343,47 @@ def test_what_one_wake_up_takes_is_handed_on_in_one_batch() -> None:
         ctx.term()
     assert runner.offers == [list(range(1, burst + 1))]
     assert collector.accepted == burst
+
+
+def test_a_collector_given_a_context_reaches_inproc_in_it_and_leaves_it_open() -> None:
+    """``run(context=...)``: the socket is made in the caller's context, so an ``inproc://``
+    endpoint bound there (a proxy in the same process) is reachable; the context stays open."""
+    class Recording(SinkRunner):
+        def __init__(self) -> None:
+            super().__init__(Nowhere())
+            self.seqs: list[int] = []
+
+        def offer(self, batch: list[Item]) -> list[Item]:
+            self.seqs.extend(f.seq for f, _ in batch)
+            return []
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("inproc://in-process-proxy")
+    cfg = CollectorConfig(subscribe=SubscribeConfig(connect=["inproc://in-process-proxy"]),
+                          storage=StorageConfig(kind="none"))
+    collector = Collector(cfg, sinks=[])
+    runner = Recording()
+    collector.runners = [runner]
+    stop = StopSignal()
+    thread = threading.Thread(target=collector.run, args=(stop,), kwargs={"context": ctx})
+    thread.start()
+    try:
+        seq = iter(range(1, 10_000))
+
+        def stored() -> bool:
+            pub.send(encode(frame("pi-1", next(seq))))  # dropped until the subscription arrives
+            return bool(runner.seqs)
+
+        wait_until(stored, what="a frame over inproc://")
+    finally:
+        stop.set()
+        thread.join(10)
+        stop.close()
+    assert not thread.is_alive()
+    assert not ctx.closed
+    probe = ctx.socket(zmq.PAIR)  # the caller's context still works
+    probe.close()
+    pub.close()
+    ctx.term()
