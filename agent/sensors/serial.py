@@ -17,9 +17,12 @@ What the host may rely on:
   missing or lost (USB unplugged, pty closed); the host closes the sensor and
   reopens it with backoff.  The path is resolved again on every open, so a
   re-pointed symlink or a re-enumerated ``/dev/serial/by-id/`` link works.
-- After an open, bytes up to the first line end are discarded (they may be
-  the tail of a line the device began before the port was open); with
-  ``poll`` nothing is discarded, since the device speaks only when asked.
+- After an open, the first bytes may be the tail of a line the device began
+  before the port was open.  When they arrive within ``QUIET_OPEN_S`` of the
+  open, they are that tail and are discarded up to the first line end; when
+  the port was quiet for longer than that, the device was between lines and
+  the first line is whole, so it is read like every other.  With ``poll``
+  nothing is discarded, since the device speaks only when asked.
 
 pyserial opens and configures every port.  Native ports and ``socket://``
 are then read straight from their descriptor (one ``select`` and one
@@ -63,6 +66,10 @@ STOPBITS = (1, 1.5, 2)
 BYTESIZES = (5, 6, 7, 8)
 WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
+# bytes that arrive this soon after an open may be the rest of a line in flight then (a
+# device mid-line sends its next byte within a character time, plus a USB adapter's
+# latency timer: 16 ms on FTDI's default); after a longer quiet, the first line is whole
+QUIET_OPEN_S = 0.1
 # native POSIX ports and socket://; other handlers (loop://, rfc2217://, spy://) read via pyserial
 _FD_READERS = ("serial.serialposix", "serial.urlhandler.protocol_socket")
 
@@ -211,6 +218,7 @@ class SerialSensor:
         self._next_poll = 0.0
         self._port: Any = None
         self._fd: int | None = None  # a native port's descriptor, read directly
+        self._opened_at: float | None = None  # an open whose first bytes have not come yet
         self._timeout: float | None = None
         self._bad: dict[str, int] = {}
         self._bad_total = 0
@@ -233,7 +241,8 @@ class SerialSensor:
         # ports whose pyserial read is select + read on one descriptor are read directly
         self._fd = self._port.fileno() if type(self._port).__module__ in _FD_READERS else None
         if self._poll is None:
-            self._lines.resync()
+            self._lines.resync()  # until the first bytes show whether a line was in flight
+            self._opened_at = time.monotonic()
         else:
             self._lines.reset()
             self._next_poll = time.monotonic()
@@ -257,7 +266,7 @@ class SerialSensor:
                 wait = min(wait, self._next_poll - now)
             if now >= deadline:
                 return None
-            self._lines.feed(self._read(max(0.0, wait)))
+            self._feed(self._read(max(0.0, wait)))
 
     # -- read from the host's own loop (optional, see StreamSensor) ----------
     def fileno(self) -> int | None:
@@ -272,7 +281,7 @@ class SerialSensor:
         fd = self._fd
         if fd is None:
             raise SerialPortError(f"{self.config.port}: not open")
-        self._lines.feed(self._read_fd(fd, 0.0))
+        self._feed(self._read_fd(fd, 0.0))
         out: list[Sequence[Reading]] = []
         while (readings := self._next_reading()) is not None:
             out.append(readings)
@@ -295,6 +304,15 @@ class SerialSensor:
         return out
 
     # -- inside -----------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        """Hand read bytes to the line splitter; the first after an open decide whether the
+        line they begin is whole (see the module's docstring)."""
+        if data and self._opened_at is not None:
+            if time.monotonic() - self._opened_at >= QUIET_OPEN_S:
+                self._lines.reset()  # nothing was in flight when the port opened
+            self._opened_at = None
+        self._lines.feed(data)
+
     def _next_reading(self) -> list[Reading] | None:
         """The readings of the next good buffered line; None when no complete line waits."""
         while True:

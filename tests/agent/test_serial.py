@@ -20,6 +20,7 @@ from support import wait_until
 from sensorwire.agent import config as agent_config
 from sensorwire.agent import sensors
 from sensorwire.agent.sensors import Reading
+from sensorwire.agent.sensors import serial as serial_sensor
 from sensorwire.agent.sensors.serial import SerialPortError, SerialSensor
 from sensorwire.configload import ConfigError
 from sensorwire.serialsim import Pty, nmea, point
@@ -121,12 +122,47 @@ def test_each_format_read_from_a_pty(fmt: str, pty: Pty,
     assert sensor.counters() == {"bad_lines": 0}
 
 
-def test_the_first_bytes_after_opening_are_discarded_up_to_a_line_end(
-        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+def test_bytes_at_once_after_opening_are_discarded_up_to_a_line_end(
+        pty: Pty, make_sensor: Callable[..., SerialSensor],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that come right after the open may be the tail of a line in flight then."""
+    monkeypatch.setattr(serial_sensor, "QUIET_OPEN_S", 3600.0)  # "at once", however slow CI is
     sensor = make_sensor(port=pty.path, format="csv", fields=["a", "b"])
     sensor.open()
     pty.write(b".5,40\r\n1,2\r\n")  # the tail of a line begun before the port was open
     assert collect(sensor, 1) == [[("a", 1.0, ""), ("b", 2.0, "")]]
+    assert sensor.counters() == {"bad_lines": 0}
+
+
+def test_the_first_line_after_a_quiet_open_is_read(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    """A port quiet for longer than QUIET_OPEN_S after the open had no line in flight: the
+    first line written after that is whole, and is read like every other."""
+    sensor = make_sensor(port=pty.path, format="csv", fields=["a", "b"])
+    sensor.open()
+    assert sensor.read_next(2 * serial_sensor.QUIET_OPEN_S) is None  # the port stays quiet
+    pty.write(b"24.5,40\r\n1,2\r\n")
+    assert collect(sensor, 2) == [[("a", 24.5, ""), ("b", 40.0, "")], [("a", 1.0, ""), ("b", 2.0, "")]]
+    assert sensor.counters() == {"bad_lines": 0}
+
+
+def test_the_first_line_after_a_quiet_reopen_is_read_from_the_descriptor(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    """The same through read_ready, as the agent's loop reads a native port, after a reopen."""
+    sensor = make_sensor(port=pty.path, format="csv", fields=["a", "b"])
+    for value in (1, 2):
+        sensor.open()
+        fd = sensor.fileno()
+        assert fd is not None
+        assert select.select([fd], [], [], 2 * serial_sensor.QUIET_OPEN_S)[0] == []  # quiet
+        pty.write(f"{value},0\r\n".encode())
+        got: list[Sequence[Reading]] = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            select.select([fd], [], [], 0.5)
+            got = sensor.read_ready()
+        assert [list(r) for r in got] == [[("a", float(value), ""), ("b", 0.0, "")]]
+        sensor.close()
     assert sensor.counters() == {"bad_lines": 0}
 
 
