@@ -131,7 +131,14 @@ def _explain(message: str, raw: Any, source: str, prefix: str, into: Any = None)
     if msg.startswith("Object missing required field"):
         key = msg.split("`")[1]
         return where(_join(path, key)) + "required key is missing"
-    if msg.startswith("Invalid enum value"):
+    if msg.startswith(("Invalid enum value", "Invalid value")):
+        # a value not among a Literal's or a tagged union's (signal = "wave"): name the choices
+        raw_path = m.group("path") if m else ""
+        choices = _choices(into, raw_path) if into is not None else None
+        got = _lookup(raw, raw_path)
+        shown = "" if got is _MISSING else f", got {_show(got)}"
+        if choices:
+            return where(path) + f"expected {choices}{shown}"
         return where(path) + f"{msg[0].lower()}{msg[1:]}: see the documented choices"
     if msg.startswith("Expected"):
         # "Expected `float`, got `str`"  or  "Expected `float` > 0.0"
@@ -144,10 +151,13 @@ def _explain(message: str, raw: Any, source: str, prefix: str, into: Any = None)
         got = _lookup(raw, m.group("path") if m else "")
         shown = "" if got is _MISSING else f", got {_show(got)}"
         return where(path) + f"expected {body}{shown}"
-    # __post_init__ messages: "key: what is wrong"
-    km = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (.*)$", msg, re.S)
+    # __post_init__ messages: "key: what is wrong", or "key: [i] what is wrong" for a list item
+    km = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (?:\[(\d+)\] )?(.*)$", msg, re.S)
     if km:
-        return where(_join(path, km.group(1))) + km.group(2)
+        at = _join(path, km.group(1))
+        if km.group(2) is not None:
+            at = _join(at, int(km.group(2)))
+        return where(at) + km.group(3)
     return where(path) + msg
 
 
@@ -156,8 +166,43 @@ _MISSING = object()
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
 
+def _choices(into: Any, path: str) -> str | None:
+    """``one of "a", "b"``: the values a Literal at ``path`` allows, or the tags of the
+    tagged union whose tag field ``path`` ends in."""
+    from msgspec import inspect as mi
+
+    expected = _expected(into, path)
+    if expected is not None and expected.startswith("one of "):
+        return expected
+    km = re.match(r"^(.*)\.([^.\[]+)$", path)
+    if km is None:
+        return None
+    node = _node(into, km.group(1))
+    while isinstance(node, mi.Metadata):
+        node = node.type
+    if not isinstance(node, mi.UnionType):
+        return None
+    tags = [t.tag for t in node.types if isinstance(t, mi.StructType) and t.tag_field == km.group(2)]
+    return "one of " + ", ".join(json.dumps(t) for t in tags) if tags else None
+
+
 def _expected(into: Any, path: str) -> str | None:
     """Describe the type expected at ``path`` in ``into``, bounds included."""
+    from msgspec import inspect as mi
+
+    node = _node(into, path)
+    if node is None:
+        return None
+    while isinstance(node, mi.Metadata):
+        node = node.type
+    if isinstance(node, mi.UnionType):
+        parts = [d for d in (_describe(t) for t in node.types) if d]
+        return " or ".join(parts) if parts else None
+    return _describe(node)
+
+
+def _node(into: Any, path: str) -> Any:
+    """The msgspec type at ``path`` (``.a.b[0].c``) in ``into``; None when it cannot tell."""
     from msgspec import inspect as mi
 
     node: Any = mi.type_info(into)
@@ -178,12 +223,7 @@ def _expected(into: Any, path: str) -> str | None:
             node = node.value_type
         else:
             return None
-    while isinstance(node, mi.Metadata):
-        node = node.type
-    if isinstance(node, mi.UnionType):
-        parts = [d for d in (_describe(t) for t in node.types) if d]
-        return " or ".join(parts) if parts else None
-    return _describe(node)
+    return node
 
 
 def _describe(node: Any) -> str | None:

@@ -53,7 +53,11 @@ def test_wrong_type_names_file_key_path_and_value(tmp_path: Path) -> None:
          "agent.toml: sensors[1].kind: unknown sensor kind 'nope'"),
         ((AGENT % "1").replace('"pi-07"', '"pi 07"'), "agent.toml: device_id: 'pi 07' may hold only"),
         ((AGENT % "1").replace('signal = "constant"', 'signal = "cosine"'),
-         "agent.toml: sensors[0].metrics[0].signal"),
+         'agent.toml: sensors[0].metrics[0].signal: expected one of "sine", "random_walk", '
+         '"constant", "step", got "cosine"'),
+        (AGENT % "1" + '[spool]\noverflow = "drop_all"\n',
+         'agent.toml: spool.overflow: expected one of "drop_newest", "drop_oldest", '
+         'got "drop_all"'),
         ((AGENT % "1").replace('name = "health"', 'name = "env"'),
          "agent.toml: sensors[1].name: 'env' is already"),
     ],
@@ -115,7 +119,7 @@ def test_check_config_accepts_the_collector_limits(tmp_path: Path) -> None:
 def test_collector_prefix_is_validated(tmp_path: Path) -> None:
     p = write(tmp_path / "collector.toml",
               '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\nprefixes = ["a b"]\n')
-    with pytest.raises(ConfigError, match=r"collector.toml: subscribe.prefixes: \[0\] prefix 'a b'"):
+    with pytest.raises(ConfigError, match=r"collector.toml: subscribe.prefixes\[0\]: prefix 'a b'"):
         checkconfig.load_any(p)
 
 

@@ -51,7 +51,7 @@ def load(tmp_path: Path, role: str, text: str) -> object:
                            security='mode = "curve"\nsecret_key = "a"\nserver_key = "b"'),
      "agent.toml: security.authorized_keys: required"),
     ("agent", AGENT.format(publish='connect = ["tcp://h:1"]', security='mode = "tls"'),
-     "agent.toml: security.mode: invalid enum value 'tls'"),
+     'agent.toml: security.mode: expected one of "curve", "none", got "tls"'),
     ("agent", AGENT.format(publish='connect = ["tcp://h:1"]', security='secret_kee = "x"'),
      "agent.toml: security.secret_kee: unknown key (a typo?)"),
     ("proxy", PROXY.format(security='mode = "curve"\nsecret_key = "p"'),

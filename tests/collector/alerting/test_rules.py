@@ -56,14 +56,16 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
         (rule('metric = "t"\nabove = 1.0\nwindow_s = 5.0'),
          "collector.toml: alerts[0].window_s: rule 'greenhouse-hot': only rate_above and rate_below"),
         (rule('metric = "t"\nabove = 1.0\nseverity = "high"'),
-         "collector.toml: alerts[0].severity: rule 'greenhouse-hot': invalid enum value 'high'"),
+         "collector.toml: alerts[0].severity: rule 'greenhouse-hot': "
+         'expected one of "critical", "info", "warning", got "high"'),
         (rule('metric = "t"\nabove = 1.0\nfor_s = -1'),
          "collector.toml: alerts[0].for_s: rule 'greenhouse-hot': expected a number >= 0, got -1"),
         (rule('metric = "t"\nabove = 1.0') + rule("stale_s = 5.0", name="greenhouse-hot"),
          "collector.toml: alerts[1].name: rule 'greenhouse-hot': "
          "'greenhouse-hot' is already the name of alerts[0]"),
         ('[[notifiers]]\nname = "pager"\nkind = "pagerduty"\n',
-         "collector.toml: notifiers[0].kind: notifier 'pager': unknown notifier kind 'pagerduty'"),
+         "collector.toml: notifiers[0].kind: notifier 'pager': expected one of \"log\", "
+         '"webhook", "exec", "publish", "email", got "pagerduty"'),
         ('[[notifiers]]\nname = "log"\nkind = "exec"\ncommand = ["x"]\n',
          "collector.toml: notifiers[0].name: notifier 'log': 'log' is the built-in log notifier"),
         (HOOK + 'template = \'{"text": "{sumary}"}\'\n',
