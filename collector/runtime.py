@@ -54,6 +54,7 @@ from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
 from sensorwire.collector.sinks import Item, Sink, SinkRunner
 from sensorwire.collector.tracking import DeviceTableFull, Tracker
+from sensorwire.lag import LagWatch
 from sensorwire.lifecycle import StopSignal
 from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
@@ -68,6 +69,9 @@ TICK_S = 0.5      # presence, repair requests and counters are looked at this of
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
 STALL_LOG_S = 30.0  # a stalled sink is logged this often while it lasts
+# frames whose time says nothing about the collector's lag (sensorwire.lag): the agent's clock
+# was not known to be synchronised, or the tracker put its own receive time in
+LAG_UNTRUSTED = wire.FLAG_UNSYNCED | wire.FLAG_TIME_REPLACED
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -124,6 +128,7 @@ class Collector:
         self.identity: Identity | None = None  # set in run() when agents connect with CURVE
         self.rate_limit: DeviceRateLimit | None = None
         self._set_rate_limit(config.limits.max_frames_per_s_per_device)
+        self.lag = LagWatch(config.subscribe.max_lag_s, "the collector", "[subscribe] max_lag_s")
 
     def subscribe_filters(self) -> list[bytes]:
         prefixes = self.config.subscribe.prefixes or [""]
@@ -221,6 +226,7 @@ class Collector:
                 sub.send(wire.PING + self._nonce)
                 self._next_ping = now + 1.0
             if now >= next_tick:
+                self.lag.check(time.time_ns(), now)
                 self.tracker.tick(now, time.time_ns())
                 if self.rate_limit is not None:
                     self.rate_limit.roll(now)  # report devices over budget even when all is quiet
@@ -266,6 +272,7 @@ class Collector:
             rate_limit.roll(mono)
         n = 0
         nbytes = acks = 0
+        newest = 0  # the newest trusted sample time taken (sensorwire.lag)
         for n in range(1, DRAIN_MAX + 1):  # noqa: B007
             try:
                 msg = recv(zmq.NOBLOCK)
@@ -305,6 +312,10 @@ class Collector:
                 continue
             if fresh:
                 batch.append((frame, now))
+                if frame.time_unix_nano > newest and not frame.flags & LAG_UNTRUSTED:
+                    newest = frame.time_unix_nano
+        if newest:
+            self.lag.saw(newest)
         self.received += n - acks
         self.bytes_received += nbytes
         if batch:
@@ -337,10 +348,13 @@ class Collector:
         t = self.tracker.totals()
         connections = self.security.summary()
         alerting = self._alerting_summary()
-        log.info("collector%s: %d messages received, %d accepted, %d rejected %s; devices %d (%d "
-                 "online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair requests %d; "
-                 "%s%s%s", " stopping" if final else "", self.received, self.accepted, rejected,
-                 dict(self.rejected) if rejected else "", t["devices"], t["online"],
+        lag = "unknown" if self.lag.lag_s is None else f"{self.lag.lag_s:.1f} s"
+        if self.lag.fell_behind:
+            lag += f" (fell behind {self.lag.fell_behind} times)"
+        log.info("collector%s: %d messages received, %d accepted, %d rejected %s; lag %s; devices "
+                 "%d (%d online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair "
+                 "requests %d; %s%s%s", " stopping" if final else "", self.received, self.accepted,
+                 rejected, dict(self.rejected) if rejected else "", lag, t["devices"], t["online"],
                  f", {t['evicted']} evicted to stay within max_devices" if t["evicted"] else "",
                  t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
@@ -382,6 +396,7 @@ class Collector:
             config = msgspec.structs.replace(config, **fixed)
         before = self.subscribe_filters()
         self.config = config
+        self.lag.max_lag_s = config.subscribe.max_lag_s
         after = self.subscribe_filters()
         if before != after:
             self._resubscribe(before, after)
@@ -425,4 +440,6 @@ class Collector:
         stored = ", ".join(f"{r.sink.name} {r.written} written, {r.dropped} dropped"
                            for r in self.runners if r.sink.name != "metrics")
         stall = self.sink_stall()
-        return "; ".join(parts + ([stored] if stored else []) + ([stall] if stall else []))
+        behind = self.lag.status()
+        return "; ".join(parts + ([behind] if behind else []) + ([stored] if stored else [])
+                         + ([stall] if stall else []))

@@ -125,7 +125,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sec = ClientSecurity(mode="curve", secret_key=args.secret_key, server_key=args.server_key)
     with StopSignal().install() as stop:
         return tail.run(args.connect or ["tcp://127.0.0.1:5557"], args.prefix, stop, count=args.count,
-                        security=sec)
+                        security=sec, max_lag_s=args.max_lag_s)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a proxy backend or an agent's bound endpoint (repeatable; "
                    "default tcp://127.0.0.1:5557)")
     t.add_argument("--count", type=_positive_int, metavar="N", help="exit after N frames")
+    t.add_argument("--max-lag-s", type=_positive_float, default=10.0, metavar="S",
+                   help="warn on stderr when even the newest frame read is older than this: "
+                   "tail is falling behind (default 10)")
     t.add_argument("--secret-key", metavar="FILE",
                    help="CURVE: this client's .key_secret file (its public key must be in the "
                    "server's allow-list: a proxy's authorized_collectors)")

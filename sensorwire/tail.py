@@ -3,6 +3,9 @@
 It subscribes with an XSUB socket and pings upstream, so it can say on stderr
 when its subscriptions are live; with a proxy's last-value cache on, the
 current value of every matching topic arrives at once (``"cached": true``).
+When even the newest frame it reads is older than ``max_lag_s`` (its reader
+is slower than the stream: a pipe into a slow program), it says so on stderr
+(:mod:`sensorwire.lag`), and at the end how many times it happened.
 """
 
 from __future__ import annotations
@@ -16,15 +19,21 @@ from typing import TextIO
 import zmq
 
 from sensorwire import render
+from sensorwire.lag import LagWatch
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.security import ClientSecurity, Security
 
 log = logging.getLogger(__name__)
 
+LAG_CHECK_S = 0.5
+# frames whose time says nothing about tail's lag: an unsynchronised agent clock, a cached copy
+LAG_UNTRUSTED = wire.FLAG_UNSYNCED | wire.FLAG_CACHED
+
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
-        count: int | None = None, security: ClientSecurity | None = None) -> int:
+        count: int | None = None, security: ClientSecurity | None = None,
+        max_lag_s: float = 10.0) -> int:
     filters: list[bytes] = []
     for p in prefixes or [""]:
         filters += [f for f in wire.subscriptions(p) if f not in filters]
@@ -36,6 +45,8 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
     nonce = os.urandom(8).hex().encode()
     live = False
     sec = Security(security, "tail")
+    lag = LagWatch(max_lag_s, "tail", "--max-lag-s")
+    next_check = time.monotonic() + LAG_CHECK_S
     try:
         sec.open(ctx)
         for ep in endpoints:
@@ -78,11 +89,18 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                 out.write(render.json_line(render.frame_dict(frame, topic)) + "\n")
                 out.flush()
                 printed += 1
+                if not frame.flags & LAG_UNTRUSTED:
+                    lag.saw(frame.time_unix_nano)
                 if count is not None and printed >= count:
                     return 0
+                if time.monotonic() >= next_check:  # here: a tail that is behind never runs dry
+                    lag.check(time.time_ns(), time.monotonic())
+                    next_check = time.monotonic() + LAG_CHECK_S
     except BrokenPipeError:
         return 0
     finally:
+        if lag.fell_behind:
+            log.warning("tail fell behind %d times (--max-lag-s %g)", lag.fell_behind, max_lag_s)
         sub.close()
         sec.close()
         ctx.term()
