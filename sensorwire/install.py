@@ -11,6 +11,15 @@ output, everything else to standard error, so that
 ``sensorwire install-service agent --dry-run > x.service`` is the unit.
 ``--root DIR`` writes under ``DIR`` as if it were ``/`` (for tests and image
 builds); the paths inside the unit stay the real ones.
+
+CURVE: the service's user may not read a secret key that is root's (mode
+0600).  When the configuration has ``[security] mode = "curve"``, the unit
+gets ``LoadCredential=NAME:PATH`` for its ``secret_key`` (read with
+``${CREDENTIALS_DIRECTORY}`` unset, so ``"${CREDENTIALS_DIRECTORY:-DIR}/NAME"``
+gives ``DIR/NAME``): systemd reads the file at start and hands it over in
+``$CREDENTIALS_DIRECTORY/NAME``.  When the configuration names the file
+directly, the service could not read it: what to write instead is printed.
+Run it again after turning CURVE on or changing the key.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sensorwire import units
-from sensorwire.configload import ConfigError
+from sensorwire.configload import ConfigError, expand_env, read_toml
 
 
 class InstallError(Exception):
@@ -54,11 +63,13 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
         root: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     config = str(Path(config).absolute()) if config else units.default_config(role)
     exe = installed_executable()
-    unit = units.render(role, exe, config, user)
     unit_path = _under(root, f"{units.UNIT_DIR}/{units.unit_name(role)}")
     config_path = _under(root, config)
     info = err if dry_run else out
     would = "would " if dry_run else ""
+    notes: list[str] = []
+    credentials = _credentials(role, config_path, root, notes) if config_path.exists() else []
+    unit = units.render(role, exe, config, user, credentials)
 
     if dry_run:
         out.write(unit)
@@ -75,6 +86,9 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
             _write(config_path, default_config_text(role))
         print(f"{would}install the default configuration at {config_path}; edit it, then check "
               f"it with: {exe} check-config {config}", file=info)
+
+    for note in notes:
+        print(note, file=info)
 
     name = units.unit_name(role)
     print("\nthen:" if dry_run else "\nnow:", file=info)
@@ -102,3 +116,51 @@ def _check(path: Path, role: str, info: TextIO) -> None:
     except ConfigError as exc:
         print(f"warning: the configuration is not valid, the service will not start: {exc}",
               file=info)
+
+
+def _credentials(role: str, config_path: Path, root: str | None,
+                 notes: list[str]) -> list[tuple[str, str]]:
+    """The ``LoadCredential=`` of the configuration's CURVE secret key; ``notes`` for the user."""
+    try:
+        raw = read_toml(config_path)
+    except ConfigError:
+        return []  # _check says what is wrong with it
+    sec = raw.get("security")
+    if not isinstance(sec, dict) or sec.get("mode") != "curve":
+        return []
+    setting = sec.get("secret_key")
+    if not isinstance(setting, str) or not setting:
+        return []
+    here = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    try:
+        path = expand_env(setting, "security.secret_key", here)
+    except ConfigError as exc:
+        notes.append(f"warning: cannot tell which secret key the service needs: {exc}")
+        return []
+    if not path.startswith("/"):
+        notes.append(f"warning: [security] secret_key = {setting!r} in {config_path}: give an "
+                     "absolute path (the service starts in its state directory), then run this "
+                     "again so that systemd hands the key over")
+        return []
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
+    if not name or ":" in name:
+        notes.append(f"warning: [security] secret_key: {path}: not a file name systemd can "
+                     "hand over (none, or with ':'); rename the file")
+        return []
+    notes.append(f"the unit has systemd hand the secret key {path} to the service "
+                 f"(LoadCredential={name}:{path})")
+    if not _under(root, path).is_file():
+        notes.append(f"warning: {path} does not exist: the service will not start until it "
+                     "does (systemd: status=243/CREDENTIALS)")
+    inside = f"/run/credentials/{units.unit_name(role)}"
+    try:
+        as_service = expand_env(setting, "", dict(here, CREDENTIALS_DIRECTORY=inside))
+    except ConfigError:
+        as_service = ""
+    if os.path.normpath(as_service) != f"{inside}/{name}":
+        notes.append(f"warning: the service may not read {path} itself; in {config_path} write\n"
+                     f'  secret_key = "${{CREDENTIALS_DIRECTORY:-{os.path.dirname(path)}}}/'
+                     f'{name}"\n'
+                     "(where systemd puts it; the file itself when run by hand)")
+    return [(name, path)]

@@ -9,6 +9,14 @@ their allow-list folder.
 Problems with a key file at start are :class:`KeyFileError`, a
 :class:`~sensorwire.configload.ConfigError`: the process exits with status 2
 and the message names the file and what to do.
+
+Under systemd a role runs as a user of its own, which may not read a secret
+key that is root's with mode 0600 (and should not).  systemd reads the key
+for it (``LoadCredential=``, added by ``sensorwire install-service``) and
+hands it over in ``$CREDENTIALS_DIRECTORY``; the configuration names it
+``secret_key = "${CREDENTIALS_DIRECTORY:-/etc/sensorwire/keys}/NAME.key_secret"``
+(the same file, read in place, when the command is run by hand).  A key
+that cannot be read for its permissions says so, and how to hand it over.
 """
 
 from __future__ import annotations
@@ -93,10 +101,14 @@ def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, 
     return public, secret
 
 
-def load_secret(path: str | Path, what: str = "secret_key") -> KeyPair:
-    """The key pair in a ``.key_secret`` file; warns when others may read it."""
+def load_secret(path: str | Path, what: str = "secret_key", role: str = "") -> KeyPair:
+    """The key pair in a ``.key_secret`` file; warns when others may read it.
+
+    ``role`` (agent, proxy, collector) names the service in the advice given
+    when the file may not be read.
+    """
     p = Path(path).expanduser()
-    public, secret = _load(p, what)
+    public, secret = _load(p, what, role, is_secret=True)
     if secret is None:
         raise KeyFileError(f"[security] {what}: {p} holds no secret key (give the .key_secret "
                            "file, not the public .key)")
@@ -104,7 +116,9 @@ def load_secret(path: str | Path, what: str = "secret_key") -> KeyPair:
         mode = p.stat().st_mode
     except OSError:
         mode = 0
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # systemd's copy may show group bits (an ACL for the service's user), in a folder
+    # only the service may enter: the mode there says nothing about other users
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and _credentials_dir(p) is None:
         log.warning("[security] %s: %s can be read by other users (mode %o); make it 0600: "
                     "chmod 600 %s", what, p, stat.S_IMODE(mode), p)
     return KeyPair(public=public, secret=secret, path=p)
@@ -116,14 +130,22 @@ def load_public(path: str | Path, what: str = "server_key") -> bytes:
     return public
 
 
-def _load(p: Path, what: str) -> tuple[bytes, bytes | None]:
-    if not p.is_file():
-        raise KeyFileError(f"[security] {what}: {p}: no such file (make a pair with: "
-                           f"sensorwire keygen NAME --dir {p.parent})")
+def _load(p: Path, what: str, role: str = "",
+          is_secret: bool = False) -> tuple[bytes, bytes | None]:
+    try:
+        st = p.stat()
+    except PermissionError:
+        raise KeyFileError(_unreadable(p, what, role, is_secret)) from None
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(_missing(p, what, role))
     import zmq.auth
 
     try:
         public, secret = zmq.auth.load_certificate(p)
+    except PermissionError:
+        raise KeyFileError(_unreadable(p, what, role, is_secret)) from None
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"[security] {what}: {p}: not a CURVE key file ({exc})") from None
     for key in (public, secret):
@@ -139,3 +161,48 @@ def _valid_z85_key(key: bytes) -> bool:
         return len(z85_to_raw(key)) == 32
     except (ValueError, KeyError, IndexError, struct.error):
         return False
+
+
+def _credentials_dir(p: Path) -> Path | None:
+    """systemd's credentials folder of this service, when ``p`` is in it."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    folder_path = Path(folder).resolve()
+    return folder_path if p.resolve().is_relative_to(folder_path) else None
+
+
+def _service_advice(p: Path, what: str, role: str) -> str:
+    role = role if role in ("agent", "proxy", "collector") else "ROLE"
+    return (f'write {what} = "${{CREDENTIALS_DIRECTORY:-{p.parent}}}/{p.name}" in the '
+            f"configuration and run `sudo sensorwire install-service {role}` again: the unit "
+            f"then has LoadCredential={p.name}:{p} (then: sudo systemctl daemon-reload; sudo "
+            f"systemctl restart sensorwire-{role}; see \"Keys for the services\" in "
+            "docs/security.md)")
+
+
+def _missing(p: Path, what: str, role: str) -> str:
+    if _credentials_dir(p) is not None:
+        return (f"[security] {what}: {p}: systemd did not hand this key over (the unit has no "
+                f"LoadCredential={p.name}:...): run `sudo sensorwire install-service "
+                f"{role or 'ROLE'}` again, with {what} naming the key file in the "
+                "configuration, then sudo systemctl daemon-reload and restart")
+    return (f"[security] {what}: {p}: no such file (make a pair with: sensorwire keygen NAME "
+            f"--dir {p.parent})")
+
+
+def _unreadable(p: Path, what: str, role: str, is_secret: bool) -> str:
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        who = f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        who = f"uid {uid}"
+    head = f"[security] {what}: {p}: permission denied: {who} may not read it"
+    if not is_secret:
+        return (f"{head}. A public key is no secret: let everyone read it and search its "
+                f"folders: sudo chmod 644 {p}; sudo chmod 755 {p.parent}")
+    return (f"{head}. A secret key stays root's (mode 0600); as a service, let systemd hand it "
+            f"over: {_service_advice(p, what, role)}. By hand, run the command as the key's "
+            "owner (sudo)")

@@ -2,29 +2,63 @@
 
 No-op when the variable is unset (not started by systemd).  Also used by
 ``sensorwire demo`` and the tests to learn when a process is ready.
+
+Sending never blocks for long: the roles notify from their main loops
+(``WATCHDOG=1``, ``STATUS=``), and a socket nobody reads holds only a few
+datagrams (``net.unix.max_dgram_qlen``, 10 by default) before a blocking
+send would wait for ever.  A ``WATCHDOG=1`` or ``STATUS=`` that cannot be
+sent at once is dropped (the next one follows soon); a change of state
+(``READY=1``, ``RELOADING=1``, ``STOPPING=1``) is tried again for up to
+``STATE_RETRY_S``, as systemd waits for it.  What is not sent is counted
+(:func:`unsent`) and logged at DEBUG.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable
 
+log = logging.getLogger(__name__)
+
+_unsent = 0
+STATE_RETRY_S = 2.0  # a full socket is tried again this long for READY=1, RELOADING=1, STOPPING=1
+_STATES = ("READY=1", "RELOADING=1", "STOPPING=1")
+
 
 def notify(state: str) -> bool:
-    """Send ``state`` (e.g. ``"READY=1"``); False when there is nobody to tell."""
+    """Send ``state`` (e.g. ``"READY=1"``) without blocking; False when it was not sent
+    (nobody to tell, or the receiver is not reading)."""
+    global _unsent
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return False
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
+    deadline = time.monotonic() + (STATE_RETRY_S if any(k in state for k in _STATES) else 0.0)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto(state.encode(), addr)
-    except OSError:
+            while True:
+                try:
+                    s.sendto(state.encode(), socket.MSG_DONTWAIT, addr)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)  # the receiver is behind: a state change is worth a wait
+    except OSError as exc:
+        _unsent += 1
+        log.debug("could not notify %s (%d so far): %r: %s", addr.lstrip("\0"), _unsent,
+                  state.split("\n", 1)[0], exc)
         return False
     return True
+
+
+def unsent() -> int:
+    """How many notifications this process could not send (with ``NOTIFY_SOCKET`` set)."""
+    return _unsent
 
 
 class NotifyListener:

@@ -191,7 +191,7 @@ class Security:
             if not zmq.has("curve"):
                 raise zmqutil.EndpointError('[security] mode = "curve": this libzmq has no CURVE '
                                             "support (install pyzmq's wheel, built with libsodium)")
-            self.keypair = load_secret(cfg.secret_key)
+            self.keypair = load_secret(cfg.secret_key, role=self.role)
             server_key = getattr(cfg, "server_key", "")
             if server_key:
                 self.server_key = load_public(server_key)

@@ -23,12 +23,31 @@ What every unit does:
   (``/dev/ttyUSB*``, ``ttyACM*``, ``ttyAMA*``, ``ttyS*``); proxy and
   collector get no devices at all and a user namespace of their own.  Every
   role sees only its own processes in /proc, but all of /proc's other files
-  (the ``system`` sensor and the ``process_*`` metrics read them).
+  (the ``system`` sensor and the ``process_*`` metrics read them);
+- the clock: proxy and collector have ``ProtectClock=yes``.  The agent has
+  not, because that also forbids *reading* the kernel's NTP state
+  (``adjtimex`` with no mode bits set), which the agent needs on a device
+  without systemd-timesyncd to tell whether its clock is synchronised
+  (:mod:`sensorwire.agent.clock`).  It is allowed ``adjtimex`` and
+  ``clock_adjtime`` (glibc's ``adjtimex()`` is the latter) and no other clock
+  call; changing the clock needs ``CAP_SYS_TIME``, which no unit can
+  ever hold (empty ``CapabilityBoundingSet=``, ``NoNewPrivileges=yes``), and
+  ``DevicePolicy=closed`` keeps ``/dev/rtc`` out, so the clock stays as
+  protected as ``ProtectClock=yes`` would keep it;
+- CURVE secret keys: the service's user may not read a key that is root's
+  with mode 0600, and should not.  systemd reads it at start and hands it
+  over in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=NAME:PATH``, one per
+  key in ``credentials``; ``sensorwire install-service`` finds them in the
+  configuration).  Public keys and allow-list folders are read where they
+  are: ``ProtectSystem=strict`` leaves ``/etc`` readable and
+  ``PrivateUsers=yes`` leaves a file's permissions for others in force.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 
 ROLES = ("agent", "proxy", "collector")
 DEFAULT_EXECUTABLE = "/opt/sensorwire/bin/sensorwire"
@@ -52,8 +71,7 @@ ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
+{protect_clock}ProtectHostname=yes
 ProtectProc=invisible
 RestrictNamespaces=yes
 RestrictRealtime=yes
@@ -69,6 +87,13 @@ SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
+"""
+
+_AGENT_CLOCK = """\
+# not ProtectClock=yes: it refuses even reading the clock's NTP state, which the agent
+# does with adjtimex() (clock_adjtime in glibc); setting the clock needs CAP_SYS_TIME,
+# which this unit never has
+SystemCallFilter=adjtimex clock_adjtime clock_adjtime64
 """
 
 _AGENT_DEVICES = """\
@@ -88,6 +113,12 @@ PrivateUsers=yes
 """
 
 
+def _hardening(role: str) -> str:
+    if role == "agent":
+        return _HARDENING.format(protect_clock="") + _AGENT_CLOCK
+    return _HARDENING.format(protect_clock="ProtectClock=yes\n")
+
+
 def unit_name(role: str) -> str:
     return f"sensorwire-{role}.service"
 
@@ -104,11 +135,25 @@ def _quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _load_credential(name: str, path: str) -> str:
+    """A ``LoadCredential=`` line; ``name`` is a file name, ``path`` absolute and normal."""
+    if not name or "/" in name or ":" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} cannot name a credential (a file name without ':')")
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        raise ValueError(f"{path!r}: a credential is read from an absolute, normal path")
+    return f"LoadCredential={name.replace('%', '%%')}:{path.replace('%', '%%')}\n"
+
+
 def render(role: str, executable: str = DEFAULT_EXECUTABLE, config: str | None = None,
-           user: str | None = None) -> str:
-    """The unit file for ``role``; ``user`` None means ``DynamicUser=yes``."""
+           user: str | None = None, credentials: Sequence[tuple[str, str]] = ()) -> str:
+    """The unit file for ``role``; ``user`` None means ``DynamicUser=yes``.
+
+    ``credentials``: ``(name, path)`` of each file systemd hands over in
+    ``$CREDENTIALS_DIRECTORY/name`` (the CURVE secret key).
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    loads = "".join(_load_credential(name, path) for name, path in credentials)
     config = config or default_config(role)
     state = f"sensorwire-{role}"
     identity = f"User={user}\n" if user else "DynamicUser=yes\n"
@@ -137,7 +182,10 @@ RestartPreventExitStatus=2
 {identity}StateDirectory={state}
 WorkingDirectory=%S/{state}
 ConfigurationDirectory=sensorwire
-{devices}{_HARDENING}
+# a CURVE secret key is root's alone: systemd hands it over in $CREDENTIALS_DIRECTORY,
+# for secret_key = "${{CREDENTIALS_DIRECTORY:-/etc/sensorwire/keys}}/NAME.key_secret"
+# (install-service adds the LoadCredential= line for the configuration's secret_key)
+{loads}{devices}{_hardening(role)}
 [Install]
 WantedBy=multi-user.target
 """

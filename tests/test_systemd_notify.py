@@ -1,10 +1,15 @@
 """Each role, run as systemd would: READY=1 once its sockets are up, WATCHDOG=1 from its
-loop at half of WATCHDOG_USEC, STATUS= lines, and STOPPING=1 then exit 0 on SIGTERM."""
+loop at half of WATCHDOG_USEC, STATUS= lines, and STOPPING=1 then exit 0 on SIGTERM; and
+a notify socket that nobody reads never blocks the sender."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
 import socket
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +19,7 @@ from typing import Any
 import pytest
 from support import Proc, free_port, write
 
+from sensorwire import sdnotify
 from sensorwire.sdnotify import NotifyListener
 
 WATCHDOG_USEC = 400_000  # pings every 0.2 s
@@ -108,3 +114,74 @@ def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path, procs: Any) -> 
     msgs = pump(p.listener, 0.5)
     assert not any("WATCHDOG=1" in m for m in msgs)
     assert p.terminate() == 0
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_sender(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tempfile.mkdtemp(prefix="sw-")  # a unix socket path holds at most 108 bytes
+    path = f"{folder}/notify"
+    unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        unread.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        before = sdnotify.unsent()
+        results: list[bool] = []
+        caplog.set_level(logging.DEBUG, logger="sensorwire.sdnotify")
+        sender = threading.Thread(
+            target=lambda: results.extend(sdnotify.notify(f"STATUS={i}") for i in range(100)),
+            daemon=True)
+        sender.start()
+        sender.join(10)  # a blocking send waits here until the socket is closed below
+        assert not sender.is_alive(), "notify() blocked on a full notify socket"
+        sent = results.count(True)
+        assert len(results) == 100 and 0 < sent < 100, results
+        assert sdnotify.unsent() - before == 100 - sent
+        assert sum("could not notify" in r.getMessage() for r in caplog.records
+                   if r.levelno == logging.DEBUG) == 100 - sent
+        unread.setblocking(False)
+        queued = []
+        while True:
+            try:
+                queued.append(unread.recv(4096).decode())
+            except BlockingIOError:
+                break
+        assert queued == [f"STATUS={i}" for i in range(sent)]  # True means it was queued
+    finally:
+        unread.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_change_of_state_waits_a_little_for_a_full_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY=1 to a socket full of STATUS= lines: sent once the receiver reads again (systemd
+    waits for it), and given up after STATE_RETRY_S when nobody does."""
+    folder = tempfile.mkdtemp(prefix="sw-")
+    path = f"{folder}/notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        while sdnotify.notify("STATUS=filling"):
+            pass  # until the socket is full
+        drained: list[str] = []
+        reading = threading.Event()
+
+        def read_later() -> None:
+            reading.wait(10)
+            receiver.settimeout(5)
+            while not any("READY=1" in m for m in drained):
+                drained.append(receiver.recv(4096).decode())
+
+        reader = threading.Thread(target=read_later, daemon=True)
+        reader.start()
+        threading.Timer(0.2, reading.set).start()  # the receiver reads again 0.2 s from now
+        assert sdnotify.notify("READY=1")  # tried again until there was room
+        reader.join(10)
+        assert drained[-1] == "READY=1"
+        monkeypatch.setattr(sdnotify, "STATE_RETRY_S", 0.1)
+        while sdnotify.notify("STATUS=filling"):
+            pass
+        assert not sdnotify.notify("STOPPING=1")  # nobody reads: given up, not blocked
+    finally:
+        receiver.close()
+        shutil.rmtree(folder, ignore_errors=True)

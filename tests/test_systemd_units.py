@@ -1,5 +1,6 @@
 """The unit files: systemd accepts them, their exposure is "OK" or better, and
-``install-service`` writes the same units for the sensorwire installed here."""
+``install-service`` writes the same units for the sensorwire installed here, with the
+CURVE secret key of the configuration handed over as a systemd credential."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import run_cli
+from support import free_port, run_cli
 
 from sensorwire import checkconfig, units
 from sensorwire.install import default_config_text, installed_executable
@@ -130,3 +132,97 @@ def test_install_service_says_why_it_cannot_write(tmp_path: Path) -> None:
     assert r.returncode == 1
     unit = tmp_path / "etc/systemd/system/sensorwire-proxy.service"
     assert f"sensorwire: cannot write {unit}: " in r.stderr
+
+
+def test_the_agent_may_read_the_clock_state_and_set_nothing() -> None:
+    agent = units.render("agent").splitlines()
+    allow = "SystemCallFilter=adjtimex clock_adjtime clock_adjtime64"
+    # after the deny list, which holds @clock: systemd applies SystemCallFilter= lines in order
+    assert agent.index(allow) > agent.index("SystemCallFilter=~@privileged @resources")
+    assert "ProtectClock=yes" not in agent  # its seccomp filter would refuse even the read
+    assert "CapabilityBoundingSet=" in agent and "NoNewPrivileges=yes" in agent
+    for role in ("proxy", "collector"):
+        lines = units.render(role).splitlines()
+        assert "ProtectClock=yes" in lines and allow not in lines
+
+
+def curve_root(tmp_path: Path, secret_key: str) -> Path:
+    """A scratch root with the proxy's keys in /etc/sensorwire/keys and a CURVE proxy.toml."""
+    root = tmp_path / "root"
+    keys_dir = root / "etc/sensorwire/keys"
+    r = run_cli("keygen", "proxy", "--dir", str(keys_dir))
+    assert r.returncode == 0, r.stderr
+    (keys_dir / "agents").mkdir()
+    (root / "etc/sensorwire/proxy.toml").write_text(f"""\
+frontend = "tcp://127.0.0.1:{free_port()}"
+backend = "tcp://127.0.0.1:{free_port()}"
+[security]
+mode = "curve"
+secret_key = "{secret_key}"
+authorized_keys = "{keys_dir}/agents"
+""")
+    return root
+
+
+def test_install_service_hands_the_curve_secret_key_over_as_a_credential(
+        tmp_path: Path, procs: Any) -> None:
+    root = curve_root(tmp_path, "${CREDENTIALS_DIRECTORY:-/etc/sensorwire/keys}/proxy.key_secret")
+    r = run_cli("install-service", "proxy", "--root", str(root), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    key = "/etc/sensorwire/keys/proxy.key_secret"
+    assert r.stdout == units.render("proxy", installed_executable(),
+                                    credentials=[("proxy.key_secret", key)])
+    assert f"LoadCredential=proxy.key_secret:{key}" in r.stdout.splitlines()
+    assert "warning" not in r.stderr, r.stderr
+    unit = tmp_path / units.unit_name("proxy")
+    unit.write_text(r.stdout)
+    verify(unit)
+    assert exposure(unit) <= MAX_EXPOSURE
+
+    # the service as systemd starts it: the key only in $CREDENTIALS_DIRECTORY, where
+    # systemd's copy shows group bits (an ACL for the service's user)
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o500)
+    copy = creds / "proxy.key_secret"
+    shutil.copyfile(root / key.lstrip("/"), copy)
+    copy.chmod(0o440)
+    p = procs("proxy", "proxy", "-c", str(root / "etc/sensorwire/proxy.toml"),
+              env={"CREDENTIALS_DIRECTORY": str(creds)})
+    log = p.log()
+    assert "CURVE on: this proxy is proxy" in log, log
+    assert "can be read by other users" not in log
+    assert p.terminate() == 0, p.log()
+
+
+def test_install_service_says_what_to_write_for_a_key_named_in_place(tmp_path: Path) -> None:
+    root = curve_root(tmp_path, "/etc/sensorwire/keys/proxy.key_secret")
+    r = run_cli("install-service", "proxy", "--root", str(root), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    load = "LoadCredential=proxy.key_secret:/etc/sensorwire/keys/proxy.key_secret"
+    assert load in r.stdout.splitlines()
+    assert ("warning: the service may not read /etc/sensorwire/keys/proxy.key_secret itself"
+            in r.stderr)
+    assert ('  secret_key = "${CREDENTIALS_DIRECTORY:-/etc/sensorwire/keys}/proxy.key_secret"'
+            in r.stderr.splitlines())
+    (root / "etc/sensorwire/keys/proxy.key_secret").unlink()
+    r = run_cli("install-service", "proxy", "--root", str(root), "--dry-run")
+    assert "/etc/sensorwire/keys/proxy.key_secret does not exist" in r.stderr
+
+
+def test_without_curve_the_unit_loads_no_credential(tmp_path: Path) -> None:
+    root = curve_root(tmp_path, "/etc/sensorwire/keys/proxy.key_secret")
+    cfg = root / "etc/sensorwire/proxy.toml"
+    cfg.write_text(cfg.read_text().replace('mode = "curve"', 'mode = "none"'))
+    r = run_cli("install-service", "proxy", "--root", str(root), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == units.render("proxy", installed_executable())
+    assert "LoadCredential=" not in r.stdout.replace("the LoadCredential= line", "")
+
+
+def test_a_credential_needs_a_file_name_and_a_normal_absolute_path() -> None:
+    with pytest.raises(ValueError, match="cannot name a credential"):
+        units.render("agent", credentials=[("a:b", "/etc/a:b")])
+    with pytest.raises(ValueError, match="absolute, normal path"):
+        units.render("agent", credentials=[("k", "/etc/../k")])
+    assert "LoadCredential=k%%1:/etc/k%%1" in units.render(
+        "agent", credentials=[("k%1", "/etc/k%1")]).splitlines()
