@@ -18,7 +18,8 @@ subscriber is back.  The layout is friendly to SD cards:
   readable part and is counted as ``corrupt``.
 
 A lock file keeps two agents from sharing one folder.  Only the agent's main
-thread uses a Spool.
+thread uses a Spool; ``/metrics`` reads its counters, :attr:`Spool.pending` and
+:meth:`Spool.written_today` from another thread.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class Spool:
     @property
     def pending(self) -> int:
         """Frames waiting for replay."""
-        return sum(s.records - s.consumed for s in self._segments)
+        segments = list(self._segments)  # a copy: /metrics asks from another thread
+        return sum(s.records - s.consumed for s in segments)
 
     @property
     def size_bytes(self) -> int:
@@ -217,11 +219,16 @@ class Spool:
         elif force_sync and self._writer is not None:
             os.fsync(self._writer.fileno())
 
+    def written_today(self) -> int:
+        """Bytes written to the folder since 00:00 UTC (0 on a day with no write yet)."""
+        day = self._day  # before the count: _count_written resets the count first
+        return self.bytes_written_today if day == _today() else 0
+
     def _count_written(self, n: int) -> None:
-        day = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+        day = _today()
         if day != self._day:
-            self._day = day
             self.bytes_written_today = 0
+            self._day = day
         self.bytes_written_today += n
         self.bytes_written_total += n
 
@@ -347,6 +354,10 @@ class Spool:
             "spool_dropped": self.dropped,
             "spool_corrupt": self.corrupt,
             "spool_replayed": self.replayed,
-            "spool_bytes_written_today": self.bytes_written_today,
+            "spool_bytes_written_today": self.written_today(),
             "spool_bytes_written_total": self.bytes_written_total,
         }
+
+
+def _today() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")

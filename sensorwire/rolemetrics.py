@@ -14,11 +14,19 @@ Names, by role:
   ``sensorwire_bytes_sent_total``, ``sensorwire_frames_dropped_total{reason}``,
   ``sensorwire_sensor_readings_total{sensor}``, ``sensorwire_sensor_errors_total{sensor}``,
   ``sensorwire_sensor_failing{sensor}``, ``sensorwire_subscriptions``,
-  ``sensorwire_last_seq``, and what the publisher counts beside
-  (``sensorwire_frames_spooled_total``, ``sensorwire_spool_frames``, ...);
+  ``sensorwire_last_seq``, what the publisher counts beside
+  (``sensorwire_frames_spooled_total``, ...), and with a spool ``sensorwire_spool_frames``,
+  ``sensorwire_spool_bytes_written_total``, ``sensorwire_spool_bytes_written_today``;
 - proxy: ``sensorwire_frames_forwarded_total``, ``sensorwire_bytes_forwarded_total``,
-  ``sensorwire_subscriptions_forwarded_total``;
-- collector: ``sensorwire_frames_received_total``, ``sensorwire_bytes_received_total``,
+  ``sensorwire_subscriptions_forwarded_total``, ``sensorwire_frames_dropped_total{reason}``;
+- proxy and collector, per socket, from the guard thread (:mod:`sensorwire.guard`):
+  ``sensorwire_connections_accepted_total{socket}``,
+  ``sensorwire_connections_refused_total{socket,reason}``,
+  ``sensorwire_handshakes_failed_total{socket}``, ``sensorwire_connections_closed_total{socket}``;
+- collector: ``sensorwire_frames_received_total`` (data frames),
+  ``sensorwire_messages_received_total`` (everything), ``sensorwire_bytes_received_total``,
+  ``sensorwire_subscriber_lag_seconds``, ``sensorwire_subscriber_behind``,
+  ``sensorwire_subscriber_fell_behind_total``,
   ``sensorwire_frames_accepted_total``, ``sensorwire_decode_errors_total{reason}``,
   per sink ``sensorwire_sink_frames_written_total``, ``sensorwire_sink_frames_dropped_total``,
   ``sensorwire_sink_queue_frames``, ``sensorwire_sink_queue_capacity_frames``,
@@ -27,21 +35,33 @@ Names, by role:
   ``sensorwire_heartbeats_received_total``,
   ``sensorwire_sensor_value{site,device,sensor,metric}`` (with ``export_values``), and from
   the alerting sink ``sensorwire_alert_instances``,
-  ``sensorwire_alert_series_evicted_total{rule}``, ``sensorwire_alert_series_refused_total{rule}``.
+  ``sensorwire_alert_series_evicted_total{rule}``, ``sensorwire_alert_series_refused_total{rule}``,
+  ``sensorwire_alerts_firing{rule,severity}``, ``sensorwire_alert_notifications_total{rule,state}``,
+  ``sensorwire_alert_deliveries_total{notifier,result}``,
+  ``sensorwire_alert_delivery_retries_total{notifier}``,
+  ``sensorwire_alert_delivery_queue_notifications{notifier}``,
+  ``sensorwire_alert_store_errors_total``.
+
+Labels stay bounded: reasons, sockets, rules and notifiers are fixed or configured; only
+``sensorwire_sensor_value`` has device labels (and its own bound, ``values_max``).
 """
 
 from __future__ import annotations
 
+import collections
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sensorwire import __version__
 from sensorwire.metrics import Family
+from sensorwire.security import AGENTS, COLLECTORS
 
 if TYPE_CHECKING:
     from sensorwire.agent.runtime import Agent
     from sensorwire.collector.runtime import Collector
     from sensorwire.proxy import Proxy
+    from sensorwire.security import Security
     from sensorwire.service import Service
 
 # Every reason the collector rejects a message for: sensorwire.proto.wire.WireError's, the
@@ -52,6 +72,25 @@ DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_
                   "too_many_samples", "bad_heartbeat", "oversized", "multipart",
                   "too_many_devices", "rate_limited", "no_identity", "revoked_key",
                   "device_mismatch")
+
+# Every reason the proxy drops a message from an agent for (sensorwire.proxyfilter's and the
+# identity check's, sensorwire.security.Refused); exported at 0 from the start.  A test finds
+# every reason the code drops for and checks it is here.
+PROXY_DROP_REASONS = ("multipart", "too_many_samples", "no_identity", "revoked_key",
+                      "device_mismatch")
+
+# The guard's counts (sensorwire.guard.Guard.counts) -> the reason label of
+# sensorwire_connections_refused_total; their prefix is a ZAP domain, not a socket.
+REFUSALS = {"refused_keys": "unknown_key", "refused_mechanism": "not_curve"}
+# The guard's other counts -> (name, help), by socket.
+SOCKET_COUNTS = {
+    "accepted": ("sensorwire_connections_accepted_total",
+                 "CURVE connections whose key was in the allow-list."),
+    "handshake_failed": ("sensorwire_handshakes_failed_total",
+                         "Handshakes that failed, refused connections included (on a socket "
+                         "that connects: its own connections that failed)."),
+    "disconnects": ("sensorwire_connections_closed_total", "Connections that closed."),
+}
 
 # The publisher's counters dict -> (name, help).  A key missing from the dict is not exported.
 PUBLISHER_COUNTERS = {
@@ -85,14 +124,22 @@ def agent_families(agent: Agent) -> Iterable[Family]:
     for key, (name, help_) in PUBLISHER_COUNTERS.items():
         if key in counters:
             yield Family(name, "counter", help_).add(counters[key])
+    spool = pub.spool
     yield (Family("sensorwire_frames_dropped_total", "counter",
                   "Frames the agent dropped, by where.", ("reason",))
            .add(counters.get("dropped_hwm", 0), "send_queue_full")
-           .add(agent.stream_dropped, "stream_queue_full"))
-    spool: Any = getattr(pub, "spool", None)
-    if spool is not None and hasattr(spool, "pending"):
+           .add(agent.stream_dropped, "stream_queue_full")
+           .add(spool.dropped if spool is not None else 0, "spool_full")
+           .add(spool.corrupt if spool is not None else 0, "spool_corrupt"))
+    if spool is not None:
         yield Family("sensorwire_spool_frames", "gauge",
                      "Frames waiting in the spool.").add(spool.pending)
+        yield Family("sensorwire_spool_bytes_written_total", "counter",
+                     "Bytes the spool wrote to its folder (flash wear).").add(
+                         spool.bytes_written_total)
+        yield Family("sensorwire_spool_bytes_written_today", "gauge",
+                     "Bytes the spool wrote to its folder since 00:00 UTC.").add(
+                         spool.written_today())
     yield Family("sensorwire_subscriptions", "gauge",
                  "Subscriptions the agent's socket has seen (collectors listening)."
                  ).add(len(pub.subscriptions))
@@ -121,11 +168,19 @@ def proxy_families(proxy: Proxy) -> Iterable[Family]:
     yield Family("sensorwire_subscriptions_forwarded_total", "counter",
                  "Subscription messages forwarded from collectors to agents."
                  ).add(proxy.subscriptions)
+    counted = dict(proxy.filter.dropped)  # a copy: the proxy's thread counts
+    dropped = Family("sensorwire_frames_dropped_total", "counter",
+                     "Messages from agents the proxy dropped, by reason (only when it forwards "
+                     "in Python: with the last-value cache or CURVE on).", ("reason",))
+    for reason in sorted(set(PROXY_DROP_REASONS) | set(counted)):
+        dropped.add(counted.get(reason, 0), reason)
+    yield dropped
+    yield from _guard_families(proxy.security, {AGENTS: "frontend", COLLECTORS: "backend"})
 
 
 def collector_families(collector: Collector) -> Iterable[Family]:
-    yield Family("sensorwire_frames_received_total", "counter",
-                 "Messages received (data frames and heartbeats, good and bad)."
+    yield Family("sensorwire_messages_received_total", "counter",
+                 "Messages received: data frames, heartbeats, and the ones rejected."
                  ).add(collector.received)
     yield Family("sensorwire_bytes_received_total", "counter",
                  "Bytes of messages received.").add(getattr(collector, "bytes_received", 0))
@@ -163,11 +218,46 @@ def collector_families(collector: Collector) -> Iterable[Family]:
         yield from _metrics_sink_families(sink)
         yield from _alert_sink_families(sink)
     yield from _tracking_families(collector)
+    yield from _guard_families(collector.security, {AGENTS: "subscribe"})
+
+
+def _guard_families(security: Security, sockets: dict[str, str]) -> Iterable[Family]:
+    """Connections, from the guard's counts: ``<domain>.refused_keys``, ``.refused_mechanism``
+    and ``.accepted`` are per ZAP domain (``sockets`` names the socket bound for each);
+    ``<socket>.handshake_failed`` and ``.disconnects`` per socket.  Every socket in
+    ``sockets`` is exported from the start, at 0."""
+    names = sorted(set(sockets.values()))
+    refused = collections.Counter({(s, r): 0 for s in names for r in REFUSALS.values()})
+    per_socket = {what: collections.Counter(dict.fromkeys(names, 0)) for what in SOCKET_COUNTS}
+    for key, n in security.counts().items():
+        where, _, what = key.rpartition(".")
+        if what in REFUSALS:
+            refused[sockets.get(where, where), REFUSALS[what]] += n
+        elif what == "accepted":
+            per_socket[what][sockets.get(where, where)] += n
+        elif what in per_socket:
+            per_socket[what][where] += n
+    family = Family("sensorwire_connections_refused_total", "counter",
+                    "Connections refused by the allow-list check, by reason: unknown_key (a CURVE "
+                    "key not in the allow-list), not_curve (a client without CURVE).",
+                    ("socket", "reason"))
+    for (socket, reason), n in sorted(refused.items()):
+        family.add(n, socket, reason)
+    yield family
+    for what, (name, help_) in SOCKET_COUNTS.items():
+        family = Family(name, "counter", help_, ("socket",))
+        for socket, n in sorted(per_socket[what].items()):
+            family.add(n, socket)
+        yield family
 
 
 def _tracking_families(collector: Collector) -> Iterable[Family]:
     """Loss accounting (the same numbers as `sensorwire status`, live)."""
     t = collector.tracker.totals()
+    yield Family("sensorwire_frames_received_total", "counter",
+                 "Data frames received and accepted, duplicates included (heartbeats and "
+                 "rejected messages are not frames here): with none duplicated, the frames stored."
+                 ).add(t["frames"] + t["duplicates"])
     yield Family("sensorwire_devices_known", "gauge", "Devices the collector follows.").add(t["devices"])
     yield Family("sensorwire_devices_evicted_total", "counter",
                  "Devices no longer followed to stay within [limits] max_devices."
@@ -185,6 +275,15 @@ def _tracking_families(collector: Collector) -> Iterable[Family]:
                  "New boot_ids seen after a device's first.").add(t["restarts"])
     yield Family("sensorwire_repair_requests_total", "counter",
                  "Gap-repair requests sent upstream.").add(collector.tracker.requests_sent)
+    lag = collector.lag
+    yield Family("sensorwire_subscriber_lag_seconds", "gauge",
+                 "Receive time minus sample time of the newest frame read in the last half "
+                 "second (sensorwire.lag; NaN before the first).").add(
+                     math.nan if lag.lag_s is None else lag.lag_s)
+    yield Family("sensorwire_subscriber_behind", "gauge",
+                 "1 while the lag is past [subscribe] max_lag_s.").add(int(lag.behind))
+    yield Family("sensorwire_subscriber_fell_behind_total", "counter",
+                 "Times the lag went past [subscribe] max_lag_s.").add(lag.fell_behind)
 
 
 def _alert_sink_families(sink: Any) -> Iterable[Family]:
@@ -204,6 +303,33 @@ def _alert_sink_families(sink: Any) -> Iterable[Family]:
         evicted.add(n_evicted, name)
         refused.add(n_refused, name)
     yield from (evicted, refused)
+    firing = Family("sensorwire_alerts_firing", "gauge", "Alert instances firing now, per rule.",
+                    ("rule", "severity"))
+    for name, (severity, n) in sorted(sink.firing_by_rule().items()):
+        firing.add(n, name, severity)
+    notified = Family("sensorwire_alert_notifications_total", "counter",
+                      "Alert notifications sent to the notifiers, per rule and state (firing, "
+                      "resolved; a repeat_s reminder is one more firing).", ("rule", "state"))
+    for (name, state), n in sorted(sink.notified_by_rule().items()):
+        notified.add(n, name, state)
+    yield from (firing, notified)
+    deliveries = Family("sensorwire_alert_deliveries_total", "counter",
+                        "Notifications per notifier and result: delivered; failed (given up "
+                        "after its retries); dropped (its queue was full, or at shutdown).",
+                        ("notifier", "result"))
+    retries = Family("sensorwire_alert_delivery_retries_total", "counter",
+                     "Failed attempts of a notifier that were tried again.", ("notifier",))
+    queued = Family("sensorwire_alert_delivery_queue_notifications", "gauge",
+                    "Notifications waiting for each notifier.", ("notifier",))
+    for name, counts in sorted(sink.deliveries().items()):
+        for result in ("delivered", "failed", "dropped"):
+            deliveries.add(counts[result], name, result)
+        retries.add(counts["retried"], name)
+        queued.add(counts["queued"], name)
+    yield from (deliveries, retries, queued)
+    yield Family("sensorwire_alert_store_errors_total", "counter",
+                 "Times alert transitions could not be stored (kept, and stored later)."
+                 ).add(sink.store_errors)
 
 
 def _metrics_sink_families(sink: Any) -> Iterable[Family]:
