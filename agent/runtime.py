@@ -369,9 +369,7 @@ class Agent:
             if not st.opened:
                 try:
                     sensor.open()
-                    st.opened = True
-                    if st.failing:
-                        log.info("sensor %s: open again", st.name)
+                    st.opened = True  # recovery is logged at its first reading (succeeded)
                 except Exception as exc:  # noqa: BLE001
                     st.failed("open", exc)
                     stop.wait(st.next_backoff())

@@ -14,10 +14,11 @@ only for messages that are not frames.
 The socket is an XSUB rather than a SUB so that gap-repair requests can
 travel upstream to the agents on the same connection.
 
-On SIGHUP (:meth:`Collector.reload`) the subscription prefixes, ``[limits]``
-and ``summary_s`` apply at once, and every sink with a ``reload(config)``
-method gets the new configuration in its own thread, in order with the frames;
-endpoints, ``[storage]`` and ``[metrics]`` need a restart.
+On SIGHUP (:meth:`Collector.reload`) the subscription prefixes, ``max_lag_s``,
+``[limits]`` and ``summary_s`` apply at once, and every sink with a
+``reload(config)`` method gets the new configuration in its own thread, in
+order with the frames; endpoints, ``[storage]``, ``[metrics]``, ``[security]``,
+``[presence]``, ``[repair]`` and ``[time]`` need a restart (a WARNING names them).
 
 Sinks run in threads of their own, which the main loop's watchdog pings do not
 cover by themselves.  So the loop looks at them every tick: a sink whose
@@ -88,7 +89,7 @@ def make_sinks(config: CollectorConfig) -> list[Sink]:
         from sensorwire.collector.alerting.sink import AlertSink
 
         db = config.storage.path if config.storage.kind == "sqlite" else None
-        sinks.append(AlertSink(config.alerts, config.notifiers, db))
+        sinks.append(AlertSink(config.alerts, config.notifiers, db, storage_kind=config.storage.kind))
     return sinks
 
 
@@ -376,9 +377,11 @@ class Collector:
     def reload(self, config: CollectorConfig) -> None:
         """Apply a new configuration where it can be applied while running.
 
-        Prefixes, ``[limits]`` and ``summary_s`` apply at once; sinks with a
-        ``reload(config)`` method get it in their own thread.  What needs a
-        restart is kept as it is, with a warning.
+        Prefixes, ``max_lag_s``, ``[limits]`` and ``summary_s`` apply at once (and the
+        allow-lists' folders are read again); sinks with a ``reload(config)`` method (alert
+        rules, ...) get it in their own thread.  What needs a restart (endpoints,
+        ``[storage]``, ``[metrics]``, ``[security]``, ``[presence]``, ``[repair]``, ``[time]``)
+        is kept as it is, with a warning naming it.
         """
         old = self.config
         fixed: dict[str, object] = {}
@@ -386,7 +389,7 @@ class Collector:
                      if getattr(config.subscribe, k) != getattr(old.subscribe, k)}
         if sub_fixed:
             fixed["subscribe"] = msgspec.structs.replace(config.subscribe, **sub_fixed)
-        for key in ("storage", "metrics"):
+        for key in ("storage", "metrics", "security", "presence", "repair", "time"):
             if getattr(config, key) != getattr(old, key):
                 fixed[key] = getattr(old, key)
         if fixed:

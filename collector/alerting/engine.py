@@ -203,6 +203,9 @@ class Engine:
             inst.phase = "firing"
             inst.started_ns, inst.notified_ns, inst.value = a.started_ns, a.notified_ns, a.value
             inst.threshold = a.threshold
+            if rule.kind == "offline" and a.value is not None:
+                # it fired after a.value seconds of silence: the silence began then
+                inst.last_seen_ns = a.started_ns - round(a.value * NS)
             self._schedule(inst)
         return unknown
 
@@ -254,18 +257,20 @@ class Engine:
             if not r.pattern.matches_device(ev.site, ev.device):
                 continue
             key = (r.name, ev.site, ev.device, "", "")
-            silent = max(0, t - ev.last_seen_ns) / NS if ev.last_seen_ns else None
             inst = self._instances.get(key)
             if ev.state == "offline":
                 if inst is None:
                     inst = self._instance(r, ev.site, ev.device, None, None)
                     if inst is None:
                         continue  # max_instances: counted
-                    inst.value = silent
+                    inst.value = max(0, t - ev.last_seen_ns) / NS if ev.last_seen_ns else None
                     inst.last_seen_ns = ev.last_seen_ns or None
                     self._begin(out, inst, t)
             elif inst is not None:  # online again, or stopped on purpose: not silent
-                inst.value = silent
+                # the silence ran from the last contact before it, kept when it went offline;
+                # this event's own last_seen_ns is the frame that ended it
+                began = inst.last_seen_ns or ev.last_seen_ns
+                inst.value = max(0, t - began) / NS if began else None
                 if inst.phase == "firing":
                     self._resolve(out, inst, t)
                 self._drop(inst)
@@ -302,6 +307,11 @@ class Engine:
 
     def firing(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.phase == "firing"]
+
+    def firing_by_rule(self) -> collections.Counter[str]:
+        """Firing instances per rule name; safe from another thread (``/metrics``)."""
+        live = list(self._instances.values())  # one C-level copy: no other thread runs meanwhile
+        return collections.Counter(i.rule.name for i in live if i.phase == "firing")
 
     # -- state machine --------------------------------------------------------
     def _sample(self, out: list[Notification], r: Rule, site: str, device: str, sensor: str,

@@ -13,7 +13,9 @@ own: a slow notifier never holds this thread.
 A rule at its ``max_instances`` (see :mod:`.engine`) is logged at WARNING,
 at most once a minute per rule and kind, naming the rule and the series; the
 counts (:meth:`AlertSink.limited`) go to the collector's summary line and to
-``/metrics``, and carry over a reload.
+``/metrics``, and carry over a reload.  So do the counts of notifications per
+rule and state and of deliveries per notifier (:meth:`AlertSink.notified_by_rule`,
+:meth:`AlertSink.deliveries`), which ``/metrics`` reads from another thread.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 import collections
 import logging
 import sqlite3
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sensorwire.collector.alerting.delivery import Dispatcher
+from sensorwire.collector.alerting.delivery import Courier, Dispatcher
 from sensorwire.collector.alerting.engine import Engine
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import BUILTIN_LOG, AnyNotifierConfig
@@ -41,13 +44,17 @@ _limited = RateLimited(log, period_s=60.0)
 # tick but still in the queue is never overtaken by a stale alert.
 TICK_LAG_NS = 1_000_000_000
 UNSAVED_MAX = 10_000
+DELIVERY_RESULTS = ("delivered", "failed", "dropped", "retried")
 
 
 class AlertSink:
     name = "alerting"
 
     def __init__(self, rules: Sequence[AlertRule], notifiers: Sequence[AnyNotifierConfig],
-                 db_path: str | None) -> None:
+                 db_path: str | None, *, storage_kind: str = "") -> None:
+        """``db_path``: the SQLite file for alert state and history (None: memory only);
+        ``storage_kind``: the ``[storage] kind``, named in the warning when there is none."""
+        self.storage_kind = storage_kind
         self.rules = list(rules)
         self._notify = {r.name: r.notify for r in self.rules}
         used = {n for r in self.rules for n in r.notify}
@@ -60,6 +67,13 @@ class AlertSink:
         self._unsaved: list[Notification] = []
         self.notifications = 0
         self.store_errors = 0
+        # (rule, state) -> notifications handed to the notifiers
+        self.notified: collections.Counter[tuple[str, str]] = collections.Counter()
+        # deliveries of the dispatchers replaced by reloads, by (notifier, result); the lock
+        # keeps a scrape from seeing a replaced dispatcher twice or not at all
+        self._delivered_before: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._retired: Dispatcher | None = None
+        self._counts_lock = threading.Lock()
         # max_instances counts of the engines replaced by reloads, by rule
         self._evicted_before: collections.Counter[str] = collections.Counter()
         self._refused_before: collections.Counter[str] = collections.Counter()
@@ -79,10 +93,17 @@ class AlertSink:
         self.rules, self._notify = fresh.rules, fresh._notify
         self.notifier_configs, self.engine = fresh.notifier_configs, fresh.engine
         carried = self._restore() if self.store is not None else 0
-        old, self.dispatcher = self.dispatcher, Dispatcher(self.notifier_configs)
-        self.dispatcher.start()
+        new = Dispatcher(self.notifier_configs)
+        new.start()
+        with self._counts_lock:
+            old, self.dispatcher, self._retired = self.dispatcher, new, self.dispatcher
         if old is not None:
             old.close()
+        with self._counts_lock:
+            if old is not None:
+                for c in old.couriers.values():
+                    self._delivered_before.update(_courier_counts(c))
+            self._retired = None
         log.info("alerting: reloaded: %d rules, notifiers %s, %d firing alerts carried over",
                  len(self.rules), [c.name for c in self.notifier_configs], carried)
 
@@ -114,8 +135,11 @@ class AlertSink:
             self.store.open()
             carried = self._restore()
         else:
-            log.warning("alerting: [storage] kind = \"none\": alert state is not kept across "
-                        "restarts (a firing alert fires again after one)")
+            kind = f'= "{self.storage_kind}"' if self.storage_kind else 'is not "sqlite"'
+            log.warning("alerting: [storage] kind %s: alert state and history are kept in memory "
+                        "only (only kind = \"sqlite\" stores them, in its file): after a restart "
+                        "firing alerts are forgotten, so one whose condition still holds notifies "
+                        "\"firing\" again, and `sensorwire alerts` has nothing to list", kind)
         self.dispatcher = Dispatcher(self.notifier_configs)
         self.dispatcher.start()
         log.info("alerting: %d rules, notifiers %s, %d firing alerts carried over",
@@ -154,6 +178,30 @@ class AlertSink:
         """Alert instances followed now, every rule."""
         return self.engine.instances()
 
+    def firing_by_rule(self) -> dict[str, tuple[str, int]]:
+        """Per rule configured now, (severity, instances firing now): for ``/metrics``."""
+        firing = self.engine.firing_by_rule()
+        return {r.name: (r.severity, firing.get(r.name, 0)) for r in list(self.rules)}
+
+    def notified_by_rule(self) -> dict[tuple[str, str], int]:
+        """Per rule configured now and state (``firing``, ``resolved``), notifications in all
+        (a ``repeat_s`` reminder is one more ``firing``): for ``/metrics``."""
+        counts = dict(self.notified)  # a copy: the sink's thread counts
+        return {(r.name, state): counts.get((r.name, state), 0)
+                for r in list(self.rules) for state in ("firing", "resolved")}
+
+    def deliveries(self) -> dict[str, dict[str, int]]:
+        """Per notifier in use now: ``delivered``, ``failed``, ``dropped`` and ``retried`` in
+        all (over reloads too), and ``queued`` now: for ``/metrics``."""
+        with self._counts_lock:
+            total = collections.Counter(self._delivered_before)
+            for d in (self._retired, self.dispatcher):
+                for c in d.couriers.values() if d is not None else ():
+                    total.update(_courier_counts(c))
+            current = dict(self.dispatcher.couriers) if self.dispatcher is not None else {}
+        return {name: {"queued": c.depth, **{r: total[name, r] for r in DELIVERY_RESULTS}}
+                for name, c in current.items()}
+
     def limited_by_rule(self) -> dict[str, tuple[int, int]]:
         """Per rule configured now, (forgotten, not watched) in all: for ``/metrics``."""
         e = self.engine
@@ -191,6 +239,7 @@ class AlertSink:
         assert self.dispatcher is not None
         for n in notes:
             self.notifications += 1
+            self.notified[n.rule, n.state] += 1
             self.dispatcher.deliver(n, self._notify[n.rule])
 
     def _save(self, notes: list[Notification]) -> None:
@@ -213,3 +262,7 @@ class AlertSink:
                       len(todo), exc)
             return
         self._unsaved = []
+
+
+def _courier_counts(c: Courier) -> dict[tuple[str, str], int]:
+    return {(c.name, result): getattr(c, result) for result in DELIVERY_RESULTS}

@@ -1,0 +1,43 @@
+"""Without a SQLite store (``[storage] kind = "postgres"`` or ``"none"``) alert state lives in
+memory: the sink says so, naming the storage kind, and a restart fires a firing alert again."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from alerting_support import at, checked, rule
+
+from sensorwire.collector.alerting.sink import AlertSink
+
+HOT = rule(name="hot", match="greenhouse/*/env", metric="temperature", above=35.0)
+
+
+def run_once(caplog: pytest.LogCaptureFixture, **kw: str) -> tuple[int, str]:
+    """Open a sink with no database, feed it one hot reading, close it: (notifications, warning)."""
+    sink = AlertSink([HOT], [], None, **kw)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sensorwire.collector.alerting.sink"):
+        sink.open()
+    try:
+        sink.write([(checked({"temperature": 36.0}, 0), at(0))])
+        return sink.notifications, caplog.records[0].getMessage()
+    finally:
+        sink.close()
+
+
+def test_postgres_storage_keeps_no_alert_state_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    fired, warning = run_once(caplog, storage_kind="postgres")
+    assert fired == 1
+    assert warning.startswith('alerting: [storage] kind = "postgres": alert state and history are '
+                              "kept in memory only")
+    assert 'notifies "firing" again' in warning
+    # a restart: the alert that was firing is not known, so it fires (and notifies) again
+    assert run_once(caplog, storage_kind="postgres")[0] == 1
+
+
+def test_the_warning_is_true_when_the_storage_kind_is_not_given(
+        caplog: pytest.LogCaptureFixture) -> None:
+    _, warning = run_once(caplog)
+    assert warning.startswith('alerting: [storage] kind is not "sqlite": alert state')
+    assert 'kind = "none"' not in warning
