@@ -70,6 +70,10 @@ BATCH = 1000  # messages moved per socket per wake-up, so neither direction star
 STATS_S = 1.0  # in C, the counters (metrics, status) are read from libzmq this often
 
 
+# what a reload (SIGHUP) applies while running; every other key needs a restart
+LIVE_KEYS = ("summary_s", "log_level")
+
+
 class ProxyLimits(Config):
     # a bigger message disconnects the peer that sent it (ZMQ_MAXMSGSIZE, both sockets)
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 65536
@@ -237,11 +241,11 @@ class Proxy:
 
     # -- reload and status (sensorwire.service) -----------------------------------------------
     def reload(self, config: ProxyConfig) -> None:
-        """Apply a new configuration: summary_s at once; endpoints need a restart."""
-        fixed = [k for k in ("frontend", "backend")
-                 if getattr(config, k) != getattr(self.config, k)]
-        if config.metrics != self.config.metrics:
-            fixed.append("metrics")
+        """Apply a new configuration: ``summary_s`` and ``log_level`` at once, and the
+        allow-lists' folders are read again; every other key needs a restart (said, and the
+        running value kept)."""
+        fixed = [k for k in config.__struct_fields__ if k not in LIVE_KEYS
+                 and getattr(config, k) != getattr(self.config, k)]
         if fixed:
             kept = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in fixed)
             log.warning("reload: %s changed but take effect only after a restart; keeping %s",

@@ -178,3 +178,19 @@ def test_proxy_without_a_file_says_there_is_nothing_to_reload(tmp_path: Path, pr
     wait_until(lambda: "no configuration file to reload" in p.log(), what="the warning")
     assert p.popen.poll() is None
     assert p.terminate() == 0
+
+
+def test_proxy_reload_keeps_and_names_what_needs_a_restart(caplog: pytest.LogCaptureFixture) -> None:
+    """Only summary_s and log_level apply while running; every other change is named in a
+    WARNING and the running value is kept, instead of a reload that silently does nothing."""
+    from sensorwire.proxy import Proxy, ProxyConfig, ProxyLimits
+
+    old = ProxyConfig(frontend="tcp://127.0.0.1:1", backend="tcp://127.0.0.1:2")
+    proxy = Proxy(old)
+    new = ProxyConfig(frontend="tcp://127.0.0.1:1", backend="tcp://127.0.0.1:2", summary_s=5.0,
+                      hwm=10, limits=ProxyLimits(max_message_bytes=100))
+    proxy.reload(new)
+    assert proxy.config.summary_s == 5.0
+    assert (proxy.config.hwm, proxy.config.limits) == (old.hwm, old.limits)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("reload: hwm, limits changed but take effect only after a restart")
