@@ -23,7 +23,7 @@ class SubscribeConfig(Config):
     bind: list[str] = []
     prefixes: list[str] = []
     rcvhwm: Annotated[int, msgspec.Meta(ge=0)] = 100_000
-    # the newest frame read older than this: the collector is falling behind (sensorwire.lag)
+    # the newest heartbeat read older than this: the collector is falling behind (sensorwire.lag)
     max_lag_s: Positive = 10.0
 
     def __post_init__(self) -> None:

@@ -70,9 +70,6 @@ TICK_S = 0.5      # presence, repair requests and counters are looked at this of
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
 STALL_LOG_S = 30.0  # a stalled sink is logged this often while it lasts
-# frames whose time says nothing about the collector's lag (sensorwire.lag): the agent's clock
-# was not known to be synchronised, or the tracker put its own receive time in
-LAG_UNTRUSTED = wire.FLAG_UNSYNCED | wire.FLAG_TIME_REPLACED
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -273,7 +270,6 @@ class Collector:
             rate_limit.roll(mono)
         n = 0
         nbytes = acks = 0
-        newest = 0  # the newest trusted sample time taken (sensorwire.lag)
         for n in range(1, DRAIN_MAX + 1):  # noqa: B007
             try:
                 msg = recv(zmq.NOBLOCK)
@@ -313,10 +309,10 @@ class Collector:
                 continue
             if fresh:
                 batch.append((frame, now))
-                if frame.time_unix_nano > newest and not frame.flags & LAG_UNTRUSTED:
-                    newest = frame.time_unix_nano
-        if newest:
-            self.lag.saw(newest)
+                if not frame.seq:  # a heartbeat: its time is never old by design (sensorwire.lag)
+                    hb = frame.heartbeat
+                    if hb is not None:
+                        self.lag.saw(frame.time_unix_nano, hb.clock_synced)
         self.received += n - acks
         self.bytes_received += nbytes
         if batch:

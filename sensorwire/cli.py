@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default tcp://127.0.0.1:5557)")
     t.add_argument("--count", type=_positive_int, metavar="N", help="exit after N frames")
     t.add_argument("--max-lag-s", type=_positive_float, default=10.0, metavar="S",
-                   help="warn on stderr when even the newest frame read is older than this: "
+                   help="warn on stderr when even the newest heartbeat read is older than this: "
                    "tail is falling behind (default 10)")
     t.add_argument("--secret-key", metavar="FILE",
                    help="CURVE: this client's .key_secret file (its public key must be in the "

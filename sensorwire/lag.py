@@ -3,23 +3,28 @@
 A subscriber that cannot keep up with what it is sent does not fail: its
 frames queue, first in its own socket, then at the proxy (up to the proxy's
 ``hwm``), and only then are they dropped.  Until then nothing looks wrong
-except that every frame arrives later.  So a subscriber watches its *lag*:
-receive time minus the time the agent stamped on the frame.
+except that everything arrives later.  So a subscriber watches its *lag*:
+receive time minus the time the agent stamped.
 
-One late frame proves nothing: a spool replay, the answer to a gap-repair
-request and a proxy's last-value copy are old by design.  What a subscriber
-that falls behind shows is that *even the newest frame it reads* is old.  So
-:class:`LagWatch` is given the newest sample time of each batch it reads
-(:meth:`saw`), and every tick (:meth:`check`) it takes the lag of the newest
-frame read since the last tick.  Past ``max_lag_s`` the subscriber is
+It watches heartbeats, not data frames.  A data frame may be old by design:
+a spool replay, the answer to a gap-repair request, a proxy's last-value
+copy.  A heartbeat never is: it is stamped when it is sent and never
+spooled, replayed or cached, and every agent sends one every ``heartbeat_s``
+(5 s by default).  So :class:`LagWatch` is given the time of each heartbeat
+read (:meth:`saw`), and every tick (:meth:`check`) it takes the lag of the
+newest one read since the last tick.  Past ``max_lag_s`` the subscriber is
 *behind*: a WARNING says by how much and what to do, repeated every
 ``REPEAT_S`` while it lasts, and :attr:`fell_behind` counts the times it
 happened.  Below half the bound it has caught up again (an INFO says so).
+A subscriber that sees no heartbeats (a prefix naming single sensors) has
+nothing to measure, and says nothing.
 
-Frames whose time cannot be trusted are left out by the caller: an agent
-whose clock was not known to be synchronised (``flags & 1``), a proxy's
-cached copy (``flags & 8``).  A synchronised clock is good to tens of
-milliseconds, far below any sensible bound.
+Heartbeats from agents whose clocks are known to be synchronised are
+trusted (good to tens of milliseconds, far below any sensible bound).  The
+others are used only while no trusted heartbeat has been seen (a fleet of
+laptops or VMs whose kernels do not report NTP's state), and the warning
+then says that the agents' clocks may be what is wrong.  A time before 2020
+(a clock that never set) is never used.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 log = logging.getLogger(__name__)
 
 REPEAT_S = 30.0  # while behind, the warning is repeated this often (with the lag then)
+MIN_VALID_NS = 1_577_836_800_000_000_000  # 2020-01-01: anything earlier is a clock that never set
 
 
 class LagWatch:
@@ -38,22 +44,34 @@ class LagWatch:
         self.max_lag_s = max_lag_s
         self.who = who
         self.key = key
-        self.lag_s: float | None = None  # the newest frame's lag at the last check; None: none read
+        self.lag_s: float | None = None  # the newest heartbeat's lag at the last check; None: none
         self.behind = False
         self.fell_behind = 0  # times the lag went past the bound
-        self._newest_ns = 0   # the newest trusted sample time read since the last check
+        self._newest_ns = 0   # the newest trusted heartbeat time read since the last check
+        self._newest_untrusted_ns = 0  # the same from clocks not known to be synchronised
+        self.trusted_seen = False  # a heartbeat from a synchronised clock was ever read
+        self.untrusted = False  # the last measurement came from clocks not known to be right
         self._since = 0.0     # monotonic: behind since
         self._warned = 0.0    # monotonic: last warning
 
-    def saw(self, time_ns: int) -> None:
-        """A trusted sample time read now (the newest of a batch is enough)."""
-        if time_ns > self._newest_ns:
-            self._newest_ns = time_ns
+    def saw(self, time_ns: int, synced: bool = True) -> None:
+        """A heartbeat read now, stamped ``time_ns`` by an agent whose clock is ``synced``
+        (known to be synchronised) or not."""
+        if synced:
+            self.trusted_seen = True
+            if time_ns > self._newest_ns:
+                self._newest_ns = time_ns
+        elif time_ns > self._newest_untrusted_ns and time_ns >= MIN_VALID_NS:
+            self._newest_untrusted_ns = time_ns
 
     def check(self, now_ns: int, now: float) -> None:
-        """Once per tick: the lag of the newest frame read since the last check (wall clock
-        ``now_ns``, monotonic ``now``).  Nothing read since: nothing changes."""
+        """Once per tick: the lag of the newest heartbeat read since the last check (wall clock
+        ``now_ns``, monotonic ``now``).  None read since: nothing changes."""
         newest, self._newest_ns = self._newest_ns, 0
+        untrusted, self._newest_untrusted_ns = self._newest_untrusted_ns, 0
+        self.untrusted = not newest and not self.trusted_seen
+        if self.untrusted:
+            newest = untrusted
         if not newest:
             return
         lag = self.lag_s = max(0.0, (now_ns - newest) / 1e9)
@@ -62,18 +80,20 @@ class LagWatch:
                 self.behind = True
                 self.fell_behind += 1
                 self._since = self._warned = now
-                log.warning("%s is falling behind: the newest frame it read is %.1f s old (%s = "
+                log.warning("%s is falling behind: the newest heartbeat it read is %.1f s old (%s = "
                             "%g). It cannot keep up with what it receives: frames queue at the "
                             "proxy (up to its hwm) and are then dropped there. Look at its CPU "
                             "and its sinks, or share the fleet between more subscribers "
-                            "(prefixes)", self.who, lag, self.key, self.max_lag_s)
+                            "(prefixes)%s", self.who, lag, self.key, self.max_lag_s,
+                            ". (The agents' clocks are not known to be synchronised: if they are "
+                            "off, that is the lag seen)" if self.untrusted else "")
         elif lag <= self.max_lag_s / 2:
             self.behind = False
-            log.info("%s has caught up: the newest frame it read is %.1f s old, after %.0f s "
+            log.info("%s has caught up: the newest heartbeat it read is %.1f s old, after %.0f s "
                      "behind", self.who, lag, now - self._since)
         elif now - self._warned >= REPEAT_S:
             self._warned = now
-            log.warning("%s is still behind: the newest frame it read is %.1f s old (%s = %g), "
+            log.warning("%s is still behind: the newest heartbeat it read is %.1f s old (%s = %g), "
                         "for %.0f s now", self.who, lag, self.key, self.max_lag_s, now - self._since)
 
     def status(self) -> str | None:

@@ -277,7 +277,7 @@ def _tracking_families(collector: Collector) -> Iterable[Family]:
                  "Gap-repair requests sent upstream.").add(collector.tracker.requests_sent)
     lag = collector.lag
     yield Family("sensorwire_subscriber_lag_seconds", "gauge",
-                 "Receive time minus sample time of the newest frame read in the last half "
+                 "Receive time minus sample time of the newest heartbeat read in the last half "
                  "second (sensorwire.lag; NaN before the first).").add(
                      math.nan if lag.lag_s is None else lag.lag_s)
     yield Family("sensorwire_subscriber_behind", "gauge",

@@ -3,9 +3,9 @@
 It subscribes with an XSUB socket and pings upstream, so it can say on stderr
 when its subscriptions are live; with a proxy's last-value cache on, the
 current value of every matching topic arrives at once (``"cached": true``).
-When even the newest frame it reads is older than ``max_lag_s`` (its reader
-is slower than the stream: a pipe into a slow program), it says so on stderr
-(:mod:`sensorwire.lag`), and at the end how many times it happened.
+When even the newest heartbeat it reads is older than ``max_lag_s`` (its
+reader is slower than the stream: a pipe into a slow program), it says so on
+stderr (:mod:`sensorwire.lag`), and at the end how many times it happened.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from sensorwire.security import ClientSecurity, Security
 log = logging.getLogger(__name__)
 
 LAG_CHECK_S = 0.5
-# frames whose time says nothing about tail's lag: an unsynchronised agent clock, a cached copy
-LAG_UNTRUSTED = wire.FLAG_UNSYNCED | wire.FLAG_CACHED
 
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
@@ -89,8 +87,8 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                 out.write(render.json_line(render.frame_dict(frame, topic)) + "\n")
                 out.flush()
                 printed += 1
-                if not frame.flags & LAG_UNTRUSTED:
-                    lag.saw(frame.time_unix_nano)
+                if frame.HasField("heartbeat"):  # never replayed nor cached (sensorwire.lag)
+                    lag.saw(frame.time_unix_nano, frame.heartbeat.clock_synced)
                 if count is not None and printed >= count:
                     return 0
                 if time.monotonic() >= next_check:  # here: a tail that is behind never runs dry

@@ -238,25 +238,7 @@ class ZmqHostedProxy(ZmqOnePart):
 def run_proxy(conn: Connection, frontend: str, backend: str) -> None:
     """The proxy process: libzmq's proxy in a thread, stopped over its control socket."""
     procs.ignore_sigint()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    front, back = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
-    ctl_in, ctl_out = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    for s in (front, back, ctl_in, ctl_out):
-        s.setsockopt(zmq.LINGER, 0)
-    ctl_in.bind("inproc://control")
-    ctl_out.connect("inproc://control")
-    front.bind(frontend)
-    back.bind(backend)
-    thread = threading.Thread(target=zmq.proxy_steerable, args=(front, back, None, ctl_in),
-                              daemon=True)
-    thread.start()
-    try:
+    with hosted_proxy(frontend, backend):
         conn.send("ready")
         with contextlib.suppress(EOFError):
             conn.recv()
-    finally:
-        ctl_out.send(b"TERMINATE")
-        thread.join(5.0)
-        for s in (front, back, ctl_in, ctl_out):
-            s.close()
-        ctx.term()
