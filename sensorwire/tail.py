@@ -87,7 +87,8 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                 out.write(render.json_line(render.frame_dict(frame, topic)) + "\n")
                 out.flush()
                 printed += 1
-                if frame.HasField("heartbeat"):  # never replayed nor cached (sensorwire.lag)
+                if frame.HasField("heartbeat") and not frame.flags & wire.FLAG_CACHED:
+                    # a heartbeat is never replayed, and a proxy's cached copy is left out
                     lag.saw(frame.time_unix_nano, frame.heartbeat.clock_synced)
                 if count is not None and printed >= count:
                     return 0
