@@ -278,7 +278,7 @@ class Publisher:
             topic = msg[: msg.find(wire.DELIM)]
             if not self.listened(topic):
                 self._held = None
-                spool.append(boot_id, seq, msg)  # still nobody for it: back to the tail
+                spool.requeue(boot_id, seq, msg)  # still nobody for it: back to the tail
                 continue
             if not self._send(msg):
                 self._held = (boot_id, seq, msg)

@@ -202,6 +202,25 @@ class Spool:
             self.flush()
         return True
 
+    def requeue(self, boot_id: int, seq: int, message: bytes) -> None:
+        """Put a frame :meth:`next` just gave back at the tail (nobody listens for it yet).
+
+        Never refused, not even by a full spool: the frame is already counted in the size (in
+        the segment it was read from, until that one is retired), so this is a move, not a new
+        frame, and a spool at its bound must not drop what it already holds.  The bound may be
+        passed by what one replay pass moves before its first segments are retired.
+        """
+        record = _HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message
+        seg = self._tail_for(len(record))
+        seg.size += len(record)
+        seg.records += 1
+        self._buf.append(record)
+        self._buf_len += len(record)
+        self._note(boot_id, seq)
+        self.replayed -= 1  # next() counted it as taken
+        if self._buf_len >= _BUF_MAX or self.fsync == "always":
+            self.flush()
+
     def flush(self, force_sync: bool = False) -> None:
         """Write buffered records to the OS; fsync as the policy says."""
         if self._buf and self._writer is not None:

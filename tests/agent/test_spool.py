@@ -99,3 +99,25 @@ def test_bytes_written_to_flash_are_counted(tmp_path: Path) -> None:
             s.append(1, i + 1, msg(i, 200))
         assert s.bytes_written_today == s.bytes_written_total
         assert s.bytes_written_total == 8 + 10 * (24 + 200)
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_a_frame_put_back_by_a_replay_pass_is_never_dropped_by_a_full_spool(
+        tmp_path: Path, overflow: str) -> None:
+    """A replay pass takes each frame and puts back the ones nobody listens for yet: a move
+    inside the spool, which a spool at its bound must not turn into a drop."""
+    with Spool(tmp_path, max_bytes=64 * 1024, overflow=overflow,  # type: ignore[arg-type]
+               segment_bytes=16 * 1024) as s:
+        i = 0
+        while s.dropped == 0:  # fill it to the bound
+            i += 1
+            s.append(7, i, msg(i))
+        dropped, pending = s.dropped, s.pending
+        for _ in range(pending):  # one whole pass, nobody listening
+            rec = s.next()
+            assert rec is not None
+            s.requeue(rec.boot_id, rec.seq, rec.message)
+        assert (s.dropped, s.pending, s.replayed) == (dropped, pending, 0)
+        assert s.boots[7][2] == pending  # still known to hold that boot's frames
+        kept = drain(s)
+    assert len(kept) == pending and kept == sorted(kept)
