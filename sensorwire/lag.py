@@ -10,9 +10,10 @@ It watches heartbeats, not data frames.  A data frame may be old by design:
 a spool replay, the answer to a gap-repair request, a proxy's last-value
 copy.  A heartbeat never is: it is stamped when it is sent and never
 spooled or replayed (a proxy's cached copy of one is flagged, and left out),
-and every agent sends one every ``heartbeat_s`` (5 s by default).  So :class:`LagWatch` is given the time of each heartbeat
-read (:meth:`saw`), and every tick (:meth:`check`) it takes the lag of the
-newest one read since the last tick.  Past ``max_lag_s`` the subscriber is
+and every agent sends one every ``heartbeat_s`` (5 s by default).  So
+:class:`LagWatch` is given the time of each heartbeat read (:meth:`saw`),
+and every tick (:meth:`check`) it takes the lag of the newest one read
+since the last tick.  Past ``max_lag_s`` the subscriber is
 *behind*: a WARNING says by how much and what to do, repeated every
 ``REPEAT_S`` while it lasts, and :attr:`fell_behind` counts the times it
 happened.  Below half the bound it has caught up again (an INFO says so).
