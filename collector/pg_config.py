@@ -7,7 +7,9 @@ does; the loader joins the key onto ``storage.``.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,3 +40,17 @@ def check_storage(s: StorageConfig) -> None:
                          'policies; they need timescaledb = "auto" or "on"')
     if s.spool_dir is not None and not s.spool_dir.strip():
         raise ValueError("spool_dir: give a folder, or leave the key out for no disk spool")
+
+
+def spool_folder(s: StorageConfig) -> Path | None:
+    """Where the PostgreSQL sink spools frames while the database is down: ``spool_dir``;
+    without it, for a collector that systemd started as a service (``$INVOCATION_ID`` and
+    ``$STATE_DIRECTORY`` set: one state folder per unit), ``$STATE_DIRECTORY/pgspool``;
+    otherwise none.  Not a folder of the user's own by default: two collectors started by
+    hand on one host would share it, and its lock would stop the second."""
+    if s.spool_dir is not None:
+        return Path(s.spool_dir).expanduser()
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state and os.environ.get("INVOCATION_ID"):
+        return Path(state) / "pgspool"
+    return None

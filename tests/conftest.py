@@ -13,8 +13,11 @@ from support import Proc
 
 @pytest.fixture(autouse=True)
 def _own_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Agents that set no [spool] dir spool under $STATE_DIRECTORY: one per test, never ~."""
+    """Agents that set no [spool] dir spool under $STATE_DIRECTORY: one per test, never ~.
+    And the processes a test starts are not systemd services (no $INVOCATION_ID, even when
+    the suite itself runs in one), so collectors keep no default PostgreSQL spool there."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
 
 
 @pytest.fixture

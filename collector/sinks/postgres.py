@@ -34,6 +34,7 @@ import psycopg
 from sensorwire.collector.backlog import Backlog, BacklogError, Piece
 from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.events import Event
+from sensorwire.collector.pg_config import spool_folder
 from sensorwire.collector.pg_schema import MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter, classify, safe_dsn
 from sensorwire.collector.sinks import Item, SinkError
@@ -59,8 +60,9 @@ class PostgresSink:
         self.where = safe_dsn(storage.dsn) + (f" schema {storage.schema}" if storage.schema else "")
         self.writer = PgWriter(storage.dsn, storage.schema, Policy(
             storage.timescaledb, storage.retention_days, storage.compress_after_days))
-        self.backlog = Backlog(storage.buffer_max, storage.spool_dir,
+        self.backlog = Backlog(storage.buffer_max, spool_folder(storage),
                                int(storage.spool_max_mb * 1024 * 1024))
+        self._spool_chosen = storage.spool_dir is not None  # else the service's default
         self.batch_max = storage.batch_max
         self.connected = False
         self.failed = 0              # frames the database refused for good (permanent errors)
@@ -74,7 +76,12 @@ class PostgresSink:
         try:
             self.backlog.open()
         except BacklogError as exc:
-            raise StoreError(str(exc)) from None
+            if self._spool_chosen:
+                raise StoreError(str(exc)) from None
+            # the default folder (another collector of this unit has it): go on without one
+            log.warning("postgres: no disk spool: the default folder cannot be used (%s); set "
+                        "storage.spool_dir to a folder of this collector's own", exc)
+            self.backlog.spool_dir = None
         try:
             self.writer.open()
         except MigrationError as exc:
@@ -85,7 +92,12 @@ class PostgresSink:
             raise StoreError(f"postgres {self.where}: cannot connect or create the tables: "
                              f"{_one_line(exc)}") from None
         self.connected = True
-        log.info("postgres: connected to %s, layout %s", self.where, self.writer.layout)
+        spool = self.backlog.spool_dir
+        log.info("postgres: connected to %s, layout %s; while the database is down, %s",
+                 self.where, self.writer.layout,
+                 f"frames past buffer_max are spooled to {spool}" if spool is not None else
+                 f"frames past buffer_max ({self.backlog.buffer_max}) are dropped and counted: "
+                 "set storage.spool_dir to keep them on disk")
         if self.backlog:
             self._recover()
 

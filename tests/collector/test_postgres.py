@@ -22,6 +22,7 @@ from sensorwire.collector.backlog import Backlog
 from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.pg_config import spool_folder
 from sensorwire.collector.pg_schema import SCHEMA_VERSION, MigrationError, Policy
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.collector.sinks import SinkError, SinkRunner
@@ -337,6 +338,29 @@ def test_sink_counts_what_exceeds_its_bounds(pg: PgSchema) -> None:
     assert sink.backlog.dropped == 50  # unreachable at shutdown, and nowhere to keep them
 
 
+def test_a_collector_service_spools_in_its_state_directory_unless_told(
+        pg: PgSchema, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No spool_dir: $STATE_DIRECTORY/pgspool when systemd started the collector as a service
+    ($INVOCATION_ID set too), none when it was started by hand."""
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'state'}:{tmp_path / 'other'}")
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert spool_folder(storage_config(pg)) is None  # by hand (the tests' conftest sets the dir)
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+    assert spool_folder(storage_config(pg)) == tmp_path / "state" / "pgspool"
+    assert spool_folder(storage_config(pg, tmp_path)) == tmp_path / "pgspool"  # spool_dir wins
+    sink = PostgresSink(storage_config(pg, buffer_max=20))
+    sink.open()
+    sink.writer.dsn = "postgresql://postgres@127.0.0.1:1/none"
+    sink.writer.conn.close()  # type: ignore[union-attr]
+    sink.write([frame("pi-1", s) for s in range(1, 51)])
+    assert sink.backlog.spool_pending > 0  # past buffer_max: on disk, not dropped
+    assert sink.backlog.frames_in_memory + sink.backlog.spool_pending == 50
+    assert sink.backlog.dropped == 0
+    sink.close()
+    assert sink.backlog.dropped == 0  # all 50 kept on disk for the next start
+    assert any((tmp_path / "state" / "pgspool").glob("seg-*"))
+
+
 def test_a_refused_batch_is_a_permanent_error(pg: PgSchema) -> None:
     sink = PostgresSink(storage_config(pg))
     sink.open()
@@ -360,3 +384,24 @@ def test_resume_reads_what_storage_knows(pg: PgSchema) -> None:
     assert (boot.device, boot.boot_id, boot.max_seq, boot.missing) == ("pi-1", BOOT, 10,
                                                                        [(3, 4), (6, 8), (10, 10)])
     sink.close()
+
+
+def test_a_second_collector_service_on_the_default_spool_goes_on_without_one(
+        pg: PgSchema, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Two collectors with the same state folder: the second keeps no disk spool, and says so,
+    instead of failing to start (a spool_dir the user chose is still an error)."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+    first, second = PostgresSink(storage_config(pg)), PostgresSink(storage_config(pg))
+    first.open()
+    try:
+        second.open()
+        assert second.backlog.spool_dir is None
+        assert any("no disk spool" in r.getMessage() for r in caplog.records)
+        second.close()
+        chosen = PostgresSink(storage_config(pg, tmp_path / "state"))  # the same folder, chosen
+        with pytest.raises(StoreError, match="spool"):
+            chosen.open()
+    finally:
+        first.close()
