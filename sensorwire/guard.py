@@ -263,6 +263,10 @@ class Guard:
         elif server:
             why = ("the client closed the connection during the handshake: one without CURVE "
                    '(mode = "none"), or whose server_key is not this server\'s public key?')
+        elif not self.curve:
+            # which side notices a mismatch first is a race: say the same as the mismatch does
+            why = ('the server closed the connection during the handshake: security mechanism '
+                   'mismatch? It has [security] mode = "curve" and this side "none"')
         else:
             why = ("the server closed the connection during the handshake: is server_key its "
                    "public key, and is this key in its allow-list?")
