@@ -191,15 +191,8 @@ class Spool:
             if self.overflow == "drop_newest" or not self._make_room(len(record)):
                 self.dropped += 1
                 return False
-        seg = self._tail_for(len(record))
-        seg.size += len(record)
-        seg.records += 1
-        self._buf.append(record)
-        self._buf_len += len(record)
-        self._note(boot_id, seq)
+        self._write(record, boot_id, seq)
         self.appended += 1
-        if self._buf_len >= _BUF_MAX or self.fsync == "always":
-            self.flush()
         return True
 
     def requeue(self, boot_id: int, seq: int, message: bytes) -> None:
@@ -210,14 +203,18 @@ class Spool:
         frame, and a spool at its bound must not drop what it already holds.  The bound may be
         passed by what one replay pass moves before its first segments are retired.
         """
-        record = _HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message
+        self._write(_HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message,
+                    boot_id, seq)
+        self.replayed -= 1  # next() counted it as taken
+
+    def _write(self, record: bytes, boot_id: int, seq: int) -> None:
+        """Add one record at the tail (buffered; flushed when the buffer or the policy says)."""
         seg = self._tail_for(len(record))
         seg.size += len(record)
         seg.records += 1
         self._buf.append(record)
         self._buf_len += len(record)
         self._note(boot_id, seq)
-        self.replayed -= 1  # next() counted it as taken
         if self._buf_len >= _BUF_MAX or self.fsync == "always":
             self.flush()
 
