@@ -158,6 +158,15 @@ def count(db: Path) -> int:
         return 0
 
 
+def collector_account(log: Path) -> str:
+    """What the collector's last summary line (``collector stopping: ...``) says it received,
+    rejected, found missing and stored; or why there is none."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "collector stopping:" in ln]
+    if not lines:
+        return f"no final summary in {log} (did it crash?)"
+    return lines[-1].split("collector stopping: ", 1)[1]
+
+
 def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
         storage: str = "") -> dict[str, float]:
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -169,12 +178,16 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
                    '[metrics]\nlisten = ""\n')
     proxy_cfg = tmp / f"{sc.key}-proxy.toml"
     proxy_cfg.write_text(f'frontend = "{front}"\nbackend = "{back}"\n[metrics]\nlisten = ""\n')
-    py = [sys.executable, "-m", "sensorwire", "--log-level", "warning"]
+    py = [sys.executable, "-m", "sensorwire"]
     procs: list[subprocess.Popen[str]] = []
+    col_log = tmp / f"{sc.key}-collector.log"
     try:
-        proxy = subprocess.Popen([*py, "proxy", "-c", str(proxy_cfg)], text=True)
+        proxy = subprocess.Popen([*py, "--log-level", "warning", "proxy", "-c", str(proxy_cfg)],
+                                 text=True)
         procs.append(proxy)
-        col = subprocess.Popen([*py, "collector", "-c", str(cfg)], text=True)
+        # its log at INFO goes to a file: its last summary says what it counted (gaps, lost...)
+        with col_log.open("w") as out:
+            col = subprocess.Popen([*py, "collector", "-c", str(cfg)], text=True, stderr=out)
         procs.append(col)
         gens = []
         per_gen = sc.devices // generators
@@ -208,10 +221,17 @@ def run(tmp: Path, sc: Scenario, generators: int, quiet_s: float = 5.0,
                 p.kill()
     stored = count(db)
     window = max(window, 1e-9)
+    lost = sum(s["frames"] for s in sent) - stored
+    for line in col_log.read_text(errors="replace").splitlines():
+        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line:
+            print(f"  {sc.key}: collector: {line}", file=sys.stderr)
+    if lost:
+        print(f"  {sc.key}: {lost} frames not stored; the collector's own account: "
+              f"{collector_account(col_log)}", file=sys.stderr)
     return {
         "frames_sent": sum(s["frames"] for s in sent),
         "frames_stored": stored,
-        "lost": sum(s["frames"] for s in sent) - stored,
+        "lost": lost,
         "samples_per_s_stored": (last - first) * SAMPLES / window,
         "window_s": window,
         "collector_cpu_percent": 100 * (c1 - c0) / window,

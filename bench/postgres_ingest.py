@@ -2,7 +2,7 @@
 
 1. Raw writer: :class:`~sensorwire.collector.pg_store.PgWriter` alone in this
    process writes frames of 8 samples from 1,000 devices in batches of 5,000
-   frames (the collector's default ``batch_max``), several rounds; reports
+   frames (40,000 samples), several rounds; reports
    each round's samples/s and the median.
 2. End to end: a real ``sensorwire collector`` process (``kind = "postgres"``)
    fed by the load generator (``bench/loadgen.py``) at a fixed rate; waits

@@ -32,7 +32,7 @@ from pathlib import Path
 from sensorwire.agent.spool import Spool, SpoolError
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
-from sensorwire.collector.sinks import count_by_device
+from sensorwire.collector.sinks import count_by_device, count_samples, take_samples
 from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -153,36 +153,41 @@ class Backlog:
         """Put back a piece taken by :meth:`take` that could not be written (first in line)."""
         self._front.appendleft(piece)
 
-    def take(self, max_frames: int) -> Piece | None:
-        """The oldest piece: up to ``max_frames`` frames, or one event; None when empty."""
+    def take(self, max_samples: int) -> Piece | None:
+        """The oldest piece: frames of up to ``max_samples`` samples (``[storage] batch_max``,
+        counted as :func:`~sensorwire.collector.sinks.count_samples` does; at least one frame),
+        or one event; None when empty."""
         if self._front:
             return self._front.popleft()
         if self._spool is not None and self._spool.pending:
-            return self._take_spool(max_frames)
+            return self._take_spool(max_samples)
         if not self._mem:
             return None
         head = self._mem[0]
         if not isinstance(head, list):
             return self._mem.popleft()
         out: list[Item] = []
-        while self._mem and isinstance(self._mem[0], list) and len(out) < max_frames:
-            part = self._mem[0]
-            assert isinstance(part, list)
-            room = max_frames - len(out)
-            if len(part) <= room:
-                out.extend(part)
+        room = max_samples
+        while self._mem and isinstance(part := self._mem[0], list):
+            k = take_samples(part, room) or (0 if out else 1)  # at least one frame
+            if not k:
+                break
+            out.extend(part[:k])
+            room -= count_samples(part[:k])
+            if k == len(part):
                 self._mem.popleft()
             else:
-                out.extend(part[:room])
-                self._mem[0] = part[room:]
+                self._mem[0] = part[k:]
+                break
         self._mem_frames -= len(out)
         return out
 
     # -- the spool ------------------------------------------------------------------------------
-    def _take_spool(self, max_frames: int) -> Piece | None:
+    def _take_spool(self, max_samples: int) -> Piece | None:
         assert self._spool is not None
         out: list[Item] = []
-        while len(out) < max_frames:
+        room = max_samples
+        while room > 0 or not out:
             rec = self._spool.next()
             if rec is None:
                 break
@@ -196,6 +201,7 @@ class Backlog:
                 continue
             if isinstance(got, tuple):
                 out.append(got)
+                room -= len(got[0].values) or 1
                 continue
             if out:  # an event after frames: keep it for the next take, in order
                 self._front.append(got)
@@ -203,7 +209,7 @@ class Backlog:
             return got
         if out:
             return out
-        return self.take(max_frames) if self._mem else None
+        return self.take(max_samples) if self._mem else None
 
     def _to_spool(self) -> None:
         assert self._spool is not None

@@ -39,7 +39,7 @@ class SubscribeConfig(Config):
 class StorageConfig(Config):
     kind: Literal["sqlite", "postgres", "none"] = "sqlite"
     path: str = "telemetry.db"
-    batch_max: Annotated[int, msgspec.Meta(gt=0)] = 20_000
+    batch_max: Annotated[int, msgspec.Meta(gt=0)] = 160_000  # samples per write (frames: at least 1)
     flush_interval_s: Positive = 1.0
     queue_max: Annotated[int, msgspec.Meta(gt=0)] = 200_000
     # a call into a sink (a write, ...) running longer than this: the sink is stalled, logged,

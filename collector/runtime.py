@@ -53,7 +53,7 @@ from sensorwire.collector.config import CollectorConfig
 from sensorwire.collector.events import Event
 from sensorwire.collector.intake import Intake
 from sensorwire.collector.ratelimit import DeviceRateLimit
-from sensorwire.collector.sinks import Item, Sink, SinkRunner
+from sensorwire.collector.sinks import Item, Sink, SinkRunner, count_samples
 from sensorwire.collector.tracking import DeviceTableFull, Tracker
 from sensorwire.lag import LagWatch
 from sensorwire.lifecycle import StopSignal
@@ -317,8 +317,9 @@ class Collector:
         self.bytes_received += nbytes
         if batch:
             self.accepted += len(batch)
+            samples = count_samples(batch)
             for r in self.runners:
-                for frame, _ in r.offer(batch):
+                for frame, _ in r.offer(batch, samples):
                     self.tracker.forget(frame, mono)
         return n
 

@@ -111,7 +111,7 @@ def _tap(handle: Handler) -> Any:
             pass
 
     class Tap(SinkRunner):
-        def offer(self, batch: list[Item]) -> list[Item]:
+        def offer(self, batch: list[Item], samples: int | None = None) -> list[Item]:
             for frame, _received_ns in batch:
                 handle(frame)
             self.written += len(batch)

@@ -48,6 +48,23 @@ _full = RateLimited(log, period_s=10.0)  # "queue full": per sink, with the coun
 Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 
 DROPS_BY_DEVICE_MAX = 10_000  # devices whose dropped frames are counted one by one
+BATCH_MAX = 160_000  # samples per write by default ([storage] batch_max): 20,000 frames of 8
+
+
+def count_samples(items: Iterable[Item]) -> int:
+    """What frames count against ``batch_max``: their samples, and at least 1 per frame (a
+    heartbeat has none)."""
+    return sum([len(f.values) or 1 for f, _ in items])
+
+
+def take_samples(items: list[Item], budget: int) -> int:
+    """How many of ``items``, from the first, fit in ``budget`` samples (maybe none)."""
+    used = 0
+    for k, (frame, _) in enumerate(items):
+        used += len(frame.values) or 1
+        if used > budget:
+            return k
+    return len(items)
 
 
 def count_by_device(counter: collections.Counter[str], items: Iterable[Item]) -> None:
@@ -106,18 +123,34 @@ class _Reload:
     config: object
 
 
-class SinkRunner:
-    """Runs one sink in its own thread behind a bounded queue."""
+class _Frames:
+    """Frames queued together, with their samples counted once."""
 
-    def __init__(self, sink: Sink, queue_max: int = 200_000, batch_max: int = 5000,
+    __slots__ = ("items", "samples")
+
+    def __init__(self, items: list[Item], samples: int) -> None:
+        self.items = items
+        self.samples = samples
+
+
+class SinkRunner:
+    """Runs one sink in its own thread behind a bounded queue.
+
+    ``queue_max`` counts frames; ``batch_max`` counts samples (a frame's samples, at least 1
+    per frame), as ``[storage] batch_max`` does: a write gets at most that many, and at least
+    one frame.
+    """
+
+    def __init__(self, sink: Sink, queue_max: int = 200_000, batch_max: int = BATCH_MAX,
                  flush_interval_s: float = 0.2, retries: int = 5) -> None:
         self.sink = sink
         self.queue_max = queue_max
         self.batch_max = batch_max
         self.flush_interval_s = flush_interval_s
         self.retries = retries
-        self._q: collections.deque[list[Item] | Event | _Reload] = collections.deque()
-        self._depth = 0
+        self._q: collections.deque[_Frames | Event | _Reload] = collections.deque()
+        self._depth = 0     # frames queued
+        self._samples = 0   # their samples, as batch_max counts them
         self._cond = threading.Condition()
         self._closing = False
         self._behind = False  # the last batch taken was a full one: more is waiting
@@ -166,23 +199,28 @@ class SinkRunner:
             return f"sink {self.sink.name}: its thread has ended"
         return None
 
-    def offer(self, batch: list[Item]) -> list[Item]:
-        """Queue a batch; what does not fit is dropped, counted per device and returned."""
+    def offer(self, batch: list[Item], samples: int | None = None) -> list[Item]:
+        """Queue a batch (``samples``: its samples as :func:`count_samples` counts them, if the
+        caller has counted them); what does not fit is dropped, counted per device and
+        returned."""
         lost: list[Item] = []
         with self._cond:
             room = self.queue_max - self._depth
             if room < len(batch):
                 lost = batch[max(room, 0):]
                 batch = batch[: max(room, 0)]
+                samples = None
                 self.dropped += len(lost)
                 count_by_device(self.dropped_by_device, lost)
                 _full.warning(self.sink.name, "sink %s: queue full (%d frames): %d frames "
                               "dropped (%d in all)", self.sink.name, self.queue_max, len(lost),
                               self.dropped)
             if batch:
-                self._q.append(batch)
+                n = count_samples(batch) if samples is None else samples
+                self._q.append(_Frames(batch, n))
                 self._depth += len(batch)
-                if self._depth >= self.batch_max:
+                self._samples += n
+                if self._samples >= self.batch_max:
                     self._cond.notify()
         return lost
 
@@ -224,7 +262,7 @@ class SinkRunner:
             # behind, take what is there now; else wait for a batch to fill, or the interval,
             # but not while an event waits (behind frames or not): it is due in order, now
             deadline = time.monotonic() + (0.0 if self._behind else self.flush_interval_s)
-            while self._depth < self.batch_max and not self._closing and not self._marks:
+            while self._samples < self.batch_max and not self._closing and not self._marks:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -234,17 +272,32 @@ class SinkRunner:
                 self._behind = False
                 return None if self._closing and not riders else ([], riders)
             head = self._q[0]
-            if not isinstance(head, list):
+            if not isinstance(head, _Frames):
                 if riders:  # events that came before a reload go first
                     return [], riders
                 self._marks -= 1
                 self._q.popleft()
                 return head
             out: list[Item] = []
-            while self._q and isinstance(self._q[0], list) and len(out) < self.batch_max:
-                out.extend(self._q.popleft())  # type: ignore[arg-type]
+            taken = 0
+            self._behind = False
+            while self._q and isinstance(head := self._q[0], _Frames):
+                room = self.batch_max - taken
+                if head.samples <= room:
+                    out.extend(head.items)
+                    taken += head.samples
+                    self._q.popleft()
+                    continue
+                k = take_samples(head.items, room) or (0 if out else 1)  # a write has a frame
+                if k:
+                    part = count_samples(head.items[:k])
+                    out.extend(head.items[:k])
+                    taken += part
+                    head.items, head.samples = head.items[k:], head.samples - part
+                self._behind = True  # a full batch: more is waiting
+                break
             self._depth -= len(out)
-            self._behind = len(out) >= self.batch_max
+            self._samples -= taken
             return out, riders
 
     def _run(self) -> None:

@@ -318,7 +318,7 @@ def test_what_one_wake_up_takes_is_handed_on_in_one_batch() -> None:
             super().__init__(Nowhere())
             self.offers: list[list[int]] = []
 
-        def offer(self, batch: list[Item]) -> list[Item]:
+        def offer(self, batch: list[Item], samples: int | None = None) -> list[Item]:
             self.offers.append([f.seq for f, _ in batch])
             return []
 
@@ -353,7 +353,7 @@ def test_a_collector_given_a_context_reaches_inproc_in_it_and_leaves_it_open() -
             super().__init__(Nowhere())
             self.seqs: list[int] = []
 
-        def offer(self, batch: list[Item]) -> list[Item]:
+        def offer(self, batch: list[Item], samples: int | None = None) -> list[Item]:
             self.seqs.extend(f.seq for f, _ in batch)
             return []
 
