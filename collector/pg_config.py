@@ -12,12 +12,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 if TYPE_CHECKING:
     from sensorwire.collector.config import StorageConfig
 
 # a plain, unquoted PostgreSQL identifier: what `schema` may be
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_ONLY = ("dsn", "schema", "retention_days", "compress_after_days", "spool_dir")
+_POSTGRES_ONLY_WITH_DEFAULTS = ("timescaledb", "buffer_max", "spool_max_mb")  # set: not default
 
 
 def check_storage(s: StorageConfig) -> None:
@@ -25,8 +28,10 @@ def check_storage(s: StorageConfig) -> None:
         for key in _POSTGRES_ONLY:
             if getattr(s, key) is not None:
                 raise ValueError(f'{key}: only used with kind = "postgres" (kind is "{s.kind}")')
-        if s.timescaledb != "auto":
-            raise ValueError(f'timescaledb: only used with kind = "postgres" (kind is "{s.kind}")')
+        defaults = {f.name: f.default for f in msgspec.structs.fields(s)}
+        for key in _POSTGRES_ONLY_WITH_DEFAULTS:
+            if getattr(s, key) != defaults[key]:
+                raise ValueError(f'{key}: only used with kind = "postgres" (kind is "{s.kind}")')
         return
     if not s.dsn or not s.dsn.strip():
         raise ValueError('dsn: required with kind = "postgres", e.g. '

@@ -42,7 +42,7 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
     printed = 0
     nonce = os.urandom(8).hex().encode()
     live = False
-    sec = Security(security, "tail")
+    sec = Security(security, "tail", monitor=True)  # says why a handshake fails, plain or not
     lag = LagWatch(max_lag_s, "tail", "--max-lag-s")
     next_check = time.monotonic() + LAG_CHECK_S
     try:

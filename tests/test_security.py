@@ -107,6 +107,12 @@ def test_a_collector_with_the_wrong_server_key_receives_nothing(tmp_path: Path, 
                what="the wrong collector says its handshake fails")
     wait_until(lambda: re.search(r"backend\.handshake_failed [1-9]", s.proxy.log()), timeout_s=10,
                what="the proxy counts the failed handshakes")
+    plain_tail = procs("tail", "tail", "--connect", s.back, "gh", ready=False)  # no keys at all
+    try:  # either side may notice the mismatch first; tail says so either way
+        wait_until(lambda: "security mechanism mismatch" in plain_tail.log(), timeout_s=20,
+                   what="a plain tail says why it gets nothing")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its log ends:\n{plain_tail.log()[-3000:]}") from None
 
 
 @pytest.mark.parametrize("mode", ["curve", "none"])

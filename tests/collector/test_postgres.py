@@ -78,8 +78,10 @@ def boots_consistent(pg: PgSchema) -> bool:
 def test_postgres_needs_a_dsn_and_its_keys_need_postgres() -> None:
     with pytest.raises(msgspec.ValidationError, match="dsn: required"):
         msgspec.convert({"kind": "postgres"}, StorageConfig)
-    with pytest.raises(msgspec.ValidationError, match="only used with kind"):
-        msgspec.convert({"kind": "sqlite", "dsn": "postgresql://x/y"}, StorageConfig)
+    for key, value in (("dsn", "postgresql://x/y"), ("timescaledb", "on"), ("buffer_max", 10),
+                       ("spool_max_mb", 5.0), ("spool_dir", "/tmp/x")):
+        with pytest.raises(msgspec.ValidationError, match=f"{key}: only used with kind"):
+            msgspec.convert({"kind": "sqlite", key: value}, StorageConfig)
     with pytest.raises(msgspec.ValidationError, match="schema"):
         msgspec.convert({"kind": "postgres", "dsn": "host=x", "schema": "Bad-Name"}, StorageConfig)
     ok = msgspec.convert({"kind": "postgres", "dsn": "postgresql://u@h/db", "buffer_max": 10},

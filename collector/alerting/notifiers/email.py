@@ -1,7 +1,8 @@
 """``kind = "email"``: one mail per notification through SMTP (the standard library).
 
-``starttls = true`` upgrades the connection (port 587 usually); ``tls = true``
-speaks SMTP over TLS from the start (port 465).  ``username`` and
+``starttls = true`` upgrades the connection; ``tls = true`` speaks SMTP over
+TLS from the start.  Without ``port`` that is 587 with ``starttls``, 465 with
+``tls`` and 25 otherwise (the usual ports for each).  ``username`` and
 ``password`` log in when given.  The subject is a template (default
 ``[{state}] {rule}: {summary}``); the body is the summary and the JSON object.
 
@@ -25,7 +26,7 @@ from sensorwire.collector.alerting.notifiers import NotifierConfig, NotifyError
 
 class EmailConfig(NotifierConfig, tag="email", kw_only=True):
     host: str
-    port: Annotated[int, msgspec.Meta(gt=0, lt=65536)] = 25
+    port: Annotated[int, msgspec.Meta(gt=0, lt=65536)] | None = None  # see smtp_port
     starttls: bool = False
     tls: bool = False
     username: str | None = None
@@ -34,6 +35,13 @@ class EmailConfig(NotifierConfig, tag="email", kw_only=True):
     to: list[str]
     subject: str = "[{state}] {rule}: {summary}"
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+    @property
+    def smtp_port(self) -> int:
+        """``port``, or the usual one for how the connection is secured."""
+        if self.port is not None:
+            return self.port
+        return 465 if self.tls else 587 if self.starttls else 25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,14 +76,15 @@ class EmailNotifier:
 
     def send(self, n: Notification) -> None:
         c = self.config
-        where = f"{c.host}:{c.port}"
+        port = c.smtp_port
+        where = f"{c.host}:{port}"
         try:
             smtp: smtplib.SMTP
             if c.tls:
-                smtp = smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout_s,
+                smtp = smtplib.SMTP_SSL(c.host, port, timeout=c.timeout_s,
                                         context=ssl.create_default_context())
             else:
-                smtp = smtplib.SMTP(c.host, c.port, timeout=c.timeout_s)
+                smtp = smtplib.SMTP(c.host, port, timeout=c.timeout_s)
             with smtp:
                 if c.starttls:
                     smtp.starttls(context=ssl.create_default_context())

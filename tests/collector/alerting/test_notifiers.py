@@ -243,6 +243,15 @@ def test_email_is_delivered_to_a_local_smtp_server() -> None:
         smtpd.stop()
 
 
+def test_an_email_notifier_without_a_port_uses_the_usual_one_for_its_security() -> None:
+    def port(**kw: Any) -> int:
+        cfg = notifier(name="m", kind="email", host="127.0.0.1", to=["a@b"], **{"from": "x@y"}, **kw)
+        return cfg.smtp_port  # type: ignore[union-attr]
+
+    assert (port(), port(starttls=True), port(tls=True)) == (25, 587, 465)
+    assert port(tls=True, port=2465) == 2465
+
+
 def test_an_unreachable_smtp_server_is_retryable() -> None:
     n = build(notifier(name="m", kind="email", host="127.0.0.1", port=free_port(), to=["a@b"],
                        timeout_s=2.0, **{"from": "x@y"}))
