@@ -15,7 +15,12 @@ subscriber is back.  The layout is friendly to SD cards:
   segment, ``drop_newest`` refuses new frames; either way every frame lost is
   counted;
 - a record torn by a crash (short or with a bad checksum) ends its segment's
-  readable part and is counted as ``corrupt``.
+  readable part and is counted as ``corrupt``;
+- a segment is deleted as soon as its last frame is replayed; how far replay
+  got in the oldest segment is saved in the file ``cursor`` when the spool is
+  closed, so a restart does not send those frames again.  After a crash the
+  cursor is missing and they are sent again (collectors drop them as
+  duplicates): never fewer frames, at worst some twice.
 
 A lock file keeps two agents from sharing one folder.  Only the agent's main
 thread uses a Spool; ``/metrics`` reads its counters, :attr:`Spool.pending` and
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"SWSPOOL1"
 _HEAD = struct.Struct("<IIQQ")
 _BUF_MAX = 64 * 1024
+CURSOR = "cursor"  # "<segment number> <records replayed>" of the oldest segment, at close
 _MAX_RECORD = 16 * 1024 * 1024
 
 Overflow = Literal["drop_oldest", "drop_newest"]
@@ -111,16 +117,20 @@ class Spool:
             raise SpoolError(f"spool folder {self.folder} is in use by another agent; give each "
                              "agent its own [spool] dir") from None
         self._lock_fd = fd
+        cursor = self._take_cursor()
         for path in sorted(self.folder.glob("seg-*.spool")):
             try:
                 number = int(path.stem[4:])
             except ValueError:
                 continue
             seg = _Segment(number, path)
+            replayed = cursor[1] if cursor is not None and cursor[0] == number else 0
             for rec in self._scan(seg):
                 seg.records += 1
-                self._note(rec.boot_id, rec.seq)
-            if seg.records == 0:
+                if seg.records > replayed:
+                    self._note(rec.boot_id, rec.seq)
+            seg.consumed = min(replayed, seg.records)
+            if seg.consumed >= seg.records:
                 path.unlink(missing_ok=True)
                 continue
             self._segments.append(seg)
@@ -132,6 +142,7 @@ class Spool:
     def close(self) -> None:
         try:
             self.flush(force_sync=self.fsync != "never")
+            self._save_cursor()
         finally:
             for f in (self._writer, self._reader):
                 if f is not None:
@@ -141,6 +152,41 @@ class Spool:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def _take_cursor(self) -> tuple[int, int] | None:
+        """The cursor saved at the last close, removed: it holds only until the next close (a
+        crash in between replays from the start of the segment again, which loses nothing)."""
+        path = self.folder / CURSOR
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("spool %s: cannot read %s (%s): frames replayed before the last stop "
+                        "may be sent again", self.folder, CURSOR, exc.strerror)
+            return None
+        path.unlink(missing_ok=True)
+        try:
+            number, replayed = (int(x) for x in text.split())
+        except ValueError:
+            log.warning("spool %s: %s holds %r, not '<segment> <count>': frames replayed before "
+                        "the last stop may be sent again", self.folder, CURSOR, text[:40])
+            return None
+        return number, max(replayed, 0)
+
+    def _save_cursor(self) -> None:
+        head = self._segments[0] if self._segments else None
+        path = self.folder / CURSOR
+        if head is None or head.consumed == 0:
+            path.unlink(missing_ok=True)
+            return
+        tmp = self.folder / (CURSOR + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{head.number} {head.consumed}\n")
+            f.flush()
+            if self.fsync != "never":
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def __enter__(self) -> Spool:
         self.open()
@@ -307,6 +353,8 @@ class Spool:
             head.consumed += 1
             self.replayed += 1
             self._forget(rec.boot_id)
+            if head.consumed >= head.records:
+                self._retire(head)  # now, not at the next call: there may be none before a stop
             return rec
         return None
 

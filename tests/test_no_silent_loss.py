@@ -178,6 +178,25 @@ def test_agent_killed_with_a_full_spool_delivers_it_after_restart(tmp_path: Path
     assert stack.status()["pi-1"]["restarts"] == 1
 
 
+def test_a_clean_restart_after_a_replay_sends_nothing_twice(tmp_path: Path, procs: Any) -> None:
+    stack = Stack(tmp_path, procs, ["pi-1"])
+    wait_until(lambda: stack.count("pi-1") >= 5, timeout_s=20, what="flow")
+    stack.collector.kill()
+    spool = tmp_path / "spool-pi-1"
+    wait_until(lambda: sum(p.stat().st_size for p in spool.glob("seg-*")) > 1000, timeout_s=20,
+               what="frames in the spool")
+    stack.collector = stack.start_collector(1)
+    wait_until(lambda: not list(spool.glob("seg-*")), timeout_s=30,
+               what="the spool replayed and its segments deleted")
+    assert stack.agents["pi-1"].terminate() == 0
+    stack.agents["pi-1"] = stack.start_agent("pi-1", n=1)
+    wait_until(lambda: len({b for b, _ in stack.seqs("pi-1")}) == 2, timeout_s=20,
+               what="the new boot stored")
+    again = stack.agents["pi-1"].log()
+    assert "waiting for replay" not in again, again  # the old boot's frames are not sent again
+    assert stack.status()["pi-1"]["duplicates"] == 0
+
+
 def test_with_the_spool_off_the_gap_count_is_exactly_what_is_missing(tmp_path: Path, procs: Any) -> None:
     stack = Stack(tmp_path, procs, ["pi-1", "pi-2"],
                   agent_kw={"spool_extra": "enabled = false", "extra": "ring_frames = 0"})

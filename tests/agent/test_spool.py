@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,57 @@ def test_survives_a_restart(tmp_path: Path) -> None:
         assert s3.pending == 50 and s3.holds(7, 25)
         s3.append(8, 1, msg(1))
         assert drain(s3) == list(range(1, 51)) + [1]
+
+
+def test_a_segment_goes_when_its_last_frame_is_replayed_not_at_the_next_call(tmp_path: Path) -> None:
+    """The agent replays while ``pending`` is above 0, so there is no call after the last
+    frame: the segment must not wait for one, or a restart would send it all again."""
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        for i in range(1, 6):
+            s.append(7, i, msg(i))
+        got = [rec.seq for _ in range(s.pending) if (rec := s.next()) is not None]
+        assert got == [1, 2, 3, 4, 5] and s.pending == 0
+        assert list(tmp_path.glob("seg-*")) == []
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert s.pending == 0 and s.next() is None
+
+
+def test_a_restart_goes_on_where_replay_stopped(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        for i in range(1, 11):
+            s.append(7, i, msg(i))
+        assert [s.next() is not None for _ in range(4)] == [True] * 4
+    assert (tmp_path / "cursor").read_text().split()[1] == "4"
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert s.pending == 6 and not s.holds(7, 4) and s.holds(7, 5)
+        assert not (tmp_path / "cursor").exists()  # good until the next close only
+        assert drain(s) == list(range(5, 11))
+    assert not (tmp_path / "cursor").exists() and list(tmp_path.glob("seg-*")) == []
+
+
+def test_after_a_crash_replay_starts_the_segment_again_and_loses_nothing(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=1 << 20)
+    s.open()
+    for i in range(1, 11):
+        s.append(7, i, msg(i))
+    s.flush()
+    assert s.next() is not None and s.next() is not None
+    # the process dies here: no close, so no cursor (the lock goes with the process)
+    assert s._lock_fd is not None
+    os.close(s._lock_fd)
+    with Spool(tmp_path, max_bytes=1 << 20) as s2:
+        assert drain(s2) == list(range(1, 11))  # 1 and 2 twice in all: duplicates, not losses
+
+
+def test_an_unreadable_cursor_is_ignored_with_a_warning(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        for i in range(1, 4):
+            s.append(7, i, msg(i))
+    (tmp_path / "cursor").write_text("rubbish")
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert drain(s) == [1, 2, 3]
+    assert "not '<segment> <count>'" in caplog.text
 
 
 def test_a_torn_last_record_is_skipped_and_counted(tmp_path: Path) -> None:
