@@ -67,7 +67,7 @@ class Publisher:
         self.spool = spool
         self.replay_rate = replay_rate
         self.counters: dict[str, int] = collections.Counter(
-            frames_sent=0, heartbeats_sent=0, dropped_hwm=0, spooled=0,
+            frames_sent=0, heartbeats_sent=0, bytes_sent=0, dropped_hwm=0, spooled=0,
             replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0,
         )
         self.subscriptions: set[bytes] = set()
@@ -222,6 +222,7 @@ class Publisher:
             self.sock.send(msg, zmq.NOBLOCK)
         except zmq.Again:
             return False
+        self.counters["bytes_sent"] += len(msg)  # everything handed to ZeroMQ, answers included
         return True
 
     # -- the ring of recently sent frames, for gap repair -------------------------

@@ -489,6 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # the reader went away (`sensorwire query ... | head`): no message, as other tools do;
+        # stdout goes to /dev/null so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
     except Exception as exc:  # noqa: BLE001 - translate to a message and an exit status
         from sensorwire.collector.sqlite_store import StoreError
         from sensorwire.zmqutil import EndpointError

@@ -63,7 +63,7 @@ dir = "{spool_dir}"
 """  # noqa: E501
 
 
-def serial_agent_toml(site: str, device: str, port: str, frontend: str) -> str:
+def serial_agent_toml(site: str, device: str, port: str, frontend: str, spool_dir: Path) -> str:
     return f"""\
 site = "{site}"
 device_id = "{device}"
@@ -78,6 +78,8 @@ baudrate = 115200
 format = "csv"
 fields = ["temperature", "humidity", "pressure"]
 units = {{ temperature = "C", humidity = "%", pressure = "hPa" }}
+[spool]
+dir = "{spool_dir}"
 """
 
 
@@ -161,7 +163,8 @@ def run(duration_s: float = 20.0, workdir: str = "sensorwire-demo") -> int:
         port = procs.start_serial_sim("serial-sim", "--format", "csv", "--rate", "2",
                                       "--garbage", "0.05")
         cfg = wd / f"agent-{device}.toml"
-        cfg.write_text(serial_agent_toml(site, device, port, f"tcp://127.0.0.1:{front}"))
+        cfg.write_text(serial_agent_toml(site, device, port, f"tcp://127.0.0.1:{front}",
+                                         wd / "spool" / device))
         procs.start(f"agent-{device}", "agent", "-c", str(cfg))
         print("running; try in another terminal:  sensorwire tail --connect "
               f"tcp://127.0.0.1:{back}", flush=True)

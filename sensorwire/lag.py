@@ -17,8 +17,9 @@ since the last tick.  Past ``max_lag_s`` the subscriber is
 *behind*: a WARNING says by how much and what to do, repeated every
 ``REPEAT_S`` while it lasts, and :attr:`fell_behind` counts the times it
 happened.  Below half the bound it has caught up again (an INFO says so).
-A subscriber that sees no heartbeats (a prefix naming single sensors) has
-nothing to measure, and says nothing.
+A subscriber that sees no heartbeats (none of its agents is up) has nothing
+to measure, and says nothing; a prefix naming one sensor gets its device's
+heartbeats too (:func:`sensorwire.proto.wire.subscriptions`).
 
 Heartbeats from agents whose clocks are known to be synchronised are
 trusted (good to tens of milliseconds, far below any sensible bound).  The

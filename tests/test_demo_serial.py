@@ -16,3 +16,5 @@ def test_demo_stores_readings_of_the_serial_agent(tmp_path: Path) -> None:
     row = re.search(r"^workshop\s+pi-04\s+(\d+)\s+(\d+)", r.stdout, re.M)
     assert row, r.stdout
     assert int(row.group(1)) > 0 and int(row.group(2)) > 0
+    # every agent's spool is in the demo's folder, not in the user's home
+    assert (tmp_path / "demo" / "spool" / "pi-04" / "lock").exists()

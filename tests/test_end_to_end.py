@@ -156,6 +156,27 @@ def test_query_of_a_missing_database_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_query_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """``sensorwire query ... | head -1``: no "Broken pipe" message, as other tools."""
+    from sensorwire.collector.frames import CheckedFrame, Layout
+    from sensorwire.collector.sqlite_store import SqliteWriter
+
+    db = tmp_path / "big.db"
+    w = SqliteWriter(db)
+    w.open()
+    layout, now = Layout([(f"m{i}", "C") for i in range(8)]), time.time_ns()
+    w.write([(CheckedFrame("gh", "pi-1", 1, seq, now + seq, "env", 0, layout,
+                           tuple(float(i) for i in range(8))), now) for seq in range(1, 3001)])
+    w.close()
+    p = subprocess.Popen([sys.executable, "-m", "sensorwire", "query", "--db", str(db),
+                          "--format", "csv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline().startswith(b"time,")  # 24,000 rows would follow: far more than
+    p.stdout.close()                                  # a pipe holds, so the writer meets EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 1 and err == "", err
+
+
 def test_demo_runs_and_prints_a_table_and_a_query_command(tmp_path: Path) -> None:
     r = run_cli("demo", "--duration", "3", "--dir", str(tmp_path / "demo"), timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -108,6 +108,7 @@ def test_metrics_during_an_end_to_end_run_match_what_was_stored(tmp_path: Path, 
         a = scrape(port)
         sent[d] = value(a, "sensorwire_frames_sent_total")
         assert sent[d] > 0
+        assert value(a, "sensorwire_bytes_sent_total") >= 50 * sent[d]  # a frame is 50+ bytes
         assert value(a, "sensorwire_sensor_readings_total", sensor="env") >= sent[d]
         assert value(a, "sensorwire_sensor_errors_total", sensor="env") == 0
         assert value(a, "sensorwire_frames_dropped_total", reason="send_queue_full") == 0
