@@ -177,16 +177,21 @@ class Spool:
     def _save_cursor(self) -> None:
         head = self._segments[0] if self._segments else None
         path = self.folder / CURSOR
-        if head is None or head.consumed == 0:
-            path.unlink(missing_ok=True)
-            return
         tmp = self.folder / (CURSOR + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{head.number} {head.consumed}\n")
-            f.flush()
-            if self.fsync != "never":
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            if head is None or head.consumed == 0:
+                path.unlink(missing_ok=True)
+                return
+            with open(tmp, "w") as f:
+                f.write(f"{head.number} {head.consumed}\n")
+                f.flush()
+                if self.fsync != "never":
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("spool %s: cannot update %s (%s): frames replayed already may be sent "
+                        "again after the restart (collectors drop them as duplicates)",
+                        self.folder, CURSOR, exc.strerror)
 
     def __enter__(self) -> Spool:
         self.open()
