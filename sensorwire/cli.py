@@ -489,9 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
-    except BrokenPipeError:
-        # the reader went away (`sensorwire query ... | head`): no message, as other tools do;
-        # stdout goes to /dev/null so that the interpreter's last flush does not fail again
+    except BrokenPipeError as exc:
+        if args.command in ("agent", "proxy", "collector"):  # a role's own pipe: say so
+            print(f"sensorwire: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        # the reader of what it prints went away (`sensorwire query ... | head`): no message,
+        # as other tools; stdout to /dev/null, or the interpreter's last flush fails again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAIL
     except Exception as exc:  # noqa: BLE001 - translate to a message and an exit status
