@@ -1,25 +1,49 @@
 """Process lifecycle: SIGTERM/SIGINT set a stop flag and wake the main loop.
 
-:class:`StopSignal` installs handlers that set a :class:`threading.Event` and
-write to a self-pipe registered with :func:`signal.set_wakeup_fd`; the pipe's
-read end can sit in a ``zmq.Poller`` beside the sockets, so a loop that
-blocks in ``poll`` wakes at once, with no timer and no busy waiting.
+:class:`StopSignal` installs handlers that set a flag and write to a
+self-pipe registered with :func:`signal.set_wakeup_fd`; the pipe's read end
+can sit in a ``zmq.Poller`` beside the sockets, so a loop that blocks in
+``poll`` wakes at once, with no timer and no busy waiting.
+
+The flags are plain attributes (:class:`Flag`), not :class:`threading.Event`:
+a handler runs between two bytecodes of the main thread, possibly inside an
+``Event.set()`` of a handler before it (two SIGTERMs close together, as GNU
+``timeout`` or an impatient Ctrl-C send), and taking that event's lock again
+would deadlock the process.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 
+class Flag:
+    """A flag that a signal handler may set at any moment: no lock (an assignment is atomic).
+    Threads that need to wait poll :attr:`StopSignal.fd` instead."""
+
+    __slots__ = ("_on",)
+
+    def __init__(self) -> None:
+        self._on = False
+
+    def set(self) -> None:
+        self._on = True
+
+    def clear(self) -> None:
+        self._on = False
+
+    def is_set(self) -> bool:
+        return self._on
+
+
 class StopSignal:
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        self.event = threading.Event()
-        self.hup = threading.Event()
+        self.event = Flag()
+        self.hup = Flag()
         self._signals = signals
         self._old: dict[int, Any] = {}
         self._rsock, self._wsock = socket.socketpair()
