@@ -19,8 +19,8 @@ from sensorwire.security import AgentSecurity
 class PublishConfig(Config):
     connect: list[str] = []
     bind: list[str] = []
-    heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    sndhwm: Annotated[int, msgspec.Meta(ge=0)] = 10000
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0  # collectors: at most a day
+    sndhwm: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 10000  # libzmq: an int
     # recently sent frames kept for gap repair: whichever bound is reached first
     ring_frames: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10000
     ring_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0

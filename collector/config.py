@@ -22,7 +22,7 @@ class SubscribeConfig(Config):
     connect: list[str] = []
     bind: list[str] = []
     prefixes: list[str] = []
-    rcvhwm: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    rcvhwm: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 100_000  # libzmq: an int
     # the newest heartbeat read older than this: the collector is falling behind (sensorwire.lag)
     max_lag_s: Positive = 10.0
 

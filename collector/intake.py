@@ -76,7 +76,7 @@ class Intake:
                     pos += 1
             except IndexError:
                 pos = -1
-            if 0 < seq < 1 << 64 and pos - t.seq_at <= _MAX_VARINT_BYTES and len(msg) - pos == t.size:
+            if 0 < seq <= wire.MAX_SEQ and pos - t.seq_at <= _MAX_VARINT_BYTES and len(msg) - pos == t.size:
                 r = t.struct.unpack_from(msg, pos)
                 if r[0::2] == t.consts:
                     self.matched += 1

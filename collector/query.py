@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import math
 import sys
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 from sensorwire import render
 from sensorwire.collector import storage
@@ -12,10 +14,16 @@ from sensorwire.collector.sqlite_store import QueryFilter
 from sensorwire.timefmt import iso_from_ns
 
 
+def _nan_for_null(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """SQLite stores a NaN reading as NULL: show it as the NaN it was, in every format."""
+    for r in rows:
+        yield r if r[4] is not None else (*r[:4], math.nan, *r[5:])
+
+
 def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
     reader = storage.connect_reader(db)  # a SQLite path or a PostgreSQL DSN
     try:
-        rows = reader.query(f)
+        rows = _nan_for_null(reader.query(f))
         if fmt == "json":
             for t, dev, sensor, metric, value, unit, boot_id, seq in rows:
                 out.write(render.json_line({

@@ -349,10 +349,12 @@ class Collector:
         lag = "unknown" if self.lag.lag_s is None else f"{self.lag.lag_s:.1f} s"
         if self.lag.fell_behind:
             lag += f" (fell behind {self.lag.fell_behind} times)"
-        log.info("collector%s: %d messages received, %d accepted, %d rejected %s; lag %s; devices "
+        cached = (f", {self.cached_ignored} copies from a proxy's cache ignored"
+                  if self.cached_ignored else "")
+        log.info("collector%s: %d messages received, %d accepted%s, %d rejected %s; lag %s; devices "
                  "%d (%d online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair "
                  "requests %d; %s%s%s", " stopping" if final else "", self.received, self.accepted,
-                 rejected, dict(self.rejected) if rejected else "", lag, t["devices"], t["online"],
+                 cached, rejected, dict(self.rejected) if rejected else "", lag, t["devices"], t["online"],
                  f", {t['evicted']} evicted to stay within max_devices" if t["evicted"] else "",
                  t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,

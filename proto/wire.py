@@ -37,6 +37,10 @@ ALERT = "alert"
 MAX_TOPIC_BYTES = 3 * names.MAX_NAME_LEN + 2
 MAX_HEARTBEAT_COUNTERS = 1024   # an agent sends about 20, plus one per failing sensor
 MAX_HEARTBEAT_RANGES = 1024     # "unavailable" ranges in one heartbeat
+# seq, last_seq and ranges fit a signed 64-bit integer (SQLite's and PostgreSQL's): an agent
+# numbering one frame a nanosecond would need 292 years to get there
+MAX_SEQ = (1 << 63) - 1
+MAX_HEARTBEAT_INTERVAL_S = 86_400.0
 
 __all__ = [
     "DELIM",
@@ -165,6 +169,9 @@ class Decoder:
             frame = self._parse(msg[idx + 1 :])
         except self._decode_error as exc:
             raise WireError("decode", f"topic {_show(topic)}: payload is not a Frame ({exc})") from None
+        if frame.seq > MAX_SEQ:
+            raise WireError("bad_seq", f"topic {_show(topic)}: seq {frame.seq} is above "
+                            f"{MAX_SEQ} (2^63 - 1, the largest a database stores)")
         known = self._good_topics.get(topic)
         if (known is None or known[0] != (frame.seq == 0) or known[1] != frame.site
                 or known[2] != frame.device_id or known[3] != frame.sensor):
@@ -196,6 +203,12 @@ class Decoder:
         if len(hb.unavailable) > MAX_HEARTBEAT_RANGES:
             raise WireError("bad_heartbeat", f"topic {_show(topic)}: {len(hb.unavailable)} "
                             f"unavailable ranges, the limit is {MAX_HEARTBEAT_RANGES}")
+        if hb.last_seq > MAX_SEQ or any(r.last > MAX_SEQ for r in hb.unavailable):
+            raise WireError("bad_heartbeat", f"topic {_show(topic)}: a seq above {MAX_SEQ} (2^63 "
+                            "- 1, the largest a database stores)")
+        if not 0.0 <= hb.interval_s <= MAX_HEARTBEAT_INTERVAL_S:  # NaN fails this too
+            raise WireError("bad_heartbeat", f"topic {_show(topic)}: interval_s {hb.interval_s} "
+                            f"is not between 0 and {MAX_HEARTBEAT_INTERVAL_S:g} s")
         for key in hb.counters:
             problem = names.metric_problem(key)
             if problem:

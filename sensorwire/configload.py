@@ -14,6 +14,7 @@ wrong")`` and the key is joined onto the path.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -80,6 +81,8 @@ def expand_env(raw: Any, where: str = "", env: Mapping[str, str] | None = None) 
         return {k: expand_env(v, _join(where, k), environ) for k, v in raw.items()}
     if isinstance(raw, list):
         return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(raw)]
+    if isinstance(raw, float) and not math.isfinite(raw):  # TOML has inf and nan; no key wants them
+        raise ConfigError(f"{where or '<top>'}: expected a finite number, got {raw}")
     return raw
 
 

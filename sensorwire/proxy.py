@@ -87,7 +87,7 @@ class ProxyConfig(Config):
     summary_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # frames queued per collector (and read ahead from agents) before ZeroMQ drops; the
     # collector sees a dropped frame as a gap and asks the agent for it again
-    hwm: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    hwm: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 100_000  # libzmq: an int
     last_value_cache: bool = False
     last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)

@@ -27,7 +27,8 @@ Names, by role:
   ``sensorwire_messages_received_total`` (everything), ``sensorwire_bytes_received_total``,
   ``sensorwire_subscriber_lag_seconds``, ``sensorwire_subscriber_behind``,
   ``sensorwire_subscriber_fell_behind_total``,
-  ``sensorwire_frames_accepted_total``, ``sensorwire_decode_errors_total{reason}``,
+  ``sensorwire_frames_accepted_total``, ``sensorwire_frames_cached_ignored_total``,
+  ``sensorwire_decode_errors_total{reason}``,
   per sink ``sensorwire_sink_frames_written_total``, ``sensorwire_sink_frames_dropped_total``,
   ``sensorwire_sink_queue_frames``, ``sensorwire_sink_queue_capacity_frames``,
   ``sensorwire_sink_write_duration_seconds`` (histogram), and from the metrics sink
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 # at 0 from the start, so that rate() works before the first error.  A test finds every reason
 # the code raises or counts and checks it is here.
 DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_name",
-                  "too_many_samples", "bad_heartbeat", "oversized", "multipart",
+                  "too_many_samples", "bad_seq", "bad_heartbeat", "oversized", "multipart",
                   "too_many_devices", "rate_limited", "no_identity", "revoked_key",
                   "device_mismatch")
 
@@ -186,6 +187,9 @@ def collector_families(collector: Collector) -> Iterable[Family]:
                  "Bytes of messages received.").add(getattr(collector, "bytes_received", 0))
     yield Family("sensorwire_frames_accepted_total", "counter",
                  "Messages decoded, checked and handed to the sinks.").add(collector.accepted)
+    yield Family("sensorwire_frames_cached_ignored_total", "counter",
+                 "Frames marked as a copy from a proxy's last-value cache (flag 8): not stored "
+                 "or counted again.").add(getattr(collector, "cached_ignored", 0))
     rejected = dict(collector.rejected)
     errors = Family("sensorwire_decode_errors_total", "counter",
                     "Messages rejected, by reason.", ("reason",))

@@ -60,6 +60,13 @@ def test_wrong_type_names_file_key_path_and_value(tmp_path: Path) -> None:
          'got "drop_all"'),
         ((AGENT % "1").replace('name = "health"', 'name = "env"'),
          "agent.toml: sensors[1].name: 'env' is already"),
+        # values TOML allows that no key can take: each once started a role that then crashed
+        (AGENT % "inf", "agent.toml: sensors[1].interval_s: expected a finite number, got inf"),
+        (AGENT % "nan", "agent.toml: sensors[1].interval_s: expected a finite number, got nan"),
+        ((AGENT % "1").replace("[publish]\n", "[publish]\nsndhwm = 99999999999999\n"),
+         "agent.toml: publish.sndhwm: expected"),
+        ((AGENT % "1").replace("[publish]\n", "[publish]\nheartbeat_s = 100000\n"),
+         "agent.toml: publish.heartbeat_s: expected"),
     ],
 )
 def test_bad_agent_files_are_explained(tmp_path: Path, text: str, expected: str) -> None:
@@ -127,5 +134,6 @@ def test_proxy_hwm_is_a_count_of_frames(tmp_path: Path) -> None:
     base = 'frontend = "tcp://127.0.0.1:1"\nbackend = "tcp://127.0.0.1:2"\n'
     role, cfg = checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = 5000\n"))
     assert (role, getattr(cfg, "hwm", None)) == ("proxy", 5000)
-    with pytest.raises(ConfigError, match=r"proxy.toml: hwm: expected an integer >= 0, got -1"):
+    with pytest.raises(ConfigError,
+                       match=r"proxy.toml: hwm: expected an integer >= 0 and <= 2147483647, got -1"):
         checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = -1\n"))

@@ -177,6 +177,25 @@ def test_query_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> No
     assert p.wait(timeout=30) == 1 and err == "", err
 
 
+def test_query_shows_a_nan_reading_in_every_format(tmp_path: Path) -> None:
+    """SQLite stores NaN as NULL; one such reading once made every query of the file fail."""
+    import math
+
+    from sensorwire.collector.frames import CheckedFrame, Layout
+    from sensorwire.collector.sqlite_store import SqliteWriter
+
+    db = tmp_path / "nan.db"
+    w = SqliteWriter(db)
+    w.open()
+    now = time.time_ns()
+    w.write([(CheckedFrame("gh", "pi-1", 1, 1, now, "env", 0, Layout([("t", "C")]), (math.nan,)),
+              now)])
+    w.close()
+    for fmt, shown in (("table", " nan "), ("csv", ",nan,"), ("json", '"value": "nan"')):
+        r = run_cli("query", "--db", str(db), "--format", fmt)
+        assert r.returncode == 0 and shown in r.stdout, (fmt, r.stdout, r.stderr)
+
+
 def test_demo_runs_and_prints_a_table_and_a_query_command(tmp_path: Path) -> None:
     r = run_cli("demo", "--duration", "3", "--dir", str(tmp_path / "demo"), timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -139,6 +139,25 @@ def test_bad_messages_are_counted_and_good_ones_after_them_stored(running: Runni
     assert stored_seqs(running, "pi-2") == []
 
 
+def test_a_seq_past_what_a_database_stores_is_rejected_and_costs_no_other_frame(
+        running: Running) -> None:
+    """It once made SQLite refuse the whole batch it was in, other devices' frames with it."""
+    evil = frame("evil", 1)
+    evil.seq = 2**63
+    running.send(encode(frame("pi-1", 1)), encode(evil), encode(frame("pi-1", 2)))
+    wait_until(lambda: stored_seqs(running, "pi-1") == [1, 2], what="the good frames stored")
+    wait_until(lambda: running.collector.rejected["bad_seq"] == 1, what="the bad seq counted")
+    assert stored_seqs(running, "evil") == []
+
+
+def test_a_frame_marked_as_a_proxy_cache_copy_is_not_stored_but_counted(running: Running) -> None:
+    cached = frame("pi-1", 2)
+    cached.flags = wire.FLAG_CACHED
+    running.send(encode(frame("pi-1", 1)), encode(cached), encode(frame("pi-1", 3)))
+    wait_until(lambda: stored_seqs(running, "pi-1") == [1, 3], what="the others stored")
+    assert running.collector.cached_ignored == 1  # in the summary line and the metrics
+
+
 def test_a_frame_that_arrives_twice_is_stored_once(running: Running) -> None:
     for _ in range(3):
         running.send(encode(frame("pi-1", 1)), encode(frame("pi-1", 2)))

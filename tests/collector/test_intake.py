@@ -55,12 +55,16 @@ def same(a: object, b: object) -> bool:
 
 def test_repeated_frames_are_read_through_the_template_and_equal_the_full_path() -> None:
     intake, enc = Intake(), encoder()
-    for seq in (1, 2, 127, 128, 300, 2**21, 2**63, 2**64 - 1):
+    for seq in (1, 2, 127, 128, 300, 2**21, 2**62, 2**63 - 1):
         msg = enc.encode(seq, -5 if seq == 300 else 1_800_000_000_000_000_000 + seq % 1000,
                          [seq * 0.5, -1.0, math.inf, 1e-300])
         got = intake.decode(msg)
         assert same(got, full(msg)), seq
     assert intake.matched == 7  # all but the first
+    for seq in (2**63, 2**64 - 1):  # past what a database stores: the template does not take it
+        with pytest.raises(wire.WireError, match="bad_seq"):
+            intake.decode(enc.encode(seq, 1, [1.0, 2.0, 3.0, 4.0]))
+    assert intake.matched == 7
 
 
 def test_frames_written_by_protobuf_match_too_unless_a_value_is_left_out() -> None:

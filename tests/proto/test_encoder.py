@@ -19,7 +19,7 @@ value = st.floats(allow_nan=False) | st.integers(-2**40, 2**40).map(float)
 
 @settings(max_examples=300, deadline=None)
 @given(layout=st.lists(st.tuples(metric, unit), min_size=1, max_size=12, unique_by=lambda t: t[0]),
-       data=st.data(), seq=st.integers(1, 2**63), time_ns=st.integers(-2**63, 2**63 - 1),
+       data=st.data(), seq=st.integers(1, wire.MAX_SEQ), time_ns=st.integers(-2**63, 2**63 - 1),
        boot_id=st.integers(1, 2**64 - 1), flags=st.integers(0, 2**32 - 1))
 def test_decodes_to_the_frame_protobuf_would_build(layout: list[tuple[str, str]], data: st.DataObject,
                                                   seq: int, time_ns: int, boot_id: int, flags: int) -> None:

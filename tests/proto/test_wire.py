@@ -54,6 +54,8 @@ def test_a_heartbeat_round_trips_on_its_reserved_topic() -> None:
         (wire.encode(b"gh/pi-07/env", heartbeat()), "topic_mismatch"),
         (msg(data_frame(n=3000)), "too_many_samples"),
         (b"gh/\xe9/env\x00" + data_frame().SerializeToString(), "bad_topic"),
+        (msg(data_frame(seq=2**63)), "bad_seq"),  # no database stores it (it cost a whole batch)
+        (msg(data_frame(seq=2**64 - 1)), "bad_seq"),
     ],
 )
 def test_bad_messages_are_rejected_with_a_reason(message: bytes, reason: str) -> None:
@@ -118,6 +120,11 @@ def test_bad_prefixes_are_refused(prefix: str) -> None:
     (lambda hb: hb.counters.__setitem__("bad name", 1), "counter 'bad name' may hold only"),
     (lambda hb: [hb.unavailable.add(boot_id=1, first=i, last=i) for i in range(1025)],
      "1025 unavailable ranges"),
+    (lambda hb: setattr(hb, "last_seq", 2**64 - 1), "a seq above"),
+    (lambda hb: hb.unavailable.add(boot_id=1, first=1, last=2**63), "a seq above"),
+    (lambda hb: setattr(hb, "interval_s", float("inf")), "interval_s inf is not between"),
+    (lambda hb: setattr(hb, "interval_s", float("nan")), "interval_s nan is not between"),
+    (lambda hb: setattr(hb, "interval_s", -1.0), "interval_s -1.0 is not between"),
 ])
 def test_a_heartbeat_with_hostile_strings_or_lists_is_rejected(spoil: Any, detail: str) -> None:
     hb = heartbeat()

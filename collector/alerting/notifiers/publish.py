@@ -35,7 +35,7 @@ SEVERITY = {"info": 1.0, "warning": 2.0, "critical": 3.0}
 class PublishConfig(NotifierConfig, tag="publish", kw_only=True):
     connect: list[str] = []
     bind: list[str] = []
-    sndhwm: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    sndhwm: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 1000  # libzmq: an int
     retries: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
