@@ -115,7 +115,13 @@ def cmd_collector(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from sensorwire import tail
     from sensorwire.lifecycle import StopSignal
+    from sensorwire.proto import wire
 
+    for prefix in args.prefix:
+        try:
+            wire.subscriptions(prefix)
+        except ValueError as exc:
+            raise _Usage(f"tail: {exc}") from None
     sec = None
     if args.secret_key or args.server_key:
         if not (args.secret_key and args.server_key):
@@ -503,6 +509,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, EndpointError | StoreError | OSError):
             print(f"sensorwire: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        import sqlite3
+
+        if isinstance(exc, sqlite3.DatabaseError):  # --db names a file that is not our database
+            db = getattr(args, "db", None)
+            print(f"sensorwire: {db or 'the database'}: {exc} (is it a sensorwire database?)",
+                  file=sys.stderr)
             return EXIT_FAIL
         raise
 

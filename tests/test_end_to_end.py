@@ -177,6 +177,16 @@ def test_query_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> No
     assert p.wait(timeout=30) == 1 and err == "", err
 
 
+def test_a_file_that_is_not_a_database_and_a_bad_tail_prefix_are_explained(tmp_path: Path) -> None:
+    text = write(tmp_path / "notes.txt", "not a database\n")
+    for cmd in ("query", "status"):
+        r = run_cli(cmd, "--db", str(text))
+        assert r.returncode == 1 and "is it a sensorwire database?" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = run_cli("tail", "bad prefix")
+    assert r.returncode == 2 and "tail: prefix 'bad prefix'" in r.stderr, r.stderr
+
+
 def test_query_shows_a_nan_reading_in_every_format(tmp_path: Path) -> None:
     """SQLite stores NaN as NULL; one such reading once made every query of the file fail."""
     import math
