@@ -46,6 +46,9 @@ class BadLine(Exception):
         self.detail = detail
 
 
+_FAILED_READING = {"nan", "inf", "infinity", "ovf"}  # printf/Arduino for a reading that failed
+
+
 def number(text: str) -> float | None:
     """``text`` as a finite number, or None (``nan``, ``inf``, ``1_000``, ``0x1f`` are not)."""
     text = text.strip()
@@ -140,8 +143,11 @@ class CsvFormat:
     """One reading per line; column *i* is the metric ``fields[i]`` ("" skips it).
 
     A line none of whose cells is a number, with as many cells as ``fields``,
-    is a header and is skipped wherever it appears.  A whitespace delimiter
-    splits on runs of whitespace.
+    is a header and is skipped wherever it appears, unless a cell is a failed
+    reading's ``nan`` or ``inf`` (what Arduino code prints when a sensor does
+    not answer): that is a bad line (``not_numeric``), counted, so a failing
+    sensor does not go quiet unseen.  A whitespace delimiter splits on runs of
+    whitespace.
     """
 
     def __init__(self, fields: Sequence[str], delimiter: str = ",") -> None:
@@ -153,7 +159,8 @@ class CsvFormat:
         if len(cells) != len(self.fields):
             raise BadLine("columns", f"{len(cells)} columns, expected {len(self.fields)}")
         values = [number(c) for c in cells]
-        if all(v is None for v in values):
+        if all(v is None for v in values) and not any(
+                c.strip().lower().lstrip("+-") in _FAILED_READING for c in cells):
             return None  # a header
         out: list[Reading] = []
         for i, (name, value) in enumerate(zip(self.fields, values, strict=True)):

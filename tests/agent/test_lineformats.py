@@ -117,6 +117,9 @@ def test_csv_bad_lines() -> None:
     assert reason(f.parse, "Starting sensor v1.2") == "columns"
     assert reason(f.parse, "21.5,nan") == "not_numeric"
     assert reason(f.parse, "21.5,") == "not_numeric"
+    # a sensor that failed to answer (Arduino DHT code prints nan): counted, not a header
+    assert reason(f.parse, "nan,nan") == "not_numeric"
+    assert reason(f.parse, "-inf, NaN") == "not_numeric"
 
 
 def test_csv_other_delimiters() -> None:
