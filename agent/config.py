@@ -25,6 +25,12 @@ class PublishConfig(Config):
     ring_frames: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10000
     ring_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
+    def __post_init__(self) -> None:
+        from sensorwire.zmqutil import check_endpoints
+
+        check_endpoints("connect", self.connect)
+        check_endpoints("bind", self.bind)
+
 
 class SpoolConfig(Config):
     enabled: bool = True

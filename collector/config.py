@@ -14,6 +14,7 @@ from sensorwire.configload import Config, ConfigError
 from sensorwire.metrics import CollectorMetricsConfig
 from sensorwire.proto import wire
 from sensorwire.security import CollectorSecurity
+from sensorwire.zmqutil import check_endpoints
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -29,6 +30,8 @@ class SubscribeConfig(Config):
     def __post_init__(self) -> None:
         if not self.connect and not self.bind:
             raise ValueError("connect: give at least one endpoint in connect or bind")
+        check_endpoints("connect", self.connect)
+        check_endpoints("bind", self.bind)
         for i, p in enumerate(self.prefixes):
             try:
                 wire.subscriptions(p)

@@ -54,7 +54,7 @@ from typing import Annotated, Literal
 import msgspec
 import zmq
 
-from sensorwire import configload, libzmqproxy, security
+from sensorwire import configload, libzmqproxy, security, zmqutil
 from sensorwire.configload import Config
 from sensorwire.lastvalue import LastValueCache
 from sensorwire.lifecycle import StopSignal
@@ -95,6 +95,10 @@ class ProxyConfig(Config):
     limits: ProxyLimits = msgspec.field(default_factory=ProxyLimits)
 
     def __post_init__(self) -> None:
+        for key in ("frontend", "backend"):
+            problem = zmqutil.endpoint_problem(getattr(self, key))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         security.check(self.security, binds=True, connects=False)
 
 

@@ -35,6 +35,37 @@ def connect(sock: zmq.Socket[bytes], endpoint: str) -> None:
         ) from None
 
 
+IPC_PATH_MAX = 107  # bytes in a Unix socket address, less the final NUL
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a tcp:// or ipc:// endpoint that libzmq would take anyway or refuse
+    only when it is used (a port past 65535 wraps around to another port), or None."""
+    if endpoint.startswith("tcp://"):
+        address = endpoint[6:].rsplit(";", 1)[-1]  # "source;destination" connects
+        host, sep, port = address.rpartition(":")
+        if not sep or not host:
+            return f"{endpoint!r} needs a host and a port, like tcp://127.0.0.1:5556 or tcp://*:5556"
+        if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"{endpoint!r}: port {port!r} is not a number from 1 to 65535 (or * to bind any)"
+    elif endpoint.startswith("ipc://"):
+        path = endpoint[6:]
+        if not path:
+            return f"{endpoint!r} needs a path, like ipc:///run/sensorwire/proxy.sock"
+        if len(path.encode()) > IPC_PATH_MAX:
+            return (f"{endpoint[:40]!r}...: the path is {len(path.encode())} bytes, a Unix socket "
+                    f"allows {IPC_PATH_MAX}: use a shorter one")
+    return None
+
+
+def check_endpoints(key: str, endpoints: list[str]) -> None:
+    """ValueError for the first bad endpoint, as config checks raise it ("key: [i] what")."""
+    for i, ep in enumerate(endpoints):
+        problem = endpoint_problem(ep)
+        if problem:
+            raise ValueError(f"{key}: [{i}] {problem}")
+
+
 def is_local(endpoint: str) -> bool:
     """True for loopback TCP, ipc:// and inproc:// endpoints."""
     if endpoint.startswith(("ipc://", "inproc://")):

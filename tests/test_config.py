@@ -130,6 +130,24 @@ def test_collector_prefix_is_validated(tmp_path: Path) -> None:
         checkconfig.load_any(p)
 
 
+@pytest.mark.parametrize("endpoint, expected", [
+    ("tcp://127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),  # libzmq wraps it
+    ("tcp://", "needs a host and a port"),
+    ("tcp://127.0.0.1", "needs a host and a port"),
+    ("ipc://" + "/tmp/" + "x" * 200, "the path is 205 bytes, a Unix socket allows 107"),
+])
+def test_an_endpoint_libzmq_would_misread_is_a_config_error(tmp_path: Path, endpoint: str,
+                                                            expected: str) -> None:
+    p = write(tmp_path / "collector.toml", f'[subscribe]\nconnect = ["{endpoint}"]\n')
+    with pytest.raises(ConfigError, match=r"collector.toml: subscribe.connect\[0\]: ") as err:
+        checkconfig.load_any(p)
+    assert expected in str(err.value)
+    proxy = write(tmp_path / "proxy.toml", f'frontend = "{endpoint}"\nbackend = "tcp://*:5557"\n')
+    with pytest.raises(ConfigError, match="proxy.toml: frontend: ") as err:
+        checkconfig.load_any(proxy)
+    assert expected in str(err.value)
+
+
 def test_proxy_hwm_is_a_count_of_frames(tmp_path: Path) -> None:
     base = 'frontend = "tcp://127.0.0.1:1"\nbackend = "tcp://127.0.0.1:2"\n'
     role, cfg = checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = 5000\n"))

@@ -42,6 +42,10 @@ class PublishConfig(NotifierConfig, tag="publish", kw_only=True):
         super().__post_init__()
         if not self.connect and not self.bind:
             raise ValueError("connect: give at least one endpoint in connect or bind")
+        from sensorwire.zmqutil import check_endpoints
+
+        check_endpoints("connect", self.connect)
+        check_endpoints("bind", self.bind)
 
 
 def alert_frame(n: Notification, boot_id: int, seq: int) -> Frame:
