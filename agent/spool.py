@@ -142,7 +142,8 @@ class Spool:
     def close(self) -> None:
         try:
             self.flush(force_sync=self.fsync != "never")
-            self._save_cursor()
+            if self._lock_fd is not None:  # opened: the folder is ours
+                self._save_cursor()
         finally:
             for f in (self._writer, self._reader):
                 if f is not None:

@@ -504,10 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAIL
     except Exception as exc:  # noqa: BLE001 - translate to a message and an exit status
+        from sensorwire.agent.spool import SpoolError
         from sensorwire.collector.sqlite_store import StoreError
         from sensorwire.zmqutil import EndpointError
 
-        if isinstance(exc, EndpointError | StoreError | OSError):
+        if isinstance(exc, EndpointError | StoreError | SpoolError | OSError):
             print(f"sensorwire: {exc}", file=sys.stderr)
             return EXIT_FAIL
         import sqlite3

@@ -187,6 +187,15 @@ def test_a_file_that_is_not_a_database_and_a_bad_tail_prefix_are_explained(tmp_p
     assert r.returncode == 2 and "tail: prefix 'bad prefix'" in r.stderr, r.stderr
 
 
+def test_an_agent_whose_spool_folder_is_a_file_says_so_without_a_traceback(tmp_path: Path) -> None:
+    afile = write(tmp_path / "afile", "x")
+    cfg = write(tmp_path / "agent.toml", agent_toml("pi-1", f"tcp://127.0.0.1:{free_port()}",
+                                                    spool_dir=str(afile)))
+    r = run_cli("agent", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert f"spool folder {afile}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_query_shows_a_nan_reading_in_every_format(tmp_path: Path) -> None:
     """SQLite stores NaN as NULL; one such reading once made every query of the file fail."""
     import math
