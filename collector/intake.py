@@ -74,8 +74,8 @@ class Intake:
                     seq |= (b & 0x7F) << shift
                     shift += 7
                     pos += 1
-            except IndexError:
-                pos = -1
+            except IndexError:  # cut off inside seq: not this template (the full path says why)
+                seq = 0
             if 0 < seq <= wire.MAX_SEQ and pos - t.seq_at <= _MAX_VARINT_BYTES and len(msg) - pos == t.size:
                 r = t.struct.unpack_from(msg, pos)
                 if r[0::2] == t.consts:

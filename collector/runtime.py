@@ -299,6 +299,10 @@ class Collector:
                 else:
                     self._reject(exc.reason, exc.detail)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a decoding bug: one message, not the process
+                self._reject("decode", f"{len(msg)} bytes the decoder failed on ({exc!r}); "
+                             "please report it")
+                continue
             if frame.flags & wire.FLAG_CACHED:
                 self.cached_ignored += 1  # a proxy's last value: stored when it first passed
                 continue

@@ -187,6 +187,20 @@ def variants(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return first, out
 
 
+def test_a_message_cut_off_inside_seq_is_rejected_not_a_crash() -> None:
+    """Found by the property test below: a frame cut off right after a seq byte that says
+    "more follows", one byte shorter than the template's frames, once reached struct.unpack
+    with a position of -1 (a struct.error, which the receive loop does not catch)."""
+    good = (b"gh/pi-07/env\x00\n\x02gh\x12\x05pi-07\x19\x00\x00\x00\x00\x00\x00\x00\x00 "
+            b"\x01)\x00\x00d\xa7\xb3\xb6\xe0\r2\x03env:\x14\n\x01t\x11\x00\x00\x00\x00"
+            b"\x00\x00\xf0?\x1a\x06\xc2\xb5S/cm")
+    cut = b"gh/pi-07/env\x00\n\x02gh\x12\x05pi-07\x19\x00\x00\x00\x00\x00\x00\x00\x00 \x81"
+    intake = Intake()
+    intake.decode(good)
+    with pytest.raises(wire.WireError):
+        intake.decode(cut)
+
+
 @pytest.mark.slow
 @settings(max_examples=1500, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
