@@ -21,7 +21,9 @@ heartbeats (``seq == 0``), in arrival order, each a
 bounded queue between reception and the sink (reception never waits on a
 sink), batching (a sink that falls behind gets bigger batches, and after a
 full one, what is queued at once, without waiting for the interval), retry with
-capped backoff for errors marked retryable, and counting of everything
+capped backoff for errors marked retryable, a batch refused for good written
+again in halves (so one frame the store cannot take costs that frame, not
+the good frames of other devices beside it), and counting of everything
 dropped, per device.  It also notes which call into the sink is running and
 since when, so that the collector can tell a sink that hangs (a write that
 never returns) from one that is slow but moving (:meth:`SinkRunner.stalled`).
@@ -341,29 +343,58 @@ class SinkRunner:
             self._in_call = None
 
     def _write(self, batch: list[Item]) -> None:
+        """Write ``batch``, retrying what may pass later.  A batch refused for good (not an
+        outage: a frame the store cannot take, a bug) is written again in halves, so that only
+        the frames at fault are dropped, not the good frames of other devices beside them."""
+        failed = self._attempt(batch, self.retries)
+        if failed is None:
+            return
+        why, retryable = failed
+        if retryable or len(batch) == 1:
+            self._drop(batch, why)
+            return
+        log.warning("sink %s: a batch of %d frames was refused (%s); writing it again in halves, "
+                    "so that only the frames at fault are dropped", self.sink.name, len(batch), why)
+        self._bisect(batch, why)
+
+    def _bisect(self, batch: list[Item], why: str) -> None:
+        mid = len(batch) // 2
+        halves = [batch[:mid], batch[mid:]]
+        refused = [h for h in halves if self._attempt(h, 0) is not None]
+        if len(refused) == 2:  # both halves refused: not the fault of a few frames
+            self._drop(batch, why)
+            return
+        for half in refused:
+            if len(half) == 1:
+                self._drop(half, why)
+            else:
+                self._bisect(half, why)
+
+    def _attempt(self, batch: list[Item], retries: int) -> tuple[str, bool] | None:
+        """One write of ``batch``, with up to ``retries`` retries of retryable errors: None
+        when written, else (why, whether it was retryable)."""
         delay = 0.1
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             t0 = time.perf_counter()
             try:
                 self._call("write", self.sink.write, batch)
             except SinkError as exc:
-                if exc.retryable and attempt < self.retries:
+                if exc.retryable and attempt < retries:
                     log.warning("sink %s: write failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                self._drop(batch, str(exc))
-                return
+                return str(exc), exc.retryable
             except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the others
                 log.exception("sink %s: unexpected error", self.sink.name)
-                self._drop(batch, repr(exc))
-                return
+                return repr(exc), False
             took = time.perf_counter() - t0
             self.write_seconds += took
             self.write_latency.observe(took)
             self.written += len(batch)
             self.batches += 1
-            return
+            return None
+        return "no attempt", False  # retries < 0: not reached
 
     def _event(self, ev: Event | _Reload) -> None:
         if isinstance(ev, _Reload):

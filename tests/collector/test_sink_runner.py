@@ -231,3 +231,43 @@ def test_a_full_queue_logs_a_bounded_number_of_lines_and_counts_every_drop(
     assert sum(runner.dropped_by_device.values()) == 4990
     lines = [r.getMessage() for r in caplog.records if "full-queue" in r.getMessage()]
     assert lines == ["sink full-queue: queue full (10 frames): 5 frames dropped (5 in all)"]
+
+
+class Picky(Nowhere):
+    """Refuses, for good, any batch holding a frame of one device (a frame the store cannot
+    take); or every batch, with ``everything``."""
+
+    name = "picky"
+
+    def __init__(self, bad: str = "made-up-5", everything: bool = False) -> None:
+        self.bad, self.everything = bad, everything
+        self.stored: list[str] = []
+        self.attempts = 0
+
+    def write(self, batch: Sequence[Item]) -> None:
+        self.attempts += 1
+        if self.everything or any(f.device_id == self.bad for f, _ in batch):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        self.stored += [f.device_id for f, _ in batch]
+
+
+def test_a_batch_refused_for_one_frame_loses_only_that_frame() -> None:
+    sink = Picky()
+    runner = SinkRunner(sink, flush_interval_s=60.0)
+    runner.offer(frames(16))
+    runner.start()
+    runner.close()
+    assert sorted(sink.stored) == sorted(f"made-up-{i}" for i in range(16) if i != 5)
+    assert (runner.written, runner.dropped) == (15, 1)
+    assert runner.dropped_by_device == {"made-up-5": 1}
+    assert sink.attempts <= 1 + 2 * 4  # halving: two writes a level, four levels for 16
+
+
+def test_a_sink_that_refuses_everything_is_not_asked_again_and_again() -> None:
+    sink = Picky(everything=True)
+    runner = SinkRunner(sink, flush_interval_s=60.0)
+    runner.offer(frames(1000))
+    runner.start()
+    runner.close()
+    assert (runner.written, runner.dropped) == (0, 1000)
+    assert sink.attempts == 3  # the batch, then both halves: the fault is not a few frames'
