@@ -91,6 +91,17 @@ class Stack:
         return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
 
 
+def spool_bytes(folder: Path) -> int:
+    """Bytes in a spool's segments now; a segment the agent deletes meanwhile counts 0."""
+    total = 0
+    for p in folder.glob("seg-*"):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def last_seq(agent: Any) -> int:
     m = re.search(r"agent stopping: last seq (\d+);", agent.log())
     assert m, agent.log()
@@ -154,10 +165,10 @@ def test_agent_killed_with_a_full_spool_delivers_it_after_restart(tmp_path: Path
     stack.collector.kill()
     stored_before = max(s for _, s in stack.seqs("pi-1"))
     spool = tmp_path / "spool-pi-1"
-    wait_until(lambda: sum(p.stat().st_size for p in spool.glob("seg-*")) > 3000, timeout_s=20,
+    wait_until(lambda: spool_bytes(spool) > 3000, timeout_s=20,
                what="frames in the spool")
     stack.agents["pi-1"].kill()
-    spooled_bytes = sum(p.stat().st_size for p in spool.glob("seg-*"))
+    spooled_bytes = spool_bytes(spool)
     assert spooled_bytes > 3000
     stack.agents["pi-1"] = stack.start_agent("pi-1", n=1, interval_s=0.05)
     stack.collector = stack.start_collector(1)
@@ -183,7 +194,7 @@ def test_a_clean_restart_after_a_replay_sends_nothing_twice(tmp_path: Path, proc
     wait_until(lambda: stack.count("pi-1") >= 5, timeout_s=20, what="flow")
     stack.collector.kill()
     spool = tmp_path / "spool-pi-1"
-    wait_until(lambda: sum(p.stat().st_size for p in spool.glob("seg-*")) > 1000, timeout_s=20,
+    wait_until(lambda: spool_bytes(spool) > 1000, timeout_s=20,
                what="frames in the spool")
     stack.collector = stack.start_collector(1)
     wait_until(lambda: not list(spool.glob("seg-*")), timeout_s=30,
@@ -243,7 +254,7 @@ def test_the_spool_bound_holds_and_drops_are_counted(tmp_path: Path, procs: Any)
     limit = max_mb * 1024 * 1024
 
     def size() -> int:
-        return sum(p.stat().st_size for p in spool.glob("seg-*"))
+        return spool_bytes(spool)
     deadline = time.monotonic() + 4
     biggest = 0
     while time.monotonic() < deadline:  # sample the size while the agent writes
