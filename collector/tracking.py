@@ -45,6 +45,7 @@ what came before it is never reported as a gap.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import time
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 _full = RateLimited(log, period_s=60.0)
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
+PRESENCE_LOG_BURST = 50     # presence changes logged one by one per window; the rest are counted
+PRESENCE_LOG_WINDOW_S = 10.0  # (a fleet starting at once, or made-up devices, not 10,000 lines)
 JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
 MAX_RANGES_PER_REQUEST = 256
@@ -156,6 +159,9 @@ class Tracker:
         # came back online since are skipped when popped (and pruned when there are many)
         self._idle: list[tuple[float, str]] = []
         self._retired = dict.fromkeys(_TOTALS, 0)  # the totals of devices evicted
+        self._presence_log_ns = 0  # when the current window of presence lines began
+        self._presence_logged = 0
+        self._presence_hidden: collections.Counter[str] = collections.Counter()
 
     def set_filters(self, filters: Iterable[bytes]) -> None:
         """New subscription filters (a reload): which devices are followed whole changes."""
@@ -414,12 +420,36 @@ class Tracker:
                               if d.state != "online"]
                 heapq.heapify(self._idle)
         if previous is not None or state == "online":
-            level = logging.INFO if state != "offline" else logging.WARNING
-            log.log(level, "device %s/%s is %s (was %s)", dev.site, dev.device, state, previous or "unknown")
+            self._log_presence(dev, state, previous, now_ns)
         self.emit(Presence(dev.site, dev.device, state, previous, now_ns, dev.last_seen_ns))
+
+    def _log_presence(self, dev: DeviceTrack, state: State, previous: str | None,
+                      now_ns: int) -> None:
+        """One line per change, up to PRESENCE_LOG_BURST in a window; then a count of the rest
+        (every change is stored and handed to the sinks all the same)."""
+        if now_ns - self._presence_log_ns >= PRESENCE_LOG_WINDOW_S * 1e9:
+            self._log_hidden_presence()
+            self._presence_log_ns, self._presence_logged = now_ns, 0
+        if self._presence_logged >= PRESENCE_LOG_BURST:
+            self._presence_hidden[state] += 1
+            return
+        self._presence_logged += 1
+        level = logging.INFO if state != "offline" else logging.WARNING
+        log.log(level, "device %s/%s is %s (was %s)", dev.site, dev.device, state, previous or "unknown")
+
+    def _log_hidden_presence(self) -> None:
+        hidden = self._presence_hidden
+        if hidden:
+            log.warning("%d more presence changes in %.0f s not logged one by one (%s): "
+                        "`sensorwire status` and the presence table have every one",
+                        sum(hidden.values()), PRESENCE_LOG_WINDOW_S,
+                        ", ".join(f"{state} {n}" for state, n in sorted(hidden.items())))
+            hidden.clear()
 
     # -- about once a second -----------------------------------------------------------------
     def tick(self, now: float, now_ns: int) -> None:
+        if self._presence_hidden and now_ns - self._presence_log_ns >= PRESENCE_LOG_WINDOW_S * 1e9:
+            self._log_hidden_presence()
         for dev in self.devices.values():
             if dev.state == "online":
                 limit = self.offline_after_s or 3 * (dev.heartbeat_s or DEFAULT_HEARTBEAT_S)

@@ -7,7 +7,14 @@ import pytest
 
 from sensorwire.collector.events import Counts, Event, Presence
 from sensorwire.collector.frames import EMPTY, CheckedFrame
-from sensorwire.collector.tracking import JOIN_GRACE_S, DeviceTableFull, ResumeBoot, Tracker
+from sensorwire.collector.tracking import (
+    JOIN_GRACE_S,
+    PRESENCE_LOG_BURST,
+    PRESENCE_LOG_WINDOW_S,
+    DeviceTableFull,
+    ResumeBoot,
+    Tracker,
+)
 from sensorwire.proto.v1.telemetry_pb2 import Heartbeat
 
 NS = 1_000_000_000
@@ -189,3 +196,20 @@ def test_presence_went_to_the_sinks_before_a_device_is_evicted() -> None:
     f.frame("b", 1)
     states = [(e.device, e.state) for e in f.events if isinstance(e, Presence)]
     assert states == [("a", "online"), ("a", "offline"), ("b", "online")]
+
+
+def test_presence_lines_are_bounded_and_the_rest_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """A fleet coming up at once, or a flood of made-up device ids, must not write a log line
+    per device: PRESENCE_LOG_BURST a window, then one line that counts the rest."""
+    f = Fixture(max_devices=1000)
+    n = PRESENCE_LOG_BURST + 70
+    with caplog.at_level("INFO", logger="sensorwire.collector.tracking"):
+        for i in range(n):
+            f.frame(f"d{i}", 1)
+        assert caplog.text.count(" is online ") == PRESENCE_LOG_BURST
+        f.wait(OFFLINE_S + 1)  # every device offline: a new window, the online ones counted
+        assert "70 more presence changes in 10 s not logged one by one (online 70)" in caplog.text
+        assert caplog.text.count(" is offline ") == PRESENCE_LOG_BURST
+        f.wait(PRESENCE_LOG_WINDOW_S)
+        assert "70 more presence changes in 10 s not logged one by one (offline 70)" in caplog.text
+    assert sum(isinstance(e, Presence) for e in f.events) == 2 * n  # every change handed on
