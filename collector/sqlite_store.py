@@ -138,7 +138,12 @@ class StoreError(Exception):
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """The database at ``path``; the writer's (``readonly=False``) is created with its schema.
+
+    Raises :class:`StoreError` naming the file when it cannot be used."""
     p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"{p}: a folder, not a database file (name a file, e.g. {p / 'sensorwire.db'})")
     if readonly:
         if not p.exists():
             raise StoreError(f"{p}: no such database (is the path right? the collector creates it)")
@@ -147,13 +152,19 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     else:
         if p.parent and not p.parent.exists():
             raise StoreError(f"{p}: the folder {p.parent} does not exist")
-        # the writer's statements of many rows come in a few sizes per table and sample count
-        conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None, check_same_thread=False,
-                               cached_statements=512)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        try:
+            # the writer's statements of many rows come in a few sizes per table and sample count
+            conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None,
+                                   check_same_thread=False, cached_statements=512)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:  # cannot open or write: permissions, disk, locks
+            raise StoreError(f"{p}: {exc} (can this user create and write it, and its folder?)") from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database" and the like
+            raise StoreError(f"{p}: {exc} (is it a sensorwire database? the collector creates "
+                             "a new one when the file does not exist)") from None
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:

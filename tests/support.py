@@ -21,7 +21,10 @@ from sensorwire.demo import free_port as free_port  # re-exported: the tests imp
 from sensorwire.sdnotify import NotifyListener
 
 if TYPE_CHECKING:
-    from sensorwire.collector.sinks import Item
+    import zmq
+
+    from sensorwire.collector.config import CollectorConfig
+    from sensorwire.collector.sinks import Item, Sink
 
 T = TypeVar("T")
 
@@ -107,6 +110,46 @@ def run_cli(*argv: str, timeout: float = 60.0, **kw: Any) -> subprocess.Complete
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class FedCollector:
+    """A collector running in a thread of the test, fed by a real PUB socket it connects to.
+
+    ``config(endpoint)`` makes its config from the PUB's endpoint, ``sinks(config)`` its sinks
+    (default none); ``sndhwm=0`` makes the PUB keep every message rather than drop at its
+    high-water mark."""
+
+    def __init__(self, config: Callable[[str], CollectorConfig],
+                 sinks: Callable[[CollectorConfig], list[Sink]] | None = None,
+                 sndhwm: int | None = None) -> None:
+        import threading
+
+        import zmq
+
+        from sensorwire.collector.runtime import Collector
+        from sensorwire.lifecycle import StopSignal
+
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        if sndhwm is not None:
+            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        ep = tcp()
+        self.pub.bind(ep)
+        cfg = config(ep)
+        self.collector = Collector(cfg, sinks=sinks(cfg) if sinks else [])
+        self.stop = StopSignal()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self.collector.run, args=(self.stop, ready.set))
+        self.thread.start()
+        assert ready.wait(10), "the collector did not start"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.stop.close()
+        self.pub.close()
+        self.ctx.term()
 
 
 class Nowhere:

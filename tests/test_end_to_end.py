@@ -187,6 +187,23 @@ def test_a_file_that_is_not_a_database_and_a_bad_tail_prefix_are_explained(tmp_p
     assert r.returncode == 2 and "tail: prefix 'bad prefix'" in r.stderr, r.stderr
 
 
+def test_a_collector_whose_storage_path_is_a_folder_or_not_a_database_names_the_key(
+        tmp_path: Path) -> None:
+    folder, text = tmp_path / "data", write(tmp_path / "notes.txt", "not a database\n")
+    folder.mkdir()
+    back = f"tcp://127.0.0.1:{free_port()}"
+    for path, says in ((folder, f"a folder, not a database file (name a file, e.g. {folder}/"),
+                       (text, "file is not a database (is it a sensorwire database?")):
+        cfg = write(tmp_path / "collector.toml",
+                    f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{path}"\n')
+        r = run_cli("collector", "-c", str(cfg), timeout=30)
+        assert r.returncode == 1, r.stderr
+        assert f"[storage] path: {path}: {says}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert text.read_text() == "not a database\n"  # left as it was
+    r = run_cli("query", "--db", str(folder))
+    assert r.returncode == 1 and f"{folder}: a folder, not a database file" in r.stderr, r.stderr
+
+
 def test_an_agent_whose_spool_folder_is_a_file_says_so_without_a_traceback(tmp_path: Path) -> None:
     afile = write(tmp_path / "afile", "x")
     cfg = write(tmp_path / "agent.toml", agent_toml("pi-1", f"tcp://127.0.0.1:{free_port()}",

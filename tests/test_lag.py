@@ -12,18 +12,15 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import zmq
-from support import free_port, wait_until
+from support import FedCollector, free_port, wait_until
 
 from sensorwire.collector.config import CollectorConfig, StorageConfig, SubscribeConfig
-from sensorwire.collector.runtime import Collector
 from sensorwire.lag import REPEAT_S, LagWatch
-from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -122,21 +119,13 @@ def heartbeat_msg(last_seq: int, time_ns: int, synced: bool = True) -> bytes:
     return wire.encode(wire.heartbeat_topic("gh", "pi-1"), f)
 
 
-class Fed:
+class Fed(FedCollector):
     """A collector in a thread (no storage), fed by a PUB it connects to."""
 
     def __init__(self, max_lag_s: float) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        ep = f"tcp://127.0.0.1:{free_port()}"
-        self.pub.bind(ep)
-        cfg = CollectorConfig(subscribe=SubscribeConfig(connect=[ep], max_lag_s=max_lag_s),
-                              storage=StorageConfig(kind="none"))
-        self.collector = Collector(cfg, sinks=[])
-        self.stop = StopSignal()
-        self.thread = threading.Thread(target=self.collector.run, args=(self.stop,))
-        self.thread.start()
+        super().__init__(lambda ep: CollectorConfig(
+            subscribe=SubscribeConfig(connect=[ep], max_lag_s=max_lag_s),
+            storage=StorageConfig(kind="none")))
         self.seq = 0
 
     def send(self, age_s: float) -> None:
@@ -147,13 +136,6 @@ class Fed:
     def heartbeat(self, age_s: float, synced: bool = True) -> None:
         """A heartbeat stamped ``age_s`` ago."""
         self.pub.send(heartbeat_msg(self.seq, time.time_ns() - int(age_s * S), synced))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.stop.close()
-        self.pub.close()
-        self.ctx.term()
 
 
 @pytest.fixture

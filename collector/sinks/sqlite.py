@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from sensorwire.collector.events import Event
 from sensorwire.collector.sinks import Item, SinkError
-from sensorwire.collector.sqlite_store import SqliteWriter
+from sensorwire.collector.sqlite_store import SqliteWriter, StoreError
 from sensorwire.collector.tracking import ResumeBoot
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,10 @@ class SqliteSink:
         self.writer = SqliteWriter(path)
 
     def open(self) -> None:
-        self.writer.open()
+        try:
+            self.writer.open()
+        except StoreError as exc:
+            raise StoreError(f"[storage] path: {exc}") from None
 
     def write(self, batch: Sequence[Item]) -> None:
         try:

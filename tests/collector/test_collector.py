@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import zmq
-from support import Nowhere, tcp, wait_until
+from support import FedCollector, Nowhere, wait_until
 
 from sensorwire.collector.config import (
     CollectorConfig,
@@ -42,31 +42,24 @@ def encode(f: Frame) -> bytes:
     return wire.encode(wire.data_topic(f.site, f.device_id, f.sensor), f)
 
 
-class Running:
+class Running(FedCollector):
     """A collector running in a thread, fed by a real PUB socket it connects to."""
 
     def __init__(self, tmp_path: Path, prefixes: list[str] | None = None,
                  offline_after_s: float | None = None, sinks: list[Sink] | None = None,
                  **limits: int) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop at the sender: the tests count exactly
-        ep = tcp()
-        self.pub.bind(ep)
         self.db = tmp_path / "t.db"
-        cfg = CollectorConfig(
-            subscribe=SubscribeConfig(connect=[ep], prefixes=prefixes or []),
-            storage=StorageConfig(path=str(self.db), flush_interval_s=0.05),
-            presence=PresenceConfig(offline_after_s=offline_after_s),
-            limits=LimitsConfig(**limits),
-        )
-        self.collector = Collector(cfg, sinks=make_sinks(cfg) + (sinks or []))
-        self.stop = StopSignal()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self.collector.run, args=(self.stop, ready.set))
-        self.thread.start()
-        assert ready.wait(10)
+
+        def config(ep: str) -> CollectorConfig:
+            return CollectorConfig(
+                subscribe=SubscribeConfig(connect=[ep], prefixes=prefixes or []),
+                storage=StorageConfig(path=str(self.db), flush_interval_s=0.05),
+                presence=PresenceConfig(offline_after_s=offline_after_s),
+                limits=LimitsConfig(**limits),
+            )
+
+        # sndhwm 0: never drop at the sender, the tests count exactly
+        super().__init__(config, lambda cfg: make_sinks(cfg) + (sinks or []), sndhwm=0)
         # the subscription travels to the PUB asynchronously: send probes until one arrives
         probe = frame("probe", 1, site="zz")
         probe_filter_ok = not prefixes
@@ -91,13 +84,6 @@ class Running:
             return conn.execute(sql).fetchall()
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.stop.close()
-        self.pub.close()
-        self.ctx.term()
 
 
 @pytest.fixture
