@@ -76,8 +76,12 @@ class Record(msgspec.Struct, frozen=True):
 class Spool:
     def __init__(self, folder: str | os.PathLike[str], max_bytes: int, overflow: Overflow = "drop_oldest",
                  fsync: Fsync = "interval", fsync_interval_s: float = 1.0,
-                 segment_bytes: int | None = None) -> None:
+                 segment_bytes: int | None = None, hold_read: bool = False) -> None:
         self.folder = Path(folder)
+        # hold_read: a segment read to its end stays on disk until release(), for a reader
+        # that must first store what it read elsewhere (the collector's database backlog);
+        # after a crash it is read again from its start (storage drops the duplicates)
+        self.hold_read = hold_read
         self.max_bytes = max_bytes
         self.overflow = overflow
         self.fsync = fsync
@@ -334,11 +338,7 @@ class Spool:
     # -- reading --------------------------------------------------------------
     def next(self) -> Record | None:
         """The oldest frame not yet replayed (it counts as taken), or None."""
-        while self._segments:
-            head = self._segments[0]
-            if head.consumed >= head.records:
-                self._retire(head)
-                continue
+        while (head := self._unread()) is not None:
             if self._reader_seg is not head:
                 self._close_reader()
                 if head is self._segments[-1]:
@@ -359,10 +359,26 @@ class Spool:
             head.consumed += 1
             self.replayed += 1
             self._forget(rec.boot_id)
-            if head.consumed >= head.records:
+            if head.consumed >= head.records and not self.hold_read:
                 self._retire(head)  # now, not at the next call: there may be none before a stop
             return rec
         return None
+
+    def _unread(self) -> _Segment | None:
+        """The oldest segment with records not yet read; read ones are retired first unless
+        they are held for :meth:`release`."""
+        for seg in list(self._segments):
+            if seg.consumed < seg.records:
+                return seg
+            if not self.hold_read:
+                self._retire(seg)
+        return None
+
+    def release(self) -> None:
+        """With ``hold_read``: what was read is stored elsewhere now; delete the segments read
+        to their end."""
+        while self._segments and self._segments[0].consumed >= self._segments[0].records:
+            self._retire(self._segments[0])
 
     def _retire(self, seg: _Segment) -> None:
         if self._reader_seg is seg:

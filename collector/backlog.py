@@ -13,6 +13,8 @@ first, once the database answers again:
 Records in the spool are ``b"F" <received_ns u64> <Frame protobuf>`` and
 ``b"E" <event JSON>``.  A clean close moves memory to the spool, so parked
 frames survive a restart of the collector (the spool is read again on open).
+A spool segment is deleted only once everything read from it is written
+(:meth:`Backlog.stored`): after a crash mid-write it is read again.
 A frame taken out but not written (the database failed again) is put back
 with :meth:`Backlog.restore`; frames are order-independent (storage is
 idempotent), and events are taken one at a time.
@@ -84,7 +86,7 @@ class Backlog:
     def open(self) -> None:
         if self.spool_dir is None:
             return
-        spool = Spool(self.spool_dir, self.spool_max_bytes, overflow="drop_newest")
+        spool = Spool(self.spool_dir, self.spool_max_bytes, overflow="drop_newest", hold_read=True)
         try:
             spool.open()
         except SpoolError as exc:
@@ -148,6 +150,13 @@ class Backlog:
 
     def park_event(self, ev: Event) -> None:
         self._mem.append(ev)
+
+    def stored(self) -> None:
+        """What :meth:`take` gave has been written (or refused for good): the spool's segments
+        read to their end can go.  Until then they stay on disk, so a crash while a piece is
+        being written loses nothing (it is read again, and storage drops the duplicates)."""
+        if self._spool is not None and not self._front:
+            self._spool.release()
 
     def restore(self, piece: Piece) -> None:
         """Put back a piece taken by :meth:`take` that could not be written (first in line)."""

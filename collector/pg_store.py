@@ -37,7 +37,7 @@ from psycopg.conninfo import conninfo_to_dict
 from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.frames import Layout as SampleLayout
-from sensorwire.collector.pg_schema import Layout, Policy, migrate
+from sensorwire.collector.pg_schema import Layout, MigrationError, Policy, migrate
 from sensorwire.collector.sqlite_store import QueryFilter, StoreError, to_i64, to_u64
 from sensorwire.collector.tracking import ResumeBoot
 
@@ -47,6 +47,10 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 ErrorClass = Literal["outage", "transient", "permanent"]
 
 _CACHE_MAX = 100_000
+# the writer's session, set after the schema is ready: a write waiting on another session's
+# lock, or running for longer than any batch should, fails and is held as in an outage (and
+# written again), rather than holding the sink past a clean stop's wait of 10 s
+SESSION_TIMEOUTS = {"lock_timeout": "5s", "statement_timeout": "30s"}
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 # sw_stage_frames: 9 fields; device_key, boot_id, seq, then the length of the sensor text
@@ -110,6 +114,11 @@ _DEFAULTS = {
 }
 
 
+def to_i32(u: int) -> int:
+    """A frame's ``flags`` (uint32 on the wire) as the signed ``integer`` with the same bits."""
+    return u - (1 << 32) if u >= 1 << 31 else u
+
+
 def safe_dsn(dsn: str) -> str:
     """The DSN for logs: the password masked."""
     try:
@@ -120,13 +129,28 @@ def safe_dsn(dsn: str) -> str:
     return " ".join(parts)
 
 
-def classify(exc: psycopg.Error, conn: Conn | None) -> ErrorClass:
+# refusals that say nothing about the frames: the whole database cannot take writes now (a
+# table renamed or dropped under us, a privilege revoked, a read-only transaction or standby,
+# a column missing, out of disk or memory, an admin shutdown, a statement or lock timeout):
+# what is written is held, as in an outage, until it can be written again
+_DATABASE_WIDE = ("42P01", "42501", "25006", "42703", "57014", "55P03")
+_DATABASE_WIDE_CLASSES = ("53", "57", "58", "08")
+
+
+def classify(exc: BaseException, conn: Conn | None) -> ErrorClass:
+    """What a failed write means: ``transient`` (try again now), ``outage`` (hold the data
+    and reconnect) or ``permanent`` (these frames cannot be stored; anything not from
+    psycopg, e.g. a value that cannot be encoded, is permanent)."""
+    if not isinstance(exc, psycopg.Error):
+        return "permanent"
     state = exc.sqlstate or ""
     if state.startswith("40"):  # deadlock_detected, serialization_failure
         return "transient"
     if conn is None or conn.broken or conn.closed or isinstance(exc, psycopg.OperationalError):
         return "outage"
     if isinstance(exc, psycopg.InterfaceError):
+        return "outage"
+    if state in _DATABASE_WIDE or state[:2] in _DATABASE_WIDE_CLASSES:
         return "outage"
     return "permanent"
 
@@ -170,7 +194,18 @@ class PgWriter:
         """Connect and migrate; psycopg errors propagate (the sink classifies them)."""
         conn = connect(self.dsn, self.schema)
         try:
+            encoding = conn.info.parameter_status("server_encoding")
+            if encoding not in (None, "UTF8"):
+                # names and units are Unicode: LATIN1 and the like refuse some of them, and a
+                # refused frame would cost the good frames written with it
+                raise MigrationError(f"the database's encoding is {encoding}; sensorwire stores "
+                                     "names and units as UTF-8: create the database with "
+                                     "ENCODING 'UTF8' (e.g. createdb -E UTF8 -T template0 NAME)")
             self.layout = migrate(conn, self.schema, self.policy)
+            for name, value in SESSION_TIMEOUTS.items():
+                if name not in self.dsn:  # a DSN's own options=-c ... wins
+                    conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name),
+                                                               sql.Literal(value)))
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS sw_stage_frames (device_key bigint, "
                          "boot_id bigint, seq bigint, sensor text, time_ns bigint, received_ns bigint, "
                          "flags integer, sample_series bigint[], sample_values float8[]) "
@@ -191,6 +226,11 @@ class PgWriter:
     def reset(self) -> None:
         """Forget the connection (after an error) and the id caches."""
         self.close()
+        self.forget_ids()
+
+    def forget_ids(self) -> None:
+        """Forget the device and series ids cached from the database (after a refusal: rows
+        may have been deleted under us, and a cached id would be refused for ever)."""
         self._devices.clear()
         self._series.clear()
         self._layout_ids.clear()
@@ -337,7 +377,7 @@ class PgWriter:
         name = sensor.encode()
         return b"".join((
             _STAGE_HEAD(9, 8, dev, 8, boot, 8, frame.seq, len(name)), name,
-            _STAGE_TIMES(8, frame.time_unix_nano, 8, received, 4, frame.flags),
+            _STAGE_TIMES(8, frame.time_unix_nano, 8, received, 4, to_i32(frame.flags)),
             _array(n, sids, _INT8_OID), _array(n, values, _FLOAT8_OID)))
 
     # -- events ---------------------------------------------------------------------------
@@ -396,9 +436,9 @@ class PgWriter:
 _GAPS = """
 WITH edges AS (
     SELECT seq, lead(seq) OVER (ORDER BY seq) AS next FROM (
-        SELECT 0::bigint AS seq
-        UNION ALL SELECT seq FROM frames WHERE device_key = %s AND boot_id = %s
-        UNION ALL SELECT %s::bigint + 1) AS x)
+        SELECT 0::numeric AS seq
+        UNION ALL SELECT seq::numeric FROM frames WHERE device_key = %s AND boot_id = %s
+        UNION ALL SELECT %s::numeric + 1) AS x)
 SELECT seq + 1, next - 1 FROM edges WHERE next > seq + 1 ORDER BY seq
 """
 
@@ -408,15 +448,16 @@ def status(conn: Conn) -> list[dict[str, Any]]:
     """One dict per device, as :func:`sensorwire.collector.sqlite_store.status`."""
     rows = conn.execute(
         "SELECT d.site, d.device, d.state, d.last_seen_ns, "
-        "coalesce(sum(b.stored), 0)::bigint, "
-        "coalesce(sum(GREATEST(b.max_seq, b.announced_seq) - b.stored), 0)::bigint, "
+        "coalesce(sum(b.stored), 0), "  # numeric: seqs near 2^63 over boots pass bigint
+        "coalesce(sum(GREATEST(b.max_seq, b.announced_seq) - b.stored), 0), "
         "d.duplicates, GREATEST(count(b.boot_id) - 1, 0)::bigint, d.out_of_order, d.lost, "
         "d.heartbeat_s, d.state_since_ns, d.clock_offset_s, d.clock_synced "
         "FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
         "GROUP BY d.id ORDER BY d.site, d.device").fetchall()
     keys = ("site", "device", "state", "last_seen_ns", "frames", "gaps", "duplicates", "restarts",
             "out_of_order", "lost", "heartbeat_s", "state_since_ns", "clock_offset_s", "clock_synced")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return [dict(zip(keys, (r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), *r[6:]), strict=True))
+            for r in rows]
 
 
 def query(conn: Conn, f: QueryFilter) -> Iterator[tuple[Any, ...]]:

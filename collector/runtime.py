@@ -239,7 +239,7 @@ class Collector:
         """What is stuck among the sinks (see the module's docstring), or None."""
         now, limit = time.monotonic(), self.config.storage.stalled_after_s
         stuck = [f"{why} (more than [storage] stalled_after_s = {limit:g} s); {r.depth} frames "
-                 f"queued, {r.dropped} dropped" for r in self.runners
+                 f"queued, {r.dropped_total} dropped" for r in self.runners
                  if (why := r.stalled(now, limit)) is not None]
         return "; ".join(stuck) or None
 
@@ -344,7 +344,8 @@ class Collector:
                      reason, detail, self.rejected[reason])
 
     def _summary(self, final: bool = False) -> None:
-        stored = ", ".join(f"{r.sink.name}: {r.written} written, {r.dropped} dropped, queue {r.depth}"
+        stored = ", ".join(f"{r.sink.name}: {r.written} written, {r.dropped_total} dropped, "
+                           f"queue {r.depth}" + (f", held {r.held}" if r.held else "")
                            for r in self.runners)
         rejected = sum(self.rejected.values())
         t = self.tracker.totals()
@@ -443,7 +444,8 @@ class Collector:
         parts = [f"receiving {self._rate.per_s(self.received):.1f} frames/s"]
         t = self.tracker.totals()
         parts.append(f"{t['online']} of {t['devices']} devices online, {t['gaps']} frames missing")
-        stored = ", ".join(f"{r.sink.name} {r.written} written, {r.dropped} dropped"
+        stored = ", ".join(f"{r.sink.name} {r.written} written, {r.dropped_total} dropped"
+                           + (f", {r.held} held" if r.held else "")
                            for r in self.runners if r.sink.name != "metrics")
         stall = self.sink_stall()
         behind = self.lag.status()

@@ -507,14 +507,21 @@ def status(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """One dict per device: presence and loss counters, computed from what is stored."""
     rows = conn.execute(
         "SELECT d.site, d.device, d.state, max(d.last_seen_ns, coalesce(max(b.last_seen_ns), 0)), "
-        "coalesce(sum(b.stored), 0), coalesce(sum(max(b.max_seq, b.announced_seq) - b.stored), 0), "
+        # exact whatever the seqs: SQLite's integer sum() fails past 2^63 (two boots near the
+        # top of the seq range), its total() is a float; group_concat and Python's int add up
+        "coalesce(group_concat(b.stored), ''), "
+        "coalesce(group_concat(max(b.max_seq, b.announced_seq) - b.stored), ''), "
         "d.duplicates, max(count(b.boot_id) - 1, 0), d.out_of_order, d.lost, d.heartbeat_s, "
         "d.state_since_ns, d.clock_offset_s, d.clock_synced "
         "FROM devices d LEFT JOIN boots b ON b.device_key = d.id "
         "GROUP BY d.id ORDER BY d.site, d.device").fetchall()
     keys = ("site", "device", "state", "last_seen_ns", "frames", "gaps", "duplicates", "restarts",
             "out_of_order", "lost", "heartbeat_s", "state_since_ns", "clock_offset_s", "clock_synced")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return [dict(zip(keys, (*r[:4], _total(r[4]), _total(r[5]), *r[6:]), strict=True)) for r in rows]
+
+
+def _total(concatenated: str) -> int:
+    return sum(int(x) for x in concatenated.split(",")) if concatenated else 0
 
 
 @dataclass(frozen=True)

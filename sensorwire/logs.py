@@ -81,6 +81,12 @@ class RateLimited:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._period:
@@ -92,6 +98,7 @@ class RateLimited:
         self._last[key] = now
         hidden = self._suppressed.pop(key, 0)
         if hidden:
-            self._log.warning(msg + " (and %d more like it in the last %.0f s)", *args, hidden, self._period)
+            self._log.log(level, msg + " (and %d more like it in the last %.0f s)", *args, hidden,
+                          self._period)
         else:
-            self._log.warning(msg, *args)
+            self._log.log(level, msg, *args)

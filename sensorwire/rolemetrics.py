@@ -199,7 +199,11 @@ def collector_families(collector: Collector) -> Iterable[Family]:
     written = Family("sensorwire_sink_frames_written_total", "counter",
                      "Frames written by each sink.", ("sink",))
     dropped = Family("sensorwire_sink_frames_dropped_total", "counter",
-                     "Frames a sink dropped (queue full, or a write given up).", ("sink",))
+                     "Frames a sink dropped (queue full, a write given up, a database's outage "
+                     "backlog full, or held frames the database refused).", ("sink",))
+    held = Family("sensorwire_sink_held_frames", "gauge",
+                  "Frames a database sink holds (memory and disk spool) while its database "
+                  "cannot take them.", ("sink",))
     depth = Family("sensorwire_sink_queue_frames", "gauge",
                    "Frames queued for each sink.", ("sink",))
     capacity = Family("sensorwire_sink_queue_capacity_frames", "gauge",
@@ -209,13 +213,14 @@ def collector_families(collector: Collector) -> Iterable[Family]:
     for r in collector.runners:
         name = r.sink.name
         written.add(r.written, name)
-        dropped.add(r.dropped, name)
+        dropped.add(r.dropped_total, name)
+        held.add(r.held, name)
         depth.add(r.depth, name)
         capacity.add(r.queue_max, name)
         hist = getattr(r, "write_latency", None)
         if hist is not None:
             latency.add(hist, name)
-    yield from (written, dropped, depth, capacity)
+    yield from (written, dropped, held, depth, capacity)
     if latency.samples:
         yield latency
     for sink in collector.sinks:

@@ -51,6 +51,8 @@ Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 
 DROPS_BY_DEVICE_MAX = 10_000  # devices whose dropped frames are counted one by one
 BATCH_MAX = 160_000  # samples per write by default ([storage] batch_max): 20,000 frames of 8
+HALVING_BUDGET = 32  # failed writes of a refused batch's halves before what fails is dropped whole
+TRACE_EVERY_S = 10.0  # a sink's unexpected errors: one trace in the log per this many seconds
 
 
 def count_samples(items: Iterable[Item]) -> int:
@@ -166,6 +168,7 @@ class SinkRunner:
         self.written = 0
         self.batches = 0
         self.dropped = 0
+        self._traced_at = -TRACE_EVERY_S
         self.dropped_by_device: collections.Counter[str] = collections.Counter()
         self.write_seconds = 0.0
         self.write_latency = Histogram(WRITE_BUCKETS)  # seconds per batch written
@@ -355,20 +358,25 @@ class SinkRunner:
             return
         log.warning("sink %s: a batch of %d frames was refused (%s); writing it again in halves, "
                     "so that only the frames at fault are dropped", self.sink.name, len(batch), why)
-        self._bisect(batch, why)
+        self._bisect(batch)
 
-    def _bisect(self, batch: list[Item], why: str) -> None:
+    def _bisect(self, batch: list[Item]) -> None:
+        """Write ``batch`` in ever smaller halves until what fails is single frames, or the
+        halves have failed :data:`HALVING_BUDGET` times (a sink that refuses everything): then
+        each part that still fails is dropped whole."""
         mid = len(batch) // 2
-        halves = [batch[:mid], batch[mid:]]
-        refused = [h for h in halves if self._attempt(h, 0) is not None]
-        if len(refused) == 2:  # both halves refused: not the fault of a few frames
-            self._drop(batch, why)
-            return
-        for half in refused:
-            if len(half) == 1:
-                self._drop(half, why)
+        todo, failures = [batch[mid:], batch[:mid]], 0
+        while todo:
+            part = todo.pop()
+            failed = self._attempt(part, 0)
+            if failed is None:
+                continue
+            failures += 1
+            if len(part) == 1 or failures > HALVING_BUDGET:
+                self._drop(part, failed[0])
             else:
-                self._bisect(half, why)
+                mid = len(part) // 2
+                todo += [part[mid:], part[:mid]]
 
     def _attempt(self, batch: list[Item], retries: int) -> tuple[str, bool] | None:
         """One write of ``batch``, with up to ``retries`` retries of retryable errors: None
@@ -386,7 +394,11 @@ class SinkRunner:
                     continue
                 return str(exc), exc.retryable
             except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the others
-                log.exception("sink %s: unexpected error", self.sink.name)
+                now = time.monotonic()
+                if now - self._traced_at >= TRACE_EVERY_S:  # a batch in halves: not one each
+                    self._traced_at = now
+                    log.exception("sink %s: unexpected error (a bug: please report it with "
+                                  "this trace)", self.sink.name)
                 return repr(exc), False
             took = time.perf_counter() - t0
             self.write_seconds += took
@@ -414,6 +426,17 @@ class SinkRunner:
             self._call("tick", tick, time.time_ns())
         except Exception:  # noqa: BLE001 - a sink bug must not stop the others
             log.exception("sink %s: tick failed", self.sink.name)
+
+    @property
+    def dropped_total(self) -> int:
+        """Frames dropped here, and by the sink itself (a database sink's backlog full, or
+        frames held through an outage that the database then refused)."""
+        return self.dropped + int(getattr(self.sink, "lost", 0))
+
+    @property
+    def held(self) -> int:
+        """Frames the sink holds for a database that is unreachable (memory and disk)."""
+        return int(getattr(self.sink, "held", 0))
 
     def _drop(self, batch: list[Item], why: str) -> None:
         self.dropped += len(batch)

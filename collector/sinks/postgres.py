@@ -44,11 +44,13 @@ from sensorwire.logs import RateLimited
 
 log = logging.getLogger(__name__)
 _retry_log = RateLimited(log, period_s=10.0)
+_refused_log = RateLimited(log, period_s=10.0)
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
 DRAIN_BUDGET_S = 1.0   # backlog written per write/tick call, at most about this long
 CLOSE_BUDGET_S = 4.0   # at shutdown (the runner waits 10 s for the whole close)
+HALVING_BUDGET = 32    # failed writes of one held piece before what still fails is refused
 
 
 class PostgresSink:
@@ -70,6 +72,7 @@ class PostgresSink:
         self._delay = RECONNECT_MIN_S
         self._outage_since: float | None = None
         self._held_in_outage = 0
+        self._refused_at_outage = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -123,7 +126,16 @@ class PostgresSink:
             return
         try:
             self.writer.write(batch)
-        except psycopg.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - classified: psycopg's, or a frame we cannot encode
+            if classify(exc, self.writer.conn) == "permanent":
+                # ids cached from the database may be stale (rows deleted under us): once more
+                # with fresh ones before the runner writes the batch again in halves
+                self.writer.forget_ids()
+                try:
+                    self.writer.write(batch)
+                    return
+                except Exception as again:  # noqa: BLE001 - as above
+                    exc = again
             self._failed(exc, list(batch))
 
     def event(self, ev: Event) -> None:
@@ -150,6 +162,15 @@ class PostgresSink:
                         "without it", _one_line(exc))
             return []
 
+    @property
+    def lost(self) -> int:
+        """Frames this sink dropped or the database refused (the runner adds its own drops)."""
+        return self.backlog.dropped + self.failed
+
+    @property
+    def held(self) -> int:
+        return self.backlog.frames_in_memory + self.backlog.spool_pending
+
     def stats(self) -> dict[str, int]:
         return {"frames_stored": self.writer.frames_stored,
                 "samples_stored": self.writer.samples_stored,
@@ -159,7 +180,7 @@ class PostgresSink:
                 "dropped": self.backlog.dropped, "refused": self.failed}
 
     # -- failure and recovery -------------------------------------------------------------
-    def _failed(self, exc: psycopg.Error, piece: Piece) -> None:
+    def _failed(self, exc: BaseException, piece: Piece) -> None:
         kind = classify(exc, self.writer.conn)
         if kind == "outage":
             self._lost(exc)
@@ -185,6 +206,7 @@ class PostgresSink:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self._held_in_outage = 0
+            self._refused_at_outage = self.failed
             log.warning("postgres: lost the database (%s); holding frames (memory up to %d, then %s) "
                         "and reconnecting", _one_line(exc), self.backlog.buffer_max,
                         f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
@@ -220,28 +242,62 @@ class PostgresSink:
             piece = self.backlog.take(self.batch_max)
             if piece is None:
                 break
-            try:
-                if isinstance(piece, list):
-                    self.writer.write(piece)
-                else:
-                    self.writer.event(piece)
-            except psycopg.Error as exc:
-                kind = classify(exc, self.writer.conn)
-                if kind == "permanent":
-                    n = len(piece) if isinstance(piece, list) else 0
-                    self.failed += n
-                    log.error("postgres: the database refused %s held since the outage: %s",
-                              f"{n} frames" if n else f"an event {piece!r}", _one_line(exc))
-                    continue
-                self.backlog.restore(piece)
-                if kind == "outage":
-                    self._lost(exc)
+            stopped = (self._write_held(piece) if isinstance(piece, list)
+                       else self._event_held(piece))
+            if stopped is not None:  # the database failed again: what is not written is back
+                if classify(stopped, self.writer.conn) == "outage":
+                    self._lost(stopped)
                 return
+            self.backlog.stored()
         if not self.backlog and self._outage_since is not None:
-            log.info("postgres: everything held during the outage is written (%.1f s, %d frames "
-                     "held, %d dropped in all)", time.monotonic() - self._outage_since,
-                     self._held_in_outage, self.backlog.dropped)
+            refused = self.failed - self._refused_at_outage
+            log.info("postgres: everything held during the outage is written or accounted for "
+                     "(%.1f s, %d frames held, %d dropped for want of room, %d refused by the "
+                     "database)", time.monotonic() - self._outage_since, self._held_in_outage,
+                     self.backlog.dropped, refused)
             self._outage_since = None
+
+    def _event_held(self, ev: Event) -> BaseException | None:
+        try:
+            self.writer.event(ev)
+        except Exception as exc:  # noqa: BLE001 - classified
+            if classify(exc, self.writer.conn) != "permanent":
+                self.backlog.restore(ev)
+                return exc
+            log.error("postgres: the database refused an event held since the outage (%r): %s",
+                      ev, _one_line(exc))
+        return None
+
+    def _write_held(self, frames: list[Item]) -> BaseException | None:
+        """Write frames taken from the backlog.  Refused for good: once more with fresh ids,
+        then in halves, so that only the frames at fault are refused (counted in ``failed``),
+        at most :data:`HALVING_BUDGET` failed writes a piece.  Returns the error that stopped
+        it when the database cannot take writes now; what was not written is put back."""
+        todo, failures = [frames], 0
+        while todo:
+            part = todo.pop()
+            try:
+                self.writer.write(part)
+                continue
+            except Exception as exc:  # noqa: BLE001 - classified
+                error: BaseException = exc
+            if classify(error, self.writer.conn) != "permanent":
+                for p in (part, *todo):
+                    self.backlog.restore(p)
+                return error
+            failures += 1
+            if failures == 1:
+                self.writer.forget_ids()
+                todo.append(part)
+            elif len(part) == 1 or failures > HALVING_BUDGET:
+                self.failed += len(part)
+                _refused_log.error("refused", "postgres: the database refused %d frames held "
+                                   "since the outage (%d in all): %s", len(part), self.failed,
+                                   _one_line(error))
+            else:
+                mid = len(part) // 2
+                todo += [part[mid:], part[:mid]]
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
-from pgsupport import PgSchema
+from pgsupport import BOOT, PgSchema, boots_consistent, frame, heartbeat, storage_config, stored
 from support import wait_until
 
 from sensorwire.collector import pg_store, storage
@@ -28,50 +28,12 @@ from sensorwire.collector.pg_store import PgWriter
 from sensorwire.collector.sinks import SinkError, SinkRunner
 from sensorwire.collector.sinks.postgres import PostgresSink
 from sensorwire.collector.sqlite_store import QueryFilter, SqliteWriter, StoreError
-from sensorwire.proto.v1.telemetry_pb2 import Frame
-
-BOOT = (1 << 63) + 12345  # above 2^63: stored as a negative bigint, read back unsigned
-
-
-def frame(device: str, seq: int, boot: int = BOOT, site: str = "gh", n: int = 3) -> tuple[CheckedFrame, int]:
-    f = Frame(site=site, device_id=device, boot_id=boot, seq=seq,
-              time_unix_nano=1_700_000_000_000_000_000 + seq * 1_000_000, sensor="env")
-    for i in range(n):
-        f.samples.add(metric=f"m{i}", value=seq + i / 10, unit="C" if i == 0 else "")
-    return CheckedFrame.from_pb(f), 1_700_000_000_000_000_000 + seq * 1_000_000 + 500
-
-
-def heartbeat(device: str, last_seq: int, boot: int = BOOT) -> tuple[CheckedFrame, int]:
-    f = Frame(site="gh", device_id=device, boot_id=boot, seq=0, time_unix_nano=1)
-    f.heartbeat.last_seq = last_seq
-    f.heartbeat.interval_s = 0.5
-    return CheckedFrame.from_pb(f), 1_700_000_000_000_000_000 + last_seq * 1_000_000 + 900
-
-
-def storage_config(pg: PgSchema, tmp: Path | None = None, **kw: Any) -> StorageConfig:
-    spool: dict[str, Any] = {"spool_dir": str(tmp / "pgspool")} if tmp is not None else {}
-    return StorageConfig(kind="postgres", dsn=pg.server, schema=pg.name, **spool, **kw)
 
 
 def writer(pg: PgSchema) -> PgWriter:
     w = PgWriter(pg.server, pg.name)
     w.open()
     return w
-
-
-def stored(pg: PgSchema) -> list[tuple[str, int, int]]:
-    return sorted((d, int(b), int(s)) for d, b, s in pg.rows(
-        "SELECT d.device, f.boot_id, f.seq FROM frames f JOIN devices d ON d.id = f.device_key"))
-
-
-def boots_consistent(pg: PgSchema) -> bool:
-    """Every boot's ``stored`` is exactly its number of frames."""
-    bad = pg.rows("SELECT b.device_key, b.boot_id, b.stored, (SELECT count(*) FROM frames f "
-                  "WHERE f.device_key = b.device_key AND f.boot_id = b.boot_id) FROM boots b "
-                  "WHERE b.stored <> (SELECT count(*) FROM frames f WHERE f.device_key = "
-                  "b.device_key AND f.boot_id = b.boot_id)")
-    assert not bad, bad
-    return True
 
 
 # -- configuration --------------------------------------------------------------------------

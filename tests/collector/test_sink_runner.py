@@ -17,7 +17,7 @@ from support import Nowhere, tcp, wait_until
 from sensorwire.collector.config import CollectorConfig, StorageConfig, SubscribeConfig
 from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.runtime import Collector
-from sensorwire.collector.sinks import DROPS_BY_DEVICE_MAX, Item, SinkError, SinkRunner
+from sensorwire.collector.sinks import DROPS_BY_DEVICE_MAX, HALVING_BUDGET, Item, SinkError, SinkRunner
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
@@ -239,14 +239,14 @@ class Picky(Nowhere):
 
     name = "picky"
 
-    def __init__(self, bad: str = "made-up-5", everything: bool = False) -> None:
-        self.bad, self.everything = bad, everything
+    def __init__(self, *bad: str, everything: bool = False) -> None:
+        self.bad, self.everything = set(bad or ["made-up-5"]), everything
         self.stored: list[str] = []
         self.attempts = 0
 
     def write(self, batch: Sequence[Item]) -> None:
         self.attempts += 1
-        if self.everything or any(f.device_id == self.bad for f, _ in batch):
+        if self.everything or any(f.device_id in self.bad for f, _ in batch):
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
         self.stored += [f.device_id for f, _ in batch]
 
@@ -270,4 +270,18 @@ def test_a_sink_that_refuses_everything_is_not_asked_again_and_again() -> None:
     runner.start()
     runner.close()
     assert (runner.written, runner.dropped) == (0, 1000)
-    assert sink.attempts == 3  # the batch, then both halves: the fault is not a few frames'
+    # the batch, HALVING_BUDGET failed halves, then one try of each part left (a stack of at
+    # most two a level, ten levels for 1000): not a write per frame
+    assert sink.attempts <= 1 + HALVING_BUDGET + 2 * 10
+
+
+def test_bad_frames_spread_through_a_batch_cost_only_themselves() -> None:
+    """Both halves of the batch fail (a bad frame in each): the halving goes on, not the
+    whole batch dropped, as one publisher's bad frames once made every device's."""
+    sink = Picky("made-up-100", "made-up-900")
+    runner = SinkRunner(sink, flush_interval_s=60.0)
+    runner.offer(frames(1000))
+    runner.start()
+    runner.close()
+    assert (runner.written, runner.dropped) == (998, 2)
+    assert runner.dropped_by_device == {"made-up-100": 1, "made-up-900": 1}

@@ -143,3 +143,21 @@ def test_events_are_written_with_the_next_batch_or_by_flush_or_close(tmp_path: P
     assert presence()[-1] == ("pi-1", "offline")
     [d1, d2] = status(sqlite3.connect(db))
     assert (d1["device"], d1["lost"], d1["state"], d2["state"]) == ("pi-1", 5, "offline", "online")
+
+
+def test_status_of_boots_at_the_top_of_the_seq_range(tmp_path: Path) -> None:
+    """Two boots with seq 2^63 - 1: an integer sum of their gaps overflowed ("integer
+    overflow") and `sensorwire status` failed for the whole file."""
+    top = (1 << 63) - 1
+    layout = Layout([("t", "C")])
+    w = SqliteWriter(tmp_path / "t.db")
+    w.open()
+    w.write([(CheckedFrame("gh", "pi-1", boot, top, 1, "env", 0, layout, (1.0,)), 2)
+             for boot in (7, 8)])
+    w.close()
+    conn = sqlite3.connect(tmp_path / "t.db")
+    try:
+        [row] = status(conn)
+    finally:
+        conn.close()
+    assert row["frames"] == 2 and row["gaps"] == 2 * (top - 1)
