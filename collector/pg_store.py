@@ -382,35 +382,58 @@ class PgWriter:
 
     # -- events ---------------------------------------------------------------------------
     def event(self, ev: Event) -> None:
-        """Record a presence transition, frames lost for good, or drop counts.
+        self.events([ev])
+
+    def events(self, evs: Sequence[Event]) -> None:
+        """Record presence transitions, frames lost for good, and drop counts, in one
+        transaction (a fleet's start, or a flood of made-up devices, brings thousands at once).
 
         Idempotent across collectors where it can be: a transition to the state the
-        device already has is not recorded again, and a lost range is counted once.
+        device already has is not recorded again, and a lost range is counted once.  The
+        devices' rows are locked in id order first, as the frame writer does.
         """
         conn = self.conn
         if conn is None:
             raise psycopg.OperationalError("not connected")
-        if ev.device not in self._devices:
-            now = time.time_ns()
-            self._upsert_devices(conn, {ev.device: (ev.site, now)})
-        key = self._devices[ev.device]
+        if not evs:
+            return
+        now = time.time_ns()
+        devices = {ev.device: k for ev in evs if (k := self._devices.get(ev.device)) is not None}
+        new = {ev.device: (ev.site, now) for ev in evs if ev.device not in devices}
+        if new:  # the cache may be cleared when it is full: the keys are kept here
+            self._upsert_devices(conn, new)
+            devices.update((d, self._devices[d]) for d in new)
+        counts: dict[int, list[int]] = {}
         with conn.transaction(), conn.cursor() as cur:
-            if isinstance(ev, Presence):
-                cur.execute("UPDATE devices SET state = %s, state_since_ns = %s "
-                            "WHERE id = %s AND state IS DISTINCT FROM %s",
-                            (ev.state, ev.time_ns, key, ev.state))
-                if cur.rowcount == 1:
-                    cur.execute("INSERT INTO presence (device_key, time_ns, state, previous) "
-                                "VALUES (%s, %s, %s, %s)", (key, ev.time_ns, ev.state, ev.previous))
-            elif isinstance(ev, Lost):
-                cur.execute("INSERT INTO lost_ranges VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            (key, to_i64(ev.boot_id), ev.first, ev.last))
-                if cur.rowcount == 1:
-                    cur.execute("UPDATE devices SET lost = lost + %s WHERE id = %s", (ev.count, key))
-            else:
-                cur.execute("UPDATE devices SET duplicates = duplicates + %s, "
-                            "out_of_order = out_of_order + %s WHERE id = %s",
-                            (ev.duplicates, ev.out_of_order, key))
+            cur.execute("SELECT id FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                        (sorted({devices[ev.device] for ev in evs}),))
+            for ev in evs:
+                key = devices[ev.device]
+                if isinstance(ev, Presence):
+                    cur.execute("UPDATE devices SET state = %s, state_since_ns = %s "
+                                "WHERE id = %s AND state IS DISTINCT FROM %s",
+                                (ev.state, ev.time_ns, key, ev.state))
+                    if cur.rowcount == 1:
+                        cur.execute("INSERT INTO presence (device_key, time_ns, state, previous) "
+                                    "VALUES (%s, %s, %s, %s)",
+                                    (key, ev.time_ns, ev.state, ev.previous))
+                elif isinstance(ev, Lost):
+                    cur.execute("INSERT INTO lost_ranges VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT DO NOTHING", (key, to_i64(ev.boot_id), ev.first, ev.last))
+                    if cur.rowcount == 1:
+                        cur.execute("UPDATE devices SET lost = lost + %s WHERE id = %s",
+                                    (ev.count, key))
+                else:  # counts: one update a device for all of them
+                    c = counts.setdefault(key, [0, 0])
+                    c[0] += ev.duplicates
+                    c[1] += ev.out_of_order
+            if counts:
+                ids = sorted(counts)
+                cur.execute("UPDATE devices d SET duplicates = d.duplicates + v.dup, "
+                            "out_of_order = d.out_of_order + v.ooo "
+                            "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(id, dup, ooo) "
+                            "WHERE d.id = v.id",
+                            (ids, [counts[i][0] for i in ids], [counts[i][1] for i in ids]))
 
     # -- start-up -------------------------------------------------------------------------
     def resume(self, since_ns: int) -> list[ResumeBoot]:

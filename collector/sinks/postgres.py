@@ -55,6 +55,10 @@ HALVING_BUDGET = 32    # failed writes of one held piece before what still fails
 
 class PostgresSink:
     name = "postgres"
+    # the runner hands events over before each batch; they are written together, in one
+    # transaction ahead of the batch's (a fleet's start, or a flood of made-up devices,
+    # brings thousands, and one transaction each once held every device's frames back)
+    events_with_batches = True
 
     def __init__(self, storage: StorageConfig) -> None:
         assert storage.dsn is not None
@@ -73,6 +77,7 @@ class PostgresSink:
         self._outage_since: float | None = None
         self._held_in_outage = 0
         self._refused_at_outage = 0
+        self._events: list[Event] = []  # handed over, not written yet
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -106,6 +111,7 @@ class PostgresSink:
 
     def close(self) -> None:
         try:
+            self._write_events()
             if self.backlog:
                 self._recover(budget_s=CLOSE_BUDGET_S)
         finally:
@@ -119,6 +125,7 @@ class PostgresSink:
 
     # -- the sink interface ---------------------------------------------------------------
     def write(self, batch: Sequence[Item]) -> None:
+        self._write_events()
         if self.backlog or not self.connected:
             self.backlog.park(list(batch))
             self._held_in_outage += len(batch)
@@ -139,20 +146,41 @@ class PostgresSink:
             self._failed(exc, list(batch))
 
     def event(self, ev: Event) -> None:
-        if self.backlog or not self.connected:
-            self.backlog.park_event(ev)
-            self._recover()
-            return
-        try:
-            self.writer.event(ev)
-        except psycopg.Error as exc:
-            self._failed(exc, ev)
+        """Kept for the next batch's write, or the next tick (see ``events_with_batches``)."""
+        self._events.append(ev)
 
     def tick(self, now_ns: int) -> None:
-        """Called by the runner at least every flush_interval_s: write what is held once the
-        database is back."""
+        """Called by the runner at least every flush_interval_s: write the events handed over,
+        and what is held once the database is back."""
+        self._write_events()
         if self.backlog or not self.connected:
             self._recover()
+
+    def _write_events(self) -> None:
+        events, self._events = self._events, []
+        if not events:
+            return
+        if self.backlog or not self.connected:
+            for ev in events:
+                self.backlog.park_event(ev)
+            return
+        try:
+            self.writer.events(events)
+            return
+        except Exception as exc:  # noqa: BLE001 - classified
+            if classify(exc, self.writer.conn) != "permanent":
+                if classify(exc, self.writer.conn) == "outage":
+                    self._lost(exc)
+                for ev in events:  # written by _recover, in order, before later frames
+                    self.backlog.park_event(ev)
+                return
+        for i, ev in enumerate(events):  # one refused: the others must not go with it
+            if (stopped := self._event_held(ev)) is not None:
+                for later in events[i + 1:]:
+                    self.backlog.park_event(later)
+                if classify(stopped, self.writer.conn) == "outage":
+                    self._lost(stopped)
+                return
 
     def resume(self, since_ns: int) -> list[ResumeBoot]:
         try:
@@ -264,7 +292,7 @@ class PostgresSink:
             if classify(exc, self.writer.conn) != "permanent":
                 self.backlog.restore(ev)
                 return exc
-            log.error("postgres: the database refused an event held since the outage (%r): %s",
+            log.error("postgres: the database refused an event (%r): %s",
                       ev, _one_line(exc))
         return None
 

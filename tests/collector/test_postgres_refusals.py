@@ -7,6 +7,7 @@ Real PostgreSQL (a schema per test, see ``pgsupport``); an outage is a connectio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pgsupport import PgSchema, boots_consistent, frame, storage_config, stored
@@ -14,6 +15,7 @@ from support import wait_until
 
 from sensorwire.collector import pg_store, storage
 from sensorwire.collector.backlog import Backlog
+from sensorwire.collector.events import Counts, Event, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_schema import MigrationError
 from sensorwire.collector.sinks import Item, SinkRunner
@@ -225,3 +227,30 @@ def test_frames_read_back_from_the_spool_survive_a_crash_before_they_are_written
     b.open()
     assert b.spool_pending == 0 and b.take(10) is None
     b.close()
+
+
+def test_a_flood_of_events_is_written_a_batch_at_a_time(pg: PgSchema) -> None:
+    """2,000 made-up devices each resending a frame: their duplicate counts, and presence,
+    go in a few transactions with the frames beside them, not one each (which once held
+    every device's frames back by minutes)."""
+    sink = PostgresSink(storage_config(pg))
+    calls: list[int] = []
+    events = sink.writer.events
+
+    def counted(evs: Sequence[Event]) -> None:
+        calls.append(len(evs))
+        events(evs)
+    sink.writer.events = counted  # type: ignore[method-assign]
+    runner = SinkRunner(sink, flush_interval_s=60.0)  # not started: all is queued first
+    for i in range(2000):
+        runner.offer_event(Counts("gh", f"made-up-{i}", 1, 0))
+        runner.offer_event(Counts("gh", f"made-up-{i}", 2, 1))
+    runner.offer_event(Presence("gh", "pi-1", "online", None, 1, 5))
+    runner.offer([frame("pi-1", s) for s in range(1, 11)])
+    runner.start()
+    runner.close()
+    assert sum(calls) == 4001 and len(calls) <= 3, calls
+    assert pg.rows("SELECT count(*), sum(duplicates), sum(out_of_order) FROM devices "
+                   "WHERE device LIKE 'made-up-%%'") == [(2000, 6000, 2000)]
+    assert pg.rows("SELECT state FROM presence") == [("online",)]
+    assert [s for _, _, s in stored(pg)] == list(range(1, 11))
