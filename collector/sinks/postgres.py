@@ -51,6 +51,7 @@ RECONNECT_MAX_S = 5.0
 DRAIN_BUDGET_S = 1.0   # backlog written per write/tick call, at most about this long
 CLOSE_BUDGET_S = 4.0   # at shutdown (the runner waits 10 s for the whole close)
 HALVING_BUDGET = 32    # failed writes of one held piece before what still fails is refused
+FORGET_IDS_EVERY_S = 1.0  # after a refusal, cached ids are dropped and the write tried again
 
 
 class PostgresSink:
@@ -78,6 +79,7 @@ class PostgresSink:
         self._held_in_outage = 0
         self._refused_at_outage = 0
         self._events: list[Event] = []  # handed over, not written yet
+        self._ids_forgotten_at = -FORGET_IDS_EVERY_S
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -134,10 +136,9 @@ class PostgresSink:
         try:
             self.writer.write(batch)
         except Exception as exc:  # noqa: BLE001 - classified: psycopg's, or a frame we cannot encode
-            if classify(exc, self.writer.conn) == "permanent":
+            if classify(exc, self.writer.conn) == "permanent" and self._may_forget_ids():
                 # ids cached from the database may be stale (rows deleted under us): once more
                 # with fresh ones before the runner writes the batch again in halves
-                self.writer.forget_ids()
                 try:
                     self.writer.write(batch)
                     return
@@ -285,6 +286,16 @@ class PostgresSink:
                      self.backlog.dropped, refused)
             self._outage_since = None
 
+    def _may_forget_ids(self) -> bool:
+        """Forget the cached ids, for one more try, unless that was done a moment ago (the
+        halves of a refused batch do not each need it)."""
+        now = time.monotonic()
+        if now - self._ids_forgotten_at < FORGET_IDS_EVERY_S:
+            return False
+        self._ids_forgotten_at = now
+        self.writer.forget_ids()
+        return True
+
     def _event_held(self, ev: Event) -> BaseException | None:
         try:
             self.writer.event(ev)
@@ -314,8 +325,7 @@ class PostgresSink:
                     self.backlog.restore(p)
                 return error
             failures += 1
-            if failures == 1:
-                self.writer.forget_ids()
+            if failures == 1 and self._may_forget_ids():
                 todo.append(part)
             elif len(part) == 1 or failures > HALVING_BUDGET:
                 self.failed += len(part)
