@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import msgspec
 
@@ -21,6 +22,123 @@ if TYPE_CHECKING:
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_ONLY = ("dsn", "schema", "retention_days", "compress_after_days", "spool_dir")
 _POSTGRES_ONLY_WITH_DEFAULTS = ("timescaledb", "buffer_max", "spool_max_mb")  # set: not default
+
+# the connection keywords of libpq (17, with older and newer names): a ``key=value`` DSN starts
+# with one of them (libpq itself refuses any other key)
+LIBPQ_KEYWORDS = frozenset((
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth",
+    "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
+    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl",
+    "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslkeylogfile", "sslpassword",
+    "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+    "max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "service",
+    "target_session_attrs", "load_balance_hosts", "scram_client_key", "scram_server_key",
+    "oauth_issuer", "oauth_client_id", "oauth_client_secret", "oauth_scope",
+))
+# a URI's scheme, any case (RFC 3986: schemes are case-insensitive; libpq takes lower case only)
+_URI_SCHEME = re.compile(r"^\s*(postgres(?:ql)?)://", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
+_QUOTED = re.compile(r'"([^"]*)"|\'([^\']*)\'')
+UNPARSABLE = ("the DSN cannot be parsed: check its syntax, e.g. postgresql://USER@HOST:PORT/DBNAME "
+              "or host=HOST dbname=DBNAME; in a URI a password with % @ / : or [ must be "
+              "percent-encoded (%25 %40 %2F %3A %5B) (libpq's message is not shown: it may contain "
+              "the password)")
+
+
+def is_uri(text: str) -> bool:
+    """Does ``text`` start like a PostgreSQL URI (``postgresql://``, ``postgres://``, any case)?"""
+    return _URI_SCHEME.match(text) is not None
+
+
+def looks_like_dsn(text: str) -> bool:
+    """A PostgreSQL URI, or a libpq ``key=value`` string whose first key is a libpq keyword."""
+    text = text.strip()
+    if is_uri(text):
+        return True
+    return "=" in text and text.split("=", 1)[0].strip() in LIBPQ_KEYWORDS
+
+
+def normalise_dsn(dsn: str) -> str:
+    """``dsn`` with a URI's scheme in lower case, as libpq needs it."""
+    m = _URI_SCHEME.match(dsn)
+    if m is None:
+        return dsn
+    return m.group(1).lower() + "://" + dsn[m.end():]
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """The parameters of ``dsn`` (libpq's parser, through psycopg).
+
+    Raises ``ValueError(UNPARSABLE)``: libpq's own message quotes the DSN, password and
+    all (``invalid percent-encoded token: "Top%zzSecret2"``), so it is never passed on.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(normalise_dsn(dsn))
+    except psycopg.Error:
+        raise ValueError(UNPARSABLE) from None
+    return {k: str(v) for k, v in params.items()}
+
+
+def dsn_secrets(dsn: str) -> set[str]:
+    """Every text that may be the password of ``dsn``, parsable or not: the parsed password,
+    and from the raw text the part of a URI between ':' and '@' (as libpq splits it, and up
+    to the last '@') and the value of a ``password=`` key, each as written and decoded."""
+    found: set[str] = set()
+    try:
+        password = parse_dsn(dsn).get("password")
+    except (ValueError, ImportError):
+        password = None
+    if password:
+        found.add(password)
+    m = _URI_SCHEME.match(dsn)
+    if m is not None:
+        rest = dsn[m.end():]
+        ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+        libpq_part = rest[:min(ends)] if ends else rest
+        for userinfo in (libpq_part.rpartition("@")[0], rest.rpartition("@")[0]):
+            if ":" in userinfo:
+                found.add(userinfo.split(":", 1)[1])
+    for value in _KV_PASSWORD.findall(dsn):
+        found.add(value)
+        found.add(value.strip("'"))
+        found.add(value.strip("'").replace("\\'", "'").replace("\\\\", "\\"))
+    found |= {unquote(s) for s in found}
+    return {s for s in found if s}
+
+
+def reveals(value: str, secrets: set[str]) -> bool:
+    """Does ``value`` show part of one of ``secrets``: three characters in a row of one, or
+    (shorter) a whole one, or is it a piece of one?"""
+    if not value:
+        return False
+    for s in secrets:
+        if value in s or (len(s) < 3 and s in value) or any(
+                s[i:i + 3] in value for i in range(len(s) - 2)):
+            return True
+    return False
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` (an error message) with every possible password of ``dsn`` replaced by ``***``,
+    and every quoted value in it that shows part of one (libpq quotes the values it refuses:
+    a password with an unencoded '@' spills into the host or port)."""
+    secrets = dsn_secrets(dsn)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+        else:  # a short one only where it stands alone, not inside every word
+            text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
+
+    def quoted(m: re.Match[str]) -> str:
+        value = m.group(1) if m.group(1) is not None else m.group(2)
+        return '"***"' if reveals(value, secrets) else m.group(0)
+
+    return _QUOTED.sub(quoted, text)
 
 
 def check_storage(s: StorageConfig) -> None:

@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
@@ -120,12 +119,16 @@ def to_i32(u: int) -> int:
 
 
 def safe_dsn(dsn: str) -> str:
-    """The DSN for logs: the password masked."""
+    """The DSN for logs: the password masked; an unparsable one is not shown at all."""
+    from sensorwire.collector.pg_config import dsn_secrets, parse_dsn, reveals
+
     try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
+        params = parse_dsn(dsn)
+    except ValueError:
         return "<an unparsable DSN>"
-    parts = [f"{k}={'***' if k == 'password' else v}" for k, v in params.items()]
+    secrets = dsn_secrets(dsn)  # a value showing part of the password: a password misparsed
+    parts = [f"{k}={'***' if k == 'password' or reveals(v, secrets) else v}"
+             for k, v in params.items()]
     return " ".join(parts)
 
 
@@ -159,11 +162,22 @@ def connect(dsn: str, schema: str | None = None, autocommit: bool = False) -> Co
     """A connection with keepalives and timeouts; ``search_path`` set to ``schema`` if given.
 
     libpq reads the password as usual: from the DSN, ``$PGPASSWORD`` or the passfile.
+    An unparsable DSN raises ``psycopg.ProgrammingError`` saying so without libpq's message
+    (which quotes the DSN); the text of any other error has the DSN's password scrubbed out.
     """
-    params: dict[str, Any] = conninfo_to_dict(dsn)
+    from sensorwire.collector.pg_config import parse_dsn, scrub
+
+    try:
+        params: dict[str, Any] = dict(parse_dsn(dsn))
+    except ValueError as exc:
+        raise psycopg.ProgrammingError(str(exc)) from None
     for k, v in _DEFAULTS.items():
         params.setdefault(k, v)
-    conn: Conn = psycopg.connect(autocommit=autocommit, **params)
+    try:
+        conn: Conn = psycopg.connect(autocommit=autocommit, **params)
+    except psycopg.Error as exc:
+        exc.args = (scrub(str(exc), dsn),)  # the same error (class, sqlstate), its text scrubbed
+        raise
     if schema is not None:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))

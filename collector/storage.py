@@ -65,15 +65,13 @@ class PostgresReader:
 
 
 def is_dsn(db: str) -> bool:
-    """Is ``db`` a PostgreSQL DSN (URL or libpq key=value string) rather than a file path?"""
-    text = db.strip()
-    if text.startswith(("postgresql://", "postgres://")):
-        return True
-    return "=" in text and text.split("=", 1)[0].strip() in _LIBPQ_KEYS
+    """Is ``db`` a PostgreSQL DSN rather than a file path?  A URI (``postgresql://`` or
+    ``postgres://``, any case), or a libpq ``key=value`` string whose first key is one of
+    libpq's connection keywords (``gssencmode=...``, ``target_session_attrs=...`` as well
+    as ``host=...``)."""
+    from sensorwire.collector.pg_config import looks_like_dsn
 
-
-_LIBPQ_KEYS = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service",
-               "sslmode", "options", "application_name", "connect_timeout"}
+    return looks_like_dsn(db)
 
 
 def connect_reader(db: str) -> Reader:
