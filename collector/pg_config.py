@@ -155,6 +155,12 @@ def check_storage(s: StorageConfig) -> None:
         raise ValueError('dsn: required with kind = "postgres", e.g. '
                          '"postgresql://sensorwire@db.example/telemetry" (the password may come '
                          "from $PGPASSWORD or a passfile, as libpq reads them)")
+    try:
+        parse_dsn(s.dsn)  # after ${VAR} expansion: the loader expands before it converts
+    except ImportError:
+        pass  # no psycopg: the collector says at start that kind = "postgres" needs it
+    except ValueError as exc:
+        raise ValueError(f"dsn: {exc}") from None
     if s.schema is not None and not _IDENT.match(s.schema):
         raise ValueError(f"schema: {s.schema!r} is not a plain PostgreSQL name (lower-case letters, "
                          "digits and _, not starting with a digit, at most 63)")

@@ -7,12 +7,17 @@ others run the real ``sensorwire`` commands against DSNs that fail before any co
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import msgspec
 import psycopg
 import pytest
 from pgsupport import PgSchema
-from support import run_cli
+from support import run_cli, write
 
 from sensorwire.collector import pg_config, pg_store, storage
+from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.pg_store import PgWriter
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -77,6 +82,26 @@ def test_status_and_query_never_print_the_password(dsn: str, password: str) -> N
         assert r.returncode == 1, r
         assert "cannot be parsed" in r.stderr
         assert password not in r.stderr + r.stdout and password[:6] not in r.stderr, r.stderr
+
+
+def collector_toml(tmp: Path, dsn: str) -> Path:
+    return write(tmp / "collector.toml",
+                 '[subscribe]\nconnect = ["tcp://127.0.0.1:1"]\n'
+                 f'[storage]\nkind = "postgres"\ndsn = "{dsn}"\n')
+
+
+def test_an_unparsable_dsn_is_a_config_error_after_expansion(tmp_path: Path) -> None:
+    cfg = collector_toml(tmp_path, "postgresql://sensorwire:${PW}@127.0.0.1/test")
+    env = dict(os.environ, PW="Top%zzSecret2")
+    for argv in (("check-config", str(cfg)), ("collector", "-c", str(cfg))):
+        r = run_cli(*argv, env=env)
+        assert r.returncode == 2, r
+        assert "storage.dsn: the DSN cannot be parsed" in r.stderr
+        assert "zzSecret" not in r.stderr + r.stdout and "Top%" not in r.stderr
+    good = run_cli("check-config", str(cfg), env=dict(env, PW="Top%25zzSecret2"))
+    assert good.returncode == 0, good.stderr
+    with pytest.raises(msgspec.ValidationError, match="dsn: the DSN cannot be parsed"):
+        msgspec.convert({"kind": "postgres", "dsn": "host='x"}, StorageConfig)
 
 
 def test_an_upper_case_uri_reads_the_postgres_store(pg: PgSchema) -> None:
