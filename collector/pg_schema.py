@@ -24,8 +24,15 @@ extension (``[storage] timescaledb = "auto"`` finds it, ``"on"`` requires it)
 retention and compression policies; without it, plain tables with a BRIN
 index on ``time_ns`` (docs/postgres.md says why BRIN rather than partitions).
 
-Two collectors starting at once do not race: migrations run under a
-transaction-level advisory lock.
+Every start looks before it creates: DDL runs only when the schema or a table
+is missing or a migration is due, so a role with only the grants the writer
+needs (:data:`WRITER_PRIVILEGES`, docs/postgres.md "A least-privilege role")
+runs the collector once an owner has created the tables.  A
+``schema_migrations`` that is not sensorwire's, or tables named as its
+without one, are refused: the schema is another tool's.
+
+Two collectors starting at once do not race: the look and the migrations run
+under a transaction-level advisory lock.
 """
 
 from __future__ import annotations
@@ -196,26 +203,138 @@ def _enable_timescaledb(cur: psycopg.Cursor[tuple[object, ...]], required: bool)
     return True
 
 
+# sensorwire's schema_migrations: these columns, these types (another tool's table of the
+# same name, e.g. golang-migrate's (version bigint, dirty boolean), is not it)
+_MIGRATIONS_COLUMNS = {"version": "integer", "description": "text",
+                       "applied_at": "timestamp with time zone"}
+# the tables of migration 1, and what the writer (and resume) does to each: the least a role
+# that only writes needs (docs/postgres.md, "A least-privilege role")
+_TABLE_NAMES = ("meta", "devices", "boots", "presence", "lost_ranges", "series", "frames")
+WRITER_PRIVILEGES = {
+    "schema_migrations": ("SELECT",),
+    "meta": ("SELECT",),
+    "devices": ("SELECT", "INSERT", "UPDATE"),
+    "boots": ("SELECT", "INSERT", "UPDATE"),
+    "series": ("SELECT", "INSERT"),
+    "frames": ("SELECT", "INSERT"),
+    "presence": ("INSERT",),
+    "lost_ranges": ("INSERT",),
+}
+_SEE_DOCS = 'docs/postgres.md, "A least-privilege role"'
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What is there before anything is created: looked up, no DDL."""
+    schema: str | None              # the schema the tables are (to be) in; None: none usable
+    schema_exists: bool
+    tables: frozenset[str]          # sensorwire's table names found in it
+    version: int                    # the newest migration applied; 0: none
+
+
+def _look(cur: psycopg.Cursor[tuple[object, ...]], schema: str | None) -> _Found:
+    cur.execute("SELECT current_user")
+    row = cur.fetchone()
+    user = str(row[0]) if row else "?"
+    if schema is not None:
+        cur.execute("SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = %s",
+                    (schema,))
+        row = cur.fetchone()
+        if row is None:
+            return _Found(schema, False, frozenset(), 0)
+        if not row[0]:
+            raise MigrationError(f"role {user} has no USAGE on schema {schema}: the tables' owner "
+                                 f"must grant it ({_SEE_DOCS})")
+        where = schema
+    else:
+        cur.execute("SELECT current_schema()")  # the first schema of the search_path usable
+        row = cur.fetchone()
+        if not (row and row[0] is not None):
+            return _Found(None, False, frozenset(), 0)
+        where = str(row[0])
+    cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (where, ["schema_migrations", *_TABLE_NAMES]))
+    tables = frozenset(str(r[0]) for r in cur.fetchall())
+    if "schema_migrations" not in tables:
+        if tables:
+            raise MigrationError(
+                f"schema {where} has tables named as sensorwire's ({', '.join(sorted(tables))}) but "
+                "no sensorwire schema_migrations: they are not sensorwire's; set [storage] schema "
+                "to a schema of sensorwire's own")
+        return _Found(where, True, tables, 0)
+    cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = format('%%I.%%I', %s::text, 'schema_migrations')::regclass "
+                "AND a.attnum > 0 AND NOT a.attisdropped", (where,))
+    columns = {str(n): str(t) for n, t in cur.fetchall()}
+    if any(columns.get(k) != v for k, v in _MIGRATIONS_COLUMNS.items()):
+        raise MigrationError(f"a table schema_migrations that is not sensorwire's exists in schema "
+                             f"{where} (columns {', '.join(columns)}): set [storage] schema to a "
+                             "schema of sensorwire's own")
+    _check_privileges(cur, where, user, {"schema_migrations": ("SELECT",)})
+    cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    row = cur.fetchone()
+    return _Found(where, True, tables, int(row[0]) if row else 0)  # type: ignore[call-overload]
+
+
+def _check_privileges(cur: psycopg.Cursor[tuple[object, ...]], where: str, user: str,
+                      needed: dict[str, tuple[str, ...]]) -> None:
+    """Refuse, naming each one, when the role lacks a privilege the writer needs."""
+    missing: list[str] = []
+    for table, privileges in needed.items():
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (where, table))
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            missing.append(f"the table {table} (it is gone)")
+            continue
+        for privilege in privileges:
+            cur.execute("SELECT has_table_privilege(format('%%I.%%I', %s::text, %s::text), %s)",
+                        (where, table, privilege))
+            row = cur.fetchone()
+            if not (row and row[0]):
+                missing.append(f"{privilege} on {table}")
+    if needed is WRITER_PRIVILEGES:
+        cur.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY')")
+        row = cur.fetchone()
+        if not (row and row[0]):
+            missing.append("TEMPORARY on the database (for the staging table)")
+    if missing:
+        raise MigrationError(f"role {user} cannot write the tables in schema {where}: it lacks "
+                             f"{', '.join(missing)}; the tables' owner must grant them ({_SEE_DOCS})")
+
+
 def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str | None, policy: Policy) -> Layout:
-    """Create or upgrade the tables in ``schema`` (default: the first of the search_path)."""
+    """Create or upgrade the tables in ``schema`` (default: the first of the search_path).
+
+    Looks first, and runs DDL only when something is missing or a migration is due: a role
+    with only the privileges of :data:`WRITER_PRIVILEGES` (and USAGE on the schema) can run
+    the collector once the tables' owner has created them.
+    """
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        if schema is not None:
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                    "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        found = _look(cur, schema)
+        if found.version > SCHEMA_VERSION:
+            raise MigrationError(f"schema version {found.version} is newer than this sensorwire "
+                                 f"understands ({SCHEMA_VERSION}); upgrade sensorwire")
+        if found.version < SCHEMA_VERSION:
+            try:
+                with conn.transaction():  # a savepoint: the error below is about this part only
+                    _create(cur, schema, found, policy)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                what = ("create schema " + schema if schema is not None and not found.schema_exists
+                        else f"create or upgrade the tables in schema {found.schema}")
+                raise MigrationError(
+                    f"cannot {what} ({' '.join(str(exc).split())}): run the collector once as a "
+                    f"role that may (the owner of the schema), then grant this one what it needs "
+                    f"({_SEE_DOCS})") from None
+        where = found.schema
+        if where is None:
+            cur.execute("SELECT current_schema()")
+            row = cur.fetchone()
+            where = str(row[0]) if row and row[0] is not None else "?"
+        cur.execute("SELECT current_user")
         row = cur.fetchone()
-        current = int(row[0]) if row else 0  # type: ignore[call-overload]
-        if current > SCHEMA_VERSION:
-            raise MigrationError(f"schema version {current} is newer than this sensorwire understands "
-                                 f"({SCHEMA_VERSION}); upgrade sensorwire")
-        for version, description, step in MIGRATIONS:
-            if version > current:
-                step(cur, policy)
-                cur.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
-                            (version, description))
-                log.info("postgres: applied schema migration %d (%s)", version, description)
+        _check_privileges(cur, where, str(row[0]) if row else "?", WRITER_PRIVILEGES)
         cur.execute("SELECT value FROM meta WHERE key = 'layout'")
         row = cur.fetchone()
         layout: Layout = "timescaledb" if row and row[0] == "timescaledb" else "brin"
@@ -229,6 +348,22 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str | None, po
                                  "and these tables are plain PostgreSQL (no timescaledb extension); "
                                  "remove the keys, or see docs/postgres.md for retention without it")
     return layout
+
+
+def _create(cur: psycopg.Cursor[tuple[object, ...]], schema: str | None, found: _Found,
+            policy: Policy) -> None:
+    """The DDL that is due: the schema, schema_migrations, then each migration not applied."""
+    if schema is not None and not found.schema_exists:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    if "schema_migrations" not in found.tables:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                    "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+    for version, description, step in MIGRATIONS:
+        if version > found.version:
+            step(cur, policy)
+            cur.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                        (version, description))
+            log.info("postgres: applied schema migration %d (%s)", version, description)
 
 
 def _apply_policies(cur: psycopg.Cursor[tuple[object, ...]], policy: Policy) -> None:
