@@ -111,6 +111,22 @@ def dsn_secrets(dsn: str) -> set[str]:
     return {s for s in found if s}
 
 
+def _forms(text: str) -> set[str]:
+    stripped = text.strip("'")
+    return {text, unquote(text), stripped, stripped.replace("\\'", "'").replace("\\\\", "\\")}
+
+
+def spilled(dsn: str) -> set[str]:
+    """The texts of :func:`dsn_secrets` that are not the password libpq parsed (in any of its
+    written forms): a password it split elsewhere (an unencoded '@' spills part of it into
+    the host or port), or every one when ``dsn`` is unparsable; usually none."""
+    try:
+        password = parse_dsn(dsn).get("password")
+    except (ValueError, ImportError):
+        password = None
+    return {s for s in dsn_secrets(dsn) if password is None or password not in _forms(s)}
+
+
 def reveals(value: str, secrets: set[str]) -> bool:
     """Does ``value`` show part of one of ``secrets``: three characters in a row of one, or
     (shorter) a whole one, or is it a piece of one?"""
@@ -125,18 +141,20 @@ def reveals(value: str, secrets: set[str]) -> bool:
 
 def scrub(text: str, dsn: str) -> str:
     """``text`` (an error message) with every possible password of ``dsn`` replaced by ``***``,
-    and every quoted value in it that shows part of one (libpq quotes the values it refuses:
-    a password with an unencoded '@' spills into the host or port)."""
-    secrets = dsn_secrets(dsn)
-    for secret in sorted(secrets, key=len, reverse=True):
+    and, where libpq split the password elsewhere (:func:`spilled`), every quoted value in it
+    that shows part of one (libpq quotes the host or port it cannot use)."""
+    for secret in sorted(dsn_secrets(dsn), key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, "***")
         else:  # a short one only where it stands alone, not inside every word
             text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
+    suspects = spilled(dsn)
+    if not suspects:
+        return text
 
     def quoted(m: re.Match[str]) -> str:
         value = m.group(1) if m.group(1) is not None else m.group(2)
-        return '"***"' if reveals(value, secrets) else m.group(0)
+        return '"***"' if reveals(value, suspects) else m.group(0)
 
     return _QUOTED.sub(quoted, text)
 

@@ -120,14 +120,14 @@ def to_i32(u: int) -> int:
 
 def safe_dsn(dsn: str) -> str:
     """The DSN for logs: the password masked; an unparsable one is not shown at all."""
-    from sensorwire.collector.pg_config import dsn_secrets, parse_dsn, reveals
+    from sensorwire.collector.pg_config import parse_dsn, reveals, spilled
 
     try:
         params = parse_dsn(dsn)
     except ValueError:
         return "<an unparsable DSN>"
-    secrets = dsn_secrets(dsn)  # a value showing part of the password: a password misparsed
-    parts = [f"{k}={'***' if k == 'password' or reveals(v, secrets) else v}"
+    suspects = spilled(dsn)  # part of a password libpq split elsewhere (an unencoded '@')
+    parts = [f"{k}={'***' if k == 'password' or reveals(v, suspects) else v}"
              for k, v in params.items()]
     return " ".join(parts)
 

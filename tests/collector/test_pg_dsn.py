@@ -67,6 +67,14 @@ def test_a_password_misparsed_into_the_host_is_scrubbed() -> None:
     assert "Wd99" not in str(err.value)
 
 
+def test_only_a_misparsed_password_masks_other_values() -> None:
+    # parsed as written: the user and database stay readable though the password holds them
+    dsn = "postgresql://postgres:postgres-sensorwire@127.0.0.1/sensorwire"
+    assert pg_store.safe_dsn(dsn) == "user=postgres password=*** dbname=sensorwire host=127.0.0.1"
+    message = 'FATAL: role "postgres" may not connect to database "sensorwire"'
+    assert pg_config.scrub(message, dsn) == message
+
+
 def test_scrub_removes_every_form_of_the_password() -> None:
     dsn = "postgresql://u:se%2Fcret42@h/db"
     assert pg_config.scrub("x se/cret42 y se%2Fcret42 z", dsn) == "x *** y *** z"
