@@ -130,3 +130,17 @@ def test_an_upper_case_uri_reads_the_postgres_store(pg: PgSchema) -> None:
     assert '"d1"' in r.stdout
     r = run_cli("status", "--db", f"target_session_attrs=any {pg.dsn}", "--format", "json")
     assert r.returncode == 0 and '"d1"' in r.stdout, r.stderr
+
+
+def test_a_collector_whose_password_libpq_splits_never_shows_it(tmp_path: Path) -> None:
+    # an unencoded '@' in a ${PW}-expanded password: libpq parses the DSN, but takes "hidden"
+    # for the host and "Pass77@127.0.0.1" for the port, and quotes the one it cannot use
+    cfg = collector_toml(tmp_path, "postgresql://u:${PW}@127.0.0.1/test")
+    env = dict(os.environ, PW="Xy@hidden:Pass77")
+    r = run_cli("collector", "-c", str(cfg), env=env)
+    assert r.returncode == 1, r
+    assert "cannot connect" in r.stderr, r.stderr
+    for part in ("hidden", "Pass77", "Xy@"):
+        assert part not in r.stderr + r.stdout, r.stderr
+    r = run_cli("status", "--db", "postgresql://u:Xy@hidden:Pass77@127.0.0.1/test")
+    assert r.returncode == 1 and "hidden" not in r.stderr and "Pass77" not in r.stderr, r.stderr
