@@ -250,7 +250,9 @@ class PostgresSink:
             self.writer.open()
         except (psycopg.Error, MigrationError) as exc:
             self._retry_at = time.monotonic() + self._delay
-            _retry_log.warning("reconnect", "postgres: database still unreachable (%s); %d frames "
+            what = ("cannot write yet" if isinstance(exc, MigrationError)  # e.g. a privilege
+                    else "database still unreachable")
+            _retry_log.warning("reconnect", f"postgres: {what} (%s); %d frames "
                                "in memory, %d records in the spool, %d dropped; next try in %.1f s",
                                _one_line(exc), self.backlog.frames_in_memory,
                                self.backlog.spool_pending, self.backlog.dropped, self._delay)
