@@ -18,9 +18,18 @@ once running, an outage is ridden out here, not in the runner:
 - what exceeds both bounds is dropped, counted and logged (WARNING).
 
 The runner counts a parked batch as written; this sink logs what it held,
-wrote and dropped (and its last line says so).  Deadlocks and serialization failures are raised as retryable
-:class:`~sensorwire.collector.sinks.SinkError` (the runner tries again);
-anything else the database refuses is permanent.
+wrote and dropped (and its last line says so), and shows it to the runner as
+``held`` and ``lost`` (for the metrics and the summary).  Deadlocks and
+serialization failures are raised as retryable
+:class:`~sensorwire.collector.sinks.SinkError` (the runner tries again); a
+refusal that concerns the whole database (a table renamed, a privilege
+revoked, a lock or statement timeout: :func:`~sensorwire.collector.pg_store.classify`)
+is an outage; anything else the database refuses is permanent: tried once
+more with fresh ids, then raised, and the runner writes the batch again in
+halves.  Frames held through an outage are written back the same way, here.
+
+Events (presence, lost ranges, counts) come with the batches
+(``events_with_batches``) and are written in one transaction ahead of each.
 """
 
 from __future__ import annotations
