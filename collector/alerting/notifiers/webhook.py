@@ -9,6 +9,9 @@ The body is the notification's JSON object, or ``template`` filled in (see
 
 Status 2xx is success; 408, 429 and 5xx, timeouts and connection errors are
 retryable; other statuses are permanent.
+
+A webhook URL is often a secret (a Slack URL, ``?token=``, ``user:pass@``), so
+it is never logged or shown whole: :func:`redact` keeps scheme, host and port.
 """
 
 from __future__ import annotations
@@ -16,13 +19,32 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
 from sensorwire.collector.alerting import notification
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import NotifierConfig, NotifyError
+
+
+def redact(url: str) -> str:
+    """``url`` as ``scheme://host:port/…``: no user, password, path or query (often secret)."""
+    try:
+        parts = urlsplit(url)
+        host = _host_port(parts)
+    except ValueError:
+        return "(an invalid URL)"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment
+                    or parts.username is not None) else parts.path
+    return f"{parts.scheme}://{host}{rest}" if parts.scheme else "(a URL without a scheme)"
+
+
+def _host_port(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port is not None else host
 
 
 class WebhookConfig(NotifierConfig, tag="webhook", kw_only=True):
@@ -37,7 +59,7 @@ class WebhookConfig(NotifierConfig, tag="webhook", kw_only=True):
         super().__post_init__()
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url: {self.url!r} is not an http:// or https:// URL")
+            raise ValueError(f"url: {redact(self.url)} is not an http:// or https:// URL")
         if self.template is not None:
             try:
                 notification.check_template(self.template)
@@ -55,6 +77,7 @@ class WebhookNotifier:
         self.name = config.name
         self.config = config
         self._json = "json" in config.content_type.lower()
+        self._where = redact(config.url)
 
     def open(self) -> None:
         pass
@@ -75,14 +98,14 @@ class WebhookNotifier:
                 resp.read(65536)
         except urllib.error.HTTPError as exc:
             retryable = exc.code in (408, 429) or exc.code >= 500
-            raise NotifyError(f"{c.url}: HTTP {exc.code} {exc.reason}", retryable) from None
+            raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}", retryable) from None
         except urllib.error.URLError as exc:
-            raise NotifyError(f"{c.url}: {exc.reason}", retryable=True) from None
+            raise NotifyError(f"{self._where}: {exc.reason}", retryable=True) from None
         except TimeoutError:
-            raise NotifyError(f"{c.url}: no answer within {c.timeout_s:g} s",
+            raise NotifyError(f"{self._where}: no answer within {c.timeout_s:g} s",
                               retryable=True) from None
         except OSError as exc:  # connection reset while reading, etc.
-            raise NotifyError(f"{c.url}: {exc}", retryable=True) from None
+            raise NotifyError(f"{self._where}: {exc}", retryable=True) from None
 
     def close(self) -> None:
         pass

@@ -18,6 +18,7 @@ from support import free_port, tcp, wait_until
 from sensorwire.collector.alerting.delivery import Courier, Dispatcher
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import AnyNotifierConfig, NotifyError, build
+from sensorwire.collector.alerting.notifiers.webhook import redact
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -76,6 +77,31 @@ def test_webhook_that_keeps_failing_is_counted_and_a_4xx_is_not_retried(hook: Ho
         assert hook.count() == 4
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://hooks.slack.com/services/T000/B000/s3cret", "https://hooks.slack.com/…"),
+    ("http://bot:s3cret@127.0.0.1:8080/", "http://127.0.0.1:8080/…"),
+    ("http://127.0.0.1:8080/alerts?token=s3cret", "http://127.0.0.1:8080/…"),
+    ("http://[::1]:8080/", "http://[::1]:8080/"),
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+])
+def test_a_webhook_url_is_shown_without_its_secrets(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+def test_a_failing_webhook_logs_its_url_redacted(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    hook.then = "503"
+    c = courier_for(name="secret-hook", kind="webhook", url=hook.url + "/s3cret?token=s3cret",
+                    retries=1, backoff_s=0.01)
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.failed == 1, what="giving up")
+    finally:
+        c.close()
+    logged = "\n".join(r.getMessage() for r in caplog.records if "secret-hook" in r.getMessage())
+    assert "HTTP 503" in logged and hook.url.rsplit("/", 1)[0] + "/…" in logged, logged
+    assert "s3cret" not in logged
 
 
 def test_webhook_template_shapes_the_body_for_slack(hook: Hook) -> None:
