@@ -76,13 +76,15 @@ class Hook:
 
     ``script`` is consumed in order ("500", "200", "hang"); when it is empty,
     every request gets ``then``.  ``hang`` holds the request open until
-    :meth:`close`.  Every request is recorded as (status, headers, body).
+    :meth:`close`; a 3xx answer says ``Location: {location}``.  Every request
+    (POST or GET) is recorded as (status, headers, body).
     """
 
     def __init__(self, script: list[str] | None = None, then: str = "200") -> None:
         self.script = list(script or [])
         self.then = then
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.location = ""
         self.release = threading.Event()
         self._lock = threading.Lock()
         hook = self
@@ -97,8 +99,12 @@ class Hook:
                     hook.release.wait(60)
                     return
                 self.send_response(int(answer))
+                if answer.startswith("3"):
+                    self.send_header("Location", hook.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            do_GET = do_POST  # noqa: N815 - a followed redirect arrives as a GET
 
             def log_message(self, *args: Any) -> None:
                 pass

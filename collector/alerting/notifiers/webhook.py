@@ -8,7 +8,9 @@ The body is the notification's JSON object, or ``template`` filled in (see
 ``headers`` (e.g. ``Authorization``) may use the same placeholders.
 
 Status 2xx is success; 408, 429 and 5xx, timeouts and connection errors are
-retryable; other statuses are permanent.
+retryable; other statuses are permanent.  Redirects are not followed (a POST
+would become a GET without its body, and the ``Authorization`` header would go
+to another host): a 3xx is a permanent failure naming the new location.
 
 A webhook URL is often a secret (a Slack URL, ``?token=``, ``user:pass@``), so
 it is never logged or shown whole: :func:`redact` keeps scheme, host and port.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Annotated, Literal
-from urllib.parse import SplitResult, urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import msgspec
 
@@ -72,6 +74,16 @@ class WebhookConfig(NotifierConfig, tag="webhook", kw_only=True):
                 raise ValueError(f"headers: {key}: {exc}") from None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the 3xx reaches the caller as an HTTPError."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class WebhookNotifier:
     def __init__(self, config: WebhookConfig) -> None:
         self.name = config.name
@@ -94,9 +106,15 @@ class WebhookNotifier:
         headers.setdefault("User-Agent", "sensorwire-alerting")
         req = urllib.request.Request(c.url, data=self.body(n), headers=headers, method=c.method)
         try:
-            with urllib.request.urlopen(req, timeout=c.timeout_s) as resp:
+            with _OPENER.open(req, timeout=c.timeout_s) as resp:
                 resp.read(65536)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location") if exc.headers else None
+                where = redact(urljoin(c.url, location)) if location else "nowhere (no Location)"
+                raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}: redirected to "
+                                  f"{where}, not followed; set url to the new location",
+                                  retryable=False) from None
             retryable = exc.code in (408, 429) or exc.code >= 500
             raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}", retryable) from None
         except urllib.error.URLError as exc:

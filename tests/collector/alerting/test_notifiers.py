@@ -104,6 +104,27 @@ def test_a_failing_webhook_logs_its_url_redacted(hook: Hook, caplog: pytest.LogC
     assert "s3cret" not in logged
 
 
+def test_a_redirect_is_a_failure_and_is_not_followed(hook: Hook,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    elsewhere = Hook()
+    hook.then = "302"
+    hook.location = elsewhere.url + "?token=s3cret"
+    c = courier_for(name="moved-hook", kind="webhook", url=hook.url, retries=3, backoff_s=0.01,
+                    headers={"Authorization": "Bearer s3cret"})
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.failed == 1, what="the redirect to count as a failure")
+    finally:
+        c.close()
+        elsewhere.close()
+    assert (c.delivered, c.failed, c.retried) == (0, 1, 0)
+    assert hook.count() == 1 and elsewhere.count() == 0  # the credentials went nowhere else
+    logged = [r.getMessage() for r in caplog.records if "moved-hook" in r.getMessage()]
+    where = elsewhere.url.rsplit("/", 1)[0] + "/…"
+    assert any(f"HTTP 302 Found: redirected to {where}, not followed" in m for m in logged), logged
+    assert not any("s3cret" in m for m in logged)
+
+
 def test_webhook_template_shapes_the_body_for_slack(hook: Hook) -> None:
     c = courier_for(name="slack", kind="webhook", url=hook.url,
                     template='{"text": ":fire: {summary} (value {value}, since {started})"}',
