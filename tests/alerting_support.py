@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -128,6 +129,44 @@ class Hook:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class Drip:
+    """An HTTP endpoint that answers one byte every ``every_s``: in its status line and
+    headers (``where = "headers"``) or, after complete headers, in its body."""
+
+    def __init__(self, where: str = "headers", every_s: float = 0.3) -> None:
+        self.where = where
+        self.every_s = every_s
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/alerts"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:  # closed before anyone came
+            return
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+            if self.where == "body":
+                head, answer = answer[:answer.index(b"\r\n\r\n") + 4], answer[answer.index(b"\r\n\r\n") + 4:]
+                conn.sendall(head)
+            for i in range(len(answer)):
+                if self.stop.wait(self.every_s):
+                    return
+                try:
+                    conn.sendall(answer[i:i + 1])
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
 
 
 # -- an in-process collector with alert rules, fed by a real PUB socket -----------

@@ -8,7 +8,9 @@ The body is the notification's JSON object, or ``template`` filled in (see
 ``headers`` (e.g. ``Authorization``) may use the same placeholders.
 
 Status 2xx is success; 408, 429 and 5xx, timeouts and connection errors are
-retryable; other statuses are permanent.  Redirects are not followed (a POST
+retryable; other statuses are permanent.  ``timeout_s`` bounds the whole
+attempt (connecting, sending, and every byte of the answer), so an endpoint
+that answers one byte at a time still fails in time.  Redirects are not followed (a POST
 would become a GET without its body, and the ``Authorization`` header would go
 to another host): a 3xx is a permanent failure naming the new location.
 
@@ -18,6 +20,10 @@ it is never logged or shown whole: :func:`redact` keeps scheme, host and port.
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Annotated, Any, Literal
@@ -81,7 +87,100 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each bounded by the time left before ``deadline`` (monotonic)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the attempt's deadline passed")
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer) or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What an HTTPResponse is given instead of its socket: reads that share one deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+def _deadline_response(deadline: float) -> type[http.client.HTTPResponse]:
+    class Response(http.client.HTTPResponse):
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+    return Response
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, host: str, *, deadline: float, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._deadline = deadline
+        self.response_class = _deadline_response(deadline)
+
+    def connect(self) -> None:
+        self.timeout = _remaining(self._deadline)  # connecting and sending share the deadline
+        super().connect()
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, *, deadline: float, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._deadline = deadline
+        self.response_class = _deadline_response(deadline)
+
+    def connect(self) -> None:
+        self.timeout = _remaining(self._deadline)
+        super().connect()
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPSConnection, req,  # type: ignore[arg-type]
+                            deadline=self._deadline)
+
+
+def _opener(deadline: float) -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect and ends every read at ``deadline``."""
+    return urllib.request.build_opener(_NoRedirect, _HTTPHandler(deadline), _HTTPSHandler(deadline))
 
 
 class WebhookNotifier:
@@ -106,7 +205,8 @@ class WebhookNotifier:
         headers.setdefault("User-Agent", "sensorwire-alerting")
         req = urllib.request.Request(c.url, data=self.body(n), headers=headers, method=c.method)
         try:
-            with _OPENER.open(req, timeout=c.timeout_s) as resp:
+            deadline = time.monotonic() + c.timeout_s  # the whole attempt, not each read
+            with _opener(deadline).open(req, timeout=c.timeout_s) as resp:
                 resp.read(65536)
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
@@ -118,6 +218,9 @@ class WebhookNotifier:
             retryable = exc.code in (408, 429) or exc.code >= 500
             raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}", retryable) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise NotifyError(f"{self._where}: no connection within {c.timeout_s:g} s",
+                                  retryable=True) from None
             raise NotifyError(f"{self._where}: {exc.reason}", retryable=True) from None
         except TimeoutError:
             raise NotifyError(f"{self._where}: no answer within {c.timeout_s:g} s",

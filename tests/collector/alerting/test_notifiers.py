@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from alerting_support import NS, T0, Hook
+from alerting_support import NS, T0, Drip, Hook
 from support import free_port, tcp, wait_until
 
 from sensorwire.collector.alerting.delivery import Courier, Dispatcher
@@ -123,6 +123,21 @@ def test_a_redirect_is_a_failure_and_is_not_followed(hook: Hook,
     where = elsewhere.url.rsplit("/", 1)[0] + "/…"
     assert any(f"HTTP 302 Found: redirected to {where}, not followed" in m for m in logged), logged
     assert not any("s3cret" in m for m in logged)
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_an_endpoint_dripping_one_byte_at_a_time_fails_within_timeout_s(where: str) -> None:
+    drip = Drip(where, every_s=0.2)  # each read gets a byte well within timeout_s
+    c = courier_for(name=f"drip-{where}", kind="webhook", url=drip.url, timeout_s=1.0, retries=0)
+    try:
+        t0 = time.monotonic()
+        c.offer(FIRING)
+        wait_until(lambda: c.failed == 1, timeout_s=5.0, what="the attempt to time out")
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        c.close()
+        drip.close()
+    assert c.delivered == 0
 
 
 def test_webhook_template_shapes_the_body_for_slack(hook: Hook) -> None:
