@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sensorwire.collector.alerting.delivery import Courier, Dispatcher
-from sensorwire.collector.alerting.engine import Engine
+from sensorwire.collector.alerting.engine import ActiveAlert, Engine
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import BUILTIN_LOG, AnyNotifierConfig
 from sensorwire.collector.alerting.rules import AlertRule
@@ -83,16 +83,18 @@ class AlertSink:
         """SIGHUP: new rules and notifiers (already validated); firing alerts carry over.
 
         Called by the sink runner in this sink's thread, in order with the frames.
-        Pending alerts start again; a firing alert whose rule is gone is forgotten.
+        Pending alerts start again; a firing alert whose rule is gone is forgotten.  Firing
+        alerts carry over from the store, or, without one, from the replaced engine.
         """
         fresh = AlertSink(config.alerts, config.notifiers, None)
         self._save([])
         self._evicted_before.update(self.engine.evicted)
         self._refused_before.update(self.engine.refused)
         self._limited_before = self.limited()
+        firing = _firing(self.engine)  # without a store, the old engine is the only record
         self.rules, self._notify = fresh.rules, fresh._notify
         self.notifier_configs, self.engine = fresh.notifier_configs, fresh.engine
-        carried = self._restore() if self.store is not None else 0
+        carried = self._restore(firing)
         new = Dispatcher(self.notifier_configs)
         new.start()
         with self._counts_lock:
@@ -107,10 +109,10 @@ class AlertSink:
         log.info("alerting: reloaded: %d rules, notifiers %s, %d firing alerts carried over",
                  len(self.rules), [c.name for c in self.notifier_configs], carried)
 
-    def _restore(self) -> int:
-        """Firing alerts from the store into the engine; stale rules seeded from storage."""
-        assert self.store is not None
-        active = self.store.active()
+    def _restore(self, firing: list[ActiveAlert]) -> int:
+        """Firing alerts into the engine: from the store, else ``firing`` (the alerts the
+        replaced engine held in memory); stale rules seeded from storage."""
+        active = self.store.active() if self.store is not None else firing
         gone = self.engine.restore(active)
         over = [f"{r.name} ({r.live} > {r.max_instances})" for r in self.engine.rules
                 if r.live > r.max_instances]
@@ -121,7 +123,11 @@ class AlertSink:
         if gone:
             log.info("alerting: forgetting %d firing alerts of rules no longer configured (%s)",
                      len(gone), ", ".join(sorted({a.rule for a in gone})))
-            self.store.forget(gone)
+            if self.store is not None:
+                self.store.forget(gone)
+        if self.store is None:
+            self._warn_limited()
+            return len(active) - len(gone)
         # the series seen longest ago first: a rule at max_instances keeps the latest ones
         for site, device, sensor, metrics, seen in sorted(self.store.known_series(),
                                                           key=lambda series: series[4] or 0):
@@ -133,7 +139,7 @@ class AlertSink:
         carried = 0
         if self.store is not None:
             self.store.open()
-            carried = self._restore()
+            carried = self._restore([])
         else:
             kind = f'= "{self.storage_kind}"' if self.storage_kind else 'is not "sqlite"'
             log.warning("alerting: [storage] kind %s: alert state and history are kept in memory "
@@ -262,6 +268,12 @@ class AlertSink:
                       len(todo), exc)
             return
         self._unsaved = []
+
+
+def _firing(engine: Engine) -> list[ActiveAlert]:
+    """The alerts ``engine`` holds firing, as a store would give them back."""
+    return [ActiveAlert(i.rule.name, i.site, i.device, i.sensor, i.metric, i.started_ns,
+                        i.notified_ns, i.value, i.threshold) for i in engine.firing()]
 
 
 def _courier_counts(c: Courier) -> dict[tuple[str, str], int]:

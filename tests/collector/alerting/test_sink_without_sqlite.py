@@ -4,6 +4,7 @@ memory: the sink says so, naming the storage kind, and a restart fires a firing 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 from alerting_support import at, checked, rule
@@ -41,3 +42,17 @@ def test_the_warning_is_true_when_the_storage_kind_is_not_given(
     _, warning = run_once(caplog)
     assert warning.startswith('alerting: [storage] kind is not "sqlite": alert state')
     assert 'kind = "none"' not in warning
+
+
+def test_a_reload_carries_firing_alerts_over_in_memory() -> None:
+    sink = AlertSink([HOT], [], None, storage_kind="none")
+    sink.open()
+    try:
+        sink.write([(checked({"temperature": 36.0}, 0), at(0))])
+        sink.reload(SimpleNamespace(alerts=[HOT], notifiers=[]))  # SIGHUP
+        sink.write([(checked({"temperature": 36.5}, 10), at(10))])  # still firing: nothing new
+        sink.write([(checked({"temperature": 30.0}, 20), at(20))])  # clears
+    finally:
+        sink.close()
+    assert sink.notified == {("hot", "firing"): 1, ("hot", "resolved"): 1}
+    assert sink.engine.firing() == []
