@@ -49,6 +49,7 @@ class Courier:
         self._thread: threading.Thread | None = None
         self._open = False
         self._busy = False
+        self._abandoned = False  # given up on by close(): late outcomes are not counted
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -94,11 +95,22 @@ class Courier:
         if t.is_alive():
             self._abort.set()  # stop waiting between attempts
             t.join(1.0)
-        if t.is_alive() or self._q:
-            left = len(self._q) + (1 if self._busy else 0)
-            log.error("notifier %s: not finished within %.0f s at shutdown; %d notifications "
-                      "not delivered", self.name, timeout_s, left)
+        if t.is_alive():
+            self._abandon(timeout_s)
         self._thread = None
+
+    def _abandon(self, timeout_s: float) -> None:
+        """Give up on a notifier stuck in ``send``: what is queued is dropped, the one in
+        flight failed (counted now; its outcome, if it ever has one, is not counted)."""
+        with self._cond:
+            queued, in_flight = len(self._q), self._busy
+            self._q.clear()
+            self.dropped += queued
+            self.failed += in_flight
+            self._abandoned = True
+        log.error("notifier %s: not finished within %.0f s (shutdown or reload); %d not "
+                  "delivered (%d in flight counted failed, %d queued counted dropped)",
+                  self.name, timeout_s, queued + in_flight, in_flight, queued)
 
     def _run(self) -> None:
         try:
@@ -133,29 +145,37 @@ class Courier:
                 self.notifier.send(n)
             except NotifyError as exc:
                 if not exc.retryable or attempt == self.retries or self._abort.is_set():
-                    self.failed += 1
+                    failed = self._count("failed")
                     log.error("notifier %s: %s %s of %s not delivered after %d attempt(s): %s "
                               "(%d failed in all)", self.name, n.rule, n.state, n.topic_name(),
-                              attempt + 1, exc, self.failed)
+                              attempt + 1, exc, failed)
                     return
-                self.retried += 1
+                self._count("retried")
                 log.warning("notifier %s: %s; retrying in %.1f s", self.name, exc, delay)
                 if self._abort.wait(delay):
-                    self.failed += 1
+                    self._count("failed")
                     log.error("notifier %s: %s %s of %s not delivered: shutting down",
                               self.name, n.rule, n.state, n.topic_name())
                     return
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             except Exception:  # noqa: BLE001 - a notifier bug must not stop the others
-                self.failed += 1
+                self._count("failed")
                 log.exception("notifier %s: unexpected error", self.name)
                 return
-            self.delivered += 1
+            self._count("delivered")
             if attempt:
                 log.info("notifier %s: delivered %s %s of %s at attempt %d", self.name, n.rule,
                          n.state, n.topic_name(), attempt + 1)
             return
+
+    def _count(self, result: str) -> int:
+        """Count one ``result`` (unless close() gave up on this courier); the count in all."""
+        with self._cond:
+            if not self._abandoned:
+                setattr(self, result, getattr(self, result) + 1)
+            total: int = getattr(self, result)
+            return total
 
     def _open_notifier(self) -> None:
         try:

@@ -72,7 +72,8 @@ class AlertSink:
         # deliveries of the dispatchers replaced by reloads, by (notifier, result); the lock
         # keeps a scrape from seeing a replaced dispatcher twice or not at all
         self._delivered_before: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._retired: Dispatcher | None = None
+        self._retired: list[Dispatcher] = []  # replaced by reloads, still draining
+        self._closers: list[threading.Thread] = []
         self._counts_lock = threading.Lock()
         # max_instances counts of the engines replaced by reloads, by rule
         self._evicted_before: collections.Counter[str] = collections.Counter()
@@ -98,16 +99,24 @@ class AlertSink:
         new = Dispatcher(self.notifier_configs)
         new.start()
         with self._counts_lock:
-            old, self.dispatcher, self._retired = self.dispatcher, new, self.dispatcher
-        if old is not None:
-            old.close()
-        with self._counts_lock:
+            old, self.dispatcher = self.dispatcher, new
             if old is not None:
-                for c in old.couriers.values():
-                    self._delivered_before.update(_courier_counts(c))
-            self._retired = None
+                self._retired.append(old)
+        if old is not None:  # drained in the background: evaluation goes on meanwhile
+            closer = threading.Thread(target=self._retire, args=(old,), daemon=True,
+                                      name="alerting-retire")
+            closer.start()
+            self._closers = [t for t in self._closers if t.is_alive()] + [closer]
         log.info("alerting: reloaded: %d rules, notifiers %s, %d firing alerts carried over",
                  len(self.rules), [c.name for c in self.notifier_configs], carried)
+
+    def _retire(self, old: Dispatcher) -> None:
+        """Let a replaced dispatcher deliver what it holds, then keep only its counts."""
+        old.close()
+        with self._counts_lock:
+            for c in old.couriers.values():
+                self._delivered_before.update(_courier_counts(c))
+            self._retired.remove(old)
 
     def _restore(self, firing: list[ActiveAlert]) -> int:
         """Firing alerts into the engine: from the store, else ``firing`` (the alerts the
@@ -166,9 +175,13 @@ class AlertSink:
         self._handle(self.engine.tick(now_ns - TICK_LAG_NS))
 
     def close(self) -> None:
+        for t in self._closers:  # replaced dispatchers first get their time (5 s at most)
+            t.join(7.0)
         if self.dispatcher is not None:
             self.dispatcher.close()
-            log.info("alerting: %d notifications; %s", self.notifications, self.dispatcher.stats())
+            stats = ", ".join(f"{name}: {d['delivered']} delivered, {d['failed']} failed, "
+                              f"{d['dropped']} dropped" for name, d in self.deliveries().items())
+            log.info("alerting: %d notifications; %s", self.notifications, stats)
             self.dispatcher = None
         if self.store is not None:
             self._save([])
@@ -201,7 +214,7 @@ class AlertSink:
         all (over reloads too), and ``queued`` now: for ``/metrics``."""
         with self._counts_lock:
             total = collections.Counter(self._delivered_before)
-            for d in (self._retired, self.dispatcher):
+            for d in [*self._retired, self.dispatcher]:
                 for c in d.couriers.values() if d is not None else ():
                     total.update(_courier_counts(c))
             current = dict(self.dispatcher.couriers) if self.dispatcher is not None else {}

@@ -324,3 +324,19 @@ def test_an_unreachable_smtp_server_is_retryable() -> None:
 
 def test_started_is_the_fire_time() -> None:
     assert FIRING.to_dict()["started"].endswith(".456789Z") and NS == 10**9
+
+
+def test_what_a_stuck_courier_holds_at_shutdown_is_counted(hook: Hook) -> None:
+    hook.then = "hang"
+    c = courier_for(name="stuck-at-close", kind="webhook", url=hook.url, timeout_s=30.0)
+    try:
+        for _ in range(3):
+            c.offer(FIRING)
+        wait_until(lambda: hook.count() == 1, what="the first request")
+    finally:
+        c.close(timeout_s=0.1)
+    # the one in flight failed, the two still queued were dropped
+    assert (c.delivered, c.failed, c.dropped) == (0, 1, 2)
+    hook.release.set()  # its late outcome is not counted again
+    wait_until(c.idle, what="the abandoned request to end")
+    assert (c.delivered, c.failed, c.dropped) == (0, 1, 2)

@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+import msgspec
 import pytest
-from alerting_support import Hook, Live
+from alerting_support import Hook, Live, at, checked, rule
 from support import wait_until
 
 from sensorwire.collector import config as collector_config
+from sensorwire.collector.alerting.notifiers import AnyNotifierConfig
+from sensorwire.collector.alerting.sink import AlertSink
 
 HOT = """
 [[alerts]]
@@ -185,3 +190,27 @@ def test_a_rule_at_max_instances_is_logged_counted_in_the_summary_and_exported(
     assert c.alerting.limited() == (4, 0)
     assert c.alerting.limited_by_rule() == {"stale-bounded": (4, 0)}
     assert c.alerting.instances() == 2
+
+
+def test_a_reload_does_not_wait_for_the_old_notifiers_and_counts_them(
+        hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    hook.then = "hang"
+    hot = rule(name="hot", match="greenhouse/*/env", metric="temperature", above=35.0,
+               notify=["hook"])
+    hooked = msgspec.convert({"name": "hook", "kind": "webhook", "url": hook.url,
+                              "retries": 0, "timeout_s": 30.0}, AnyNotifierConfig)
+    sink = AlertSink([hot], [hooked], None, storage_kind="none")
+    sink.open()
+    try:
+        sink.write([(checked({"temperature": 36.0}, 0), at(0)),
+                    (checked({"temperature": 36.0}, 0, device="pi-08"), at(0))])
+        wait_until(lambda: hook.count() == 1, what="the first request")
+        t0 = time.monotonic()
+        sink.reload(SimpleNamespace(alerts=[hot], notifiers=[hooked]))
+        assert time.monotonic() - t0 < 1.0  # the hanging endpoint does not hold evaluation
+        hook.then = "200"
+        hook.release.set()  # the first request ends without an answer; the second is answered
+    finally:
+        with caplog.at_level(logging.INFO, logger="sensorwire.collector.alerting.sink"):
+            sink.close()
+    assert "alerting: 2 notifications; hook: 1 delivered, 1 failed, 0 dropped" in caplog.text
