@@ -133,10 +133,14 @@ class Hook:
 
 class Drip:
     """An HTTP endpoint that answers one byte every ``every_s``: in its status line and
-    headers (``where = "headers"``) or, after complete headers, in its body."""
+    headers (``where = "headers"``) or, after complete headers, in its body.  ``answer``
+    is what it sends (by default a 200 with 1000 bytes of body)."""
 
-    def __init__(self, where: str = "headers", every_s: float = 0.3) -> None:
+    def __init__(self, where: str = "headers", every_s: float = 0.3,
+                 answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+                 ) -> None:
         self.where = where
+        self.answer = answer
         self.every_s = every_s
         self.stop = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -151,7 +155,7 @@ class Drip:
             return
         with conn:
             conn.recv(65536)
-            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+            answer = self.answer
             if self.where == "body":
                 head, answer = answer[:answer.index(b"\r\n\r\n") + 4], answer[answer.index(b"\r\n\r\n") + 4:]
                 conn.sendall(head)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _full = RateLimited(log, period_s=10.0)  # "queue full": per notifier, the count in all in each line
 
 BACKOFF_MAX_S = 60.0
+UNEXPECTED_LOG_S = 600.0  # a notifier bug's traceback is logged at most this often
 
 
 class Courier:
@@ -50,6 +51,8 @@ class Courier:
         self._open = False
         self._busy = False
         self._abandoned = False  # given up on by close(): late outcomes are not counted
+        self._traceback_at: float | None = None  # the last "unexpected error" traceback
+        self._unexpected_hidden = 0
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -159,15 +162,29 @@ class Courier:
                     return
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
-            except Exception:  # noqa: BLE001 - a notifier bug must not stop the others
+            except Exception as exc:  # noqa: BLE001 - a notifier bug must not stop the others
                 self._count("failed")
-                log.exception("notifier %s: unexpected error", self.name)
+                self._unexpected(n, exc)
                 return
             self._count("delivered")
             if attempt:
                 log.info("notifier %s: delivered %s %s of %s at attempt %d", self.name, n.rule,
                          n.state, n.topic_name(), attempt + 1)
             return
+
+    def _unexpected(self, n: Notification, exc: Exception) -> None:
+        """A notifier bug: the traceback at most once every UNEXPECTED_LOG_S, one line else."""
+        now = time.monotonic()
+        if self._traceback_at is not None and now - self._traceback_at < UNEXPECTED_LOG_S:
+            self._unexpected_hidden += 1
+            log.error("notifier %s: %s %s of %s not delivered: unexpected %s: %s", self.name,
+                      n.rule, n.state, n.topic_name(), type(exc).__name__, str(exc)[:200])
+            return
+        self._traceback_at = now
+        hidden, self._unexpected_hidden = self._unexpected_hidden, 0
+        log.error("notifier %s: %s %s of %s not delivered: unexpected error (a bug: please "
+                  "report it with this traceback; %d more since the last traceback)", self.name,
+                  n.rule, n.state, n.topic_name(), hidden, exc_info=exc)
 
     def _count(self, result: str) -> int:
         """Count one ``result`` (unless close() gave up on this courier); the count in all."""

@@ -24,6 +24,12 @@ from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import NotifierConfig, NotifyError
 
 
+def _check_address(key: str, address: str) -> None:
+    """A line break in an address would add header lines (or recipients) to every mail."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
+        raise ValueError(f"{key} {address!r} has a control character (a line break?)")
+
+
 class EmailConfig(NotifierConfig, tag="email", kw_only=True):
     host: str
     port: Annotated[int, msgspec.Meta(gt=0, lt=65536)] | None = None  # see smtp_port
@@ -47,6 +53,9 @@ class EmailConfig(NotifierConfig, tag="email", kw_only=True):
         super().__post_init__()
         if not self.to:
             raise ValueError("to: give at least one address")
+        for i, address in enumerate(self.to):
+            _check_address(f"to: [{i}]:", address)
+        _check_address("from:", self.sender)
         if (self.username is None) != (self.password is None):
             raise ValueError("password: give both username and password, or neither")
         if self.starttls and self.tls:

@@ -5,7 +5,8 @@ The body is the notification's JSON object, or ``template`` filled in (see
 (``template = '{"text": "{summary}"}'``), Matrix, ntfy (``content_type =
 "text/plain"``) or a pager's incoming webhook accept it as it is.  When
 ``content_type`` is JSON, values are escaped for use inside JSON strings.
-``headers`` (e.g. ``Authorization``) may use the same placeholders.
+``headers`` (e.g. ``Authorization``) may use the same placeholders; a value
+outside ISO-8859-1 (an emoji in a title) is sent RFC 2047-encoded.
 
 Status 2xx is success; 408, 429 and 5xx, timeouts and connection errors are
 retryable; other statuses are permanent.  ``timeout_s`` bounds the whole
@@ -20,14 +21,16 @@ it is never logged or shown whole: :func:`redact` keeps scheme, host and port.
 
 from __future__ import annotations
 
+import email.header
 import http.client
 import io
+import re
 import socket
 import time
 import urllib.error
 import urllib.request
 from typing import Annotated, Any, Literal
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import msgspec
 
@@ -40,19 +43,14 @@ def redact(url: str) -> str:
     """``url`` as ``scheme://host:port/…``: no user, password, path or query (often secret)."""
     try:
         parts = urlsplit(url)
-        host = _host_port(parts)
     except ValueError:
         return "(an invalid URL)"
+    if not parts.scheme:
+        return "(a URL without a scheme)"
+    host = parts.netloc.rpartition("@")[2]  # as written, without user and password
     rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment
-                    or parts.username is not None) else parts.path
-    return f"{parts.scheme}://{host}{rest}" if parts.scheme else "(a URL without a scheme)"
-
-
-def _host_port(parts: SplitResult) -> str:
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port}" if parts.port is not None else host
+                    or "@" in parts.netloc) else parts.path
+    return f"{parts.scheme}://{host}{rest}"
 
 
 class WebhookConfig(NotifierConfig, tag="webhook", kw_only=True):
@@ -65,19 +63,57 @@ class WebhookConfig(NotifierConfig, tag="webhook", kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url: {redact(self.url)} is not an http:// or https:// URL")
+        _check_url(self.url)
         if self.template is not None:
             try:
                 notification.check_template(self.template)
             except ValueError as exc:
                 raise ValueError(f"template: {exc}") from None
         for key, value in self.headers.items():
-            try:
-                notification.check_template(value)
-            except ValueError as exc:
-                raise ValueError(f"headers: {key}: {exc}") from None
+            _check_header(key, value)
+        if _CONTROL.search(self.content_type) or not self.content_type.isascii():
+            raise ValueError("content_type: has a control character or a non-ASCII character")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_url(url: str) -> None:
+    if _CONTROL.search(url) or " " in url or not url.isascii():
+        raise ValueError(f"url: {redact(url)} has a space, a control character (a line break?) "
+                         "or a non-ASCII character; percent-encode it (%20, %C3%A9), and "
+                         "write a non-ASCII host name in its xn-- form")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsed only to be checked
+    except ValueError:
+        raise ValueError(f"url: {redact(url)}: the port is not a number from 0 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url: {redact(url)} is not an http:// or https:// URL")
+
+
+def _check_header(key: str, value: str) -> None:
+    if not _TOKEN.fullmatch(key):
+        raise ValueError(f"headers: {key!r} is not a header name (letters, digits and "
+                         "!#$%&'*+-.^_`|~ only)")
+    if _CONTROL.search(value.replace("\t", " ")):
+        raise ValueError(f"headers: {key}: the value has a control character (a line break?)")
+    try:
+        notification.check_template(value)
+    except ValueError as exc:
+        raise ValueError(f"headers: {key}: {exc}") from None
+
+
+def header_value(text: str) -> str:
+    """``text`` fit for a header: control characters (from a field's value) become spaces,
+    and text outside ISO-8859-1 (an emoji) is encoded as RFC 2047 UTF-8, as ntfy reads it."""
+    text = _CONTROL.sub(" ", text)
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return email.header.Header(text, "utf-8").encode(maxlinelen=10_000)
+    return text
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -200,7 +236,7 @@ class WebhookNotifier:
 
     def send(self, n: Notification) -> None:
         c = self.config
-        headers = {k: notification.render(v, n) for k, v in c.headers.items()}
+        headers = {k: header_value(notification.render(v, n)) for k, v in c.headers.items()}
         headers.setdefault("Content-Type", c.content_type)
         headers.setdefault("User-Agent", "sensorwire-alerting")
         req = urllib.request.Request(c.url, data=self.body(n), headers=headers, method=c.method)
@@ -225,6 +261,9 @@ class WebhookNotifier:
         except TimeoutError:
             raise NotifyError(f"{self._where}: no answer within {c.timeout_s:g} s",
                               retryable=True) from None
+        except http.client.HTTPException as exc:  # not HTTP: BadStatusLine, a bad header...
+            raise NotifyError(f"{self._where}: not an HTTP answer: {type(exc).__name__}: "
+                              f"{str(exc)[:200]!r}", retryable=True) from None
         except OSError as exc:  # connection reset while reading, etc.
             raise NotifyError(f"{self._where}: {exc}", retryable=True) from None
 

@@ -3,6 +3,8 @@ process, a ZeroMQ socket; the courier retries, backs off and never blocks."""
 
 from __future__ import annotations
 
+import dataclasses
+import email.header
 import json
 import sys
 import time
@@ -340,3 +342,61 @@ def test_what_a_stuck_courier_holds_at_shutdown_is_counted(hook: Hook) -> None:
     hook.release.set()  # its late outcome is not counted again
     wait_until(c.idle, what="the abandoned request to end")
     assert (c.delivered, c.failed, c.dropped) == (0, 1, 2)
+
+
+def test_a_header_template_with_an_emoji_is_sent_rfc_2047_encoded(hook: Hook) -> None:
+    c = courier_for(name="ntfy", kind="webhook", url=hook.url, content_type="text/plain",
+                    headers={"Title": "🔥 {rule}", "X-Summary": "{summary}"})
+    line_break = dataclasses.replace(FIRING, summary="two\r\nlines")  # a field's value
+    try:
+        c.offer(FIRING)
+        c.offer(line_break)
+        wait_until(lambda: c.delivered == 2, what="both deliveries")
+    finally:
+        c.close()
+    first, second = hook.requests[0][1], hook.requests[1][1]
+    assert first["Title"].startswith("=?utf-8?")
+    assert str(email.header.make_header(email.header.decode_header(first["Title"]))) \
+        == "🔥 greenhouse-hot"
+    assert second["X-Summary"] == "two  lines" and "X-Evil" not in second
+
+
+def test_an_answer_that_is_not_http_is_a_retryable_failure() -> None:
+    garbage = Drip(every_s=0.0, answer=b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    try:
+        with pytest.raises(NotifyError, match="not an HTTP answer: BadStatusLine") as err:
+            build(notifier(name="x", kind="webhook", url=garbage.url)).send(FIRING)
+    finally:
+        garbage.close()
+    assert err.value.retryable
+
+
+class Broken:
+    """A notifier with a bug: every send raises something that is not a NotifyError."""
+
+    name = "broken"
+
+    def open(self) -> None:
+        pass
+
+    def send(self, n: Notification) -> None:
+        raise UnicodeEncodeError("latin-1", "🔥", 0, 1, "ordinal not in range(256)")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_notifier_bug_logs_one_traceback_not_one_per_notification(
+        caplog: pytest.LogCaptureFixture) -> None:
+    c = Courier(Broken(), retries=3)
+    c.start()
+    try:
+        for _ in range(5):
+            c.offer(FIRING)
+        wait_until(lambda: c.failed == 5, what="five failures")
+    finally:
+        c.close()
+    lines = [r for r in caplog.records if "notifier broken" in r.getMessage()]
+    assert len(lines) == 5 and c.retried == 0
+    assert [r.exc_info is not None for r in lines] == [True, False, False, False, False]
+    assert "unexpected UnicodeEncodeError" in lines[1].getMessage()

@@ -74,6 +74,20 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
          "collector.toml: notifiers[0].url: notifier 'hook': ftp://x/ is not an http:// or https:// URL"),
         ('[[notifiers]]\nname = "hook"\nkind = "webhook"\nurl = "ftp://u:s3cret@x/t0ken?k=s3cret"\n',
          "collector.toml: notifiers[0].url: notifier 'hook': ftp://x/… is not an http:// or https://"),
+        ('[[notifiers]]\nname = "hook"\nkind = "webhook"\nurl = "http://h/a\\r\\nX-Evil: 1"\n',
+         "collector.toml: notifiers[0].url: notifier 'hook': http://h/… has a space, a control"),
+        ('[[notifiers]]\nname = "hook"\nkind = "webhook"\nurl = "http://h:99999/"\n',
+         "collector.toml: notifiers[0].url: notifier 'hook': http://h:99999/: the port is not"),
+        (HOOK + 'headers = { Title = "hot\\r\\nX-Evil: 1" }\n',
+         "collector.toml: notifiers[0].headers: notifier 'hook': Title: the value has a "
+         "control character"),
+        (HOOK + 'headers = { "Bad Name" = "x" }\n',
+         "collector.toml: notifiers[0].headers: notifier 'hook': 'Bad Name' is not a "
+         "header name"),
+        ('[[notifiers]]\nname = "mail"\nkind = "email"\nhost = "h"\nfrom = "a@b"\n'
+         'to = ["ops@example.com\\r\\nBcc: x@evil"]\n',
+         "collector.toml: notifiers[0].to: notifier 'mail': [0]: 'ops@example.com\\r\\nBcc: "
+         "x@evil' has a control character"),
         ('[[notifiers]]\nname = "mail"\nkind = "email"\nhost = "h"\nto = ["a@b"]\n',
          "collector.toml: notifiers[0].from: notifier 'mail': required key is missing"),
     ],
