@@ -4,7 +4,8 @@ The JSON object (one per delivery; one per POST for webhooks) has exactly the
 fields of :data:`FIELDS`.  Times are ISO 8601 UTC with microseconds;
 ``resolved`` is null while the alert fires.  ``sensor`` is null for device
 alerts, ``metric`` for device alerts and stale rules without a metric;
-``value`` and ``threshold`` are null where the rule has none.
+``value`` and ``threshold`` are null where the rule has none, and when not
+finite (JSON has no inf or NaN).
 
 Templates (a webhook's ``template`` and ``headers``, an exec ``command``, an
 email ``subject``) name fields in braces: ``{rule}``, ``{summary}``...;
@@ -72,11 +73,11 @@ class Notification:
         return "/".join(p for p in (self.site, self.device, self.sensor) if p)
 
 
-def _num(v: float | None) -> float | str | None:
-    # JSON has no NaN/Infinity: print them as strings rather than invalid JSON
+def _num(v: float | None) -> float | None:
+    # JSON has no NaN/Infinity: a non-finite value is null (not invalid JSON, not a string)
     if v is None or math.isfinite(v):
         return v
-    return str(v)
+    return None
 
 
 def placeholders(template: str) -> list[str]:
@@ -98,7 +99,8 @@ def render(template: str, n: Notification, escape_json: bool = False) -> str:
     """Fill ``template``; with ``escape_json`` values are escaped for a JSON string.
 
     Strings are inserted without quotes (the template has them), numbers as
-    numbers, null as ``null``; ``{json}`` is always the whole JSON object.
+    numbers, null as ``null``; ``{json}`` is always the whole JSON object.  A
+    non-finite value (inf, nan) is ``null`` in JSON, ``inf``/``nan`` in text.
     """
     values = n.to_dict()
 
@@ -111,6 +113,8 @@ def render(template: str, n: Notification, escape_json: bool = False) -> str:
         if key not in values:
             return m.group(0)
         v = values[key]
+        if key in ("value", "threshold") and not escape_json:
+            v = getattr(n, key)  # in text, inf and nan are shown as they are
         if v is None:
             return "null" if escape_json else ""
         if isinstance(v, float):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import email.header
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from support import free_port, tcp, wait_until
 from sensorwire.collector.alerting.delivery import Courier, Dispatcher
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import AnyNotifierConfig, NotifyError, build
-from sensorwire.collector.alerting.notifiers.webhook import redact
+from sensorwire.collector.alerting.notifiers.webhook import WebhookNotifier, redact
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -400,3 +401,17 @@ def test_a_notifier_bug_logs_one_traceback_not_one_per_notification(
     assert len(lines) == 5 and c.retried == 0
     assert [r.exc_info is not None for r in lines] == [True, False, False, False, False]
     assert "unexpected UnicodeEncodeError" in lines[1].getMessage()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_non_finite_value_is_json_null_in_the_body_and_in_a_json_template(value: float) -> None:
+    n = dataclasses.replace(FIRING, value=value)
+    assert json.loads(n.to_json())["value"] is None
+    hook = build(notifier(name="x", kind="webhook", url="http://127.0.0.1:1/",
+                          template='{"v": {value}, "t": "{value}"}'))
+    assert isinstance(hook, WebhookNotifier)
+    assert json.loads(hook.body(n)) == {"v": None, "t": "null"}
+    text = build(notifier(name="y", kind="webhook", url="http://127.0.0.1:1/",
+                          content_type="text/plain", template="{value}"))
+    assert isinstance(text, WebhookNotifier)
+    assert text.body(n).decode() == f"{value:g}"
