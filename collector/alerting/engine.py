@@ -188,6 +188,10 @@ class Engine:
         self.evicted_total = self.refused_total = 0
         # rule -> ("evicted" or "refused", the series concerned), since the sink last looked
         self.last_limited: dict[str, tuple[str, Key]] = {}
+        # rate windows started again because a sample was older than the newest by more than
+        # the window (a device clock stepped back); the last series, for the sink's log
+        self.window_resets = 0
+        self.last_window_reset: tuple[Key, int] | None = None  # (series, seconds back)
 
     # -- inputs ---------------------------------------------------------------
     def restore(self, active: Iterable[ActiveAlert]) -> list[ActiveAlert]:
@@ -330,6 +334,11 @@ class Engine:
                 return
             if rated.phase == "ok":
                 self._touch(rated)
+            if _stepped_back(rated, r, sample_ns):
+                self.window_resets += 1
+                assert rated.window is not None
+                self.last_window_reset = (rated.key, (rated.window[-1][0] - sample_ns) // NS)
+                rated.window.clear()
             rate = _rate(rated, r, value, sample_ns)
             if rate is not None:
                 self._evaluate(out, rated, rate, t)
@@ -506,9 +515,18 @@ class Engine:
         return found
 
 
+def _stepped_back(inst: Instance, r: Rule, sample_ns: int) -> bool:
+    """Whether ``sample_ns`` is older than the newest sample by more than the window: the
+    device's clock stepped back (or one frame came from far in the future).  Without a new
+    start, the window would refuse every sample until time caught up."""
+    w = inst.window
+    return bool(w) and w is not None and w[-1][0] - sample_ns > r.window_ns
+
+
 def _rate(inst: Instance, r: Rule, value: float, sample_ns: int) -> float | None:
     """Units per second between the newest sample and the oldest one within
-    ``window_s``; None until the samples span half the window."""
+    ``window_s``; None until the samples span half the window.  A sample not newer than the
+    newest is ignored, unless the clock stepped back (see :func:`_stepped_back`)."""
     w = inst.window
     assert w is not None
     if w and sample_ns <= w[-1][0]:

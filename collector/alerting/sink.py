@@ -24,6 +24,7 @@ import collections
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,7 @@ class AlertSink:
         self._evicted_before: collections.Counter[str] = collections.Counter()
         self._refused_before: collections.Counter[str] = collections.Counter()
         self._limited_before = (0, 0)
+        self._window_reset_logged: float | None = None  # monotonic
 
     def reload(self, config: Any) -> None:
         """SIGHUP: new rules and notifiers (already validated); firing alerts carry over.
@@ -249,9 +251,27 @@ class AlertSink:
                                  e.evicted[name] + self._evicted_before[name])
         e.last_limited.clear()
 
+    def _log_window_reset(self) -> None:
+        """INFO, at most once a minute: a rate window started again (a clock stepped back)."""
+        e = self.engine
+        assert e.last_window_reset is not None
+        key, back_s = e.last_window_reset
+        e.last_window_reset = None
+        now = time.monotonic()
+        if self._window_reset_logged is not None and now - self._window_reset_logged < 60:
+            return
+        self._window_reset_logged = now
+        series = "/".join(p for p in key[1:4] if p) + f" {key[4]}"
+        log.info("alerting: rule %r: a sample of %s is %d s older than the newest one: the "
+                 "device's clock stepped back (or a frame came from the future), so its rate "
+                 "window starts again; %d windows started again so far", key[0], series, back_s,
+                 e.window_resets)
+
     def _handle(self, notes: list[Notification]) -> None:
         if self.engine.last_limited:
             self._warn_limited()
+        if self.engine.last_window_reset is not None:
+            self._log_window_reset()
         if not notes and not self._unsaved:
             return
         self._save(notes)

@@ -300,3 +300,14 @@ def test_more_topics_than_the_rule_cache_holds_still_hit_it_often(
     # about half hit here (the choice of what to forget is seeded: the same every run);
     # emptying the cache when full missed all 1,600
     assert made <= looked_up * 0.6, f"{made} misses in {looked_up} look-ups"
+
+
+def test_one_frame_from_the_future_does_not_stop_a_rate_rule() -> None:
+    e = Engine([rule(name="rise", metric="v", rate_above=1.0, window_s=60.0)])
+    feed(e, [(0.0, 0.0), (10.0, 0.0)], metric="v")
+    # a device clock a day ahead for one frame (received at 12 s, stamped a day later)
+    assert e.observe(checked({"v": 0.0}, 86_400.0, seq=3), at(12)) == []
+    rise = feed(e, [(float(t), 2.0 * (t - 20)) for t in range(20, 80, 2)], metric="v")
+    assert [n.state for n in rise] == ["firing"]
+    assert e.window_resets == 1 and e.last_window_reset is not None
+    assert e.last_window_reset[1] == 86_400 - 20

@@ -214,3 +214,21 @@ def test_a_reload_does_not_wait_for_the_old_notifiers_and_counts_them(
         with caplog.at_level(logging.INFO, logger="sensorwire.collector.alerting.sink"):
             sink.close()
     assert "alerting: 2 notifications; hook: 1 delivered, 1 failed, 0 dropped" in caplog.text
+
+
+def test_a_rate_window_started_again_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    rise = rule(name="rise", metric="temperature", rate_above=1.0, window_s=60.0)
+    sink = AlertSink([rise], [], None, storage_kind="none")
+    sink.open()
+    try:
+        with caplog.at_level(logging.INFO, logger="sensorwire.collector.alerting.sink"):
+            sink.write([(checked({"temperature": 20.0}, 86_400.0), at(0))])  # a clock a day ahead
+            for t in range(1, 4):  # then the right time: a day back, three times
+                sink.write([(checked({"temperature": 20.0}, float(t)), at(t))])
+    finally:
+        sink.close()
+    lines = [r.getMessage() for r in caplog.records if "rate window" in r.getMessage()]
+    assert lines == ["alerting: rule 'rise': a sample of greenhouse/pi-07/env temperature is "
+                     "86399 s older than the newest one: the device's clock stepped back (or a "
+                     "frame came from the future), so its rate window starts again; 1 windows "
+                     "started again so far"]
