@@ -36,6 +36,8 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 DEFAULT_WINDOW_S = 60.0
+REPEAT_MIN_S = 60.0  # reminders at most once a minute: a typo (0.001) must not flood anyone
+WINDOW_MIN_S = 1.0   # a rate over less than a second is noise (and 1e-10 divided by zero)
 DEFAULT_MAX_INSTANCES = 10_000
 _CONDITIONS = ("above", "below", "outside", "rate_above", "rate_below", "stale_s", "device_offline")
 
@@ -78,6 +80,13 @@ class AlertRule(Config):
         self._check_clear()
         if self.window_s is not None and self.kind not in ("rate_above", "rate_below"):
             raise ValueError("window_s: only rate_above and rate_below rules have a window")
+        if self.window_s is not None and self.window_s < WINDOW_MIN_S:
+            raise ValueError(f"window_s: {self.window_s:g} is too short: give at least "
+                             f"{WINDOW_MIN_S:g} s, several times the sampling interval")
+        if self.repeat_s is not None and self.repeat_s < REPEAT_MIN_S:
+            raise ValueError(f"repeat_s: {self.repeat_s:g} would remind more than once a "
+                             f"minute: give at least {REPEAT_MIN_S:g} s (or leave it out: "
+                             "no reminders)")
         if not self.notify:
             raise ValueError("notify: give at least one notifier (\"log\" always exists)")
 

@@ -55,6 +55,12 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
          "a device_offline rule watches a whole device"),
         (rule('metric = "t"\nabove = 1.0\nwindow_s = 5.0'),
          "collector.toml: alerts[0].window_s: rule 'greenhouse-hot': only rate_above and rate_below"),
+        (rule('metric = "t"\nabove = 1.0\nrepeat_s = 0.001'),
+         "collector.toml: alerts[0].repeat_s: rule 'greenhouse-hot': 0.001 would remind more than "
+         "once a minute: give at least 60 s"),
+        (rule('metric = "t"\nrate_above = 1.0\nwindow_s = 1e-10'),
+         "collector.toml: alerts[0].window_s: rule 'greenhouse-hot': 1e-10 is too short: give at "
+         "least 1 s"),
         (rule('metric = "t"\nabove = 1.0\nseverity = "high"'),
          "collector.toml: alerts[0].severity: rule 'greenhouse-hot': "
          'expected one of "critical", "info", "warning", got "high"'),
