@@ -229,9 +229,14 @@ class Engine:
                 inst.last_seen_ns = seen_ns
             self._schedule(inst)
 
-    def observe(self, frame: CheckedFrame, received_ns: int) -> list[Notification]:
-        """A frame arrived (heartbeats are ignored: presence covers devices)."""
-        out = self.tick(received_ns) if self._due(received_ns) else []
+    def observe(self, frame: CheckedFrame, received_ns: int,
+                out: list[Notification] | None = None) -> list[Notification]:
+        """A frame arrived (heartbeats are ignored: presence covers devices).  Notifications
+        are appended to ``out`` (returned), so those made before an exception are kept."""
+        if out is None:
+            out = []
+        if self._due(received_ns):
+            out += self.tick(received_ns)
         if frame.seq == 0:
             return out
         t = max(received_ns, self.now_ns)

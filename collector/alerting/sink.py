@@ -35,6 +35,7 @@ from sensorwire.collector.alerting.notifiers import BUILTIN_LOG, AnyNotifierConf
 from sensorwire.collector.alerting.rules import AlertRule
 from sensorwire.collector.alerting.store import AlertStore
 from sensorwire.collector.events import Event, Presence
+from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.sinks import Item
 from sensorwire.logs import RateLimited
 
@@ -81,6 +82,8 @@ class AlertSink:
         self._refused_before: collections.Counter[str] = collections.Counter()
         self._limited_before = (0, 0)
         self._window_reset_logged: float | None = None  # monotonic
+        self.engine_errors = 0  # frames the rules failed on (a bug), logged once a minute
+        self._engine_error_logged: float | None = None  # monotonic
 
     def reload(self, config: Any) -> None:
         """SIGHUP: new rules and notifiers (already validated); firing alerts carry over.
@@ -166,8 +169,22 @@ class AlertSink:
         observe = self.engine.observe
         out: list[Notification] = []
         for frame, received_ns in batch:
-            out += observe(frame, received_ns)
+            try:
+                observe(frame, received_ns, out)
+            except Exception as exc:  # noqa: BLE001 - a bug costs this frame, not the batch
+                self._engine_failed(frame, exc)
         self._handle(out)
+
+    def _engine_failed(self, frame: CheckedFrame, exc: Exception) -> None:
+        """Count a frame the rules could not be applied to; its traceback once a minute."""
+        self.engine_errors += 1
+        now = time.monotonic()
+        where = f"{frame.site}/{frame.device_id}/{frame.sensor} seq {frame.seq}"
+        if self._engine_error_logged is None or now - self._engine_error_logged >= 60:
+            self._engine_error_logged = now
+            log.error("alerting: rules not applied to the frame of %s (a bug: please report it "
+                      "with this traceback); %d frames so far", where, self.engine_errors,
+                      exc_info=exc)
 
     def event(self, ev: Event) -> None:
         if isinstance(ev, Presence):

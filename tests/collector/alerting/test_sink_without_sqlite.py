@@ -10,6 +10,7 @@ import pytest
 from alerting_support import at, checked, rule
 
 from sensorwire.collector.alerting.sink import AlertSink
+from sensorwire.collector.frames import CheckedFrame, Layout
 
 HOT = rule(name="hot", match="greenhouse/*/env", metric="temperature", above=35.0)
 
@@ -56,3 +57,21 @@ def test_a_reload_carries_firing_alerts_over_in_memory() -> None:
         sink.close()
     assert sink.notified == {("hot", "firing"): 1, ("hot", "resolved"): 1}
     assert sink.engine.firing() == []
+
+
+def test_a_frame_the_engine_fails_on_costs_that_frame_not_the_batch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = AlertSink([HOT], [], None, storage_kind="none")
+    sink.open()
+    # a frame whose values do not match its layout: the engine raises on it
+    broken = CheckedFrame("greenhouse", "pi-08", 1, 1, at(0), "env", 0,
+                          Layout([("temperature", "")]), ())
+    try:
+        with caplog.at_level(logging.ERROR, logger="sensorwire.collector.alerting.sink"):
+            sink.write([(checked({"temperature": 36.0}, 0), at(0)), (broken, at(0)),
+                        (checked({"temperature": 36.0}, 0, device="pi-09"), at(0))])
+    finally:
+        sink.close()
+    assert sink.notified == {("hot", "firing"): 2} and sink.engine_errors == 1
+    [error] = [r for r in caplog.records if "rules not applied" in r.getMessage()]
+    assert "greenhouse/pi-08/env seq 1" in error.getMessage() and error.exc_info
