@@ -166,6 +166,7 @@ class Drip:
                     conn.sendall(answer[i:i + 1])
                 except OSError:
                     return
+            self.stop.wait()  # closing now, with the request's body unread, would reset it
 
     def close(self) -> None:
         self.stop.set()
