@@ -4,13 +4,15 @@ Each (rule, site, device, sensor, metric) is one alert *instance*::
 
     ok ──condition true──▶ pending ──held for_s──▶ firing ──cleared──▶ ok
      ▲                       │                      │ (notify "resolved")
-     └──condition false──────┘                      └─ every repeat_s: notify "firing" again
+     └──cleared──────────────┘                      └─ every repeat_s: notify "firing" again
                                 (notify "firing")
 
 With ``for_s = 0`` an instance goes from ok to firing at once.  A threshold
 instance fires when the value is past the threshold (``above``: value >
 above) and resolves only once it is back past ``clear`` (value <= clear);
-readings in between change nothing: that is the hysteresis band.
+readings in between change nothing, pending or firing: that is the hysteresis
+band.  So a pending instance keeps its start time through readings in the
+band, and goes back to ok only past ``clear``.
 
 The engine is pure: it never reads a clock and does no I/O.  Every method
 takes the time (Unix ns, the collector's clock: when a frame was received),
@@ -366,7 +368,7 @@ class Engine:
             if r.condition(v):
                 self._begin(out, inst, t)
         elif inst.phase == "pending":
-            if not r.condition(v):
+            if r.cleared(v):  # in the band, pending keeps its start, as firing stays firing
                 inst.phase = "ok"
                 self._touch(inst)
         elif r.cleared(v):

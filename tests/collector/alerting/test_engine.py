@@ -53,10 +53,24 @@ def test_flapping_inside_the_hysteresis_band_sends_nothing_more() -> None:
     assert brief(feed(e, [(500, 33.0)])) == [("resolved", 500.0)]
 
 
-def test_flapping_across_the_threshold_never_outlasts_for_s() -> None:
-    e = Engine([rule(**HOT)])
-    flapping = [(float(t), 36.0 if (t // 10) % 2 == 0 else 34.0) for t in range(1000)]
+def test_flapping_across_the_threshold_and_clear_never_outlasts_for_s() -> None:
+    e = Engine([rule(**HOT)])  # each 10 s past 35, then 10 s past clear (33)
+    flapping = [(float(t), 36.0 if (t // 10) % 2 == 0 else 32.0) for t in range(1000)]
     assert feed(e, flapping) == []
+
+
+def test_readings_in_the_band_keep_a_pending_alert_pending() -> None:
+    e = Engine([rule(name="hot", metric="temperature", above=35.0, clear=33.0, for_s=3.0)])
+    # alternating over and just under the threshold: never back past clear
+    notes = feed(e, [(float(t), 36.0 if t % 2 == 0 else 34.9) for t in range(6)])
+    assert brief(notes) == [("firing", 3.0)]  # for_s counted from the first 36.0, at 0 s
+    # without a band (clear = the threshold), a reading under it still ends pending
+    no_band = Engine([rule(name="hot", metric="temperature", above=35.0, for_s=3.0)])
+    assert feed(no_band, [(float(t), 36.0 if t % 2 == 0 else 34.9) for t in range(6)]) == []
+    # past clear, pending ends and starts again later
+    back = Engine([rule(name="hot", metric="temperature", above=35.0, clear=33.0, for_s=3.0)])
+    notes = feed(back, [(0.0, 36.0), (2.0, 32.0), (3.0, 36.0), (5.0, 36.0), (6.0, 36.0)])
+    assert brief(notes) == [("firing", 6.0)]
 
 
 def test_below_and_outside_with_their_own_bands() -> None:
@@ -203,7 +217,7 @@ def test_transitions_do_not_depend_on_when_ticks_happen() -> None:
 
 def test_the_worked_example_of_docs_alerting_md() -> None:
     e = Engine([rule(name="greenhouse-hot", **HOT)])
-    values = [34.0, 35.5, 34.8, 36.0, 36.4, 36.9, 34.2, 35.8, 33.6, 32.9]
+    values = [34.0, 35.5, 32.8, 36.0, 36.4, 36.9, 34.2, 35.8, 33.6, 32.9]
     notes = feed(e, [(i * 20.0, v) for i, v in enumerate(values)])
     assert brief(notes) == [("firing", 90.0), ("resolved", 180.0)]
     assert [n.value for n in notes] == [36.4, 32.9]
