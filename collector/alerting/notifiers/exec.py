@@ -3,11 +3,15 @@
 ``command`` is a list (no shell); its items may use placeholders
 (``["/usr/local/bin/notify", "{name}", "{state}"]``).  Exit status 0 is
 success; any other status or a timeout is a failure (retried only if
-``retries`` > 0, the default being 0: a command may have half-worked).
+``retries`` > 0, the default being 0: a command may have half-worked).  The
+command runs in a session of its own, so a timeout kills it and every
+process it started (a shell's ``sleep``), not only the first one.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from typing import Annotated
 
@@ -35,6 +39,21 @@ class ExecConfig(NotifierConfig, tag="exec", kw_only=True):
                 raise ValueError(f"command: [{i}] {exc}") from None
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the command's process group (its children too), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.communicate(timeout=1.0)  # a child that left the group may hold the pipes
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+
+
 class ExecNotifier:
     def __init__(self, config: ExecConfig) -> None:
         self.name = config.name
@@ -47,20 +66,24 @@ class ExecNotifier:
         c = self.config
         argv = [notification.render(a, n) for a in c.command]
         try:
-            r = subprocess.run(argv, input=n.to_json().encode() + b"\n", capture_output=True,
-                               timeout=c.timeout_s, check=False)
+            # a session of its own: on timeout the whole group goes, not only the first process
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError:
             raise NotifyError(f"{argv[0]}: no such program", retryable=False) from None
         except PermissionError:
             raise NotifyError(f"{argv[0]}: not executable", retryable=False) from None
-        except subprocess.TimeoutExpired:
-            raise NotifyError(f"{argv[0]}: still running after {c.timeout_s:g} s: killed",
-                              retryable=True) from None
         except OSError as exc:
             raise NotifyError(f"{argv[0]}: {exc}", retryable=True) from None
-        if r.returncode != 0:
-            err = r.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise NotifyError(f"{argv[0]}: exit status {r.returncode}"
+        try:
+            _, stderr = proc.communicate(n.to_json().encode() + b"\n", timeout=c.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise NotifyError(f"{argv[0]}: still running after {c.timeout_s:g} s: killed with "
+                              "the processes it started", retryable=True) from None
+        if proc.returncode != 0:
+            err = stderr.decode("utf-8", "replace").strip().splitlines()
+            raise NotifyError(f"{argv[0]}: exit status {proc.returncode}"
                               + (f": {err[-1][:200]}" if err else ""), retryable=True)
 
     def close(self) -> None:

@@ -415,3 +415,25 @@ def test_a_non_finite_value_is_json_null_in_the_body_and_in_a_json_template(valu
                           content_type="text/plain", template="{value}"))
     assert isinstance(text, WebhookNotifier)
     assert text.body(n).decode() == f"{value:g}"
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan may wait long to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_an_exec_timeout_kills_the_processes_the_command_started(tmp_path: Path) -> None:
+    pidfile = tmp_path / "sleep.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; wait"
+    slow = build(notifier(name="slow", kind="exec", command=["/bin/sh", "-c", script],
+                          timeout_s=0.5))
+    with pytest.raises(NotifyError, match="still running after 0.5 s: killed") as err:
+        slow.send(FIRING)
+    assert err.value.retryable
+    sleep_pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() or None,
+                               what="the pid of sleep"))
+    wait_until(lambda: not _alive(sleep_pid), timeout_s=5.0, what="sleep to be killed")
