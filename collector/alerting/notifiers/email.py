@@ -3,8 +3,10 @@
 ``starttls = true`` upgrades the connection; ``tls = true`` speaks SMTP over
 TLS from the start.  Without ``port`` that is 587 with ``starttls``, 465 with
 ``tls`` and 25 otherwise (the usual ports for each).  ``username`` and
-``password`` log in when given.  The subject is a template (default
-``[{state}] {rule}: {summary}``); the body is the summary and the JSON object.
+``password`` log in when given, and are refused without ``starttls`` or ``tls``
+unless the host is loopback (the password would cross the network in clear).
+The subject is a template (default ``[{state}] {rule}: {summary}``); the body
+is the summary and the JSON object.
 
 5xx answers and a refused login are permanent; 4xx answers, timeouts and
 connection errors are retryable.
@@ -12,6 +14,7 @@ connection errors are retryable.
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -22,6 +25,15 @@ import msgspec
 from sensorwire.collector.alerting import notification
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import NotifierConfig, NotifyError
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_address(key: str, address: str) -> None:
@@ -60,6 +72,11 @@ class EmailConfig(NotifierConfig, tag="email", kw_only=True):
             raise ValueError("password: give both username and password, or neither")
         if self.starttls and self.tls:
             raise ValueError("tls: choose starttls (upgrade, port 587) or tls (port 465), not both")
+        if self.username is not None and not (self.starttls or self.tls) \
+                and not _loopback(self.host):
+            raise ValueError(f"username: logging in to {self.host} without TLS would send the "
+                             "password in clear: set starttls = true (port 587) or tls = true "
+                             "(port 465); only a loopback host may be used without")
         try:
             notification.check_template(self.subject)
         except ValueError as exc:

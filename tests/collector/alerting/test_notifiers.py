@@ -437,3 +437,12 @@ def test_an_exec_timeout_kills_the_processes_the_command_started(tmp_path: Path)
     sleep_pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() or None,
                                what="the pid of sleep"))
     wait_until(lambda: not _alive(sleep_pid), timeout_s=5.0, what="sleep to be killed")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.53"])
+def test_an_smtp_login_without_tls_is_allowed_on_loopback_only(host: str) -> None:
+    login = {"username": "sw", "password": "secret", "to": ["a@b"], "from": "x@y"}
+    notifier(name="m", kind="email", host=host, **login)  # loads
+    with pytest.raises(msgspec.ValidationError, match="without TLS would send the password"):
+        notifier(name="m", kind="email", host="mail.example.org", **login)
+    notifier(name="m", kind="email", host="mail.example.org", starttls=True, **login)

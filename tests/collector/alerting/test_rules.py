@@ -94,6 +94,10 @@ def rule(body: str, name: str = "greenhouse-hot") -> str:
          'to = ["ops@example.com\\r\\nBcc: x@evil"]\n',
          "collector.toml: notifiers[0].to: notifier 'mail': [0]: 'ops@example.com\\r\\nBcc: "
          "x@evil' has a control character"),
+        ('[[notifiers]]\nname = "mail"\nkind = "email"\nhost = "smtp.example.com"\nfrom = "a@b"\n'
+         'to = ["c@d"]\nusername = "u"\npassword = "p"\n',
+         "collector.toml: notifiers[0].username: notifier 'mail': logging in to smtp.example.com "
+         "without TLS would send the password in clear: set starttls = true"),
         ('[[notifiers]]\nname = "mail"\nkind = "email"\nhost = "h"\nto = ["a@b"]\n',
          "collector.toml: notifiers[0].from: notifier 'mail': required key is missing"),
     ],
