@@ -86,6 +86,8 @@ class Hook:
         self.then = then
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.location = ""
+        self.retry_after = ""  # sent with every answer that is not 2xx, when set
+        self.times: list[float] = []  # time.monotonic() of each request
         self.release = threading.Event()
         self._lock = threading.Lock()
         hook = self
@@ -96,12 +98,15 @@ class Hook:
                 with hook._lock:
                     answer = hook.script.pop(0) if hook.script else hook.then
                     hook.requests.append((answer, dict(self.headers), body))
+                    hook.times.append(time.monotonic())
                 if answer == "hang":
                     hook.release.wait(60)
                     return
                 self.send_response(int(answer))
                 if answer.startswith("3"):
                     self.send_header("Location", hook.location)
+                if hook.retry_after and not answer.startswith("2"):
+                    self.send_header("Retry-After", hook.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

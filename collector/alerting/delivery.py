@@ -4,7 +4,8 @@ Each notifier runs in a thread of its own behind a bounded queue (a
 :class:`Courier`), so a dead or hanging endpoint delays only its own
 notifications: never the receive path, never storage, never the other
 notifiers.  The courier opens the notifier, retries retryable failures with
-capped exponential backoff (``backoff_s``, doubling, at most 60 s), gives up
+capped exponential backoff (``backoff_s``, doubling, at most 60 s; longer when
+the endpoint asks so with ``retry_after_s``, still at most 60 s), gives up
 after ``retries`` more attempts, and counts and logs what was delivered,
 what failed and what was dropped because the queue was full.
 """
@@ -154,8 +155,11 @@ class Courier:
                               attempt + 1, exc, failed)
                     return
                 self._count("retried")
-                log.warning("notifier %s: %s; retrying in %.1f s", self.name, exc, delay)
-                if self._abort.wait(delay):
+                wait = delay
+                if exc.retry_after_s is not None:  # the endpoint's wish, within our bound
+                    wait = min(max(delay, exc.retry_after_s), BACKOFF_MAX_S)
+                log.warning("notifier %s: %s; retrying in %.1f s", self.name, exc, wait)
+                if self._abort.wait(wait):
                     self._count("failed")
                     log.error("notifier %s: %s %s of %s not delivered: shutting down",
                               self.name, n.rule, n.state, n.topic_name())

@@ -22,11 +22,13 @@ from sensorwire.configload import Config, check_name
 
 
 class NotifyError(Exception):
-    """A delivery failed; ``retryable`` says whether trying again may help."""
+    """A delivery failed; ``retryable`` says whether trying again may help, and
+    ``retry_after_s`` (when known) how long the endpoint asked to wait first."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s  # the endpoint asked to wait this long (Retry-After)
 
 
 class Notifier(Protocol):

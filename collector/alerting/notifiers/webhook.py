@@ -9,7 +9,8 @@ The body is the notification's JSON object, or ``template`` filled in (see
 outside ISO-8859-1 (an emoji in a title) is sent RFC 2047-encoded.
 
 Status 2xx is success; 408, 429 and 5xx, timeouts and connection errors are
-retryable; other statuses are permanent.  ``timeout_s`` bounds the whole
+retryable (after the wait a ``Retry-After`` header asks for, capped by the
+courier); other statuses are permanent.  ``timeout_s`` bounds the whole
 attempt (connecting, sending, and every byte of the answer), so an endpoint
 that answers one byte at a time still fails in time.  Redirects are not followed (a POST
 would become a GET without its body, and the ``Authorization`` header would go
@@ -22,6 +23,7 @@ it is never logged or shown whole: :func:`redact` keeps scheme, host and port.
 from __future__ import annotations
 
 import email.header
+import email.utils
 import http.client
 import io
 import re
@@ -114,6 +116,23 @@ def header_value(text: str) -> str:
     except UnicodeEncodeError:
         return email.header.Header(text, "utf-8").encode(maxlinelen=10_000)
     return text
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now, never negative;
+    None when absent or unreadable.  The courier caps it at its longest backoff."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -252,7 +271,10 @@ class WebhookNotifier:
                                   f"{where}, not followed; set url to the new location",
                                   retryable=False) from None
             retryable = exc.code in (408, 429) or exc.code >= 500
-            raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}", retryable) from None
+            wait = retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            raise NotifyError(f"{self._where}: HTTP {exc.code} {exc.reason}"
+                              + (f" (Retry-After: {wait:g} s)" if wait is not None else ""),
+                              retryable, retry_after_s=wait) from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 raise NotifyError(f"{self._where}: no connection within {c.timeout_s:g} s",

@@ -21,7 +21,7 @@ from support import free_port, tcp, wait_until
 from sensorwire.collector.alerting.delivery import Courier, Dispatcher
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.notifiers import AnyNotifierConfig, NotifyError, build
-from sensorwire.collector.alerting.notifiers.webhook import WebhookNotifier, redact
+from sensorwire.collector.alerting.notifiers.webhook import WebhookNotifier, redact, retry_after
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
@@ -446,3 +446,39 @@ def test_an_smtp_login_without_tls_is_allowed_on_loopback_only(host: str) -> Non
     with pytest.raises(msgspec.ValidationError, match="without TLS would send the password"):
         notifier(name="m", kind="email", host="mail.example.org", **login)
     notifier(name="m", kind="email", host="mail.example.org", starttls=True, **login)
+
+
+def test_a_retry_after_header_is_honoured(hook: Hook) -> None:
+    hook.script = ["503"]
+    hook.retry_after = "1"
+    c = courier_for(name="busy-hook", kind="webhook", url=hook.url, retries=2, backoff_s=0.01)
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.delivered == 1, what="delivery after the wait asked for")
+    finally:
+        c.close()
+    assert hook.count() == 2 and c.retried == 1
+    assert hook.times[1] - hook.times[0] >= 0.95  # not 0.01 s: the endpoint asked for 1 s
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("120", 120.0), ("0", 0.0), (" 7 ", 7.0), ("-5", None), ("soon", None), ("", None), (None, None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now, never negative
+    ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+])
+def test_retry_after_is_seconds_or_an_http_date(value: str | None, seconds: float | None) -> None:
+    now = 1445412480.0  # 2015-10-21 07:28:00 UTC
+    assert retry_after(value, now=now) == seconds
+
+
+def test_a_long_retry_after_is_capped_by_the_courier(hook: Hook,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    hook.script = ["429"]
+    hook.retry_after = "86400"
+    c = courier_for(name="capped-hook", kind="webhook", url=hook.url, retries=1, backoff_s=0.01)
+    try:
+        c.offer(FIRING)
+        wait_until(lambda: c.retried == 1, what="the first attempt")
+    finally:
+        c.close(timeout_s=0.1)  # a day's wait is not waited for at shutdown either
+    assert any("retrying in 60.0 s" in r.getMessage() for r in caplog.records)
