@@ -15,12 +15,25 @@ from sensorwire import render
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.alerting import store
 from sensorwire.collector.alerting.notification import Notification
+from sensorwire.configload import ConfigError
 from sensorwire.timefmt import iso_from_ns
 
 HEADERS = ["time", "state", "severity", "rule", "where", "value", "threshold", "summary"]
 
 
+INT64_MIN = -(2**63)
+
+
+def check_since(since_ns: int | None) -> None:
+    """Refuse a ``--since`` further back than a stored time can be (SQLite's 64-bit
+    integers: before 1678), which SQLite would refuse with an OverflowError."""
+    if since_ns is not None and not INT64_MIN <= since_ns < 2**63:
+        raise ConfigError("--since: that is before 1678, further back than any stored time; "
+                          "give a shorter duration (3650d) or a date (2020-01-01)")
+
+
 def run(db: str, active: bool, since_ns: int | None, fmt: str, out: TextIO = sys.stdout) -> int:
+    check_since(since_ns)
     conn = sqlite_store.connect(db, readonly=True)
     try:
         notes = store.active(conn, since_ns) if active else store.history(conn, since_ns)

@@ -130,6 +130,7 @@ def _frame(head: tuple[str, str, str, int], pairs: list[tuple[str, str]], values
 
 def run(rules: list[AlertRule], db: str, since_ns: int, fmt: str, out: TextIO = sys.stdout,
         now_ns: int | None = None) -> int:
+    listing.check_since(since_ns)
     until = time.time_ns() if now_ns is None else now_ns
     conn = sqlite_store.connect(db, readonly=True)
     try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from alerting_support import Live
-from support import run_cli, wait_until
+from support import run_cli, wait_until, write
+
+from sensorwire.collector.alerting.store import AlertStore
 
 RULES = """
 [[alerts]]
@@ -56,3 +59,18 @@ def test_alerts_argument_errors_exit_2(tmp_path: object) -> None:
     assert r.returncode == 2 and "neither a duration" in r.stderr
     r = run_cli("alerts", "test", "--db", "x.db")
     assert r.returncode == 2 and "-c/--config" in r.stderr
+
+
+def test_a_since_before_any_stored_time_is_explained_with_exit_2(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    store = AlertStore(db)
+    store.open()  # the alert tables exist: the query reaches SQLite
+    store.close()
+    config = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:5557"]\n'
+                   f'[storage]\npath = "{db}"\n' + RULES)
+    for argv in (["alerts", "--db", str(db), "--since", "99999999999d"],
+                 ["alerts", "--db", str(db), "--active", "--since", "99999999999d"],
+                 ["alerts", "test", "-c", str(config), "--since", "99999999999d"]):
+        r = run_cli(*argv)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert "--since: that is before 1678" in r.stderr and "Traceback" not in r.stderr, r.stderr
