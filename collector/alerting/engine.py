@@ -247,7 +247,11 @@ class Engine:
         rules = self._rules_for(site, device, sensor)
         if rules.by_metric:
             by_metric = rules.by_metric
-            for metric, value in zip(frame.layout.metrics, frame.values, strict=True):
+            layout, values = frame.layout, frame.values
+            pairs: Iterable[tuple[str, float]] = zip(layout.metrics, values, strict=True)
+            if layout.unique is not None:  # a metric named twice: its first value, as stored
+                pairs = [(layout.metrics[i], values[i]) for i in layout.unique]
+            for metric, value in pairs:
                 matched = by_metric.get(metric)
                 if matched:
                     for r in matched:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from alerting_support import NS, T0, at, brief, checked, feed, rule
+from alerting_support import NS, T0, at, brief, checked, feed, frame, rule
 
 from sensorwire.collector.alerting.engine import ActiveAlert, Engine
 from sensorwire.collector.events import Presence
+from sensorwire.collector.frames import CheckedFrame
 
 
 def step(segments: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
@@ -325,3 +326,16 @@ def test_one_frame_from_the_future_does_not_stop_a_rate_rule() -> None:
     assert [n.state for n in rise] == ["firing"]
     assert e.window_resets == 1 and e.last_window_reset is not None
     assert e.last_window_reset[1] == 86_400 - 20
+
+
+def test_a_metric_named_twice_in_a_frame_counts_with_its_first_value_as_stored() -> None:
+    e = Engine([rule(name="hot", metric="temperature", above=35.0)])
+    f = frame({}, 0)
+    f.samples.add(metric="temperature", value=20.0)
+    f.samples.add(metric="temperature", value=40.0)  # storage keeps 20.0 (layout.unique)
+    twice = CheckedFrame.from_pb(f)
+    assert twice.layout.unique == (0,)
+    assert e.observe(twice, at(0)) == []
+    f.samples[0].value = 40.0
+    f.samples[1].value = 20.0
+    assert [n.value for n in e.observe(CheckedFrame.from_pb(f), at(1))] == [40.0]
