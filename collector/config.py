@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -114,8 +115,9 @@ class CollectorConfig(Config):
         alert_rules.check_references(self.alerts, declared)
 
 
-def load(path: str | Path) -> CollectorConfig:
+def load(path: str | Path, unset: Callable[[str], str] | None = None) -> CollectorConfig:
+    """The collector's configuration (``unset``: see :func:`configload.expand_env`)."""
     try:
-        return configload.load(path, CollectorConfig)
+        return configload.load(path, CollectorConfig, unset)
     except ConfigError as exc:  # errors about [[alerts]] / [[notifiers]] name the rule
         raise ConfigError(alert_rules.name_the_rule(str(exc), path)) from None

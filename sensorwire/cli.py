@@ -189,7 +189,8 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     from sensorwire.collector.alerting import replay
     from sensorwire.timefmt import parse_time_ns
 
-    cfg = collector_config.load(args.config)
+    # it notifies nobody: the notifiers' secrets ($SMTP_PASSWORD, ...) need not be set here
+    cfg = collector_config.load(args.config, unset=lambda var: f"<{var} not set>")
     try:
         since = parse_time_ns(args.test_since or args.since or "24h")
     except ValueError as exc:

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,8 +62,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p.name}: TOML syntax error: {exc}") from None
 
 
-def expand_env(raw: Any, where: str = "", env: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``raw``."""
+def expand_env(raw: Any, where: str = "", env: Mapping[str, str] | None = None,
+               unset: Callable[[str], str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``raw``; a variable not set
+    and without a default is an error, or ``unset(VAR)`` when given."""
     environ = os.environ if env is None else env
     if isinstance(raw, str):
         def sub(m: re.Match[str]) -> str:
@@ -72,15 +74,17 @@ def expand_env(raw: Any, where: str = "", env: Mapping[str, str] | None = None) 
                 return environ[var]
             if default is not None:
                 return default
+            if unset is not None:
+                return unset(var)
             raise ConfigError(
                 f"{where or '<top>'}: environment variable {var} is not set "
                 f"(set it, or write ${{{var}:-default}})"
             )
         return _ENV.sub(sub, raw)
     if isinstance(raw, dict):
-        return {k: expand_env(v, _join(where, k), environ) for k, v in raw.items()}
+        return {k: expand_env(v, _join(where, k), environ, unset) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(raw)]
+        return [expand_env(v, f"{where}[{i}]", environ, unset) for i, v in enumerate(raw)]
     if isinstance(raw, float) and not math.isfinite(raw):  # TOML has inf and nan; no key wants them
         raise ConfigError(f"{where or '<top>'}: expected a finite number, got {raw}")
     return raw
@@ -94,12 +98,12 @@ def convert(raw: Any, into: type[T], source: str, prefix: str = "") -> T:
         raise ConfigError(_explain(str(exc), raw, source, prefix, into)) from None
 
 
-def load(path: str | Path, into: type[T]) -> T:
-    """Read, expand and convert one configuration file."""
+def load(path: str | Path, into: type[T], unset: Callable[[str], str] | None = None) -> T:
+    """Read, expand and convert one configuration file (``unset``: see :func:`expand_env`)."""
     p = Path(path)
     raw = read_toml(p)
     try:
-        raw = expand_env(raw)
+        raw = expand_env(raw, unset=unset)
     except ConfigError as exc:
         raise ConfigError(f"{p.name}: {exc}") from None
     return convert(raw, into, p.name)

@@ -11,6 +11,7 @@ from alerting_support import Live
 from support import run_cli, wait_until, write
 
 from sensorwire.collector.alerting.store import AlertStore
+from sensorwire.collector.sqlite_store import SqliteWriter
 
 RULES = """
 [[alerts]]
@@ -74,3 +75,29 @@ def test_a_since_before_any_stored_time_is_explained_with_exit_2(tmp_path: Path)
         r = run_cli(*argv)
         assert r.returncode == 2, (argv, r.stderr)
         assert "--since: that is before 1678" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_alerts_test_needs_no_notifier_secrets(tmp_path: Path) -> None:
+    """It notifies nobody: a notifier's ${SMTP_PASSWORD} need not be set to run it, while
+    the collector itself refuses to start without it."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)  # an empty telemetry database
+    w.open()
+    w.close()
+    config = write(tmp_path / "collector.toml", '[subscribe]\nconnect = ["tcp://127.0.0.1:5557"]\n'
+                   f'[storage]\npath = "{db}"\n' + RULES + """
+[[notifiers]]
+name = "ops-mail"
+kind = "email"
+host = "127.0.0.1"
+starttls = true
+username = "alerts"
+password = "${SENSORWIRE_TEST_UNSET_SECRET}"
+from = "alerts@example.org"
+to = ["ops@example.org"]
+""")
+    r = run_cli("alerts", "test", "-c", str(config), "--since", "1h")
+    assert r.returncode == 0, r.stderr
+    assert "0 notifications would have been sent" in r.stdout, r.stdout
+    r = run_cli("check-config", str(config))
+    assert r.returncode == 2 and "SENSORWIRE_TEST_UNSET_SECRET is not set" in r.stderr, r.stderr
