@@ -13,10 +13,20 @@ topic.  Every data frame then takes one of three roads:
 - it is replayed later from the spool, oldest first, at ``replay_rate``,
   interleaved with live frames, keeping its ``boot_id``, ``seq`` and time.
 
+Each ``[publish] connect`` endpoint (a proxy) has an XPUB socket of its own,
+and the ``bind`` endpoints share one: with one socket for several proxies, a
+proxy that hangs with its connection open (stopped, or a link that drops
+packets) fills its queue, and ``XPUB_NODROP`` then refuses every send, to the
+healthy proxies too.  A frame counts as sent when at least one socket whose
+peers listen for it takes it; it is spooled only when none does.  A socket
+that refuses is named in a WARNING (at most one per endpoint every 10 s) and
+counted in :attr:`Publisher.refused`.
+
 Collectors ask for missing ``seq`` ranges with a :class:`RepairRequest` that
 travels upstream through the proxy (0x02 + protobuf).  The agent resends what
-its ring holds, leaves what its spool holds to the replay, and reports the
-rest as unavailable in an immediate heartbeat.
+its ring holds, through the socket the request came on, leaves what its spool
+holds to the replay, and reports the rest as unavailable in an immediate
+heartbeat.
 
 Frames and heartbeats are encoded by hand (:mod:`sensorwire.proto.encoder`);
 protobuf is imported only when the first repair request arrives, to parse it.
@@ -28,7 +38,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import zmq
 
@@ -38,20 +48,30 @@ from sensorwire.agent.config import PublishConfig, SpoolConfig
 from sensorwire.agent.sensors import Reading
 from sensorwire.agent.spool import Spool
 from sensorwire.configload import ConfigError
+from sensorwire.logs import RateLimited
 from sensorwire.proto import wire
 from sensorwire.proto.encoder import DataEncoder, HeartbeatEncoder, SeqSpan
 from sensorwire.security import COLLECTORS, AgentSecurity, Security
 
 log = logging.getLogger(__name__)
+_limited = RateLimited(log, 10.0)
 
 REPAIR_MAX_SEQS = 100_000   # per request: bounds the work one message can cause
 REPAIR_MAX_BYTES = 64 * 1024
 MAX_ENCODERS = 1024         # one per sensor; bounded all the same
 RING_AGE_CHECK_S = 1.0      # how often the ring drops frames older than ring_s
+# what became of a message a full socket refused, for its WARNING
+OTHERS = "sending through the others"
+SPOOLING = "nothing takes frames: spooling them"
+DROPPING = "nothing takes frames: counting them as dropped"
 
 
 class Publisher:
-    """Owns the XPUB socket and the spool; used only by the agent's main thread."""
+    """Owns the XPUB sockets and the spool; used only by the agent's main thread.
+
+    ``sock`` is the first socket (the only one with one endpoint), ``socks``
+    all of them; ``subscriptions`` is what all of them see.
+    """
 
     def __init__(self, site: str, device_id: str, config: PublishConfig,
                  spool: Spool | None = None, replay_rate: float = 500.0,
@@ -71,7 +91,9 @@ class Publisher:
             replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0,
         )
         self.subscriptions: set[bytes] = set()
+        self._subs: list[set[bytes]] = []        # per socket, as its peers subscribed
         self._listened: dict[bytes, bool] = {}
+        self._listening: dict[bytes, frozenset[int]] = {}  # topic -> sockets listened on
         self._topics: dict[str, bytes] = {}
         self._encoders: dict[str, DataEncoder] = {}
         self._heartbeats = HeartbeatEncoder(wire.heartbeat_topic(site, device_id), site, device_id,
@@ -85,6 +107,10 @@ class Publisher:
         self._held: tuple[int, int, bytes] | None = None   # a replayed frame ZeroMQ refused
         self._unavailable: list[SeqSpan] = []
         self.sock: zmq.Socket[bytes] | None = None
+        self.socks: list[zmq.Socket[bytes]] = []
+        self._peers: list[tuple[str, str]] = []   # per socket: ("proxy", endpoint), for warnings
+        self.refused: dict[str, int] = {}  # messages refused at a full queue, per endpoint
+        self._send: Callable[[bytes], bool] = self._send_one
         self.clock = clock
         self.clock_synced = clock.synced() if clock is not None else True
         self._flags = 0 if self.clock_synced else 1
@@ -98,61 +124,78 @@ class Publisher:
                      fsync=config.fsync, fsync_interval_s=config.fsync_interval_s)
 
     def open(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+        """Open the spool and the sockets: one per ``connect`` endpoint, one for the ``bind``
+        endpoints; returns the first."""
         if self.spool is not None:
             self.spool.open()
-        sock = ctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
-        sock.setsockopt(zmq.XPUB_NODROP, 1)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for absent peers: their subscriptions go
+        groups: list[tuple[list[str], list[str]]] = [(self.config.bind, [])] if self.config.bind else []
+        groups += [([], [ep]) for ep in self.config.connect]
         try:
             self.security.open(ctx)
-            for ep in self.config.bind:
-                self.security.bind(sock, ep, "publish", domain=COLLECTORS)
-            for ep in self.config.connect:
-                self.security.connect(sock, ep, "publish")
+            for binds, connects in groups:
+                sock = ctx.socket(zmq.XPUB)
+                self.socks.append(sock)
+                sock.setsockopt(zmq.LINGER, 1000)
+                sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
+                sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for absent peers: their subscriptions go
+                for ep in binds:
+                    self.security.bind(sock, ep, "publish", domain=COLLECTORS)
+                for ep in connects:
+                    self.security.connect(sock, ep, "publish")
+                self._peers.append(("proxy", connects[0]) if connects
+                                   else ("subscribers on", ", ".join(binds)))
+                self._subs.append(set())
         except (zmqutil.EndpointError, ConfigError):
-            sock.close(linger=0)
+            for sock in self.socks:
+                sock.close(linger=0)
+            self.socks, self._peers, self._subs = [], [], []
             self.security.close()
             raise
-        self.sock = sock
-        return sock
+        self.sock = self.socks[0]
+        self._send = self._send_one if len(self.socks) == 1 else self._send_all
+        return self.sock
 
     def close(self) -> None:
         if self._held is not None and self.spool is not None:
             self.spool.append(*self._held)  # back where it came from, for the next start
             self._held = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
+        self.sock = None
         self.security.close()
         if self.spool is not None:
             self.spool.close()
 
     # -- what arrives on the socket: subscriptions and repair requests ----------
     def handle_incoming(self) -> None:
-        assert self.sock is not None
+        """Read what every socket has: subscriptions, repair requests, pings."""
         changed = False
-        while True:
-            try:
-                msg = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if not msg:
-                continue
-            kind = msg[0]
-            if kind == 1:
-                self.subscriptions.add(msg[1:])
-                changed = True
-            elif kind == 0:
-                self.subscriptions.discard(msg[1:])
-                changed = True
-            elif kind == 2:
-                self._repair(msg[1:])
-            elif kind == 3:  # a directly connected subscriber asks whether it is subscribed
-                self._send(wire.ACK + msg[1:65])
+        for i, sock in enumerate(self.socks):
+            subs = self._subs[i]
+            while True:
+                try:
+                    msg = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if not msg:
+                    continue
+                kind = msg[0]
+                if kind == 1:
+                    subs.add(msg[1:])
+                    changed = True
+                elif kind == 0:
+                    subs.discard(msg[1:])
+                    changed = True
+                elif kind == 2:
+                    self._repair(msg[1:], i)
+                elif kind == 3:  # a subscriber asks whether it is subscribed: answered where it is
+                    self._send_on(i, wire.ACK + msg[1:65])
         if changed:
+            self.subscriptions = set().union(*self._subs)
             self._listened.clear()
+            self._listening.clear()
             log.debug("subscriptions now %r", sorted(self.subscriptions))
             if self.spool is not None and self.spool.pending and self.subscriptions:
                 self._pass_left = self.spool.pending  # look at every spooled frame once more
@@ -216,14 +259,64 @@ class Publisher:
         else:
             self.counters["dropped_hwm"] += 1
 
-    def _send(self, msg: bytes) -> bool:
+    # -- sending: ``_send`` is ``_send_one`` with one socket, ``_send_all`` with several ----
+    def _send_one(self, msg: bytes) -> bool:
         assert self.sock is not None
         try:
             self.sock.send(msg, zmq.NOBLOCK)
         except zmq.Again:
+            self._full(0, SPOOLING if self.spool is not None else DROPPING)
             return False
         self.counters["bytes_sent"] += len(msg)  # everything handed to ZeroMQ, answers included
         return True
+
+    def _send_all(self, msg: bytes) -> bool:
+        """Offer ``msg`` to every socket; True when one whose peers listen for it took it.
+
+        With no socket known to listen (a subscription not read yet) any socket that
+        takes it will do, as with one socket.
+        """
+        topic = msg[: msg.find(wire.DELIM)]
+        listening = self._listening.get(topic)
+        if listening is None:
+            listening = self._listening[topic] = frozenset(
+                i for i, subs in enumerate(self._subs)
+                if any((topic + wire.DELIM).startswith(s) for s in subs))
+        taken = False
+        refused: list[int] = []
+        for i, sock in enumerate(self.socks):
+            try:
+                sock.send(msg, zmq.NOBLOCK)
+            except zmq.Again:
+                refused.append(i)
+                continue
+            if not listening or i in listening:
+                taken = True
+        if refused:
+            then = OTHERS if taken else SPOOLING if self.spool is not None else DROPPING
+            for i in refused:
+                self._full(i, then)
+        if taken:
+            self.counters["bytes_sent"] += len(msg)
+        return taken
+
+    def _send_on(self, i: int, msg: bytes) -> bool:
+        """Send on socket ``i`` only: an answer to what arrived there."""
+        try:
+            self.socks[i].send(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            self._full(i, "an answer to it dropped")
+            return False
+        self.counters["bytes_sent"] += len(msg)
+        return True
+
+    def _full(self, i: int, then: str) -> None:
+        """Socket ``i`` refused a message: its queue (``sndhwm``) is full; ``then`` says what
+        became of the message."""
+        what, endpoint = self._peers[i]
+        n = self.refused[endpoint] = self.refused.get(endpoint, 0) + 1
+        _limited.warning(f"full:{endpoint}", "%s %s is not taking frames: its queue of %d is "
+                         "full; %s (%d refused so far)", what, endpoint, self.config.sndhwm, then, n)
 
     # -- the ring of recently sent frames, for gap repair -------------------------
     # At most ``ring_frames`` frames (one pop per insert keeps that exact), none
@@ -296,7 +389,7 @@ class Publisher:
         return max(0.001, (1.0 - self._tokens) / self.replay_rate)
 
     # -- gap repair -----------------------------------------------------------------
-    def _repair(self, payload: bytes) -> None:
+    def _repair(self, payload: bytes, on: int = 0) -> None:
         if len(payload) > REPAIR_MAX_BYTES:
             log.warning("ignored a repair request of %d bytes", len(payload))
             return
@@ -328,7 +421,7 @@ class Publisher:
                     if seq > self.seq:
                         break
                     hit = self._recent(seq, oldest)
-                    if hit is not None and self._send(hit):
+                    if hit is not None and self._send_on(on, hit):
                         resent += 1
                         have = True
                 if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):

@@ -1,6 +1,6 @@
 """The agent's main loop: schedules sensors, publishes frames and heartbeats.
 
-One thread owns the ZeroMQ socket and runs polled sensors on their intervals
+One thread owns the ZeroMQ sockets and runs polled sensors on their intervals
 (due times are fixed multiples of ``interval_s`` from the start, so they do
 not drift).  Stream sensors (a serial line) each get a thread of their own that
 opens them (retrying with backoff) and reads them, handing readings to the
@@ -15,7 +15,7 @@ when it starts failing and once when it recovers; ``open`` is retried with
 capped exponential backoff; the other sensors go on.
 
 On SIGHUP (:meth:`Agent.reload`) sensors are added, removed or changed while
-the others go on untouched, on their schedules; the publisher, its socket,
+the others go on untouched, on their schedules; the publisher, its sockets,
 its ``boot_id`` and its ``seq`` stay, so no stream has a gap.
 """
 
@@ -134,9 +134,10 @@ class Agent:
             service: Service | None = None) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            sock = self.publisher.open(ctx)
+            self.publisher.open(ctx)
             poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
+            for sock in self.publisher.socks:
+                poller.register(sock, zmq.POLLIN)
             poller.register(stop.fd, zmq.POLLIN)
             poller.register(self._waker.fd, zmq.POLLIN)
             self._poller = poller
@@ -164,8 +165,8 @@ class Agent:
         start = time.monotonic()
         due, periods, nth = self._plan(start, start, None)
         self._trim_at = start + TRIM_AFTER_S
-        sock = self.publisher.sock
         publisher = self.publisher
+        socks = publisher.socks
         replay_in: float | None = None
         while not stop.is_set():
             now = time.monotonic()
@@ -179,7 +180,7 @@ class Agent:
             if self._replan is not None:  # a reload changed the sensors
                 due, periods, nth = self._plan(start, time.monotonic(), self._replan)
                 self._replan = None
-            if sock in events:
+            if any(sock in events for sock in socks):
                 publisher.handle_incoming()
                 unavailable = publisher.take_unavailable()
                 if unavailable:

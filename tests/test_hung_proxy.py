@@ -1,0 +1,81 @@
+"""Two proxies: one that hangs with its connection open does not stop delivery through the other.
+
+A stopped process (SIGSTOP) keeps its sockets: the agent's connection to it
+stays up, its subscriptions stay, and its queue fills.  The agent then sends
+through the other proxy and says which one is not taking frames.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import wait_until, write
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder for ipc:// endpoints (a Unix socket path holds at most 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="sw-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def stored(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def test_a_stopped_proxy_does_not_stop_frames_through_the_other(
+        tmp_path: Path, short_dir: Path, procs: Any) -> None:
+    # ipc: the kernel buffers far less than loopback TCP, so the stopped proxy's queue fills
+    # within a second or two of frames of 100 samples
+    pairs = [(f"ipc://{short_dir}/f{i}", f"ipc://{short_dir}/b{i}") for i in range(2)]
+    proxies = [procs(f"proxy{i}", "proxy", "--frontend", f, "--backend", b)
+               for i, (f, b) in enumerate(pairs)]
+    dbs = [tmp_path / f"c{i}.db" for i in range(2)]
+    for i, (_, back) in enumerate(pairs):
+        procs(f"collector{i}", "collector", "-c", str(write(tmp_path / f"collector{i}.toml",
+              f'[subscribe]\nconnect = ["{back}"]\n[storage]\npath = "{dbs[i]}"\n'
+              "flush_interval_s = 0.05\n")))
+    metrics = ", ".join(f'{{ name = "t{k}", signal = "constant", value = 1.0 }}' for k in range(100))
+    agent = procs("agent", "agent", "-c", str(write(tmp_path / "agent.toml", f"""\
+site = "gh"
+device_id = "pi-1"
+[publish]
+connect = ["{pairs[0][0]}", "{pairs[1][0]}"]
+sndhwm = 100
+heartbeat_s = 0.5
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.005
+metrics = [{metrics}]
+[spool]
+dir = "{tmp_path / 'spool'}"
+""")))
+    wait_until(lambda: all(stored(db) >= 50 for db in dbs), timeout_s=30, what="flow through both")
+    proxies[0].popen.send_signal(signal.SIGSTOP)
+    try:
+        # 2,000 frames (10 s) of 1.6 kB: far more than the stopped proxy's queue and buffers hold
+        n0 = stored(dbs[1])
+        wait_until(lambda: stored(dbs[1]) >= n0 + 2000, timeout_s=45,
+                   what="frames through the healthy proxy while the other is stopped")
+        assert (f"proxy {pairs[0][0]} is not taking frames: its queue of 100 is full; "
+                "sending through the others") in agent.log()
+    finally:
+        proxies[0].popen.send_signal(signal.SIGCONT)
+    assert agent.terminate() == 0
