@@ -58,6 +58,10 @@ _limited = RateLimited(log, 10.0)
 
 REPAIR_MAX_SEQS = 100_000   # per request: bounds the work one message can cause
 REPAIR_MAX_BYTES = 64 * 1024
+REPAIR_SEQS_PER_S = 100_000  # seqs of repair requests looked at per second, all requests together
+REPAIR_BURST_S = 10.0       # frames resent: replay_rate per second, bursts of this many seconds of it
+REPAIR_LOG_S = 10.0         # at most one INFO line about repairs this often
+INCOMING_MAX = 1000         # messages read from a socket per handle_incoming call
 MAX_ENCODERS = 1024         # one per sensor; bounded all the same
 RING_AGE_CHECK_S = 1.0      # how often the ring drops frames older than ring_s
 # what became of a message a full socket refused, for its WARNING
@@ -88,7 +92,7 @@ class Publisher:
         self.replay_rate = replay_rate
         self.counters: dict[str, int] = collections.Counter(
             frames_sent=0, heartbeats_sent=0, bytes_sent=0, dropped_hwm=0, spooled=0,
-            replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0,
+            replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0, repairs_cut=0,
         )
         self.subscriptions: set[bytes] = set()
         self._subs: list[set[bytes]] = []        # per socket, as its peers subscribed
@@ -106,6 +110,11 @@ class Publisher:
         self._last_replay = time.monotonic()
         self._held: tuple[int, int, bytes] | None = None   # a replayed frame ZeroMQ refused
         self._unavailable: list[SeqSpan] = []
+        self._resend_tokens = replay_rate * REPAIR_BURST_S   # the repair budget, full at start
+        self._look_tokens = float(REPAIR_MAX_SEQS)
+        self._repair_at = time.monotonic()
+        self._repair_log = [0, 0, 0, 0]   # requests, ranges, resent, unavailable since the last line
+        self._repair_log_at = 0.0
         self.sock: zmq.Socket[bytes] | None = None
         self.socks: list[zmq.Socket[bytes]] = []
         self._peers: list[tuple[str, str]] = []   # per socket: ("proxy", endpoint), for warnings
@@ -170,11 +179,13 @@ class Publisher:
 
     # -- what arrives on the socket: subscriptions and repair requests ----------
     def handle_incoming(self) -> None:
-        """Read what every socket has: subscriptions, repair requests, pings."""
+        """Read what the sockets have: subscriptions, repair requests, pings; at most
+        INCOMING_MAX messages from each, so a flood cannot keep the loop (and a stop) waiting:
+        the poller wakes the loop again at once for the rest."""
         changed = False
         for i, sock in enumerate(self.socks):
             subs = self._subs[i]
-            while True:
+            for _ in range(INCOMING_MAX):
                 try:
                     msg = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
@@ -389,9 +400,22 @@ class Publisher:
         return max(0.001, (1.0 - self._tokens) / self.replay_rate)
 
     # -- gap repair -----------------------------------------------------------------
+    # Two token buckets bound what requests can cost, whoever sends them: frames resent
+    # (``replay_rate`` per second, REPAIR_BURST_S of it deep) and seqs looked at
+    # (REPAIR_SEQS_PER_S, one full request deep).  A request met with an empty bucket is
+    # answered as far as the budget goes: the rest is neither resent nor called
+    # unavailable, and the collector asks for it again (it retries with backoff).
+    def _refill_repair_budget(self) -> None:
+        now = time.monotonic()
+        dt = now - self._repair_at
+        self._repair_at = now
+        self._resend_tokens = min(self.replay_rate * REPAIR_BURST_S,
+                                  self._resend_tokens + dt * self.replay_rate)
+        self._look_tokens = min(float(REPAIR_MAX_SEQS), self._look_tokens + dt * REPAIR_SEQS_PER_S)
+
     def _repair(self, payload: bytes, on: int = 0) -> None:
         if len(payload) > REPAIR_MAX_BYTES:
-            log.warning("ignored a repair request of %d bytes", len(payload))
+            _limited.warning("repair-size", "ignored a repair request of %d bytes", len(payload))
             return
         # protobuf's parser for what may be hostile input; imported on the first request only
         from google.protobuf.message import DecodeError
@@ -401,29 +425,40 @@ class Publisher:
         try:
             req = RepairRequest.FromString(payload)
         except DecodeError:
-            log.warning("ignored an undecodable repair request")
+            _limited.warning("repair-decode", "ignored an undecodable repair request")
             return
         if req.device_id != self.device_id:
             return
-        budget = REPAIR_MAX_SEQS
+        self._refill_repair_budget()
+        look = min(REPAIR_MAX_SEQS, int(self._look_tokens))  # seqs this request may look at
+        frames = int(self._resend_tokens)                     # frames it may have resent
+        looked = resent = 0
+        cut = False
         oldest = time.monotonic() - self.config.ring_s
-        resent = 0
         unavailable: list[SeqSpan] = []
         for r in req.ranges:
-            first, last = r.first, min(r.last, r.first + budget - 1)
-            if last < first or first < 1:
+            first = r.first
+            mine = r.boot_id == self.boot_id
+            wanted = min(r.last, self.seq) if mine else r.last  # nothing to say about seqs to come
+            if first < 1 or wanted < first:
                 continue
-            budget -= last - first + 1
+            if looked >= look:
+                cut = True
+                break
+            last = min(wanted, first + (look - looked) - 1)
             run_start: int | None = None
-            for seq in range(first, last + 1):
+            seq = first
+            while seq <= last:
                 have = False
-                if r.boot_id == self.boot_id:
-                    if seq > self.seq:
-                        break
+                if mine:
                     hit = self._recent(seq, oldest)
-                    if hit is not None and self._send_on(on, hit):
-                        resent += 1
-                        have = True
+                    if hit is not None:
+                        if resent >= frames:
+                            cut = True
+                            break
+                        if self._send_on(on, hit):
+                            resent += 1
+                            have = True
                 if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):
                     have = True  # the replay will bring it
                 if have:
@@ -432,19 +467,48 @@ class Publisher:
                         run_start = None
                 elif run_start is None:
                     run_start = seq
+                seq += 1
+            looked += seq - first
             if run_start is not None:
-                end = min(last, self.seq) if r.boot_id == self.boot_id else last
-                if end >= run_start:
-                    unavailable.append(SeqSpan(r.boot_id, run_start, end))
-            if budget <= 0:
+                unavailable.append(SeqSpan(r.boot_id, run_start, seq - 1))
+            if cut or last < wanted:
+                cut = True
                 break
+        self._look_tokens -= looked
+        self._resend_tokens -= resent
         self.counters["repaired"] += resent
         n_gone = sum(u.last - u.first + 1 for u in unavailable)
         self.counters["unavailable"] += n_gone
-        log.info("repair request for %d ranges: %d frames sent again, %d no longer available",
-                 len(req.ranges), resent, n_gone)
+        if cut:
+            self.counters["repairs_cut"] += 1
+            _limited.warning("repair-budget", "repair requests ask for more than the agent resends "
+                             "(%.0f frames/s, %d seqs looked at/s): %d requests answered only in "
+                             "part so far; the rest is left to the next requests", self.replay_rate,
+                             REPAIR_SEQS_PER_S, self.counters["repairs_cut"])
+        self._log_repair(len(req.ranges), resent, n_gone)
         if unavailable:
             self._unavailable.extend(unavailable)
+
+    def _log_repair(self, ranges: int, resent: int, gone: int) -> None:
+        """The repair INFO line, at most one every REPAIR_LOG_S (summing the requests between)."""
+        acc = self._repair_log
+        acc[0] += 1
+        acc[1] += ranges
+        acc[2] += resent
+        acc[3] += gone
+        now = time.monotonic()
+        if now < self._repair_log_at:
+            log.debug("repair request for %d ranges: %d frames sent again, %d no longer "
+                      "available", ranges, resent, gone)
+            return
+        if acc[0] == 1:
+            log.info("repair request for %d ranges: %d frames sent again, %d no longer "
+                     "available", ranges, resent, gone)
+        else:
+            log.info("%d repair requests for %d ranges in the last %.0f s: %d frames sent again, "
+                     "%d no longer available", acc[0], acc[1], REPAIR_LOG_S, acc[2], acc[3])
+        self._repair_log = [0, 0, 0, 0]
+        self._repair_log_at = now + REPAIR_LOG_S
 
     def take_unavailable(self) -> list[SeqSpan]:
         out, self._unavailable = self._unavailable, []
