@@ -47,13 +47,42 @@ def frame_dict(frame: Frame, topic: str | None = None) -> dict[str, Any]:
     return out
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not simply show (C0 and C1 controls,
+    bidi overrides, zero-width and other invisible characters: ``str.isprintable``) written
+    as a Python escape: ``\\x9b``, ``\\u202e``.  What intake rejects today may be in older
+    databases; printing it must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def _json_escape(c: str) -> str:
+    n = ord(c)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+
+
 def json_line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+    """One JSON object on one line, UTF-8 as it is, but every character that is not printable
+    escaped (``\\u009b``): valid JSON that decodes to the same strings."""
+    text = json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+    if text.isprintable():
+        return text
+    # outside strings JSON is ASCII: what is not printable is inside a string, where \u escapes are
+    return "".join(c if c.isprintable() else _json_escape(c) for c in text)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    """A plain aligned text table; cells are shown with :func:`printable`."""
+    cells = [[("" if c is None else printable(str(c))) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
