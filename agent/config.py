@@ -39,7 +39,8 @@ class SpoolConfig(Config):
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     fsync: Literal["never", "interval", "always"] = "interval"
     fsync_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    # below the collectors' default flood limit (1,000 frames/s per device) with room for live frames
+    # below the collectors' default flood limit (1,000 frames/s per device) with room for live frames;
+    # also the most frames gap repairs resend per second (agent/publisher.py)
     replay_rate: Annotated[float, msgspec.Meta(gt=0)] = 500.0
 
 

@@ -1,6 +1,6 @@
-"""The agent's publishing socket: frames, heartbeats, spool, replay and repair.
+"""The agent's publishing sockets: frames, heartbeats, spool, replay and repair.
 
-The socket is an XPUB: a PUB that also sees the subscriptions of the
+Each socket is an XPUB: a PUB that also sees the subscriptions of the
 collectors behind the proxy.  With ``ZMQ_IMMEDIATE`` a lost connection drops
 its subscriptions, so the agent always knows whether anybody listens for a
 topic.  Every data frame then takes one of three roads:
@@ -26,7 +26,10 @@ Collectors ask for missing ``seq`` ranges with a :class:`RepairRequest` that
 travels upstream through the proxy (0x02 + protobuf).  The agent resends what
 its ring holds, through the socket the request came on, leaves what its spool
 holds to the replay, and reports the rest as unavailable in an immediate
-heartbeat.
+heartbeat.  Whoever asks, it resends at most ``replay_rate`` frames a second
+and looks at most at REPAIR_SEQS_PER_S requested seqs a second: a request
+beyond that budget is answered in part (``repairs_cut``), the rest left to
+the collector's next request.
 
 Frames and heartbeats are encoded by hand (:mod:`sensorwire.proto.encoder`);
 protobuf is imported only when the first repair request arrives, to parse it.
@@ -171,7 +174,7 @@ class Publisher:
             self._held = None
         for sock in self.socks:
             sock.close()
-        self.socks = []
+        self.socks, self._peers, self._subs = [], [], []
         self.sock = None
         self.security.close()
         if self.spool is not None:
