@@ -41,7 +41,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import zmq
 
@@ -122,7 +122,6 @@ class Publisher:
         self.socks: list[zmq.Socket[bytes]] = []
         self._peers: list[tuple[str, str]] = []   # per socket: ("proxy", endpoint), for warnings
         self.refused: dict[str, int] = {}  # messages refused at a full queue, per endpoint
-        self._send: Callable[[bytes], bool] = self._send_one
         self.clock = clock
         self.clock_synced = clock.synced() if clock is not None else True
         self._flags = 0 if self.clock_synced else 1
@@ -165,7 +164,9 @@ class Publisher:
             self.security.close()
             raise
         self.sock = self.socks[0]
-        self._send = self._send_one if len(self.socks) == 1 else self._send_all
+        if len(self.socks) > 1:
+            # the instance's own _send: one socket keeps the plain method, a hot path unchanged
+            self._send = self._send_all  # type: ignore[method-assign]
         return self.sock
 
     def close(self) -> None:
@@ -273,8 +274,8 @@ class Publisher:
         else:
             self.counters["dropped_hwm"] += 1
 
-    # -- sending: ``_send`` is ``_send_one`` with one socket, ``_send_all`` with several ----
-    def _send_one(self, msg: bytes) -> bool:
+    # -- sending: ``_send`` with one socket, ``_send_all`` in its place with several --------
+    def _send(self, msg: bytes) -> bool:
         assert self.sock is not None
         try:
             self.sock.send(msg, zmq.NOBLOCK)
