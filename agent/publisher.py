@@ -20,7 +20,7 @@ packets) fills its queue, and ``XPUB_NODROP`` then refuses every send, to the
 healthy proxies too.  A frame counts as sent when at least one socket whose
 peers listen for it takes it; it is spooled only when none does.  A socket
 that refuses is named in a WARNING (at most one per endpoint every 10 s) and
-counted in :attr:`Publisher.refused`.
+counted, per endpoint in :attr:`Publisher.refused`, in all as ``send_refused``.
 
 Collectors ask for missing ``seq`` ranges with a :class:`RepairRequest` that
 travels upstream through the proxy (0x02 + protobuf).  The agent resends what
@@ -96,6 +96,7 @@ class Publisher:
         self.counters: dict[str, int] = collections.Counter(
             frames_sent=0, heartbeats_sent=0, bytes_sent=0, dropped_hwm=0, spooled=0,
             replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0, repairs_cut=0,
+            send_refused=0,
         )
         self.subscriptions: set[bytes] = set()
         self._subs: list[set[bytes]] = []        # per socket, as its peers subscribed
@@ -330,6 +331,7 @@ class Publisher:
         became of the message."""
         what, endpoint = self._peers[i]
         n = self.refused[endpoint] = self.refused.get(endpoint, 0) + 1
+        self.counters["send_refused"] += 1
         _limited.warning(f"full:{endpoint}", "%s %s is not taking frames: its queue of %d is "
                          "full; %s (%d refused so far)", what, endpoint, self.config.sndhwm, then, n)
 

@@ -2,11 +2,12 @@
 
 A stopped process (SIGSTOP) keeps its sockets: the agent's connection to it
 stays up, its subscriptions stay, and its queue fills.  The agent then sends
-through the other proxy and says which one is not taking frames.
+through the other proxy, says which one is not taking frames and counts it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_until, write
+from support import run_cli, wait_until, write
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +77,9 @@ dir = "{tmp_path / 'spool'}"
                    what="frames through the healthy proxy while the other is stopped")
         assert (f"proxy {pairs[0][0]} is not taking frames: its queue of 100 is full; "
                 "sending through the others") in agent.log()
+        # and the heartbeats say so: a sensor no one has, to receive the device's heartbeats only
+        tail = run_cli("tail", "--connect", pairs[1][1], "--count", "1", "gh/pi-1/none", timeout=30)
+        assert json.loads(tail.stdout)["heartbeat"]["counters"]["send_refused"] > 0, tail.stderr
     finally:
         proxies[0].popen.send_signal(signal.SIGCONT)
     assert agent.terminate() == 0
