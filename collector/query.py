@@ -34,7 +34,9 @@ def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
             w = csv.writer(out, lineterminator="\n")
             w.writerow(["time", "device", "sensor", "metric", "value", "unit"])
             for t, dev, sensor, metric, value, unit, _b, _s in rows:
-                w.writerow([iso_from_ns(t), dev, sensor, metric, repr(value), unit or ""])
+                # as the table: a unit from older data holding a control character is escaped
+                w.writerow([iso_from_ns(t), dev, sensor, metric, repr(value),
+                            render.printable(unit or "")])
         else:
             out.write(render.table(
                 ["time", "device", "sensor", "metric", "value", "unit"],

@@ -4,7 +4,7 @@ C0 and C1 control characters ("\\x1b[", "\\x9b" start terminal commands) and
 the invisible Unicode format characters (bidi overrides such as U+202E,
 zero-width ones) are refused in units and a heartbeat's agent_version, as
 control characters always were.  What an older database holds is printed
-escaped by ``tail`` and ``query`` (table and JSON lines).
+escaped by ``tail`` and ``query`` (table, CSV and JSON lines).
 """
 
 from __future__ import annotations
@@ -110,3 +110,6 @@ enabled = false
     lines = run_cli("query", "--db", str(db), "--format", "json").stdout.splitlines()
     assert lines and all(line.isprintable() for line in lines)
     assert json.loads(lines[0])["unit"] == "C\x9b2J\u202e"
+    csv_rows = run_cli("query", "--db", str(db), "--format", "csv").stdout.splitlines()
+    assert len(csv_rows) > 1 and all(r.isprintable() for r in csv_rows)
+    assert csv_rows[1].endswith(",C\\x9b2J\\u202e")
