@@ -11,7 +11,12 @@ about half the CPU per frame of the Python loop.
   counters (:class:`Statistics`), ``TERMINATE`` stops it.  The sockets are
   made and bound by the proxy's main thread and handed over when the thread
   starts (a full memory barrier, which is all libzmq asks); they are closed
-  there again after the thread has ended.
+  there again after the thread has ended, and never while it runs.  A proxy
+  thread kept busy (a flood of subscriptions) answers ``STATISTICS`` late:
+  :meth:`Forwarder.statistics` then returns None and asks again only once
+  the answer has come, so answers never queue up.  One that does not stop on
+  ``TERMINATE`` within ``JOIN_S`` raises :class:`Stuck`: its sockets cannot be
+  closed safely and ``zmq_ctx_term`` would wait for them forever.
 - :class:`Upstream` is the proxy's own peer on its frontend, in the main
   thread's poller: an XPUB connected over ``inproc://``, as an agent is. It
   sees what collectors send upstream (subscriptions, counted; pings, answered
@@ -45,7 +50,8 @@ from sensorwire.proto import wire
 
 log = logging.getLogger(__name__)
 
-JOIN_S = 5.0  # the proxy thread returns at once on TERMINATE; this only bounds a bug
+JOIN_S = 5.0  # the proxy thread returns on TERMINATE once it is done with its current burst
+STATS_WAIT_S = 0.5  # how long statistics() waits for an answer before saying "not yet"
 _ids = itertools.count(1)
 
 
@@ -74,6 +80,10 @@ def endpoint() -> str:
     return f"inproc://sensorwire-proxy-{next(_ids)}-frontend"
 
 
+class Stuck(RuntimeError):
+    """The proxy thread did not stop: its sockets must stay open and the context unterminated."""
+
+
 class Forwarder:
     """``zmq.proxy_steerable`` between two bound sockets; construct, :meth:`start`, :meth:`close`."""
 
@@ -86,6 +96,7 @@ class Forwarder:
         self._steered: zmq.Socket[bytes] | None = None   # the proxy thread's
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._asked = False  # a STATISTICS sent and not answered yet
 
     def start(self) -> None:
         endpoint = f"inproc://sensorwire-proxy-control-{next(_ids)}"
@@ -95,7 +106,6 @@ class Forwarder:
             s.setsockopt(zmq.LINGER, 0)
         self._steered.bind(endpoint)
         self._control.connect(endpoint)
-        self._control.setsockopt(zmq.RCVTIMEO, int(JOIN_S * 1000))
         self._thread = threading.Thread(target=self._run, name="sensorwire-proxy", daemon=True)
         self._thread.start()
 
@@ -110,28 +120,39 @@ class Forwarder:
         if self._thread is not None and not self._thread.is_alive():
             raise RuntimeError(f"the libzmq proxy thread stopped: {self.error!r}")
 
-    def statistics(self) -> Statistics:
-        assert self._control is not None
-        self._control.send(b"STATISTICS")
-        try:
-            return Statistics.from_parts(self._control.recv_multipart())
-        except zmq.Again:
+    def statistics(self) -> Statistics | None:
+        """libzmq's counters, or None when the proxy thread has not answered within
+        ``STATS_WAIT_S`` (it is busy: the answer is read at a later call, none is asked twice)."""
+        control = self._control
+        assert control is not None
+        if not self._asked:
+            control.send(b"STATISTICS")
+            self._asked = True
+        if not control.poll(int(STATS_WAIT_S * 1000)):
             self.check()
-            raise RuntimeError(f"the libzmq proxy did not answer STATISTICS in {JOIN_S} s") from None
+            return None
+        self._asked = False
+        return Statistics.from_parts(control.recv_multipart())
 
     def close(self) -> None:
-        """Stop the proxy thread and close the control sockets (not the two it forwarded)."""
-        if self._thread is not None and self._control is not None:
-            if self._thread.is_alive():
-                self._control.send(b"TERMINATE")
-                self._thread.join(JOIN_S)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the libzmq proxy thread did not stop within {JOIN_S} s")
+        """Stop the proxy thread and close the control sockets (not the two it forwarded).
+
+        Raises :class:`Stuck` if the thread has not stopped within ``JOIN_S``; the control
+        sockets are then left open too (the thread may still use its own)."""
+        thread = self._thread
+        if thread is not None and self._control is not None and thread.is_alive():
+            self._control.send(b"TERMINATE")
+            thread.join(JOIN_S)
+            if thread.is_alive():
+                raise Stuck(f"the libzmq proxy thread did not stop within {JOIN_S} s of TERMINATE")
         self._thread = None
-        for s in (self._control, self._steered):
-            if s is not None:
-                s.close()
-        self._control = self._steered = None
+        try:
+            if self._control is not None:
+                self._control.close()
+        finally:
+            if self._steered is not None:
+                self._steered.close()
+            self._control = self._steered = None
 
 
 class Upstream:
@@ -152,11 +173,12 @@ class Upstream:
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription the backend passed on
         sock.connect(self._frontend)
 
-    def answer(self) -> None:
-        """Answer the pings and count the subscriptions waiting on our socket."""
+    def answer(self, batch: int = 1000) -> None:
+        """Answer the pings and count the subscriptions waiting on our socket (at most
+        ``batch``: a flood of subscriptions must not keep the main thread from its other work)."""
         sock = self.sock
         assert sock is not None
-        while True:
+        for _ in range(batch):
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -10,7 +10,9 @@ Where frames are moved:
 - **in libzmq** (C), when neither the last-value cache nor CURVE identity
   checks are on (the default): :mod:`sensorwire.libzmqproxy`, about half the
   CPU per frame.  The counters come from libzmq's ``STATISTICS``, read once a
-  second (and at each status and summary).  Only ``ZMQ_MAXMSGSIZE`` is
+  second (and at each status and summary); a proxy thread too busy to answer
+  keeps the last values (a WARNING after 5 s), and one that does not stop on
+  SIGTERM ends the process with exit code 1 and an ERROR.  Only ``ZMQ_MAXMSGSIZE`` is
   checked here; multi-part messages and frames with too many samples reach
   the collectors, which reject and count them (``multipart``,
   ``too_many_samples``);
@@ -46,6 +48,7 @@ proxy checks in each frame from agents is in :mod:`sensorwire.proxyfilter`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +61,7 @@ from sensorwire import configload, libzmqproxy, security, zmqutil
 from sensorwire.configload import Config
 from sensorwire.lastvalue import LastValueCache
 from sensorwire.lifecycle import StopSignal
+from sensorwire.logs import RateLimited
 from sensorwire.metrics import MetricsConfig
 from sensorwire.proto import wire
 from sensorwire.proxyfilter import FrontendFilter
@@ -65,6 +69,7 @@ from sensorwire.security import AGENTS, COLLECTORS, ProxySecurity, Security
 from sensorwire.service import NO_SERVICE, Rate, Service
 
 log = logging.getLogger(__name__)
+_limited = RateLimited(log, period_s=30.0)
 
 BATCH = 1000  # messages moved per socket per wake-up, so neither direction starves
 STATS_S = 1.0  # in C, the counters (metrics, status) are read from libzmq this often
@@ -114,6 +119,7 @@ class Proxy:
         self.subscriptions = 0
         self.in_libzmq = False  # forwarding in C (set in run(), see sensorwire.libzmqproxy)
         self._rate = Rate()
+        self._stats_at = time.monotonic()  # when libzmq last answered STATISTICS
         self.security = Security(config.security, "proxy", monitor=True)
         self.cache = LastValueCache(config.last_value_topics) if config.last_value_cache else None
         self.filter = FrontendFilter(config.limits.max_samples_per_frame, None, cache=self.cache)
@@ -151,11 +157,17 @@ class Proxy:
                 self._loop(stop, front, back, svc)
             log.info("proxy stopping: %d frames, %d bytes forwarded%s", self.frames, self.bytes,
                      self._drops())
-        finally:
-            front.close()
-            back.close()
-            sec.close()
-            ctx.term()
+        finally:  # each in its own try: one failing must not leave the others open
+            try:
+                front.close()
+            finally:
+                try:
+                    back.close()
+                finally:
+                    try:
+                        sec.close()
+                    finally:
+                        ctx.term()
 
     def _drops(self) -> str:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.filter.dropped.items()))
@@ -209,8 +221,12 @@ class Proxy:
             self._steer(stop, forwarder, upstream, svc)
             self._count(forwarder, upstream)
         finally:
-            forwarder.close()
-            upstream.close()
+            try:
+                forwarder.close()
+            except libzmqproxy.Stuck as exc:
+                _abandon(str(exc))
+            finally:
+                upstream.close()
 
     def _steer(self, stop: StopSignal, forwarder: libzmqproxy.Forwarder,
                upstream: libzmqproxy.Upstream, svc: Service) -> None:
@@ -236,9 +252,21 @@ class Proxy:
                 next_summary = now + self.config.summary_s
 
     def _count(self, forwarder: libzmqproxy.Forwarder, upstream: libzmqproxy.Upstream) -> None:
-        """The counters from libzmq's, less the ping answers (as in Python); never decreasing."""
+        """The counters from libzmq's, less the ping answers (as in Python); never decreasing.
+
+        A busy proxy thread (a flood of subscriptions) may answer late: the counters then keep
+        their last values, and a WARNING (rate-limited) says so; forwarding goes on."""
         forwarder.check()
         stats = forwarder.statistics()
+        now = time.monotonic()
+        if stats is None:
+            if now - self._stats_at < libzmqproxy.JOIN_S:
+                return
+            _limited.warning("stats", "proxy: the libzmq proxy thread has not answered "
+                             "STATISTICS for %.1f s (busy, e.g. with a flood of subscriptions); "
+                             "the counters keep their last values", now - self._stats_at)
+            return
+        self._stats_at = now
         self.frames = max(self.frames, stats.frontend_in - upstream.acks)
         self.bytes = max(self.bytes, stats.frontend_in_bytes - upstream.ack_bytes)
         self.subscriptions = upstream.subscriptions
@@ -288,3 +316,12 @@ class Proxy:
             sent += 1
         if sent:
             log.debug("last-value cache: %d frames for a new subscription %r", sent, prefix)
+
+
+def _abandon(why: str) -> None:
+    """Exit the process at once: a proxy thread that did not stop still uses its sockets, so
+    closing them is unsafe and ``zmq_ctx_term`` would wait for them forever (a process that
+    forwards nothing and ignores SIGTERM).  systemd restarts us (``Restart=on-failure``)."""
+    log.error("proxy: %s; exiting without closing its sockets", why)
+    logging.shutdown()  # flush the handlers: os._exit skips them
+    os._exit(1)
