@@ -33,7 +33,9 @@ What changes against the Python loop:
 - the proxy no longer drops multi-part messages or frames with too many
   samples itself: the collector rejects and counts both (decode errors
   ``multipart`` and ``too_many_samples``), and ``sensorwire tail`` skips
-  them.  ``ZMQ_MAXMSGSIZE`` still bounds the size on both sockets.
+  them.  ``ZMQ_MAXMSGSIZE`` still bounds the size on both sockets
+  (``[limits] max_message_bytes`` from agents, ``max_upstream_bytes`` from
+  collectors).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 JOIN_S = 5.0  # the proxy thread returns on TERMINATE once it is done with its current burst
 STATS_WAIT_S = 0.5  # how long statistics() waits for an answer before saying "not yet"
 _ids = itertools.count(1)
+ACK_MAX_BYTES = len(wire.ACK) + 64  # an answer to a ping: $ack/ + the ping's nonce (<= 64)
+MAX_LIVE = 10_000  # ping-answer subscriptions tracked at once (one or two per subscriber)
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,10 @@ class Upstream:
         self.subscriptions = 0       # subscription messages passed on to the agents
         self.acks = 0                # our answers that reach the frontend (so: forwarded)
         self.ack_bytes = 0
-        self._live: set[bytes] = set()  # the subscriptions in force upstream
+        # the subscriptions in force upstream that an answer ($ack/ + at most 64 bytes) can
+        # match, at most MAX_LIVE: the others never decide whether an answer is forwarded
+        self._live: set[bytes] = set()
+        self.untracked = 0           # such subscriptions not kept: MAX_LIVE reached
 
     def open(self) -> None:
         sock = self.sock = self._ctx.socket(zmq.XPUB)
@@ -186,11 +193,24 @@ class Upstream:
             kind = msg[:1]
             if kind == b"\x01":
                 self.subscriptions += 1
-                self._live.add(msg[1:])
+                self._track(msg[1:])
             elif kind == b"\x00":
                 self._live.discard(msg[1:])
             elif kind == wire.PING:
                 self._ack(sock, wire.ACK + msg[1:65])
+
+    def _track(self, prefix: bytes) -> None:
+        if len(prefix) > ACK_MAX_BYTES or not (prefix.startswith(wire.ACK)
+                                               or wire.ACK.startswith(prefix)):
+            return
+        if len(self._live) >= MAX_LIVE and prefix not in self._live:
+            self.untracked += 1
+            if self.untracked == 1 or self.untracked % 10_000 == 0:
+                log.warning("proxy: %d subscriptions to ping answers in force: %d more not "
+                            "tracked (their answers are counted as not forwarded)", MAX_LIVE,
+                            self.untracked)
+            return
+        self._live.add(prefix)
 
     def _ack(self, sock: zmq.Socket[bytes], ack: bytes) -> None:
         sock.send(ack)

@@ -47,6 +47,7 @@ proxy checks in each frame from agents is in :mod:`sensorwire.proxyfilter`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 _limited = RateLimited(log, period_s=30.0)
 
 BATCH = 1000  # messages moved per socket per wake-up, so neither direction starves
+SUBSCRIPTION_MAX_BYTES = 1 + wire.MAX_TOPIC_BYTES  # in Python: a longer one matches nothing
+UPSTREAM_KINDS = (b"\x00", b"\x01", wire.REPAIR, wire.PING)
 STATS_S = 1.0  # in C, the counters (metrics, status) are read from libzmq this often
 
 
@@ -80,9 +83,16 @@ LIVE_KEYS = ("summary_s", "log_level")
 
 
 class ProxyLimits(Config):
-    # a bigger message disconnects the peer that sent it (ZMQ_MAXMSGSIZE, both sockets)
+    # a bigger message disconnects the agent that sent it (ZMQ_MAXMSGSIZE on the frontend)
     max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 65536
     max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
+    # ZMQ_MAXMSGSIZE on the backend, whose peers send only subscriptions, pings and repair
+    # requests: the longest sensorwire sends is a repair request of 256 ranges
+    # (collector/tracking.py), 8,515 bytes with the largest numbers; subscriptions and pings
+    # are under 200.  A peer sending more is disconnected before libzmq stores its
+    # subscription (each subscribed byte costs about a hundred in the tries of the proxy and
+    # of every agent: 200 subscriptions of 64 KiB took a proxy to 1.6 GB)
+    max_upstream_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
 
 
 class ProxyConfig(Config):
@@ -117,6 +127,8 @@ class Proxy:
         self.frames = 0
         self.bytes = 0
         self.subscriptions = 0
+        # messages from collectors not passed on to agents (in Python only), by reason
+        self.upstream_dropped: collections.Counter[str] = collections.Counter()
         self.in_libzmq = False  # forwarding in C (set in run(), see sensorwire.libzmqproxy)
         self._rate = Rate()
         self._stats_at = time.monotonic()  # when libzmq last answered STATISTICS
@@ -133,7 +145,8 @@ class Proxy:
         try:
             for s in (front, back):
                 s.setsockopt(zmq.LINGER, 0)
-                s.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
+            front.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
+            back.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_upstream_bytes)
             # a collector that falls behind for a moment gets a queue, not gaps to repair
             front.setsockopt(zmq.RCVHWM, self.config.hwm)
             back.setsockopt(zmq.SNDHWM, self.config.hwm)
@@ -171,8 +184,10 @@ class Proxy:
 
     def _drops(self) -> str:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.filter.dropped.items()))
+        upstream = ", ".join(f"{k} {v}" for k, v in sorted(self.upstream_dropped.items()))
         guard = self.security.summary()
         return "".join([f"; dropped: {dropped}" if dropped else "",
+                        f"; dropped from collectors: {upstream}" if upstream else "",
                         f"; connections: {guard}" if guard else ""])
 
     def _summary(self, last_frames: int) -> None:
@@ -302,11 +317,24 @@ class Proxy:
             if kind == wire.PING:
                 back.send(wire.ACK + msg[1:65])
                 continue
+            if kind not in UPSTREAM_KINDS:
+                self._drop_upstream("unknown_kind", f"a message starting {msg[:8]!r}")
+                continue
+            if kind != wire.REPAIR and len(msg) > SUBSCRIPTION_MAX_BYTES:
+                self._drop_upstream("subscription_too_long", f"a subscription of {len(msg) - 1} "
+                                    f"bytes (a topic has at most {wire.MAX_TOPIC_BYTES})")
+                continue
             front.send(msg)
             if kind == b"\x01":
                 self.subscriptions += 1
                 if self.cache is not None:
                     self._send_cached(back, msg[1:])
+
+    def _drop_upstream(self, reason: str, detail: str) -> None:
+        self.upstream_dropped[reason] += 1
+        _limited.warning(f"upstream:{reason}", "proxy: dropped a message from a collector (%s): "
+                         "%s; %d dropped for this reason so far", reason, detail,
+                         self.upstream_dropped[reason])
 
     def _send_cached(self, back: zmq.Socket[bytes], prefix: bytes) -> None:
         assert self.cache is not None

@@ -10,9 +10,15 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 from support import Proc, tcp, wait_until, write
+
+from sensorwire import libzmqproxy
+from sensorwire.collector.tracking import MAX_RANGES_PER_REQUEST
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import RepairRequest
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +96,8 @@ def test_a_busy_proxy_thread_is_waited_for_and_sigterm_still_ends_the_process(
     """Late counters are a WARNING, not the end of forwarding; a proxy thread that does not
     stop on TERMINATE makes the process exit (1) with an ERROR rather than close the sockets
     under it and wait for ever in zmq_ctx_term."""
-    ends = start_proxy(procs, tmp_path)
+    # the flood needs prefixes above the default bound on upstream messages (see below)
+    ends = start_proxy(procs, tmp_path, "[limits]\nmax_upstream_bytes = 65536")
     pair = Pair(ctx, ends)
     assert pair.delivers()
     flood(ctx, ends.back)
@@ -102,3 +109,88 @@ def test_a_busy_proxy_thread_is_waited_for_and_sigterm_still_ends_the_process(
     log = ends.proc.log()
     assert rc == 0 or (rc == 1 and "exiting without closing its sockets" in log), log
     assert "Traceback" not in log
+
+
+# -- bounds on what collectors send upstream ---------------------------------------------------
+PATHS = {"libzmq": "", "python": "last_value_cache = true"}
+
+
+def largest_repair_request() -> bytes:
+    """The longest message a collector sends upstream: every number at its widest."""
+    req = RepairRequest(device_id="d" * 64)
+    for _ in range(MAX_RANGES_PER_REQUEST):
+        req.ranges.add(boot_id=2**64 - 1, first=2**64 - 1, last=2**64 - 1)
+    return wire.REPAIR + req.SerializeToString()
+
+
+def agent_hears(agent: zmq.Socket[bytes], msg: bytes) -> bool:
+    while agent.poll(1000):
+        if agent.recv() == msg:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_a_subscription_longer_than_any_upstream_message_disconnects_its_sender(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]],
+        path: str) -> None:
+    ends = start_proxy(procs, tmp_path, PATHS[path])
+    pair = Pair(ctx, ends)
+    rss = psutil.Process(ends.proc.popen.pid).memory_info().rss
+    atk = ctx.socket(zmq.XSUB)
+    atk.setsockopt(zmq.LINGER, 0)
+    atk.setsockopt(zmq.SNDHWM, 0)
+    atk.connect(ends.back)
+    for i in range(200):  # took a proxy to 1.65 GB, and every agent to 300 MB
+        atk.send(b"\x01" + i.to_bytes(4, "big") * 15_000)
+    wait_until(lambda: "backend.disconnects" in ends.proc.log(), timeout_s=20,
+               what="the flooding peer disconnected")
+    assert pair.delivers()
+    repair = largest_repair_request()
+    pair.sub.send(repair)  # the longest legitimate message still passes
+    assert agent_hears(pair.agent, repair)
+    grown = psutil.Process(ends.proc.popen.pid).memory_info().rss - rss
+    assert grown < 16 * 2**20, f"the proxy grew by {grown / 2**20:.0f} MiB"
+    atk.close()
+
+
+def test_in_python_a_subscription_longer_than_a_topic_is_dropped_and_counted(
+        procs: Callable[..., Proc], tmp_path: Path,
+        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    ends = start_proxy(procs, tmp_path, PATHS["python"])
+    pair = Pair(ctx, ends)
+    pair.sub.send(b"\x01" + b"y" * (wire.MAX_TOPIC_BYTES + 1))
+    pair.sub.send(b"\x07junk")
+    pair.sub.send(b"\x01gh/pi-2/")  # a good one after: the bad ones went nowhere
+    assert pair.agent.poll(10_000) and pair.agent.recv() == b"\x01gh/pi-2/"
+    wait_until(lambda: "subscription_too_long 1, unknown_kind 1" in ends.proc.log(),
+               timeout_s=10, what="the drops in the summary")
+    assert pair.delivers()
+
+
+def test_the_ping_answer_subscriptions_tracked_are_bounded(
+        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """The libzmq path's own peer keeps only subscriptions a ping answer can match, and at most
+    MAX_LIVE of them."""
+    front = ctx.socket(zmq.XSUB)
+    front.setsockopt(zmq.LINGER, 0)
+    front.setsockopt(zmq.SNDHWM, 0)
+    inproc = libzmqproxy.endpoint()
+    front.bind(inproc)
+    upstream = libzmqproxy.Upstream(ctx, inproc)
+    upstream.open()
+    try:
+        front.send(b"\x01" + b"z" * 60_000)  # not an answer's prefix: not kept
+        for i in range(libzmqproxy.MAX_LIVE + 5):
+            front.send(b"\x01" + wire.ACK + str(i).encode())
+        total = libzmqproxy.MAX_LIVE + 6
+
+        def all_read() -> bool:
+            upstream.answer()
+            return upstream.subscriptions == total
+
+        wait_until(all_read, timeout_s=10, what="every subscription read")
+        assert upstream.untracked == 5
+    finally:
+        upstream.close()
+        front.close()
