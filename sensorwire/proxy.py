@@ -36,7 +36,8 @@ Two more things happen here:
   matches at once (the ZeroMQ guide's last-value cache; the backend is an XPUB
   with ``XPUB_VERBOSE`` so every subscription is seen).  Those frames carry
   flag 8 (``from a last-value cache``) so collectors do not count or store
-  them twice; ``sensorwire tail`` shows them.
+  them twice; ``sensorwire tail`` shows them.  What bounds the cache and its
+  replays is in :mod:`sensorwire.lastvalue`.
 
 On SIGHUP it re-reads its file: ``log_level`` and ``summary_s`` apply at once;
 ``frontend`` and ``backend`` need a restart.
@@ -105,6 +106,7 @@ class ProxyConfig(Config):
     hwm: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 100_000  # libzmq: an int
     last_value_cache: bool = False
     last_value_topics: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    last_value_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 2**20  # of cached messages
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     security: ProxySecurity = msgspec.field(default_factory=ProxySecurity)
     limits: ProxyLimits = msgspec.field(default_factory=ProxyLimits)
@@ -133,7 +135,9 @@ class Proxy:
         self._rate = Rate()
         self._stats_at = time.monotonic()  # when libzmq last answered STATISTICS
         self.security = Security(config.security, "proxy", monitor=True)
-        self.cache = LastValueCache(config.last_value_topics) if config.last_value_cache else None
+        self.cache = (LastValueCache(config.last_value_topics, config.last_value_bytes,
+                                     config.limits.max_samples_per_frame)
+                      if config.last_value_cache else None)
         self.filter = FrontendFilter(config.limits.max_samples_per_frame, None, cache=self.cache)
 
     def run(self, stop: StopSignal, ready: Callable[[], None] | None = None,
@@ -186,7 +190,11 @@ class Proxy:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.filter.dropped.items()))
         upstream = ", ".join(f"{k} {v}" for k, v in sorted(self.upstream_dropped.items()))
         guard = self.security.summary()
-        return "".join([f"; dropped: {dropped}" if dropped else "",
+        c = self.cache
+        cache = (f"; last-value cache: {len(c)} topics, {c.bytes} bytes, {c.evicted} evicted, "
+                 f"{c.refused} refused, {c.replays} replays ({c.sent} frames), "
+                 f"{c.replays_skipped} skipped" if c is not None else "")
+        return "".join([f"; dropped: {dropped}" if dropped else "", cache,
                         f"; dropped from collectors: {upstream}" if upstream else "",
                         f"; connections: {guard}" if guard else ""])
 
@@ -339,7 +347,7 @@ class Proxy:
     def _send_cached(self, back: zmq.Socket[bytes], prefix: bytes) -> None:
         assert self.cache is not None
         sent = 0
-        for msg in self.cache.matching(prefix):
+        for msg in self.cache.replay(prefix):
             back.send(msg)
             sent += 1
         if sent:
