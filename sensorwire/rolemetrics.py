@@ -72,13 +72,13 @@ if TYPE_CHECKING:
 DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_name",
                   "too_many_samples", "bad_seq", "bad_heartbeat", "oversized", "multipart",
                   "too_many_devices", "rate_limited", "no_identity", "revoked_key",
-                  "device_mismatch")
+                  "device_mismatch", "bad_ack")
 
 # Every reason the proxy drops a message from an agent for (sensorwire.proxyfilter's and the
 # identity check's, sensorwire.security.Refused); exported at 0 from the start.  A test finds
 # every reason the code drops for and checks it is here.
 PROXY_DROP_REASONS = ("multipart", "too_many_samples", "no_identity", "revoked_key",
-                      "device_mismatch")
+                      "device_mismatch", "bad_ack")
 
 # The guard's counts (sensorwire.guard.Guard.counts) -> the reason label of
 # sensorwire_connections_refused_total; their prefix is a ZAP domain, not a socket.

@@ -46,6 +46,10 @@ AGENTS = "agents"           # ZAP domain of sockets that agents connect to
 COLLECTORS = "collectors"   # ZAP domain of sockets that collectors connect to
 HANDSHAKE_MS = 5000         # a refused client is disconnected after this and tries again
 TOPIC_HEAD = 200            # bytes of a message looked at for its topic (3 names of 64 + 2)
+# An agent's answer to a ping is $ack/ + the pinger's nonce; sensorwire's pingers (the
+# collector, tail) send os.urandom(8).hex(): 16 lowercase hex digits, and nothing else passes
+ACK_NONCE_LEN = 16
+ACK_NONCE_CHARS = frozenset(b"0123456789abcdef")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -138,8 +142,13 @@ class Identity:
                           f"{self.allow.folder} (the connection stays open until it breaks)",
                           str(uid))
         head = bytes(msg.buffer[:TOPIC_HEAD])
-        if head.startswith(wire.ACK):
-            return  # an agent's answer to our ping: it names no device and carries no data
+        if head.startswith(wire.ACK):  # an agent's answer to a ping: it names no device
+            nonce = head[len(wire.ACK):]
+            if len(msg) == len(wire.ACK) + ACK_NONCE_LEN and ACK_NONCE_CHARS.issuperset(nonce):
+                return
+            raise Refused("bad_ack", f"the key of {client.name!r} sent {len(msg)} bytes starting "
+                          f"{head[:24]!r}: a ping answer is {wire.ACK.decode()} and "
+                          f"{ACK_NONCE_LEN} hex digits", client.name)
         slash = head.find(b"/")
         if slash < 0 or not head.startswith(client.segment, slash + 1):
             topic = head.split(b"\x00", 1)[0].decode("ascii", "replace")

@@ -13,9 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
+from securestack import KeyRing, security_block
 from support import Proc, tcp, wait_until, write
 
-from sensorwire import libzmqproxy
+from sensorwire import keys, libzmqproxy
 from sensorwire.collector.tracking import MAX_RANGES_PER_REQUEST
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import RepairRequest
@@ -194,3 +195,41 @@ def test_the_ping_answer_subscriptions_tracked_are_bounded(
     finally:
         upstream.close()
         front.close()
+
+
+# -- what an authorized agent may send ----------------------------------------------------------
+def curve_client(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, ring: KeyRing, name: str,
+                 endpoint: str) -> zmq.Socket[bytes]:
+    pair = keys.load_secret(ring.secret(name))
+    s = ctx.socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    s.curve_secretkey, s.curve_publickey = pair.secret, pair.public
+    s.curve_serverkey = keys.load_public(ring.public("proxy"))
+    s.connect(endpoint)
+    return s
+
+
+def test_an_agent_may_send_only_exact_ping_answers_besides_its_own_frames(
+        procs: Callable[..., Proc], tmp_path: Path,
+        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    ring = KeyRing(tmp_path)
+    ring.make("proxy", "collector-1", "pi-1")
+    ring.allow(ring.collectors, "collector-1")
+    ring.allow(ring.agents, "pi-1")
+    ends = start_proxy(procs, tmp_path, security_block(
+        secret_key=ring.secret("proxy"), authorized_keys=ring.agents,
+        authorized_collectors=ring.collectors))
+    sub = curve_client(ctx, zmq.XSUB, ring, "collector-1", ends.back)
+    sub.send(b"\x01")
+    agent = curve_client(ctx, zmq.XPUB, ring, "pi-1", ends.front)
+    assert agent.poll(10_000), "pi-1 was not accepted"
+    agent.recv()
+    good = wire.ACK + b"0123456789abcdef"
+    # each once forwarded to every collector, uncounted: data in a ping answer's clothes
+    for bad in (wire.ACK + b"zzz\x00junk", wire.ACK + b"0123456789abcdef" + b"x" * 1000,
+                wire.ACK + b"0123456789ABCDEF"):
+        agent.send(bad)
+    agent.send(good)
+    assert sub.poll(10_000) and sub.recv() == good  # in order: the bad ones went nowhere
+    wait_until(lambda: "bad_ack 3" in ends.proc.log(), timeout_s=10,
+               what="the three bad answers counted")
