@@ -51,6 +51,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,39 @@ class ProxyConfig(Config):
             problem = zmqutil.endpoint_problem(getattr(self, key))
             if problem:
                 raise ValueError(f"{key}: {problem}")
+        if _same_address(self.frontend, self.backend):
+            raise ValueError(f"backend: {self.backend!r} is the frontend's address too: agents "
+                             "and collectors need one each")
         security.check(self.security, binds=True, connects=False)
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Two endpoints that cannot both be bound: equal, or one TCP port with a wildcard host."""
+    if a == b:
+        return True
+    if not (a.startswith("tcp://") and b.startswith("tcp://")):
+        return False
+    (ha, _, pa), (hb, _, pb) = a[6:].rpartition(":"), b[6:].rpartition(":")
+    wild = ("*", "0.0.0.0", "[::]", "::")
+    return pa == pb and pa != "*" and (ha == hb or ha in wild or hb in wild)
+
+
+def _refuse_served_ipc(endpoint: str) -> None:
+    """An ``ipc://`` path another live process serves is refused (libzmq would unlink it and
+    take it over silently); a stale file left by a process that is gone is left to libzmq."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[6:]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return  # no such file, refused (stale), or not a socket: bind() says what it finds
+    finally:
+        probe.close()
+    raise zmqutil.EndpointError(f"cannot bind {endpoint}: address already in use (another "
+                                "process serves it: stop it or choose another path)")
 
 
 def load(path: str | Path) -> ProxyConfig:
@@ -159,6 +192,8 @@ class Proxy:
             sec.open(ctx)
             self.filter.identity = sec.identity(AGENTS)
             self.in_libzmq = self.cache is None and self.filter.identity is None
+            for endpoint in (self.config.frontend, self.config.backend):
+                _refuse_served_ipc(endpoint)
             sec.bind(front, self.config.frontend, "frontend", domain=AGENTS)
             sec.bind(back, self.config.backend, "backend", domain=COLLECTORS)
             log.info("proxy up: agents -> %s, collectors <- %s%s%s; forwarding in %s",

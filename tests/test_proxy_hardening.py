@@ -6,7 +6,10 @@ goes on forwarding to the good subscribers, stays within bounds and still stops 
 
 from __future__ import annotations
 
+import shutil
 import signal
+import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import psutil
 import pytest
 import zmq
 from securestack import KeyRing, security_block
-from support import Proc, tcp, wait_until, write
+from support import Proc, free_port, run_cli, tcp, wait_until, write
 
 from sensorwire import keys, libzmqproxy
 from sensorwire.collector.tracking import MAX_RANGES_PER_REQUEST
@@ -233,3 +236,44 @@ def test_an_agent_may_send_only_exact_ping_answers_besides_its_own_frames(
     assert sub.poll(10_000) and sub.recv() == good  # in order: the bad ones went nowhere
     wait_until(lambda: "bad_ack 3" in ends.proc.log(), timeout_s=10,
                what="the three bad answers counted")
+
+
+# -- the addresses it binds -------------------------------------------------------------------
+@pytest.mark.parametrize(("front", "back"), [("tcp://127.0.0.1:{p}", "tcp://127.0.0.1:{p}"),
+                                             ("tcp://*:{p}", "tcp://127.0.0.1:{p}"),
+                                             ("ipc:///tmp/sw-x.sock", "ipc:///tmp/sw-x.sock")])
+def test_one_address_for_both_sockets_is_a_config_error(tmp_path: Path, front: str,
+                                                        back: str) -> None:
+    port = free_port()
+    cfg = write(tmp_path / "proxy.toml", f'frontend = "{front.format(p=port)}"\n'
+                f'backend = "{back.format(p=port)}"\n')
+    r = run_cli("check-config", str(cfg))
+    assert r.returncode == 2 and "the frontend's address too" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sw-"))  # a Unix socket path has at most 107 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_ipc_path_another_proxy_serves_is_not_taken_over(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]],
+        short_dir: Path) -> None:
+    front, back = f"ipc://{short_dir}/front.sock", tcp()
+    ends = Ends(procs("proxy", "proxy", "--frontend", front, "--backend", back), front, back)
+    r = run_cli("proxy", "--frontend", ends.front, "--backend", tcp(), timeout=30)
+    assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
+    assert Pair(ctx, ends).delivers()  # the first proxy still has its agents
+
+
+def test_a_stale_ipc_file_is_bound_again(procs: Callable[..., Proc], short_dir: Path,
+                                         ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    path = short_dir / "front.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(path))  # the file of a process that is gone: nobody listens
+    left.close()
+    front, back = f"ipc://{path}", tcp()
+    ends = Ends(procs("proxy", "proxy", "--frontend", front, "--backend", back), front, back)
+    assert Pair(ctx, ends).delivers()
