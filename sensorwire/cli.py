@@ -71,7 +71,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if args.config:
         cfg = from_file()
     elif args.frontend and args.backend:
-        cfg = proxy.ProxyConfig(frontend=args.frontend, backend=args.backend)
+        try:
+            cfg = proxy.ProxyConfig(frontend=args.frontend, backend=args.backend)
+        except ValueError as exc:  # the checks of a config file, on the command line's
+            raise _Usage(f"proxy: {exc}") from None
     else:
         raise _Usage("proxy: give -c FILE, or both --frontend EP and --backend EP")
     _set_level(args, cfg.log_level)
@@ -113,7 +116,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 # -- tools --------------------------------------------------------------------
 def cmd_tail(args: argparse.Namespace) -> int:
-    from sensorwire import tail
+    from sensorwire import tail, zmqutil
     from sensorwire.lifecycle import StopSignal
     from sensorwire.proto import wire
 
@@ -122,6 +125,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
             wire.subscriptions(prefix)
         except ValueError as exc:
             raise _Usage(f"tail: {exc}") from None
+    for endpoint in args.connect or []:  # libzmq would take a bad one and wait for ever
+        problem = zmqutil.endpoint_problem(endpoint)
+        if problem:
+            raise _Usage(f"tail: --connect {problem}")
     sec = None
     if args.secret_key or args.server_key:
         if not (args.secret_key and args.server_key):

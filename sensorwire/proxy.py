@@ -78,6 +78,7 @@ BATCH = 1000  # messages moved per socket per wake-up, so neither direction star
 SUBSCRIPTION_MAX_BYTES = 1 + wire.MAX_TOPIC_BYTES  # in Python: a longer one matches nothing
 UPSTREAM_KINDS = (b"\x00", b"\x01", wire.REPAIR, wire.PING)
 STATS_S = 1.0  # in C, the counters (metrics, status) are read from libzmq this often
+INT64_MAX = 2**63 - 1  # ZMQ_MAXMSGSIZE is an int64_t: a bigger number cannot be set
 
 
 # what a reload (SIGHUP) applies while running; every other key needs a restart
@@ -86,7 +87,7 @@ LIVE_KEYS = ("summary_s", "log_level")
 
 class ProxyLimits(Config):
     # a bigger message disconnects the agent that sent it (ZMQ_MAXMSGSIZE on the frontend)
-    max_message_bytes: Annotated[int, msgspec.Meta(gt=0)] = 65536
+    max_message_bytes: Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)] = 65536
     max_samples_per_frame: Annotated[int, msgspec.Meta(gt=0)] = 1024
     # ZMQ_MAXMSGSIZE on the backend, whose peers send only subscriptions, pings and repair
     # requests: the longest sensorwire sends is a repair request of 256 ranges
@@ -94,7 +95,7 @@ class ProxyLimits(Config):
     # are under 200.  A peer sending more is disconnected before libzmq stores its
     # subscription (each subscribed byte costs about a hundred in the tries of the proxy and
     # of every agent: 200 subscriptions of 64 KiB took a proxy to 1.6 GB)
-    max_upstream_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
+    max_upstream_bytes: Annotated[int, msgspec.Meta(ge=1024, le=INT64_MAX)] = 16 * 1024
 
 
 class ProxyConfig(Config):
@@ -114,7 +115,12 @@ class ProxyConfig(Config):
 
     def __post_init__(self) -> None:
         for key in ("frontend", "backend"):
-            problem = zmqutil.endpoint_problem(getattr(self, key))
+            endpoint = getattr(self, key)
+            if not endpoint.startswith(("tcp://", "ipc://")):
+                raise ValueError(f"{key}: {endpoint!r} is not a tcp:// or ipc:// endpoint (like "
+                                 "tcp://*:5556 or ipc:///run/sensorwire/agents.sock): agents "
+                                 "and collectors of other processes must reach it")
+            problem = zmqutil.endpoint_problem(endpoint)
             if problem:
                 raise ValueError(f"{key}: {problem}")
         if _same_address(self.frontend, self.backend):
@@ -124,14 +130,19 @@ class ProxyConfig(Config):
 
 
 def _same_address(a: str, b: str) -> bool:
-    """Two endpoints that cannot both be bound: equal, or one TCP port with a wildcard host."""
-    if a == b:
-        return True
+    """Two endpoints that cannot both be bound: equal, or one TCP port with a wildcard host
+    (``tcp://host:*`` twice is two ports libzmq chooses)."""
     if not (a.startswith("tcp://") and b.startswith("tcp://")):
-        return False
+        return a == b
     (ha, _, pa), (hb, _, pb) = a[6:].rpartition(":"), b[6:].rpartition(":")
     wild = ("*", "0.0.0.0", "[::]", "::")
     return pa == pb and pa != "*" and (ha == hb or ha in wild or hb in wild)
+
+
+def _bound(sock: zmq.Socket[bytes]) -> str:
+    """Where ``sock`` listens: the port libzmq chose for ``tcp://host:*``, not the ``*``."""
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) else str(last)
 
 
 def _refuse_served_ipc(endpoint: str) -> None:
@@ -197,7 +208,7 @@ class Proxy:
             sec.bind(front, self.config.frontend, "frontend", domain=AGENTS)
             sec.bind(back, self.config.backend, "backend", domain=COLLECTORS)
             log.info("proxy up: agents -> %s, collectors <- %s%s%s; forwarding in %s",
-                     self.config.frontend, self.config.backend, " (CURVE)" if sec.curve else "",
+                     _bound(front), _bound(back), " (CURVE)" if sec.curve else "",
                      ", last-value cache on" if self.cache is not None else "",
                      "libzmq" if self.in_libzmq else "Python")
             svc = service or NO_SERVICE

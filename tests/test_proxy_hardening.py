@@ -6,6 +6,7 @@ goes on forwarding to the good subscribers, stays within bounds and still stops 
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -277,3 +278,33 @@ def test_a_stale_ipc_file_is_bound_again(procs: Callable[..., Proc], short_dir: 
     front, back = f"ipc://{path}", tcp()
     ends = Ends(procs("proxy", "proxy", "--frontend", front, "--backend", back), front, back)
     assert Pair(ctx, ends).delivers()
+
+
+# -- configuration and command line -----------------------------------------------------------
+@pytest.mark.parametrize(("line", "says"), [
+    ("[limits]\nmax_message_bytes = 18446744073709551616", "<= 9223372036854775807"),
+    ('frontend = ""', "is not a tcp:// or ipc:// endpoint"),
+    ('frontend = "udp://127.0.0.1:5556"', "is not a tcp:// or ipc:// endpoint"),
+    ('frontend = "inproc://agents"', "is not a tcp:// or ipc:// endpoint"),
+])
+def test_a_value_libzmq_cannot_use_is_a_config_error(tmp_path: Path, line: str,
+                                                      says: str) -> None:
+    front = "" if line.startswith("frontend") else f'frontend = "{tcp()}"\n'
+    cfg = write(tmp_path / "proxy.toml", f'{front}backend = "{tcp()}"\n{line}\n')
+    r = run_cli("check-config", str(cfg))
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+
+
+def test_a_port_libzmq_chooses_is_logged(procs: Callable[..., Proc], tmp_path: Path,
+                                        ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    proc = procs("proxy", "proxy", "--frontend", "tcp://127.0.0.1:*",
+                 "--backend", "tcp://127.0.0.1:*")
+    up = wait_until(lambda: re.search(r"agents -> (tcp://127\.0\.0\.1:\d+), collectors <- "
+                                      r"(tcp://127\.0\.0\.1:\d+)", proc.log()),
+                    what="the ports in the log")
+    assert Pair(ctx, Ends(proc, up[1], up[2])).delivers()
+
+
+def test_tail_refuses_an_endpoint_libzmq_would_wait_on_for_ever() -> None:
+    r = run_cli("tail", "--connect", "tcp://127.0.0.1:99999", timeout=30)
+    assert r.returncode == 2 and "port '99999'" in r.stderr, r.stderr

@@ -67,7 +67,8 @@ def load(tmp_path: Path, role: str, text: str) -> object:
                                    security='mode = "curve"\nsecret_key = "c"'),
      "collector.toml: security.authorized_keys: required"),
     ("proxy", 'frontend = "tcp://*:1"\nbackend = "tcp://*:2"\n[limits]\nmax_message_bytes = 0\n',
-     "proxy.toml: limits.max_message_bytes: expected an integer >= 1, got 0"),
+     "proxy.toml: limits.max_message_bytes: expected an integer >= 1 and <= "
+     "9223372036854775807, got 0"),
     ("collector",
      '[subscribe]\nconnect = ["tcp://h:1"]\n[limits]\nmax_frames_per_s_per_device = -1\n',
      "collector.toml: limits.max_frames_per_s_per_device: expected an integer >= 0, got -1"),
