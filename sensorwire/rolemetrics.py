@@ -18,7 +18,12 @@ Names, by role:
   (``sensorwire_frames_spooled_total``, ...), and with a spool ``sensorwire_spool_frames``,
   ``sensorwire_spool_bytes_written_total``, ``sensorwire_spool_bytes_written_today``;
 - proxy: ``sensorwire_frames_forwarded_total``, ``sensorwire_bytes_forwarded_total``,
-  ``sensorwire_subscriptions_forwarded_total``, ``sensorwire_frames_dropped_total{reason}``;
+  ``sensorwire_subscriptions_forwarded_total``, ``sensorwire_frames_dropped_total{reason}``,
+  ``sensorwire_upstream_dropped_total{reason}``, and with the last-value cache
+  ``sensorwire_last_value_topics``, ``sensorwire_last_value_bytes``,
+  ``sensorwire_last_value_evicted_total``, ``sensorwire_last_value_refused_total``,
+  ``sensorwire_last_value_replays_total``, ``sensorwire_last_value_replays_skipped_total``,
+  ``sensorwire_last_value_replayed_frames_total``;
 - proxy and collector, per socket, from the guard thread (:mod:`sensorwire.guard`):
   ``sensorwire_connections_accepted_total{socket}``,
   ``sensorwire_connections_refused_total{socket,reason}``,
@@ -176,6 +181,31 @@ def proxy_families(proxy: Proxy) -> Iterable[Family]:
     for reason in sorted(set(PROXY_DROP_REASONS) | set(counted)):
         dropped.add(counted.get(reason, 0), reason)
     yield dropped
+    upstream = dict(proxy.upstream_dropped)
+    up = Family("sensorwire_upstream_dropped_total", "counter",
+                "Messages from collectors the proxy did not pass on to agents, by reason (only "
+                "when it forwards in Python).", ("reason",))
+    for reason in sorted({"subscription_too_long", "unknown_kind"} | set(upstream)):
+        up.add(upstream.get(reason, 0), reason)
+    yield up
+    cache = proxy.cache
+    if cache is not None:
+        yield Family("sensorwire_last_value_topics", "gauge",
+                     "Topics in the last-value cache.").add(len(cache))
+        yield Family("sensorwire_last_value_bytes", "gauge",
+                     "Bytes of the messages in the last-value cache.").add(cache.bytes)
+        yield Family("sensorwire_last_value_evicted_total", "counter",
+                     "Topics evicted to stay within last_value_topics and last_value_bytes."
+                     ).add(cache.evicted)
+        yield Family("sensorwire_last_value_refused_total", "counter",
+                     "Messages not cached: not frames a collector would accept.").add(cache.refused)
+        yield Family("sensorwire_last_value_replays_total", "counter",
+                     "Subscriptions answered with the cached frames they match.").add(cache.replays)
+        yield Family("sensorwire_last_value_replays_skipped_total", "counter",
+                     "Subscriptions not answered: the prefix replayed within a second, or the "
+                     "replay budget spent.").add(cache.replays_skipped)
+        yield Family("sensorwire_last_value_replayed_frames_total", "counter",
+                     "Frames sent from the last-value cache.").add(cache.sent)
     yield from _guard_families(proxy.security, {AGENTS: "frontend", COLLECTORS: "backend"})
 
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from support import tcp, wait_until
 
-from sensorwire import lastvalue
+from sensorwire import lastvalue, rolemetrics
 from sensorwire.lifecycle import StopSignal
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
@@ -157,3 +157,20 @@ def test_the_cache_holds_at_most_last_value_bytes_evicting_the_oldest() -> None:
         assert sorted(m[:11] for m in got) == [f"gh/pi-1/s{i:02}".encode() for i in range(20, 30)]
     finally:
         r.close()
+
+
+def test_the_cache_and_its_replays_are_exported_as_metrics(running: Running) -> None:
+    running.cache([frame("s1"), frame("s2"), b"gh/pi-1/junk\x00junk"])
+    running.subscribe(b"gh/", b"gh/")
+    exported = {(f.name, labels): v for f in rolemetrics.proxy_families(running.proxy)
+                for labels, v in f.samples}
+    assert {k[0]: v for k, v in exported.items() if k[0].startswith("sensorwire_last_value")} == {
+        "sensorwire_last_value_topics": 2,
+        "sensorwire_last_value_bytes": len(frame("s1")) + len(frame("s2")),
+        "sensorwire_last_value_evicted_total": 0,
+        "sensorwire_last_value_refused_total": 1,
+        "sensorwire_last_value_replays_total": 2,  # cache()'s subscriber's and the first gh/
+        "sensorwire_last_value_replays_skipped_total": 1,
+        "sensorwire_last_value_replayed_frames_total": 2,
+    }
+    assert exported[("sensorwire_upstream_dropped_total", ("subscription_too_long",))] == 0
