@@ -260,6 +260,9 @@ class Guard:
                 why = f"{what}: a client whose server_key is not this server's public key?"
             else:
                 why = f"{what}: is server_key the public key of the server at {endpoint}?"
+        elif server and not self.curve:
+            why = ("the client closed the connection during the handshake: security mechanism "
+                   'mismatch? It has [security] mode = "curve" and this side "none"')
         elif server:
             why = ("the client closed the connection during the handshake: one without CURVE "
                    '(mode = "none"), or whose server_key is not this server\'s public key?')

@@ -144,6 +144,11 @@ def _load_credential(name: str, path: str) -> str:
     return f"LoadCredential={name.replace('%', '%%')}:{path.replace('%', '%%')}\n"
 
 
+# a descriptor per connected agent or collector: systemd's soft limit of 1024 would refuse
+# connections past about a thousand (libzmq then retries accept() in a loop)
+_FILES = {role: "LimitNOFILE=65536\n" for role in ("proxy", "collector")}
+
+
 def render(role: str, executable: str = DEFAULT_EXECUTABLE, config: str | None = None,
            user: str | None = None, credentials: Sequence[tuple[str, str]] = ()) -> str:
     """The unit file for ``role``; ``user`` None means ``DynamicUser=yes``.
@@ -179,7 +184,7 @@ Restart=on-failure
 RestartSec=5s
 # exit status 2 is a bad configuration: restarting would not fix it
 RestartPreventExitStatus=2
-{identity}StateDirectory={state}
+{_FILES.get(role, "")}{identity}StateDirectory={state}
 WorkingDirectory=%S/{state}
 ConfigurationDirectory=sensorwire
 # a CURVE secret key is root's alone: systemd hands it over in $CREDENTIALS_DIRECTORY,

@@ -89,6 +89,9 @@ def test_units_say_what_systemd_needs_to_know() -> None:
     assert "User=pi" in pi.splitlines() and "DynamicUser=yes" not in pi
     assert 'ExecStart="/opt/sw env/bin/sensorwire" agent -c /srv/a%%b.toml' in pi.splitlines()
     assert "SupplementaryGroups" not in units.render("collector")
+    # servers take a connection a peer: past systemd's soft limit of 1024 they refuse them
+    assert all("\nLimitNOFILE=65536\n" in units.render(r) for r in ("proxy", "collector"))
+    assert "LimitNOFILE" not in agent
 
 
 def test_install_service_writes_the_unit_and_a_default_config_once(tmp_path: Path) -> None:
