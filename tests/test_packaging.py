@@ -36,6 +36,9 @@ def test_wheel_contains_every_package_and_no_top_level_agent_or_proto(tmp_path: 
     assert tops == {"sensorwire"}
     assert "sensorwire/proto/v1/telemetry_pb2.py" in names
     assert "sensorwire/proto/README.md" in names
+    # data folders: the .proto source, the default configurations install-service writes
+    assert "sensorwire/proto/sensorwire/v1/telemetry.proto" in names
+    assert {f"sensorwire/defaults/{r}.toml" for r in ("agent", "collector", "proxy")} <= set(names)
 
 
 def test_installed_namespace_is_sensorwire() -> None:
