@@ -39,6 +39,15 @@ def at_seq(device: str, seq: int, boot: int) -> Item:
     return CheckedFrame.from_pb(f), 1_700_000_000 * 10**9
 
 
+def write_back(sink: PostgresSink) -> None:
+    """Tick the sink until what it holds is written (reconnecting at once, not after backoff)."""
+    def written() -> bool:
+        sink._retry_at = 0.0
+        sink.tick(0)
+        return not sink.backlog
+    wait_until(written, timeout_s=20, what="what the sink held written")
+
+
 def cut_off(pg: PgSchema, sink: PostgresSink) -> str:
     """Kill the sink's connection; it reconnects to nowhere until the DSN returned is put back."""
     good = sink.writer.dsn
@@ -75,11 +84,7 @@ def test_a_bad_frame_held_through_an_outage_costs_only_itself(pg: PgSchema, tmp_
     shown = SinkRunner(sink)  # not started: only what the metrics and summary read of it
     assert not sink.connected and shown.held == 100
     sink.writer.dsn = good
-
-    def written() -> bool:
-        sink.tick(0)
-        return not sink.backlog
-    wait_until(written, timeout_s=20, what="the backlog written")
+    write_back(sink)
     sink.close()
     assert [s for _, _, s in stored(pg)] == [s for s in range(1, 101) if s not in (31, 71)]
     assert sink.failed == 2 and shown.dropped_total == 2 and shown.held == 0
@@ -99,11 +104,7 @@ def test_an_error_that_is_not_the_databases_loses_nothing_uncounted(
     held.append((f, received))
     sink.write(held)
     sink.writer.dsn = good
-
-    def written() -> bool:
-        sink.tick(0)
-        return not sink.backlog
-    wait_until(written, timeout_s=20, what="the backlog written")
+    write_back(sink)
     sink.close()
     assert [s for _, _, s in stored(pg)] == list(range(1, 51))
     assert sink.failed == 1
@@ -131,12 +132,7 @@ def test_a_table_renamed_for_maintenance_is_an_outage_not_bad_frames(
     sink.write([frame("pi-1", s) for s in range(2, 11)])  # held, not refused
     assert sink.held == 9 and sink.failed == 0
     pg.rows("ALTER TABLE frames_maint RENAME TO frames")
-
-    def written() -> bool:
-        sink._retry_at = 0.0  # reconnect at once rather than after the backoff
-        sink.tick(0)
-        return not sink.backlog
-    wait_until(written, timeout_s=20, what="the held frames written")
+    write_back(sink)
     sink.close()
     assert [s for _, _, s in stored(pg)] == list(range(1, 11))
     assert sink.lost == 0
