@@ -3,7 +3,8 @@
 Frames and events are *parked* here in arrival order and *taken* back, oldest
 first, once the database answers again:
 
-- up to ``buffer_max`` frames stay in memory (events ride along, uncounted);
+- up to ``buffer_max`` frames and events stay in memory (an event takes the
+  room of one frame);
 - when memory is full and a spool folder is configured, everything in memory
   moves to the spool (the agent's :class:`~sensorwire.agent.spool.Spool`:
   append-only segment files with checksums, bounded by ``spool_max_bytes``),
@@ -77,8 +78,10 @@ class Backlog:
         self._front: collections.deque[Piece] = collections.deque()  # taken out and put back
         self._mem: collections.deque[Piece] = collections.deque()
         self._mem_frames = 0
+        self._mem_events = 0  # events in _mem: they count against buffer_max, one each
         self._spool: Spool | None = None
         self.dropped = 0
+        self.dropped_events = 0
         self.dropped_by_device: collections.Counter[str] = collections.Counter()
         self.spooled = 0
 
@@ -100,14 +103,17 @@ class Backlog:
         """Move what memory holds to the spool (if there is one) and close it."""
         self._mem.extendleft(reversed(self._front))
         self._mem_frames += sum(len(p) for p in self._front if isinstance(p, list))
+        self._mem_events += sum(1 for p in self._front if not isinstance(p, list))
         self._front.clear()
         if self._spool is None:
-            if self._mem_frames:
+            if self._mem_frames or self._mem_events:
                 self._count_drop([i for p in self._mem if isinstance(p, list) for i in p])
-                log.error("postgres: %d frames not written at shutdown (the database is "
-                          "unreachable and storage.spool_dir is not set): lost", self._mem_frames)
+                self.dropped_events += self._mem_events
+                log.error("postgres: %d frames and %d events not written at shutdown (the "
+                          "database is unreachable and storage.spool_dir is not set): lost",
+                          self._mem_frames, self._mem_events)
             self._mem.clear()
-            self._mem_frames = 0
+            self._mem_frames = self._mem_events = 0
             return
         if self._mem:
             n = self._mem_frames
@@ -133,14 +139,14 @@ class Backlog:
     # -- parking ------------------------------------------------------------------------------
     def park(self, batch: list[Item]) -> None:
         """Hold ``batch`` after everything held; count what does not fit."""
-        if self._mem_frames + len(batch) > self.buffer_max:
+        if self._mem_frames + self._mem_events + len(batch) > self.buffer_max:
             if self._spool is not None:
                 self._to_spool()
                 if len(batch) > self.buffer_max:
                     self._spool_items(batch)
                     return
             else:
-                room = max(self.buffer_max - self._mem_frames, 0)
+                room = max(self.buffer_max - self._mem_frames - self._mem_events, 0)
                 self._count_drop(batch[room:])
                 batch = batch[:room]
                 if not batch:
@@ -149,7 +155,22 @@ class Backlog:
         self._mem_frames += len(batch)
 
     def park_event(self, ev: Event) -> None:
+        """Hold ``ev`` after everything held.  An event takes the room of one frame in memory
+        (a flood of made-up devices during an outage must not grow it for ever): past
+        ``buffer_max``, memory goes to the spool, or without one the event is dropped and
+        counted (``dropped_events``)."""
+        if self._mem_frames + self._mem_events >= self.buffer_max:
+            if self._spool is not None:
+                self._to_spool()
+            else:
+                self.dropped_events += 1
+                _drops.warning("events", "postgres: database unreachable and the memory buffer "
+                               "is full (%d frames and events, storage.buffer_max) and "
+                               "storage.spool_dir is not set: an event dropped (%d in all), "
+                               "e.g. %r", self.buffer_max, self.dropped_events, ev)
+                return
         self._mem.append(ev)
+        self._mem_events += 1
 
     def stored(self) -> None:
         """What :meth:`take` gave has been written (or refused for good): the spool's segments
@@ -174,6 +195,7 @@ class Backlog:
             return None
         head = self._mem[0]
         if not isinstance(head, list):
+            self._mem_events -= 1
             return self._mem.popleft()
         out: list[Item] = []
         room = max_samples
@@ -228,7 +250,7 @@ class Backlog:
                 self._spool_items(piece)
             else:
                 self._spool.append(0, 0, _encode_event(piece))
-        self._mem_frames = 0
+        self._mem_frames = self._mem_events = 0
         self._spool.flush()
 
     def _spool_items(self, items: list[Item]) -> None:

@@ -129,10 +129,10 @@ class PostgresSink:
             self.backlog.close()
             self.writer.close()
             log.info("postgres: %d frames stored (%d samples), %d already stored by another "
-                     "collector or an earlier run, %d dropped while the database was unreachable, "
-                     "%d refused by the database", self.writer.frames_stored,
+                     "collector or an earlier run, %d dropped while the database was unreachable "
+                     "(and %d events), %d refused by the database", self.writer.frames_stored,
                      self.writer.samples_stored, self.writer.already_stored, self.backlog.dropped,
-                     self.failed)
+                     self.backlog.dropped_events, self.failed)
 
     # -- the sink interface ---------------------------------------------------------------
     def write(self, batch: Sequence[Item]) -> None:

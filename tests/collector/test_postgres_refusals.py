@@ -250,3 +250,33 @@ def test_a_flood_of_events_is_written_a_batch_at_a_time(pg: PgSchema) -> None:
                    "WHERE device LIKE 'made-up-%%'") == [(2000, 6000, 2000)]
     assert pg.rows("SELECT state FROM presence") == [("online",)]
     assert [s for _, _, s in stored(pg)] == list(range(1, 11))
+
+
+def test_events_held_through_an_outage_are_bounded_by_buffer_max(tmp_path: Path) -> None:
+    """An event takes the room of a frame in memory: a flood of made-up devices during an
+    outage goes to the spool, or without one is dropped and counted, not kept for ever."""
+    small = Backlog(buffer_max=10)
+    small.open()
+    small.park([frame("pi-1", s) for s in range(1, 5)])
+    for i in range(100):
+        small.park_event(Counts("gh", f"made-up-{i}", 1, 0))
+    assert small.dropped_events == 94 and small.frames_in_memory == 4
+    small.park([frame("pi-1", 5)])  # no room left for frames either
+    assert small.dropped == 1
+    taken = [small.take(1000) for _ in range(7)]
+    assert isinstance(taken[0], list) and [f.seq for f, _ in taken[0]] == [1, 2, 3, 4]
+    assert all(isinstance(e, Counts) for e in taken[1:]) and small.take(1000) is None
+    small.close()
+
+    spooled = Backlog(buffer_max=10, spool_dir=tmp_path / "spool", spool_max_bytes=1 << 20)
+    spooled.open()
+    for i in range(100):
+        spooled.park_event(Counts("gh", f"made-up-{i}", 1, 0))
+    assert spooled.dropped_events == 0 and spooled.spool_pending >= 90
+    got = []
+    while (piece := spooled.take(1000)) is not None:
+        assert isinstance(piece, Counts)
+        got.append(piece.device)
+        spooled.stored()
+    assert got == [f"made-up-{i}" for i in range(100)]  # all of them, in order
+    spooled.close()
