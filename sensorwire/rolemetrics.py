@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sensorwire import __version__
@@ -84,6 +84,8 @@ DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_
 # every reason the code drops for and checks it is here.
 PROXY_DROP_REASONS = ("multipart", "too_many_samples", "no_identity", "revoked_key",
                       "device_mismatch", "bad_ack")
+# Every reason the proxy does not pass a message from a collector on (sensorwire.proxy).
+PROXY_UPSTREAM_REASONS = ("subscription_too_long", "unknown_kind")
 
 # The guard's counts (sensorwire.guard.Guard.counts) -> the reason label of
 # sensorwire_connections_refused_total; their prefix is a ZAP domain, not a socket.
@@ -166,6 +168,16 @@ def agent_families(agent: Agent) -> Iterable[Family]:
     yield from (readings, errors, failing)
 
 
+def by_reason(name: str, help_text: str, known: Iterable[str],
+              counts: Mapping[str, int]) -> Family:
+    """A counter by ``reason``: every known reason from the start (at 0), and any other counted."""
+    counted = dict(counts)  # a copy: another thread counts
+    family = Family(name, "counter", help_text, ("reason",))
+    for reason in sorted(set(known) | set(counted)):
+        family.add(counted.get(reason, 0), reason)
+    return family
+
+
 def proxy_families(proxy: Proxy) -> Iterable[Family]:
     yield Family("sensorwire_frames_forwarded_total", "counter",
                  "Messages forwarded from agents to collectors.").add(proxy.frames)
@@ -174,20 +186,14 @@ def proxy_families(proxy: Proxy) -> Iterable[Family]:
     yield Family("sensorwire_subscriptions_forwarded_total", "counter",
                  "Subscription messages forwarded from collectors to agents."
                  ).add(proxy.subscriptions)
-    counted = dict(proxy.filter.dropped)  # a copy: the proxy's thread counts
-    dropped = Family("sensorwire_frames_dropped_total", "counter",
-                     "Messages from agents the proxy dropped, by reason (only when it forwards "
-                     "in Python: with the last-value cache or CURVE on).", ("reason",))
-    for reason in sorted(set(PROXY_DROP_REASONS) | set(counted)):
-        dropped.add(counted.get(reason, 0), reason)
-    yield dropped
-    upstream = dict(proxy.upstream_dropped)
-    up = Family("sensorwire_upstream_dropped_total", "counter",
-                "Messages from collectors the proxy did not pass on to agents, by reason (only "
-                "when it forwards in Python).", ("reason",))
-    for reason in sorted({"subscription_too_long", "unknown_kind"} | set(upstream)):
-        up.add(upstream.get(reason, 0), reason)
-    yield up
+    yield by_reason("sensorwire_frames_dropped_total",
+                    "Messages from agents the proxy dropped, by reason (only when it forwards "
+                    "in Python: with the last-value cache or CURVE on).",
+                    PROXY_DROP_REASONS, proxy.filter.dropped)
+    yield by_reason("sensorwire_upstream_dropped_total",
+                    "Messages from collectors the proxy did not pass on to agents, by reason "
+                    "(only when it forwards in Python).", PROXY_UPSTREAM_REASONS,
+                    proxy.upstream_dropped)
     cache = proxy.cache
     if cache is not None:
         yield Family("sensorwire_last_value_topics", "gauge",
@@ -220,12 +226,8 @@ def collector_families(collector: Collector) -> Iterable[Family]:
     yield Family("sensorwire_frames_cached_ignored_total", "counter",
                  "Frames marked as a copy from a proxy's last-value cache (flag 8): not stored "
                  "or counted again.").add(getattr(collector, "cached_ignored", 0))
-    rejected = dict(collector.rejected)
-    errors = Family("sensorwire_decode_errors_total", "counter",
-                    "Messages rejected, by reason.", ("reason",))
-    for reason in sorted(set(DECODE_REASONS) | set(rejected)):
-        errors.add(rejected.get(reason, 0), reason)
-    yield errors
+    yield by_reason("sensorwire_decode_errors_total", "Messages rejected, by reason.",
+                    DECODE_REASONS, collector.rejected)
     written = Family("sensorwire_sink_frames_written_total", "counter",
                      "Frames written by each sink.", ("sink",))
     dropped = Family("sensorwire_sink_frames_dropped_total", "counter",

@@ -107,6 +107,19 @@ def run_cli(*argv: str, timeout: float = 60.0, **kw: Any) -> subprocess.Complete
                           text=True, timeout=timeout, **kw)
 
 
+def frames_stored(db: Path) -> int:
+    """Frames in a collector's SQLite file; 0 before the collector has created its tables."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

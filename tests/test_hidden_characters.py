@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import run_cli, tcp, wait_until, write
+from support import frames_stored, run_cli, tcp, wait_until, write
 
 from sensorwire import names, render
 from sensorwire.proto import wire
@@ -89,15 +89,7 @@ enabled = false
                       f'[subscribe]\nconnect = ["{ep}"]\n[storage]\npath = "{db}"\n'
                       "flush_interval_s = 0.05\n")))
 
-    def stored() -> int:
-        conn = sqlite3.connect(db)
-        try:
-            return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            conn.close()
-    wait_until(lambda: stored() >= 3, timeout_s=30, what="frames stored")
+    wait_until(lambda: frames_stored(db) >= 3, timeout_s=30, what="frames stored")
     assert collector.terminate() == 0
     conn = sqlite3.connect(db)
     with conn:  # as a version that checked less could have stored it

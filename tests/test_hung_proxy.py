@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import run_cli, wait_until, write
+from support import frames_stored, run_cli, wait_until, write
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +27,6 @@ def short_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="sw-"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def stored(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
 
 
 def test_a_stopped_proxy_does_not_stop_frames_through_the_other(
@@ -68,12 +57,12 @@ metrics = [{metrics}]
 [spool]
 dir = "{tmp_path / 'spool'}"
 """)))
-    wait_until(lambda: all(stored(db) >= 50 for db in dbs), timeout_s=30, what="flow through both")
+    wait_until(lambda: all(frames_stored(db) >= 50 for db in dbs), timeout_s=30, what="flow through both")
     proxies[0].popen.send_signal(signal.SIGSTOP)
     try:
         # 2,000 frames (10 s) of 1.6 kB: far more than the stopped proxy's queue and buffers hold
-        n0 = stored(dbs[1])
-        wait_until(lambda: stored(dbs[1]) >= n0 + 2000, timeout_s=45,
+        n0 = frames_stored(dbs[1])
+        wait_until(lambda: frames_stored(dbs[1]) >= n0 + 2000, timeout_s=45,
                    what="frames through the healthy proxy while the other is stopped")
         assert (f"proxy {pairs[0][0]} is not taking frames: its queue of 100 is full; "
                 "sending through the others") in agent.log()

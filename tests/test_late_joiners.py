@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, run_cli, wait_until, write
+from support import frames_stored, free_port, run_cli, wait_until, write
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +39,6 @@ dir = "{tmp / ('spool-' + device)}"
 """
 
 
-def frames(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(db)
-        try:
-            return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_a_late_tail_gets_the_last_value_of_every_topic_at_once(tmp_path: Path, procs: Any) -> None:
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     procs("proxy", "proxy", "-c", str(write(tmp_path / "proxy.toml",
@@ -60,8 +49,8 @@ def test_a_late_tail_gets_the_last_value_of_every_topic_at_once(tmp_path: Path, 
     for d in ("pi-1", "pi-2"):
         procs(d, "agent", "-c", str(write(tmp_path / f"{d}.toml", agent_toml(d, front, tmp_path, 30.0))))
     # each sensor reads once at start, then not for 30 s: anything tail prints soon is cached
-    wait_until(lambda: frames(db) >= 4, timeout_s=20, what="one frame per sensor stored")
-    stored_before = frames(db)
+    wait_until(lambda: frames_stored(db) >= 4, timeout_s=20, what="one frame per sensor stored")
+    stored_before = frames_stored(db)
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", "--connect", back, "gh"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +69,7 @@ def test_a_late_tail_gets_the_last_value_of_every_topic_at_once(tmp_path: Path, 
     assert all(got[t]["cached"] for t in data_topics)
     assert elapsed < 1.0 + 1.5  # within a second of subscribing (+ the start of a Python process)
     # the cached copies reached the collector too, and were neither stored nor counted
-    assert frames(db) == stored_before
+    assert frames_stored(db) == stored_before
     r = run_cli("status", "--db", str(db), "--format", "json")
     for o in map(json.loads, r.stdout.splitlines()):
         assert o["duplicates"] == 0 and o["gaps"] == 0, o
@@ -97,13 +86,13 @@ def test_a_restarted_collector_says_when_it_listens_and_misses_nothing_after(
     collector = procs("collector0", "collector", "-c", str(cfg))
     agent = procs("pi-1", "agent", "-c",
                   str(write(tmp_path / "pi-1.toml", agent_toml("pi-1", front, tmp_path, 0.05))))
-    wait_until(lambda: frames(db) >= 20, timeout_s=20, what="flow")
+    wait_until(lambda: frames_stored(db) >= 20, timeout_s=20, what="flow")
     assert collector.terminate() == 0
     collector = procs("collector1", "collector", "-c", str(cfg))
     wait_until(lambda: "subscriptions are live upstream" in collector.log(), timeout_s=10,
                what="the log line saying subscriptions are live")
-    n = frames(db)
-    wait_until(lambda: frames(db) >= n + 20, timeout_s=20, what="flow again")
+    n = frames_stored(db)
+    wait_until(lambda: frames_stored(db) >= n + 20, timeout_s=20, what="flow again")
     assert agent.terminate() == 0
     last = int(re.search(r"last seq (\d+);", agent.log()).group(1))  # type: ignore[union-attr]
 

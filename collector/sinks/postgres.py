@@ -178,8 +178,9 @@ class PostgresSink:
             self.writer.events(events)
             return
         except Exception as exc:  # noqa: BLE001 - classified
-            if classify(exc, self.writer.conn) != "permanent":
-                if classify(exc, self.writer.conn) == "outage":
+            kind = classify(exc, self.writer.conn)
+            if kind != "permanent":
+                if kind == "outage":
                     self._lost(exc)
                 for ev in events:  # written by _recover, in order, before later frames
                     self.backlog.park_event(ev)
@@ -208,14 +209,6 @@ class PostgresSink:
     @property
     def held(self) -> int:
         return self.backlog.frames_in_memory + self.backlog.spool_pending
-
-    def stats(self) -> dict[str, int]:
-        return {"frames_stored": self.writer.frames_stored,
-                "samples_stored": self.writer.samples_stored,
-                "already_stored": self.writer.already_stored,
-                "held_in_memory": self.backlog.frames_in_memory,
-                "held_in_spool": self.backlog.spool_pending,
-                "dropped": self.backlog.dropped, "refused": self.failed}
 
     # -- failure and recovery -------------------------------------------------------------
     def _failed(self, exc: BaseException, piece: Piece) -> None:
