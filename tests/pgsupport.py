@@ -148,7 +148,7 @@ def heartbeat(device: str, last_seq: int, boot: int = BOOT) -> tuple[CheckedFram
 
 def storage_config(pg: PgSchema, tmp: Path | None = None, **kw: Any) -> StorageConfig:
     spool: dict[str, Any] = {"spool_dir": str(tmp / "pgspool")} if tmp is not None else {}
-    return StorageConfig(kind="postgres", dsn=pg.server, schema=pg.name, **spool, **kw)
+    return StorageConfig(**{"kind": "postgres", "dsn": pg.server, "schema": pg.name, **spool, **kw})
 
 
 def stored(pg: PgSchema) -> list[tuple[str, int, int]]:

@@ -11,7 +11,11 @@ called only after the last ``write`` has returned, so a sink needs no locks.  A 
 ``tick(now_ns)`` is also called at least every ``flush_interval_s`` (when
 frames flow and when none arrive at all), with the wall clock in Unix ns: for
 sinks that act on time passing, such as alerting on stale data, or a
-database sink writing what it held while its database was down.  A batch is a list of
+database sink writing what it held while its database was down.  A sink that has
+``interrupt()`` gets that call from another thread when a stop has waited
+``close``'s ``timeout_s`` for it: it makes the running call return soon (a
+database sink cancels its statement), and keeps or counts what it then does
+not write.  A batch is a list of
 ``(frame, received_ns)`` tuples holding data frames (``seq >= 1``) and
 heartbeats (``seq == 0``), in arrival order, each a
 :class:`~sensorwire.collector.frames.CheckedFrame`; events are
@@ -52,6 +56,7 @@ Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 DROPS_BY_DEVICE_MAX = 10_000  # devices whose dropped frames are counted one by one
 BATCH_MAX = 160_000  # samples per write by default ([storage] batch_max): 20,000 frames of 8
 HALVING_BUDGET = 32  # failed writes of a refused batch's halves before what fails is dropped whole
+INTERRUPT_WAIT_S = 5.0  # at close, after the sink's interrupt(), for it to finish
 TRACE_EVERY_S = 10.0  # a sink's unexpected errors: one trace in the log per this many seconds
 
 
@@ -257,6 +262,14 @@ class SinkRunner:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            interrupt: Callable[[], None] | None = getattr(self.sink, "interrupt", None)
+            if self._thread.is_alive() and interrupt is not None:
+                call = self._in_call
+                log.warning("sink %s: still busy after %.0f s%s; interrupting it (what it has not "
+                            "written is kept or counted as the sink says)", self.sink.name, timeout_s,
+                            f" (in {call[0]})" if call is not None else "")
+                interrupt()
+                self._thread.join(INTERRUPT_WAIT_S)
             if self._thread.is_alive():
                 log.error("sink %s: did not finish within %.0f s; %d frames still queued",
                           self.sink.name, timeout_s, self._depth)

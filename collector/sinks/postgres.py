@@ -59,6 +59,7 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
 DRAIN_BUDGET_S = 1.0   # backlog written per write/tick call, at most about this long
 CLOSE_BUDGET_S = 4.0   # at shutdown (the runner waits 10 s for the whole close)
+CANCEL_TIMEOUT_S = 3.0  # interrupt(): for the server to take the cancel request
 HALVING_BUDGET = 32    # failed writes of one held piece before what still fails is refused
 FORGET_IDS_EVERY_S = 1.0  # after a refusal, cached ids are dropped and the write tried again
 
@@ -89,6 +90,7 @@ class PostgresSink:
         self._refused_at_outage = 0
         self._events: list[Event] = []  # handed over, not written yet
         self._ids_forgotten_at = -FORGET_IDS_EVERY_S
+        self._interrupted = False    # a stop waited too long: write nothing more, hold it all
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -120,10 +122,28 @@ class PostgresSink:
         if self.backlog:
             self._recover()
 
+    def interrupt(self) -> None:
+        """From another thread, when a stop has waited too long for a write (a statement
+        stuck on a lock, a database that stopped answering mid-query): cancel the statement
+        running; what it was writing, and everything after it, is held (and spooled at
+        close) instead of written."""
+        self._interrupted = True
+        conn = self.writer.conn
+        if conn is None:
+            return
+        try:
+            cancel = getattr(conn, "cancel_safe", None)  # psycopg 3.2; 3.1 has cancel() only
+            if cancel is not None:
+                cancel(timeout=CANCEL_TIMEOUT_S)
+            else:
+                conn.cancel()
+        except Exception as exc:  # noqa: BLE001 - closed meanwhile, or the server is gone
+            log.warning("postgres: could not cancel the running statement: %s", _one_line(exc))
+
     def close(self) -> None:
         try:
             self._write_events()
-            if self.backlog:
+            if self.backlog and not self._interrupted:
                 self._recover(budget_s=CLOSE_BUDGET_S)
         finally:
             self.backlog.close()
@@ -137,7 +157,7 @@ class PostgresSink:
     # -- the sink interface ---------------------------------------------------------------
     def write(self, batch: Sequence[Item]) -> None:
         self._write_events()
-        if self.backlog or not self.connected:
+        if self.backlog or not self.connected or self._interrupted:
             self.backlog.park(list(batch))
             self._held_in_outage += len(batch)
             self._recover()
@@ -170,7 +190,7 @@ class PostgresSink:
         events, self._events = self._events, []
         if not events:
             return
-        if self.backlog or not self.connected:
+        if self.backlog or not self.connected or self._interrupted:
             for ev in events:
                 self.backlog.park_event(ev)
             return
@@ -234,7 +254,9 @@ class PostgresSink:
         self.writer.reset()
         self._delay = RECONNECT_MIN_S
         self._retry_at = time.monotonic() + self._delay
-        if self._outage_since is None:
+        if self._interrupted:
+            log.warning("postgres: stopping: the write running was cancelled (%s)", _one_line(exc))
+        elif self._outage_since is None:
             self._outage_since = time.monotonic()
             self._held_in_outage = 0
             self._refused_at_outage = self.failed
@@ -268,7 +290,7 @@ class PostgresSink:
         return True
 
     def _recover(self, budget_s: float = DRAIN_BUDGET_S) -> None:
-        if not self.connected and not self._reconnect():
+        if self._interrupted or (not self.connected and not self._reconnect()):
             return
         deadline = time.monotonic() + budget_s
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ Real PostgreSQL (a schema per test, see ``pgsupport``); an outage is a connectio
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -280,3 +281,38 @@ def test_events_held_through_an_outage_are_bounded_by_buffer_max(tmp_path: Path)
         spooled.stored()
     assert got == [f"made-up-{i}" for i in range(100)]  # all of them, in order
     spooled.close()
+
+
+def test_a_stop_stuck_on_a_lock_cancels_the_statement_and_spools_the_batch(
+        pg: PgSchema, tmp_path: Path) -> None:
+    """A write blocked on a lock for longer than the stop waits (the DSN turns the session's
+    own lock and statement timeouts off): the statement is cancelled, and the batch, with what
+    was queued behind it, goes to the spool for the next start instead of being lost."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(pg.server, options="-c lock_timeout=0 -c statement_timeout=0")
+    sink = PostgresSink(storage_config(pg, tmp_path, dsn=dsn))
+    runner = SinkRunner(sink, flush_interval_s=0.05)
+    runner.start()
+    runner.offer([frame("pi-1", 1)])
+    wait_until(lambda: [s for _, s in pg.seqs("pi-1")] == [1], timeout_s=10, what="the first frame stored")
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE frames IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        runner.offer([frame("pi-1", s) for s in range(2, 12)])
+        wait_until(lambda: runner.stalled(time.monotonic(), 0.2) is not None, timeout_s=10,
+                   what="the write blocked on the lock")
+        runner.offer([frame("pi-1", s) for s in range(12, 15)])
+        started = time.monotonic()
+        runner.close(timeout_s=0.5)
+        took = time.monotonic() - started
+        locker.rollback()
+    assert took < 0.5 + 5.0, f"the stop took {took:.1f} s"
+    assert [s for _, s in pg.seqs("pi-1")] == [1]
+    assert sink.backlog.dropped == 0 and runner.dropped_total == 0
+    back = Backlog(buffer_max=1000, spool_dir=tmp_path / "pgspool", spool_max_bytes=1 << 20)
+    back.open()
+    piece = back.take(1_000_000)
+    assert isinstance(piece, list)
+    assert sorted(f.seq for f, _ in piece) == list(range(2, 15))
+    back.close()
