@@ -43,7 +43,8 @@ def rows(db: str, now_ns: int | None = None) -> list[dict[str, Any]]:
             "frames": r["frames"], "gaps": r["gaps"], "duplicates": r["duplicates"],
             "restarts": r["restarts"], "out_of_order": r["out_of_order"], "lost": r["lost"],
             "heartbeat_s": r["heartbeat_s"],
-            "clock_offset_s": None if r["clock_offset_s"] is None else round(r["clock_offset_s"], 3),
+            # + 0.0: an offset that rounds to zero from below shows 0.0, not -0.0
+            "clock_offset_s": None if r["clock_offset_s"] is None else round(r["clock_offset_s"], 3) + 0.0,
             "clock_synced": None if r["clock_synced"] is None else bool(r["clock_synced"]),
         })
     return out
