@@ -16,6 +16,11 @@ subscriber is back.  The layout is friendly to SD cards:
   counted;
 - a record torn by a crash (short or with a bad checksum) ends its segment's
   readable part and is counted as ``corrupt``;
+- a write the file system refuses (the disk full, an I/O error) costs the
+  frames of that write, counted in ``dropped`` and ``write_failed`` and
+  logged (rate-limited) with what to do; the torn part is cut off again, and
+  the spool goes on (it keeps trying to write: once there is room, frames
+  are kept again).  An agent on a full SD card keeps sending live frames;
 - a segment is deleted as soon as its last frame is replayed; how far replay
   got in the oldest segment is saved in the file ``cursor`` when the spool is
   closed, so a restart does not send those frames again.  After a crash the
@@ -32,18 +37,22 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import fcntl
+import io
 import logging
 import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import msgspec
 
+from sensorwire.logs import RateLimited
+
 log = logging.getLogger(__name__)
+_refused = RateLimited(log, period_s=30.0)
 
 MAGIC = b"SWSPOOL1"
 _HEAD = struct.Struct("<IIQQ")
@@ -88,7 +97,7 @@ class Spool:
         self.fsync_interval_s = fsync_interval_s
         self.segment_bytes = segment_bytes or max(4096, min(8 << 20, max_bytes // 8))
         self._segments: collections.deque[_Segment] = collections.deque()
-        self._writer: BinaryIO | None = None
+        self._writer: io.FileIO | None = None  # unbuffered: flush() writes its own batch at once
         self._reader: BinaryIO | None = None
         self._reader_seg: _Segment | None = None
         self._buf: list[bytes] = []
@@ -99,6 +108,10 @@ class Spool:
         # per boot: [min seq, max seq, frames pending]
         self.boots: dict[int, list[int]] = {}
         self.dropped = 0
+        self.write_failed = 0   # of dropped: frames the file system refused (disk full, I/O error)
+        self._failing = False   # the last write failed (logged once it works again)
+        # called with the frames a refused write cost (the collector counts them per device)
+        self.on_write_failed: Callable[[list[Record]], None] | None = None
         self.corrupt = 0
         self.appended = 0
         self.replayed = 0
@@ -241,13 +254,16 @@ class Spool:
 
     # -- writing --------------------------------------------------------------
     def append(self, boot_id: int, seq: int, message: bytes) -> bool:
-        """Spool one frame; False (and counted) when ``drop_newest`` refuses it."""
+        """Spool one frame; False (and counted) when ``drop_newest`` refuses it, or the file
+        system refuses a new segment.  (A refused write of frames already taken is counted by
+        :meth:`flush`.)"""
         record = _HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message
         if self.size_bytes + len(record) > self.max_bytes:
             if self.overflow == "drop_newest" or not self._make_room(len(record)):
                 self.dropped += 1
                 return False
-        self._write(record, boot_id, seq)
+        if not self._write(record, boot_id, seq):
+            return False
         self.appended += 1
         return True
 
@@ -261,11 +277,16 @@ class Spool:
         """
         self._write(_HEAD.pack(len(message), zlib.crc32(message), boot_id, seq) + message,
                     boot_id, seq)
-        self.replayed -= 1  # next() counted it as taken
+        self.replayed -= 1  # next() counted it as taken (and _write counted it if refused)
 
-    def _write(self, record: bytes, boot_id: int, seq: int) -> None:
-        """Add one record at the tail (buffered; flushed when the buffer or the policy says)."""
-        seg = self._tail_for(len(record))
+    def _write(self, record: bytes, boot_id: int, seq: int) -> bool:
+        """Add one record at the tail (buffered; flushed when the buffer or the policy says);
+        False, counted, when no segment can be opened for it."""
+        try:
+            seg = self._tail_for(len(record))
+        except OSError as exc:
+            self._refused([record], exc)
+            return False
         seg.size += len(record)
         seg.records += 1
         self._buf.append(record)
@@ -273,23 +294,72 @@ class Spool:
         self._note(boot_id, seq)
         if self._buf_len >= _BUF_MAX or self.fsync == "always":
             self.flush()
+        return True
 
     def flush(self, force_sync: bool = False) -> None:
-        """Write buffered records to the OS; fsync as the policy says."""
-        if self._buf and self._writer is not None:
-            data = b"".join(self._buf)
-            self._buf.clear()
+        """Write buffered records to the OS; fsync as the policy says.  Never raises for the
+        file system: a refused write is counted (see the module's docstring)."""
+        writer = self._writer
+        if self._buf and writer is not None:
+            records, self._buf = self._buf, []
+            data = b"".join(records)
             self._buf_len = 0
-            self._writer.write(data)
-            self._writer.flush()
+            try:
+                _write_all(writer, data)
+            except OSError as exc:
+                self._unwrite(records, len(data), exc)
+                return
             self._count_written(len(data))
+            if self._failing:
+                self._failing = False
+                log.info("spool %s: writing again (%d frames dropped while the file system "
+                         "refused them)", self.folder, self.write_failed)
             now = time.monotonic()
             if (self.fsync == "always" or force_sync
                     or (self.fsync == "interval" and now - self._last_fsync >= self.fsync_interval_s)):
-                os.fsync(self._writer.fileno())
+                self._fsync(writer)
                 self._last_fsync = now
-        elif force_sync and self._writer is not None:
-            os.fsync(self._writer.fileno())
+        elif force_sync and writer is not None:
+            self._fsync(writer)
+
+    def _fsync(self, writer: io.FileIO) -> None:
+        try:
+            os.fsync(writer.fileno())
+        except OSError as exc:  # the data was written; whether it is on the disk is not known
+            _refused.warning("fsync", "spool %s: fsync failed (%s): the frames written may not "
+                             "survive a power cut; check the disk", self.folder, exc.strerror)
+
+    def _unwrite(self, records: list[bytes], nbytes: int, exc: OSError) -> None:
+        """A write of the tail segment's buffered ``records`` failed: cut the segment back to
+        what was written before, and count the records as lost."""
+        seg = self._segments[-1]  # _tail_for flushes before it starts a new segment
+        seg.size -= nbytes
+        seg.records -= len(records)
+        assert self._writer is not None
+        try:
+            self._writer.truncate(len(MAGIC) + seg.size)  # frees blocks: works on a full disk
+        except OSError:
+            # the torn part stays after this segment's last record; it is never read (reading
+            # stops at seg.records), and after a restart it is counted as corrupt
+            self._writer.close()
+            self._writer = None
+        self._refused(records, exc)
+
+    def _refused(self, records: list[bytes], exc: OSError) -> None:
+        lost = []
+        for r in records:
+            _, _, boot_id, seq = _HEAD.unpack_from(r)
+            lost.append(Record(boot_id, seq, r[_HEAD.size:]))
+        for rec in lost:
+            self._forget(rec.boot_id)
+        self.dropped += len(lost)
+        self.write_failed += len(lost)
+        self._failing = True
+        _refused.warning("write", "spool %s: the file system refused a write (%s): %d frames "
+                         "dropped (%d in all); free space there or lower [spool] max_mb",
+                         self.folder, exc.strerror or exc, len(lost), self.write_failed)
+        if self.on_write_failed is not None:
+            self.on_write_failed(lost)
 
     def written_today(self) -> int:
         """Bytes written to the folder since 00:00 UTC (0 on a day with no write yet)."""
@@ -313,8 +383,15 @@ class Spool:
             number = self._next_number
             self._next_number += 1
             path = self.folder / f"seg-{number:012d}.spool"
-            self._writer = open(path, "ab")  # noqa: SIM115 - kept open while it is the tail
-            self._writer.write(MAGIC)
+            self._writer = None
+            writer = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open while it is the tail
+            try:
+                _write_all(writer, MAGIC)
+            except OSError:
+                writer.close()
+                path.unlink(missing_ok=True)
+                raise
+            self._writer = writer
             self._count_written(len(MAGIC))
             tail = _Segment(number, path)
             self._segments.append(tail)
@@ -438,11 +515,22 @@ class Spool:
             "spool_frames": self.pending,
             "spool_bytes": self.size_bytes,
             "spool_dropped": self.dropped,
+            "spool_write_failed": self.write_failed,
             "spool_corrupt": self.corrupt,
             "spool_replayed": self.replayed,
             "spool_bytes_written_today": self.written_today(),
             "spool_bytes_written_total": self.bytes_written_total,
         }
+
+
+def _write_all(f: io.FileIO, data: bytes) -> None:
+    """All of ``data``, or OSError (an unbuffered write may take part of it, then refuse)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(0, "the file system took none of the write")
+        view = view[n:]
 
 
 def _today() -> str:

@@ -32,7 +32,7 @@ import logging
 import struct
 from pathlib import Path
 
-from sensorwire.agent.spool import Spool, SpoolError
+from sensorwire.agent.spool import Record, Spool, SpoolError
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.sinks import count_by_device, count_samples, take_samples
@@ -94,6 +94,7 @@ class Backlog:
             spool.open()
         except SpoolError as exc:
             raise BacklogError(f"storage.spool_dir: {exc}") from None
+        spool.on_write_failed = self._spool_refused
         self._spool = spool
         if spool.pending:
             log.info("postgres: %d frames and events left in the spool %s from before; they are "
@@ -266,12 +267,28 @@ class Backlog:
         if refused:
             self._count_drop(refused, spool_full=True)
 
-    def _count_drop(self, items: list[Item], spool_full: bool = False) -> None:
+    def _spool_refused(self, records: list[Record]) -> None:
+        """The file system refused the spool's write of these (the spool logged it): count them
+        as the spool's other drops are, per device."""
+        items: list[Item] = []
+        for rec in records:
+            try:
+                got = _decode(rec.message)
+            except Exception:  # noqa: BLE001 - we wrote it; counted as an event if unreadable
+                got = None
+            if isinstance(got, tuple):
+                items.append(got)
+            else:
+                self.dropped_events += 1
+        self._count_drop(items, spool_full=True, refused=True)
+
+    def _count_drop(self, items: list[Item], spool_full: bool = False, refused: bool = False) -> None:
         if not items:
             return
         self.dropped += len(items)
         count_by_device(self.dropped_by_device, items)
-        where = (f"the spool {self.spool_dir} is full (storage.spool_max_mb)" if spool_full
+        where = (f"the spool {self.spool_dir} cannot be written (the disk full?)" if refused
+                 else f"the spool {self.spool_dir} is full (storage.spool_max_mb)" if spool_full
                  else f"the memory buffer is full ({self.buffer_max} frames, storage.buffer_max)"
                  + ("" if self._spool is not None else " and storage.spool_dir is not set"))
         _drops.warning(where, "postgres: database unreachable and %s: %d frames dropped (%d in "

@@ -137,7 +137,8 @@ def agent_families(agent: Agent) -> Iterable[Family]:
                   "Frames the agent dropped, by where.", ("reason",))
            .add(counters.get("dropped_hwm", 0), "send_queue_full")
            .add(agent.stream_dropped, "stream_queue_full")
-           .add(spool.dropped if spool is not None else 0, "spool_full")
+           .add(spool.dropped - spool.write_failed if spool is not None else 0, "spool_full")
+           .add(spool.write_failed if spool is not None else 0, "spool_write_failed")
            .add(spool.corrupt if spool is not None else 0, "spool_corrupt"))
     if spool is not None:
         yield Family("sensorwire_spool_frames", "gauge",
