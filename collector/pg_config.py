@@ -162,6 +162,8 @@ def scrub(text: str, dsn: str) -> str:
 def check_storage(s: StorageConfig) -> None:
     if s.kind != "postgres":
         for key in _POSTGRES_ONLY:
+            if key == "retention_days" and s.kind == "sqlite":
+                continue  # the SQLite sink deletes old frames itself
             if getattr(s, key) is not None:
                 raise ValueError(f'{key}: only used with kind = "postgres" (kind is "{s.kind}")')
         defaults = {f.name: f.default for f in msgspec.structs.fields(s)}

@@ -77,7 +77,7 @@ def make_sinks(config: CollectorConfig) -> list[Sink]:
     if config.storage.kind == "sqlite":
         from sensorwire.collector.sinks.sqlite import SqliteSink
 
-        sinks.append(SqliteSink(config.storage.path))
+        sinks.append(SqliteSink(config.storage.path, config.storage.retention_days))
     elif config.storage.kind == "postgres":
         from sensorwire.collector.sinks.postgres import PostgresSink
 

@@ -125,6 +125,17 @@ _UPDATE_LAST_SEEN_FROM = "UPDATE devices SET last_seen_ns=max(devices.last_seen_
 _UPDATE_LAST_SEEN_WHERE = ") AS v WHERE devices.id=v.column2"
 
 
+# retention: the oldest frames first, a slice a transaction (the writer's batches wait meanwhile)
+TRIM_SLICE = 5000
+TRIM_BUDGET_S = 0.2
+_OLDEST = "(SELECT id FROM frames WHERE time_ns < ? ORDER BY time_ns, id LIMIT ?)"  # by frames_time
+_TRIM_SAMPLES = "DELETE FROM samples WHERE frame_id IN " + _OLDEST
+_TRIM_FRAMES = "DELETE FROM frames WHERE id IN " + _OLDEST
+_TRIM_PRESENCE = "DELETE FROM presence WHERE rowid IN (SELECT rowid FROM presence WHERE time_ns < ? LIMIT ?)"
+_TRIM_ALERTS = ("DELETE FROM alert_history WHERE rowid IN (SELECT rowid FROM alert_history "
+                "WHERE time_ns < ? LIMIT ?)")  # the alert store's table, when alerting is on
+
+
 def to_i64(u: int) -> int:
     return u - _U64 if u > _I64_MAX else u
 
@@ -185,9 +196,12 @@ class SqliteWriter:
     transaction each would cost more than the frames.
     """
 
-    def __init__(self, path: str | Path, max_params: int | None = None) -> None:
+    def __init__(self, path: str | Path, max_params: int | None = None,
+                 retention_ns: int | None = None) -> None:
         self.path = Path(path)
         self.max_params = max_params  # per statement; None: as many as this SQLite allows
+        self.retention_ns = retention_ns  # frames older than this are deleted by trim()
+        self.trimmed = 0  # frames deleted by trim()
         self.conn: sqlite3.Connection | None = None
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
@@ -249,6 +263,31 @@ class SqliteWriter:
                 self._seen_pending.clear()
                 self.conn.close()
                 self.conn = None
+
+    def trim(self, now_ns: int, budget_s: float = TRIM_BUDGET_S) -> bool:
+        """Delete frames (with their samples), presence changes and alert history older than
+        the retention, in transactions of TRIM_SLICE frames, for about ``budget_s`` at most;
+        True when more is left for the next call.  The counters (``boots.stored``,
+        ``devices.lost``, ...) keep counting what was stored, so ``status`` does not change."""
+        conn = self.conn
+        assert conn is not None and self.retention_ns is not None
+        cutoff = now_ns - self.retention_ns
+        deadline = time.monotonic() + budget_s
+        cur = conn.cursor()
+        alerts = cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'alert_history'").fetchone() is not None
+        while True:
+            with self._transaction(conn, cur):
+                cur.execute(_TRIM_SAMPLES, (cutoff, TRIM_SLICE))
+                n = cur.execute(_TRIM_FRAMES, (cutoff, TRIM_SLICE)).rowcount
+                cur.execute(_TRIM_PRESENCE, (cutoff, TRIM_SLICE))
+                if alerts:
+                    cur.execute(_TRIM_ALERTS, (cutoff, TRIM_SLICE))
+            self.trimmed += n
+            if n < TRIM_SLICE:
+                return False
+            if time.monotonic() >= deadline:
+                return True
 
     def _forget(self) -> None:
         """After a rollback: what this process cached may not be in the database."""
@@ -491,13 +530,19 @@ class SqliteWriter:
             missing: list[tuple[int, int]] = []
             if top > stored:
                 expect = 1
+                # with a retention, the seqs below a boot's oldest frame kept may have been
+                # deleted by trim(), not lost: they are not asked for again (a loss there was
+                # counted when it happened)
+                trimmed = self.retention_ns is not None
                 for (seq,) in self.conn.execute(
                         "SELECT seq FROM frames WHERE device_key=? AND boot_id=? ORDER BY seq",
                         (key, boot)):
+                    if trimmed:
+                        expect, trimmed = seq, False
                     if seq > expect:
                         missing.append((expect, seq - 1))
                     expect = seq + 1
-                if top >= expect:
+                if top >= expect and not trimmed:  # (none kept: the boot's frames may all be gone)
                     missing.append((expect, top))
             out.append(ResumeBoot(site, device, to_u64(boot), top, missing, last_ns, state))
         return out

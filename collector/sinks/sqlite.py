@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from sensorwire.collector.events import Event
@@ -13,13 +14,20 @@ from sensorwire.collector.tracking import ResumeBoot
 
 log = logging.getLogger(__name__)
 
+TRIM_EVERY_S = 60.0  # retention: a pass this often (and at once after a pass that was cut short)
+NS_PER_DAY = 86_400 * 10**9
+
 
 class SqliteSink:
     name = "sqlite"
     events_with_batches = True  # the writer keeps events for the next batch's transaction
 
-    def __init__(self, path: str) -> None:
-        self.writer = SqliteWriter(path)
+    def __init__(self, path: str, retention_days: float | None = None) -> None:
+        self.writer = SqliteWriter(path, retention_ns=None if retention_days is None
+                                   else int(retention_days * NS_PER_DAY))
+        self.retention_days = retention_days
+        self._trim_at = 0.0  # monotonic time of the next retention pass
+        self._trim_logged = 0
 
     def open(self) -> None:
         try:
@@ -43,6 +51,22 @@ class SqliteSink:
             self.writer.flush()
         except sqlite3.Error as exc:  # the events stay: written with the next batch or tick
             log.warning("%s: events not written yet (%s); trying again", self.writer.path, exc)
+        if self.retention_days is not None and time.monotonic() >= self._trim_at:
+            self._trim(now_ns)
+
+    def _trim(self, now_ns: int) -> None:
+        try:
+            more = self.writer.trim(now_ns)
+        except sqlite3.Error as exc:
+            log.warning("%s: frames past retention_days not deleted (%s); trying again in %.0f s",
+                        self.writer.path, exc, TRIM_EVERY_S)
+            more = False
+        self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
+        if not more and self.writer.trimmed > self._trim_logged:
+            log.info("%s: %d frames older than %g days deleted (retention_days; %d since start)",
+                     self.writer.path, self.writer.trimmed - self._trim_logged, self.retention_days,
+                     self.writer.trimmed)
+            self._trim_logged = self.writer.trimmed
 
     def resume(self, since_ns: int) -> list[ResumeBoot]:
         return self.writer.resume(since_ns)

@@ -1,0 +1,110 @@
+"""``[storage] retention_days`` with SQLite: a collector left alone for a year does not fill
+its disk.  Real SQLite files; frames stamped days in the past stand for old data."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from support import run_cli, wait_until, write
+
+from sensorwire.collector import sqlite_store
+from sensorwire.collector.events import Presence
+from sensorwire.collector.frames import CheckedFrame
+from sensorwire.collector.sinks import SinkRunner
+from sensorwire.collector.sinks.sqlite import SqliteSink
+from sensorwire.collector.sqlite_store import SqliteWriter, status
+from sensorwire.proto.v1.telemetry_pb2 import Frame
+
+DAY_NS = 86_400 * 10**9
+BOOT = 42
+
+
+def item(seq: int, age_days: float, device: str = "pi-1") -> tuple[CheckedFrame, int]:
+    t = time.time_ns() - int(age_days * DAY_NS)
+    f = Frame(site="gh", device_id=device, boot_id=BOOT, seq=seq, time_unix_nano=t, sensor="env")
+    for m in ("t", "h"):
+        f.samples.add(metric=m, value=float(seq))
+    return CheckedFrame.from_pb(f), t
+
+
+def counts(db: Path) -> tuple[int, int, list[int]]:
+    conn = sqlite3.connect(db)
+    try:
+        frames = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
+        samples = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM frames ORDER BY seq")]
+        return frames, samples, seqs
+    finally:
+        conn.close()
+
+
+def test_frames_past_the_retention_go_with_their_samples_and_the_counters_stay(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db, retention_ns=2 * DAY_NS)
+    w.open()
+    old = time.time_ns() - 5 * DAY_NS
+    w.event(Presence("gh", "pi-1", "online", None, old, old))
+    w.write([item(s, 5.0) for s in range(1, 11)] + [item(s, 1.0) for s in range(11, 21)])
+    w.event(Presence("gh", "pi-1", "offline", "online", time.time_ns(), time.time_ns()))
+    w.flush()
+    assert w.conn is not None
+    before = status(w.conn)
+    assert w.trim(time.time_ns()) is False
+    assert w.trimmed == 10
+    assert counts(db) == (10, 20, list(range(11, 21)))
+    assert [s for (s,) in w.conn.execute("SELECT state FROM presence")] == ["offline"]
+    assert status(w.conn) == before  # frames stored, gaps, lost: what was stored, not what is kept
+    assert before[0]["frames"] == 20 and before[0]["gaps"] == 0
+    # resuming after a restart: the deleted seqs are not "missing", a real gap still is
+    w.write([item(23, 0.0)])
+    # a boot whose frames are all deleted, with seqs 4 and 5 never received
+    hb = Frame(site="gh", device_id="pi-2", boot_id=BOOT, seq=0, time_unix_nano=time.time_ns())
+    hb.heartbeat.last_seq = 5
+    w.write([item(s, 9.0, "pi-2") for s in range(1, 4)] + [(CheckedFrame.from_pb(hb), time.time_ns())])
+    assert w.trim(time.time_ns()) is False
+    missing = {b.device: b.missing for b in w.resume(0)}
+    assert missing == {"pi-1": [(21, 22)], "pi-2": []}
+    w.close()
+
+
+def test_a_large_backlog_is_deleted_a_slice_at_a_time(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "TRIM_SLICE", 7)
+    w = SqliteWriter(tmp_path / "t.db", retention_ns=DAY_NS)
+    w.open()
+    w.write([item(s, 3.0) for s in range(1, 31)] + [item(31, 0.0)])
+    assert w.trim(time.time_ns(), budget_s=0.0) is True  # one slice, more left
+    assert w.trimmed == 7
+    while w.trim(time.time_ns(), budget_s=0.0):
+        pass
+    assert w.trimmed == 30 and counts(tmp_path / "t.db")[2] == [31]
+    w.close()
+
+
+def test_the_running_sink_trims_on_its_own(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    runner = SinkRunner(SqliteSink(str(db), retention_days=1.0), flush_interval_s=0.05)
+    runner.start()
+    try:
+        runner.offer([item(s, 10.0) for s in range(1, 6)] + [item(s, 0.0) for s in range(6, 9)])
+        wait_until(lambda: counts(db)[2] == [6, 7, 8], timeout_s=10,
+                   what="the frames older than a day deleted")
+    finally:
+        runner.close()
+    assert runner.dropped_total == 0
+
+
+def test_retention_days_is_a_sqlite_key_too(tmp_path: Path) -> None:
+    head = '[subscribe]\nconnect = ["tcp://127.0.0.1:5557"]\n'
+    ok = write(tmp_path / "c.toml", head + '[storage]\nkind = "sqlite"\npath = "t.db"\nretention_days = 90\n')
+    r = run_cli("check-config", str(ok))
+    assert r.returncode == 0, r.stderr
+    none = write(tmp_path / "n.toml", head + '[storage]\nkind = "none"\nretention_days = 90\n')
+    r = run_cli("check-config", str(none))
+    assert r.returncode == 2 and "retention_days" in r.stderr
+    bad = write(tmp_path / "b.toml", head + '[storage]\nkind = "sqlite"\nretention_days = 0\n')
+    r = run_cli("check-config", str(bad))
+    assert r.returncode == 2 and "retention_days" in r.stderr
