@@ -21,12 +21,21 @@ subscriptions:
   second subscriber to a prefix within ``DUPLICATE_S`` of the first gets the
   replay only if libzmq had registered it when the first replay was sent
   (the proxy cannot tell subscribers apart).
+
+Finding what a prefix matches costs O(log n + matches), not a pass over the n cached
+topics (a client sending many distinct subscriptions would otherwise keep the proxy's
+forwarding loop busy for up to ~25 ms each at 100,000 topics): the topics are also kept
+in byte order (:class:`SortedKeys`), where the ones starting with a prefix are
+neighbours.  Matching is on bytes, as ZeroMQ's is: any byte prefix, not only whole
+segments.  A replay sends its frames in topic order.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, insort
 from collections.abc import Iterator
+from itertools import islice
 
 from google.protobuf.message import DecodeError
 
@@ -35,6 +44,94 @@ from sensorwire.proto import wire
 DUPLICATE_S = 1.0               # the same prefix is replayed at most once in this time
 REPLAY_FRAMES_PER_S = 100_000   # replayed frames a second, on average, at most
 MAX_RECENT = 10_000             # prefixes remembered for DUPLICATE_S
+CHUNK = 512                     # SortedKeys: keys a chunk holds, between CHUNK // 2 and 2 * CHUNK
+
+
+class SortedKeys:
+    """A set of byte strings in byte order: add and remove in O(log n + CHUNK), and the
+    keys starting with a prefix in O(log n + matches).
+
+    The keys are held in sorted chunks of at most ``2 * CHUNK`` (split in two beyond
+    that; a chunk left with fewer than ``CHUNK // 2`` is merged with a neighbour), with
+    the largest key of each chunk in ``_maxes``, so no change moves more than a chunk
+    and ``_maxes`` (the layout of ``sortedcontainers.SortedList``, which is not a
+    dependency).  Chunks are non-empty and, read in order, one sorted list of distinct
+    keys; the keys starting with a prefix are consecutive in it, from the first key
+    ``>= prefix``.
+    """
+
+    def __init__(self) -> None:
+        self._chunk = CHUNK
+        self._chunks: list[list[bytes]] = []
+        self._maxes: list[bytes] = []   # _maxes[i] == _chunks[i][-1]
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            yield from chunk
+
+    def add(self, key: bytes) -> None:
+        """Add ``key``, which must not be in the set."""
+        chunks, maxes = self._chunks, self._maxes
+        self._len += 1
+        if not chunks:
+            chunks.append([key])
+            maxes.append(key)
+            return
+        i = bisect_left(maxes, key)  # the first chunk whose keys reach key's place
+        if i == len(maxes):          # above every key: the last chunk's new largest
+            i -= 1
+            chunks[i].append(key)
+            maxes[i] = key
+        else:
+            insort(chunks[i], key)
+        if len(chunks[i]) > 2 * self._chunk:
+            self._split(i)
+
+    def remove(self, key: bytes) -> None:
+        """Remove ``key``, which must be in the set."""
+        chunks, maxes = self._chunks, self._maxes
+        i = bisect_left(maxes, key)
+        chunk = chunks[i]
+        j = bisect_left(chunk, key)
+        assert chunk[j] == key, "SortedKeys.remove: not in the set"
+        del chunk[j]
+        self._len -= 1
+        if not chunk:
+            del chunks[i], maxes[i]
+            return
+        if j == len(chunk):
+            maxes[i] = chunk[-1]
+        if len(chunk) < self._chunk // 2 and len(chunks) > 1:
+            i = max(i, 1)  # merge chunks i - 1 and i
+            chunks[i - 1] += chunks[i]
+            del chunks[i], maxes[i - 1]
+            if len(chunks[i - 1]) > 2 * self._chunk:
+                self._split(i - 1)
+
+    def _split(self, i: int) -> None:
+        chunk = self._chunks[i]
+        half = len(chunk) // 2
+        self._chunks.insert(i + 1, chunk[half:])
+        del chunk[half:]
+        self._maxes.insert(i, chunk[-1])
+
+    def starting_with(self, prefix: bytes) -> list[bytes]:
+        """The keys that start with ``prefix``, in byte order."""
+        chunks = self._chunks
+        i = bisect_left(self._maxes, prefix)  # chunks before i hold only keys < prefix
+        found: list[bytes] = []
+        start = bisect_left(chunks[i], prefix) if i < len(chunks) else 0
+        for chunk in islice(chunks, i, None):
+            for key in islice(chunk, start, None):
+                if not key.startswith(prefix):
+                    return found
+                found.append(key)
+            start = 0
+        return found
 
 
 class LastValueCache:
@@ -43,7 +140,8 @@ class LastValueCache:
         self.max_topics = max_topics
         self.max_bytes = max_bytes
         self._decoder = wire.Decoder(max_samples)
-        self._last: dict[bytes, bytes] = {}
+        self._last: dict[bytes, bytes] = {}  # topic + DELIM -> message, oldest written first
+        self._sorted = SortedKeys()           # the same keys, in byte order
         self.bytes = 0              # of the messages held
         self.sent = 0               # frames sent by replays
         self.replays = 0            # subscriptions answered with a replay
@@ -66,16 +164,31 @@ class LastValueCache:
         if len(msg) > self.max_bytes:
             self.refused += 1
             return
-        topic = msg[:msg.find(wire.DELIM)]
+        self._keep(msg)
+
+    def _keep(self, msg: bytes) -> None:
+        """Cache ``msg``, a frame the decoder accepted, evicting the oldest as needed."""
+        # the key ends with the delimiter, as a subscription to exactly one topic does
+        key = msg[:msg.find(wire.DELIM) + 1]
         last = self._last
-        old = last.pop(topic, None)  # re-inserted at the end: the oldest topic is evicted first
-        if old is not None:
+        old = last.pop(key, None)  # re-inserted at the end: the oldest topic is evicted first
+        if old is None:
+            self._sorted.add(key)
+        else:
             self.bytes -= len(old)
-        last[topic] = msg
+        last[key] = msg
         self.bytes += len(msg)
         while len(last) > self.max_topics or self.bytes > self.max_bytes:
-            self.bytes -= len(last.pop(next(iter(last))))
+            oldest = next(iter(last))
+            self.bytes -= len(last.pop(oldest))
+            self._sorted.remove(oldest)
             self.evicted += 1
+
+    def matching(self, prefix: bytes) -> list[bytes]:
+        """The cached messages a subscription to ``prefix`` receives, unmarked, in topic
+        order: those whose topic followed by 0x00 starts with ``prefix``."""
+        last = self._last
+        return [last[key] for key in self._sorted.starting_with(prefix)]
 
     def replay(self, prefix: bytes) -> Iterator[bytes]:
         """The cached messages a new subscription to ``prefix`` should get, marked; nothing
@@ -93,12 +206,11 @@ class LastValueCache:
             recent.clear()
         recent[prefix] = now
         self.replays += 1
-        for topic, msg in list(self._last.items()):
-            if (topic + wire.DELIM).startswith(prefix):
-                try:
-                    marked = wire.mark_cached(msg)
-                except DecodeError:
-                    continue
-                self.sent += 1
-                self._tokens -= 1
-                yield marked
+        for msg in self.matching(prefix):
+            try:
+                marked = wire.mark_cached(msg)
+            except DecodeError:
+                continue
+            self.sent += 1
+            self._tokens -= 1
+            yield marked
