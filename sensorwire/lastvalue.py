@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, insort
+from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 
@@ -140,7 +141,10 @@ class LastValueCache:
         self.max_topics = max_topics
         self.max_bytes = max_bytes
         self._decoder = wire.Decoder(max_samples)
-        self._last: dict[bytes, bytes] = {}  # topic + DELIM -> message, oldest written first
+        # topic + DELIM -> message, oldest written first: an OrderedDict, as a dict's first
+        # item is found by skipping the slots of those removed before it (31 µs at 100,000
+        # topics when each new topic evicts one; popitem(last=False) is O(1))
+        self._last: OrderedDict[bytes, bytes] = OrderedDict()
         self._sorted = SortedKeys()           # the same keys, in byte order
         self.bytes = 0              # of the messages held
         self.sent = 0               # frames sent by replays
@@ -171,16 +175,17 @@ class LastValueCache:
         # the key ends with the delimiter, as a subscription to exactly one topic does
         key = msg[:msg.find(wire.DELIM) + 1]
         last = self._last
-        old = last.pop(key, None)  # re-inserted at the end: the oldest topic is evicted first
+        old = last.get(key)
+        last[key] = msg
         if old is None:
             self._sorted.add(key)
         else:
             self.bytes -= len(old)
-        last[key] = msg
+            last.move_to_end(key)  # the topic written longest ago is evicted first
         self.bytes += len(msg)
         while len(last) > self.max_topics or self.bytes > self.max_bytes:
-            oldest = next(iter(last))
-            self.bytes -= len(last.pop(oldest))
+            oldest, evicted = last.popitem(last=False)
+            self.bytes -= len(evicted)
             self._sorted.remove(oldest)
             self.evicted += 1
 
