@@ -45,7 +45,7 @@ from sensorwire.proto import wire
 DUPLICATE_S = 1.0               # the same prefix is replayed at most once in this time
 REPLAY_FRAMES_PER_S = 100_000   # replayed frames a second, on average, at most
 MAX_RECENT = 10_000             # prefixes remembered for DUPLICATE_S
-CHUNK = 512                     # SortedKeys: keys a chunk holds, between CHUNK // 2 and 2 * CHUNK
+CHUNK = 256                     # SortedKeys: keys a chunk holds, between CHUNK // 2 and 2 * CHUNK
 
 
 class SortedKeys:

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an in
 from support import wait_until  # noqa: E402
 
 from bench import ceilings, report, transports, workload  # noqa: E402
+from bench import lastvalue as lastvalue_bench  # noqa: E402
 from bench.harness import QUICK, TransportResult  # noqa: E402
 from bench.transports.base import Received, SyncSender, Transport  # noqa: E402
 
@@ -29,6 +30,14 @@ def test_the_workload_frame_is_about_217_bytes() -> None:
     assert 200 <= workload.frame_size() <= 230
     frame = workload.decode(workload.FrameBuilder().build())
     assert (frame.seq, len(frame.samples)) == (1, 8)
+
+
+def test_the_last_value_bench_runs_its_three_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """At 100 topics; it checks each prefix's matches against the linear scan as it goes."""
+    lastvalue_bench.main(1, [100])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 100 |")]
+    assert len(rows) == 2 + 3 + 2  # two kinds of traffic, three kinds of prefix, cache off and on
+    assert all(cell.strip() for row in rows for cell in row.strip("|").split("|"))
 
 
 def test_ceilings_measure_in_about_a_second() -> None:
