@@ -111,7 +111,7 @@ def same_set(keys: SortedKeys, model: set[bytes], prefixes: list[bytes]) -> None
     assert keys._maxes == [c[-1] for c in chunks]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from([True, True, False]), KEYS), min_size=20, max_size=150),
        prefixes=st.lists(KEYS, min_size=1, max_size=6))
 def test_sorted_keys_hold_a_set_in_byte_order(ops: list[tuple[bool, bytes]],
