@@ -10,22 +10,45 @@ its ``zmq.Context`` (ZAP and monitors work over ``inproc://``).  It
   later", so that a device refused now connects by itself once its key is
   added (libzmq would never retry after a 400);
 - reads the monitor sockets of the role's sockets and logs what operators
-  need to know (a failed handshake and its likely cause), rate-limited, and
-  counts it;
+  need to know (a failed handshake and its likely cause; a listener that
+  cannot accept connections, most often for want of file descriptors),
+  rate-limited, and counts it;
 - looks at each allow-list folder every second, and at once after
   :meth:`reload`, and re-reads the ones that changed.
 
 The counters are only incremented by this thread; other threads may read them.
+
+A failed ``accept()`` (``ZMQ_EVENT_ACCEPT_FAILED``): libzmq's TCP listener
+(``tcp_listener.cpp``, 4.3) does not take the connection off the kernel's
+queue when ``accept()`` fails with EMFILE, so the listening socket stays
+readable and libzmq's I/O thread tries again at once, for as long as the
+descriptors stay exhausted: a whole core, and one event per try (over 100,000
+a second on a 2-core x86 host).  libzmq writes monitor events with a blocking
+send from that I/O thread: a monitor nobody reads stops all of the context's
+network I/O once its queue is full.  So the guard reads at most
+:data:`MONITOR_BATCH` events from a monitor per wake-up and, when more are
+waiting, leaves that monitor alone for :data:`FLOODED_PAUSE_S`: the I/O thread
+then waits on the full queue instead of spinning (5 % of a core instead of a
+whole one, measured with a real proxy), and the connections already open are
+served in bursts, with their messages a tenth of a second late (up to two),
+until descriptors are free again.  Nothing in libzmq's options bounds the
+retries (``ZMQ_RECONNECT_IVL`` applies to connecting sockets, ``ZMQ_BACKLOG``
+only sizes the kernel's queue, ``ZMQ_TCP_ACCEPT_FILTER`` is applied after a
+successful ``accept()``).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
+import os
+import resource
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import zmq
@@ -45,13 +68,31 @@ INFO_EVERY_S = 60.0
 
 EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-          | zmq.EVENT_DISCONNECTED)
+          | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED)
+# EVENT_BIND_FAILED is not watched: zmq_bind() fails at once with the same errno, and the
+# role stops with it (sensorwire.zmqutil.bind)
+
+MONITOR_BATCH = 1000     # events read from one monitor per wake-up
+FLOODED_PAUSE_S = 0.1    # a monitor with more waiting is not read for this long
+ACCEPT_WARN_S = 30.0     # a listener that cannot accept is logged this often
+ACCEPT_QUIET_S = 5.0     # no failed accept for this long: it accepts again (logged)
+# accept() errors that last (libzmq retries in a loop); others are one connection's (counted)
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _PROTOCOL: dict[int, str] = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error",
     zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: "key exchange failed",
 }
+
+
+class AcceptFailures(msgspec.Struct):
+    """A listener whose ``accept()`` fails: counted per event, logged once in a while."""
+
+    errno: int = 0
+    unlogged: int = 0                # failed accepts not yet in a warning
+    last: float = 0.0                # time.monotonic() of the last
+    logged: float = -ACCEPT_WARN_S   # of the last warning
 
 
 class Watched(msgspec.Struct):
@@ -61,6 +102,7 @@ class Watched(msgspec.Struct):
     name: str        # e.g. "frontend", "subscribe"
     monitor: zmq.Socket[bytes]
     connected: set[str] = msgspec.field(default_factory=set)
+    failing: dict[str, AcceptFailures] = msgspec.field(default_factory=dict)  # by endpoint
 
 
 class Guard:
@@ -140,22 +182,38 @@ class Guard:
             return
         self._ready.set()
         next_watch = time.monotonic() + WATCH_S
+        paused: dict[zmq.Socket[bytes], float] = {}  # flooded monitors -> when to read again
         try:
             while not self._stop.is_set():
-                # with no allow-list to watch, sleep until a monitor event or close()
-                timeout = int(max(0.0, next_watch - time.monotonic()) * 1000) if self.lists else None
+                # with no allow-list to watch, sleep until a monitor event or close(), or
+                # until a paused monitor is read again or a failing listener may be quiet
+                due = [*paused.values(), *self._quiet_due(watched.values())]
+                if self.lists:
+                    due.append(next_watch)
+                timeout = (int(max(0.0, min(due) - time.monotonic()) * 1000) + 1) if due else None
                 events = dict(poller.poll(timeout))
                 if self._waker.fd in events:
                     self._waker.drain()
                     self._adopt(poller, watched)
                 if zap is not None and zap in events:
                     self._answer(zap)
+                now = time.monotonic()
+                for sock, until in list(paused.items()):
+                    if now >= until:
+                        del paused[sock]
+                        poller.register(sock, zmq.POLLIN)
                 for sock, w in list(watched.items()):
-                    if sock in events and not self._events(w):
+                    if sock not in events:
+                        continue
+                    state = self._events(w)
+                    if state == "stopped":
                         poller.unregister(sock)
                         sock.close(linger=0)
                         del watched[sock]
-                now = time.monotonic()
+                    elif state == "more":
+                        poller.unregister(sock)
+                        paused[sock] = now + FLOODED_PAUSE_S
+                self._accept_summaries(watched.values(), now)
                 if now >= next_watch or self._reload.is_set():
                     self._reload.clear()
                     for allow in set(self.lists.values()):
@@ -218,20 +276,31 @@ class Guard:
         return [b"1.0", request_id, b"200", b"OK", z85.encode("ascii"), b""]
 
     # -- monitors -------------------------------------------------------------------------------
-    def _events(self, w: Watched) -> bool:
-        """Handle what is waiting on one monitor socket; False once it has stopped."""
-        while True:
+    def _events(self, w: Watched) -> Literal["read", "more", "stopped"]:
+        """Handle up to :data:`MONITOR_BATCH` events waiting on one monitor socket: "read"
+        when none is left, "more" when some are, "stopped" once the monitor has stopped."""
+        for _ in range(MONITOR_BATCH):
             try:
                 parts = w.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return True
+                return "read"
             if len(parts) != 2 or len(parts[0]) != 6:
                 continue  # not libzmq 4's event format
             # (zmq.utils.monitor would do this, but it imports asyncio: 8 MiB more for an agent)
             event, value = struct.unpack("=HI", parts[0])
             endpoint = parts[1].decode("utf-8", "replace")
+            if event == zmq.EVENT_ACCEPT_FAILED:  # maybe 100,000 a second: count, log later
+                self.counts[f"{w.name}.accept_failed"] += 1
+                if value not in EXHAUSTED:  # a client gone before accept() (ECONNABORTED), ...
+                    log.debug("%s: accept() on %s failed: %s", w.name, endpoint,
+                              os.strerror(value))
+                    continue
+                failing = w.failing.setdefault(endpoint, AcceptFailures())
+                failing.errno, failing.last = value, time.monotonic()
+                failing.unlogged += 1
+                continue
             if event == zmq.EVENT_MONITOR_STOPPED:
-                return False
+                return "stopped"
             server = endpoint not in w.connected
             if event == zmq.EVENT_DISCONNECTED:
                 self.counts[f"{w.name}.disconnects"] += 1
@@ -245,6 +314,49 @@ class Guard:
                 if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and server:
                     continue  # the ZAP answer has been logged with the key
                 self._handshake_failed(w, server, endpoint, event, value)
+        return "more"
+
+    def _accept_summaries(self, watched: Iterable[Watched], now: float) -> None:
+        """Warn about listeners that cannot accept, at most every :data:`ACCEPT_WARN_S`; say
+        when one has had no failure for :data:`ACCEPT_QUIET_S`."""
+        for w in watched:
+            for endpoint, f in list(w.failing.items()):
+                if f.unlogged and now - f.logged >= ACCEPT_WARN_S:
+                    self._accept_warning(w, endpoint, f, now)
+                elif now - f.last >= ACCEPT_QUIET_S:
+                    del w.failing[endpoint]
+                    log.info("%s: no failed accept on %s for %.0f s: new connections are accepted "
+                             "again (%d failed accepts in all)", w.name, endpoint, ACCEPT_QUIET_S,
+                             self.counts[f"{w.name}.accept_failed"])
+
+    @staticmethod
+    def _quiet_due(watched: Iterable[Watched]) -> Iterator[float]:
+        """When :meth:`_accept_summaries` has something to do next."""
+        for w in watched:
+            for f in w.failing.values():
+                yield f.last + ACCEPT_QUIET_S
+                if f.unlogged:
+                    yield f.logged + ACCEPT_WARN_S
+
+    def _accept_warning(self, w: Watched, endpoint: str, f: AcceptFailures, now: float) -> None:
+        code = errno.errorcode.get(f.errno, str(f.errno))
+        if f.errno == errno.EMFILE:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            why = (f"too many open files ({code}): raise LimitNOFILE= in the service's unit "
+                   "(systemctl edit), or ulimit -n where it is started by hand; the limit is "
+                   f"{_limit(soft)} now (hard {_limit(hard)})")
+        elif f.errno == errno.ENFILE:
+            why = (f"the system's table of open files is full ({code}): see sysctl fs.file-nr "
+                   "and fs.file-max")
+        else:
+            why = f"the kernel is short of memory ({code})"
+        first = f.logged < 0
+        log.warning("%s: cannot accept connections on %s: %s; new peers cannot connect, and "
+                    "libzmq tries again at once, in a loop, until this clears; %d failed accepts "
+                    "%s, %d in all", w.name, endpoint, why, f.unlogged,
+                    "so far" if first else f"in the last {now - f.logged:.0f} s",
+                    self.counts[f"{w.name}.accept_failed"])
+        f.unlogged, f.logged = 0, now
 
     def _handshake_failed(self, w: Watched, server: bool, endpoint: str, event: int,
                           value: int) -> None:
@@ -284,3 +396,7 @@ class Guard:
                 self._last_info.clear()
             self._last_info[key] = now
             log.info(msg, *args)
+
+
+def _limit(n: int) -> str:
+    return "unlimited" if n == resource.RLIM_INFINITY else str(n)
