@@ -27,7 +27,8 @@ Names, by role:
 - proxy and collector, per socket, from the guard thread (:mod:`sensorwire.guard`):
   ``sensorwire_connections_accepted_total{socket}``,
   ``sensorwire_connections_refused_total{socket,reason}``,
-  ``sensorwire_handshakes_failed_total{socket}``, ``sensorwire_connections_closed_total{socket}``;
+  ``sensorwire_handshakes_failed_total{socket}``, ``sensorwire_connections_closed_total{socket}``,
+  ``sensorwire_accept_failures_total{socket}`` (the agent's too, ``socket="publish"``);
 - collector: ``sensorwire_frames_received_total`` (data frames),
   ``sensorwire_messages_received_total`` (everything), ``sensorwire_bytes_received_total``,
   ``sensorwire_subscriber_lag_seconds``, ``sensorwire_subscriber_behind``,
@@ -98,6 +99,10 @@ SOCKET_COUNTS = {
                          "Handshakes that failed, refused connections included (on a socket "
                          "that connects: its own connections that failed)."),
     "disconnects": ("sensorwire_connections_closed_total", "Connections that closed."),
+    "accept_failed": ("sensorwire_accept_failures_total",
+                      "Failed accept()s on a listening socket, most often too many open files "
+                      "(the log says which): new peers cannot connect meanwhile, and libzmq "
+                      "tries again at once, so this grows by thousands a second."),
 }
 
 # The publisher's counters dict -> (name, help).  A key missing from the dict is not exported.
@@ -154,6 +159,9 @@ def agent_families(agent: Agent) -> Iterable[Family]:
                  ).add(len(pub.subscriptions))
     yield Family("sensorwire_last_seq", "gauge",
                  "The seq of the last data frame built.").add(pub.seq)
+    accept_failures, help_ = SOCKET_COUNTS["accept_failed"]
+    yield Family(accept_failures, "counter", help_, ("socket",)).add(
+        pub.security.counts().get("publish.accept_failed", 0), "publish")
     yield Family("sensorwire_agent_info", "gauge", "The agent's names and boot_id; always 1.",
                  ("site", "device", "boot_id")).add(1, pub.site, pub.device_id, str(pub.boot_id))
     readings = Family("sensorwire_sensor_readings_total", "counter",
@@ -266,8 +274,8 @@ def collector_families(collector: Collector) -> Iterable[Family]:
 def _guard_families(security: Security, sockets: dict[str, str]) -> Iterable[Family]:
     """Connections, from the guard's counts: ``<domain>.refused_keys``, ``.refused_mechanism``
     and ``.accepted`` are per ZAP domain (``sockets`` names the socket bound for each);
-    ``<socket>.handshake_failed`` and ``.disconnects`` per socket.  Every socket in
-    ``sockets`` is exported from the start, at 0."""
+    ``<socket>.handshake_failed``, ``.disconnects`` and ``.accept_failed`` per socket.  Every
+    socket in ``sockets`` is exported from the start, at 0."""
     names = sorted(set(sockets.values()))
     refused = collections.Counter({(s, r): 0 for s in names for r in REFUSALS.values()})
     per_socket = {what: collections.Counter(dict.fromkeys(names, 0)) for what in SOCKET_COUNTS}
