@@ -73,7 +73,7 @@ EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 # role stops with it (sensorwire.zmqutil.bind)
 
 MONITOR_BATCH = 1000     # events read from one monitor per wake-up
-FLOODED_PAUSE_S = 0.1    # a monitor with more waiting is not read for this long
+FLOODED_PAUSE_S = 0.1    # a monitor flooded by failed accepts is not read for this long
 ACCEPT_WARN_S = 30.0     # a listener that cannot accept is logged this often
 ACCEPT_QUIET_S = 5.0     # no failed accept for this long: it accepts again (logged)
 # accept() errors that last (libzmq retries in a loop); others are one connection's (counted)
@@ -278,7 +278,11 @@ class Guard:
     # -- monitors -------------------------------------------------------------------------------
     def _events(self, w: Watched) -> Literal["read", "more", "stopped"]:
         """Handle up to :data:`MONITOR_BATCH` events waiting on one monitor socket: "read"
-        when none is left, "more" when some are, "stopped" once the monitor has stopped."""
+        when none is left or the events are of another kind (a reconnect storm is read at full
+        speed, the batch only lets the thread answer ZAP between batches), "more" when more
+        are left and most of the batch was a listener out of descriptors, "stopped" once the
+        monitor has stopped."""
+        exhausted = 0
         for _ in range(MONITOR_BATCH):
             try:
                 parts = w.monitor.recv_multipart(zmq.NOBLOCK)
@@ -295,6 +299,7 @@ class Guard:
                     log.debug("%s: accept() on %s failed: %s", w.name, endpoint,
                               os.strerror(value))
                     continue
+                exhausted += 1
                 failing = w.failing.setdefault(endpoint, AcceptFailures())
                 failing.errno, failing.last = value, time.monotonic()
                 failing.unlogged += 1
@@ -314,7 +319,7 @@ class Guard:
                 if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and server:
                     continue  # the ZAP answer has been logged with the key
                 self._handshake_failed(w, server, endpoint, event, value)
-        return "more"
+        return "more" if exhausted > MONITOR_BATCH // 2 else "read"
 
     def _accept_summaries(self, watched: Iterable[Watched], now: float) -> None:
         """Warn about listeners that cannot accept, at most every :data:`ACCEPT_WARN_S`; say
