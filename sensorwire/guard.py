@@ -378,11 +378,13 @@ class Guard:
             else:
                 why = f"{what}: is server_key the public key of the server at {endpoint}?"
         elif server and not self.curve:
-            why = ("the client closed the connection during the handshake: security mechanism "
-                   'mismatch? It has [security] mode = "curve" and this side "none"')
+            why = ("the client closed the connection during the handshake: a client with "
+                   '[security] mode = "curve" (this side has "none"), or not a ZeroMQ peer at all '
+                   "(a port scan, a TCP health check)?")
         elif server:
             why = ("the client closed the connection during the handshake: one without CURVE "
-                   '(mode = "none"), or whose server_key is not this server\'s public key?')
+                   '(mode = "none"), one whose server_key is not this server\'s public key, or '
+                   "not a ZeroMQ peer at all (a port scan, a TCP health check)?")
         elif not self.curve:
             # which side notices a mismatch first is a race: say the same as the mismatch does
             why = ('the server closed the connection during the handshake: security mechanism '

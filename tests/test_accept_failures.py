@@ -130,3 +130,16 @@ def test_out_of_descriptors_the_proxy_still_stops_on_sigterm(starved: Starved) -
                what="the warning about the failed accepts")
     assert starved.proxy.terminate(timeout_s=5.0) == 0
     assert "proxy stopping" in starved.proxy.log()
+
+
+def test_a_port_probe_is_not_blamed_on_curve(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    """A TCP connection that closes without a word of ZeroMQ (a port scan, a load balancer's
+    health check) fails the handshake too: the warning must not only suggest CURVE."""
+    front, back = tcp(), tcp()
+    proxy = procs("proxy", "proxy", "--frontend", front, "--backend", back)
+    host, port = front.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5):
+        pass
+    wait_until(lambda: "frontend: handshake on" in proxy.log(), timeout_s=10,
+               what="the proxy's warning about the failed handshake")
+    assert "not a ZeroMQ peer at all (a port scan, a TCP health check)" in proxy.log()
