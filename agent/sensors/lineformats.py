@@ -79,7 +79,8 @@ class LineSplitter:
     ``max_line_bytes`` raises ``BadLine("too_long")`` once, and the rest of
     it, up to its line end, is discarded.  ``resync()`` discards everything
     up to the next line end: after a port opens, the first bytes may be the
-    tail of a line the device started earlier.
+    tail of a line the device started earlier.  A tail is no longer than a
+    line: past ``max_line_bytes`` it is ``too_long`` like any other.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -87,6 +88,7 @@ class LineSplitter:
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf known to hold no line end
         self._discarding = False
+        self._tail: int | None = None  # after resync(): bytes of the tail discarded so far
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -100,10 +102,12 @@ class LineSplitter:
         self._buf.clear()
         self._scanned = 0
         self._discarding = False
+        self._tail = None
 
     def resync(self) -> None:
         self.reset()
         self._discarding = True
+        self._tail = 0
 
     def next(self) -> bytes | None:
         buf = self._buf
@@ -111,8 +115,10 @@ class LineSplitter:
             m = _LINE_END.search(buf, self._scanned)
             if m is None:
                 if self._discarding:
+                    size = len(buf)
                     buf.clear()
                     self._scanned = 0
+                    self._discard_tail(size)
                     return None
                 self._scanned = len(buf)
                 if len(buf) > self.max_line_bytes:
@@ -129,6 +135,8 @@ class LineSplitter:
             self._scanned = 0
             if self._discarding:
                 self._discarding = False
+                self._discard_tail(end)
+                self._tail = None
                 continue
             if not line:
                 continue  # the \n of \r\n, or a blank line
@@ -136,6 +144,17 @@ class LineSplitter:
                 raise BadLine("too_long",
                               f"{len(line)} bytes (max_line_bytes = {self.max_line_bytes})")
             return line
+
+    def _discard_tail(self, size: int) -> None:
+        """Count ``size`` more bytes of the tail after a resync; one longer than a line was
+        none (a device that never ends its lines) and is reported once, as too_long."""
+        if self._tail is None:
+            return  # the rest of a line already reported
+        self._tail += size
+        if self._tail > self.max_line_bytes:
+            size, self._tail = self._tail, None
+            raise BadLine("too_long", f"{size} bytes and no line end since the port opened "
+                                      f"(max_line_bytes = {self.max_line_bytes})")
 
 
 # -- formats -------------------------------------------------------------------

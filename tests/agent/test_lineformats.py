@@ -79,6 +79,27 @@ def test_resync_discards_up_to_the_first_line_end() -> None:
     assert s.next() is None
 
 
+def test_a_resync_tail_longer_than_any_line_is_too_long_not_discarded_unseen() -> None:
+    """A line in flight at the open is at most max_line_bytes: more bytes without a line end
+    are no tail but a device that never ends its lines (binary, wrong baud rate), counted."""
+    s = LineSplitter(16)
+    s.resync()
+    s.feed(b"y" * 10)
+    assert s.next() is None
+    s.feed(b"y" * 10)
+    with pytest.raises(BadLine, match="too_long"):
+        s.next()
+    s.feed(b"y" * 100)
+    assert s.next() is None  # the same line: counted once
+    s.feed(b"\nok\n")
+    assert s.next() == b"ok"
+    s.resync()
+    s.feed(b"z" * 20 + b"\nok\n")  # the same, arriving at once with its line end
+    with pytest.raises(BadLine, match="too_long"):
+        s.next()
+    assert s.next() == b"ok"
+
+
 def test_decode_rejects_non_utf8_and_control_characters() -> None:
     assert decode(b"  21.5,40\t ") == "21.5,40"
     assert decode("température=21".encode()) == "température=21"

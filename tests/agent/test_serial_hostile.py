@@ -1,0 +1,59 @@
+"""The serial sensor against a hostile device, on real pseudo-terminals: what it sends is
+counted or read, never lost unseen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support import wait_until
+
+from sensorwire.agent import sensors
+from sensorwire.agent.sensors import serial as serial_sensor
+from sensorwire.agent.sensors.serial import SerialSensor
+from sensorwire.serialsim import Pty
+
+
+@pytest.fixture
+def pty() -> Iterator[Pty]:
+    with Pty() as p:
+        yield p
+
+
+@pytest.fixture
+def make_sensor() -> Iterator[Callable[..., SerialSensor]]:
+    """``make_sensor(port=..., format=..., ...)``: a serial sensor, closed after the test."""
+    made: list[SerialSensor] = []
+
+    def make(**keys: Any) -> SerialSensor:
+        _, cfg = sensors.parse({"name": "dev", "kind": "serial", **keys}, 0, "test.toml")
+        s = SerialSensor(cfg)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_a_device_that_never_ends_a_line_from_the_open_on_is_counted(
+        pty: Pty, make_sensor: Callable[..., SerialSensor],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes right after the open may be a line's tail, but no tail is longer than a line:
+    binary output or a wrong baud rate that never gives a line end is too_long, not nothing."""
+    monkeypatch.setattr(serial_sensor, "QUIET_OPEN_S", 3600.0)  # "right after", however slow CI is
+    sensor = make_sensor(port=pty.path, format="csv", fields=["a"], max_line_bytes=256)
+    sensor.open()
+
+    def counted() -> bool:
+        pty.write(b"\x00\xff" * 100, timeout_s=0.05)
+        sensor.read_next(0.01)
+        return sensor.counters().get("bad_lines.too_long", 0) > 0
+
+    wait_until(counted, timeout_s=5, interval_s=0, what="the endless line to be counted")
+    assert sensor.counters() == {"bad_lines": 1, "bad_lines.too_long": 1}
+    pty.write(b"\n1\n")
+    got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the next line")
+    assert list(got) == [("a", 1.0, "")]
+    assert sensor.counters()["bad_lines"] == 1
