@@ -64,6 +64,7 @@ FORMATS = ("csv", "kv", "json", "nmea", "regex")
 PARITIES = ("N", "E", "O", "M", "S")
 STOPBITS = (1, 1.5, 2)
 BYTESIZES = (5, 6, 7, 8)
+BAUDRATE_MAX = (1 << 31) - 1  # pyserial hands it to the kernel as a C int
 WRITE_TIMEOUT_S = 1.0
 READ_MAX = 4096
 # bytes that arrive this soon after an open may be the rest of a line in flight then (a
@@ -81,7 +82,7 @@ class SerialPortError(Exception):
 class SerialConfig(SensorConfig, kw_only=True):
     port: str
     format: str
-    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 9600
+    baudrate: Annotated[int, msgspec.Meta(gt=0, le=BAUDRATE_MAX)] = 9600
     bytesize: int = 8
     parity: str = "N"
     stopbits: float = 1.0

@@ -12,6 +12,7 @@ from support import wait_until
 from sensorwire.agent import sensors
 from sensorwire.agent.sensors import serial as serial_sensor
 from sensorwire.agent.sensors.serial import SerialSensor
+from sensorwire.configload import ConfigError
 from sensorwire.serialsim import Pty
 
 
@@ -57,3 +58,19 @@ def test_a_device_that_never_ends_a_line_from_the_open_on_is_counted(
     got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the next line")
     assert list(got) == [("a", 1.0, "")]
     assert sensor.counters()["bad_lines"] == 1
+
+
+# -- configuration at its limits ---------------------------------------------------------
+def test_a_baudrate_no_port_can_take_is_a_config_error_not_an_endless_open_failure() -> None:
+    """pyserial gives a baud rate to the kernel as a C int: beyond that, every open raised an
+    OverflowError (not even a SerialPortError), retried for ever instead of refused at start."""
+    with pytest.raises(ConfigError, match=r"sensors\[0\].baudrate: expected an integer >= 1 "
+                                          r"and <= 2147483647, got 2147483648"):
+        sensors.parse({"name": "dev", "kind": "serial", "port": "/dev/ttyUSB0",
+                       "format": "json", "baudrate": 1 << 31}, 0, "test.toml")
+
+
+def test_the_largest_baudrate_allowed_opens(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, format="json", baudrate=(1 << 31) - 1)
+    sensor.open()
