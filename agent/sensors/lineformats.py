@@ -58,6 +58,13 @@ def number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _reading_like(text: str) -> bool:
+    """Whether ``text`` is a reading even when no number: a failed one's ``nan`` or ``inf``,
+    or a number too large for a float (``1e400``, a 400-digit count)."""
+    text = text.strip()
+    return text.lower().lstrip("+-") in _FAILED_READING or _NUMBER.match(text) is not None
+
+
 def decode(line: bytes) -> str:
     """A line's text without surrounding whitespace; BadLine("undecodable") for noise."""
     try:
@@ -164,9 +171,9 @@ class CsvFormat:
     A line none of whose cells is a number, with as many cells as ``fields``,
     is a header and is skipped wherever it appears, unless a cell is a failed
     reading's ``nan`` or ``inf`` (what Arduino code prints when a sensor does
-    not answer): that is a bad line (``not_numeric``), counted, so a failing
-    sensor does not go quiet unseen.  A whitespace delimiter splits on runs of
-    whitespace.
+    not answer) or a number too large for a float (``1e400``): that is a bad
+    line (``not_numeric``), counted, so a failing sensor does not go quiet unseen.
+    A whitespace delimiter splits on runs of whitespace.
     """
 
     def __init__(self, fields: Sequence[str], delimiter: str = ",") -> None:
@@ -178,8 +185,7 @@ class CsvFormat:
         if len(cells) != len(self.fields):
             raise BadLine("columns", f"{len(cells)} columns, expected {len(self.fields)}")
         values = [number(c) for c in cells]
-        if all(v is None for v in values) and not any(
-                c.strip().lower().lstrip("+-") in _FAILED_READING for c in cells):
+        if all(v is None for v in values) and not any(_reading_like(c) for c in cells):
             return None  # a header
         out: list[Reading] = []
         for i, (name, value) in enumerate(zip(self.fields, values, strict=True)):

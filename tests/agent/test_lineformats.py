@@ -143,6 +143,15 @@ def test_csv_bad_lines() -> None:
     assert reason(f.parse, "-inf, NaN") == "not_numeric"
 
 
+def test_csv_a_number_too_large_for_a_float_is_a_bad_value_not_a_header() -> None:
+    """1e400 or a 400-digit count is a number no float holds (a corrupt or overflowed
+    reading): it was taken for a header cell, so such lines were skipped unseen."""
+    assert reason(CsvFormat(["count"]).parse, "9" * 400) == "not_numeric"
+    f = CsvFormat(["temperature", "humidity"])
+    assert reason(f.parse, "1e400,1e400") == "not_numeric"
+    assert reason(f.parse, "temp,-1e999") == "not_numeric"
+
+
 def test_csv_other_delimiters() -> None:
     assert CsvFormat(["a", "b"], ";").parse("1;2") == [("a", 1.0, ""), ("b", 2.0, "")]
     assert CsvFormat(["a", "b"], " ").parse("1    2") == [("a", 1.0, ""), ("b", 2.0, "")]

@@ -74,3 +74,14 @@ def test_the_largest_baudrate_allowed_opens(
         pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
     sensor = make_sensor(port=pty.path, format="json", baudrate=(1 << 31) - 1)
     sensor.open()
+
+
+def test_csv_numbers_too_large_for_a_float_are_counted_not_skipped_as_headers(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, format="csv", fields=["count"])
+    sensor.open()
+    pty.write(b"\n" + b"9" * 400 + b"\n1e400\n-0\n7\n")
+    got = [wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="a reading")
+           for _ in range(2)]
+    assert [list(r) for r in got] == [[("count", 0.0, "")], [("count", 7.0, "")]]
+    assert sensor.counters() == {"bad_lines": 2, "bad_lines.not_numeric": 2}
