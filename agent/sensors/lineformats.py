@@ -327,7 +327,7 @@ class NmeaFormat:
             raise BadLine("checksum",
                           f"{given[:8]!r} is not a checksum, or the text is not ASCII") from None
         if got != want:
-            raise BadLine("checksum", f"*{given[:8]} given, *{got:02X} computed")
+            raise BadLine("checksum", f"*{given[:8]!r} given, *{got:02X} computed")
         fields = body.split(",")
         address = fields[0]
         if len(address) < 5 or address.startswith("P"):

@@ -13,7 +13,7 @@ from sensorwire.agent import sensors
 from sensorwire.agent.sensors import serial as serial_sensor
 from sensorwire.agent.sensors.serial import SerialSensor
 from sensorwire.configload import ConfigError
-from sensorwire.serialsim import Pty
+from sensorwire.serialsim import Pty, nmea
 
 
 @pytest.fixture
@@ -85,3 +85,26 @@ def test_csv_numbers_too_large_for_a_float_are_counted_not_skipped_as_headers(
            for _ in range(2)]
     assert [list(r) for r in got] == [[("count", 0.0, "")], [("count", 7.0, "")]]
     assert sensor.counters() == {"bad_lines": 2, "bad_lines.not_numeric": 2}
+
+
+# -- what a device can put in the log ---------------------------------------------------------
+def nmea_gga_bytes() -> bytes:
+    return nmea("GPGGA,120000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,,M,,").encode()
+
+
+def test_what_a_device_sends_reaches_the_log_only_escaped(
+        pty: Pty, make_sensor: Callable[..., SerialSensor],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Control characters beyond C0 (a C1 CSI, which a terminal takes as the start of a
+    command; a bidi override; a line separator) are valid UTF-8: a bad line's detail must
+    show them escaped, as it shows every other piece of the line."""
+    # a name of its own: bad-line warnings are rate-limited per sensor name and reason
+    sensor = make_sensor(name="escaped", port=pty.path, format="nmea")
+    sensor.open()
+    hostile = "\u009b2J\u2028\u202e"
+    pty.write(b"\n$GPGGA,1*" + hostile.encode() + b"\n" + nmea_gga_bytes() + b"\n")
+    wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the good sentence")
+    assert sensor.counters() == {"bad_lines": 1, "bad_lines.checksum": 1}
+    [message] = [r.getMessage() for r in caplog.records if "bad line" in r.getMessage()]
+    assert message.isprintable(), message
+    assert repr(hostile)[1:-1] in message
