@@ -223,6 +223,8 @@ class SerialSensor:
         self._timeout: float | None = None
         self._bad: dict[str, int] = {}
         self._bad_total = 0
+        self._awaiting = False  # poll: written, and nothing came back since
+        self._unanswered = 0
 
     # -- the StreamSensor interface -----------------------------------------
     def open(self) -> None:
@@ -247,6 +249,7 @@ class SerialSensor:
         else:
             self._lines.reset()
             self._next_poll = time.monotonic()
+            self._awaiting = False
         log.debug("sensor %s: opened %s", c.name, c.port)
 
     def read_next(self, timeout_s: float) -> Sequence[Reading] | None:
@@ -298,10 +301,13 @@ class SerialSensor:
                 log.debug("sensor %s: close: %s", self.config.name, exc)
 
     def counters(self) -> dict[str, int]:
-        """``bad_lines`` and ``bad_lines.<reason>`` since the sensor was created."""
+        """``bad_lines`` and ``bad_lines.<reason>`` since the sensor was created; with
+        ``poll``, ``unanswered_polls``: polls after which nothing came before the next."""
         out = {"bad_lines": self._bad_total}
         for reason, n in list(self._bad.items()):
             out[f"bad_lines.{reason}"] = n
+        if self._poll is not None:
+            out["unanswered_polls"] = self._unanswered
         return out
 
     # -- inside -----------------------------------------------------------------
@@ -312,6 +318,8 @@ class SerialSensor:
             if time.monotonic() - self._opened_at >= QUIET_OPEN_S:
                 self._lines.reset()  # nothing was in flight when the port opened
             self._opened_at = None
+        if data:
+            self._awaiting = False
         self._lines.feed(data)
 
     def _next_reading(self) -> list[Reading] | None:
@@ -386,11 +394,18 @@ class SerialSensor:
         assert self._poll is not None
         if self._port is None:
             raise SerialPortError(f"{self.config.port}: not open")
+        if self._awaiting:  # the last poll got nothing back, not even a bad line
+            self._unanswered += 1
+            _bad_log.warning(f"{self.config.name}:unanswered",
+                             "sensor %s: no answer to the poll %r within interval_s (%g s); "
+                             "%d unanswered so far", self.config.name, self.config.poll,
+                             self.config.interval_s, self._unanswered)
         try:
             self._port.write(self._poll)
         except (serial.SerialException, OSError) as exc:
             raise SerialPortError(
                 f"{self.config.port}: cannot write the poll string: {exc}") from exc
+        self._awaiting = True
         interval = self.config.interval_s
         self._next_poll += interval
         if self._next_poll <= now:  # fell behind: skip missed polls, don't burst

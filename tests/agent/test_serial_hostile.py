@@ -3,6 +3,9 @@ counted or read, never lost unseen."""
 
 from __future__ import annotations
 
+import os
+import select
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,3 +111,39 @@ def test_what_a_device_sends_reaches_the_log_only_escaped(
     [message] = [r.getMessage() for r in caplog.records if "bad line" in r.getMessage()]
     assert message.isprintable(), message
     assert repr(hostile)[1:-1] in message
+
+
+# -- a device that answers only when asked, and does not --------------------------------------
+def test_a_polled_device_that_never_answers_is_counted_and_logged(
+        pty: Pty, make_sensor: Callable[..., SerialSensor],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The adapter is there (the port opens, the poll is written) but the device behind it
+    is off or its wires are loose: no reading, no bad line, no error: it must show."""
+    sensor = make_sensor(name="mute", port=pty.path, format="csv", fields=["co2"],
+                         poll="READ\r\n", interval_s=0.05)
+    sensor.open()
+    wait_until(lambda: sensor.read_next(0.05) is None
+               and sensor.counters().get("unanswered_polls", 0) >= 3,
+               timeout_s=5, what="unanswered polls to be counted")
+    assert sensor.counters()["bad_lines"] == 0
+    [message] = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
+    assert message.startswith("sensor mute: no answer to the poll 'READ\\r\\n' within "
+                              "interval_s (0.05 s)")
+
+
+def test_a_polled_device_that_answers_has_no_unanswered_polls(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, format="csv", fields=["co2"], poll="R\n",
+                         interval_s=0.3)
+    assert sensor.counters() == {"bad_lines": 0, "unanswered_polls": 0}
+    sensor.open()
+    got = 0
+    deadline = time.monotonic() + 10
+    while got < 3:  # the device answers each poll at once; the sensor reads the answer
+        assert time.monotonic() < deadline, f"{got} answers read in 10 s"
+        if sensor.read_next(0.01) is not None:
+            got += 1
+        if select.select([pty.master], [], [], 0)[0]:
+            for _ in range(os.read(pty.master, 100).count(b"\n")):
+                pty.write(b"400\n")
+    assert sensor.counters() == {"bad_lines": 0, "unanswered_polls": 0}
