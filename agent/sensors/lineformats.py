@@ -11,7 +11,8 @@ asked for), or raises :class:`BadLine`.
 ``undecodable``  not UTF-8, or holds control characters (line noise, wrong baud rate)
 ``too_long``     more than ``max_line_bytes`` without a line end
 ``columns``      csv: not as many columns as ``fields``
-``not_numeric``  a value that must be a number is not (csv column, regex group),
+``not_numeric``  a value that must be a number is not (csv column, regex group), a failed
+                 reading (nan, inf, 1e400) in csv, kv or json,
                  or a kv/json line has no numeric value at all
 ``checksum``     nmea: the checksum is missing or wrong
 ``malformed``    not the shape of the format (bad JSON, a kv pair without its
@@ -201,7 +202,8 @@ class KvFormat:
     """``temp=21.5 hum=40``: every pair with a numeric value is a metric.
 
     Pairs with other values (``id=A7``, ``t=21.5C``) are left out; a line
-    with no numeric value at all is bad.  A whitespace ``pair_separator``
+    with no numeric value at all is bad, and so is one with a failed reading
+    (``nan``, ``inf``, a number too large for a float), as in csv.  A whitespace ``pair_separator``
     splits on runs of whitespace.
     """
 
@@ -220,6 +222,9 @@ class KvFormat:
                 raise BadLine("malformed", f"{pair[:40]!r} has no {self.kv_separator!r}")
             value = number(raw)
             if value is None:
+                if _reading_like(raw):
+                    raise BadLine("not_numeric", f"{key.strip()[:40]!r}: a failed reading "
+                                                 f"{raw.strip()[:20]!r}")
                 continue
             key = key.strip()
             _check_key(key)
@@ -232,8 +237,9 @@ class KvFormat:
 class JsonFormat:
     """One JSON object per line; every number is a metric, nested keys joined by ``.``.
 
-    Booleans, strings, nulls, lists and non-finite numbers are left out; a line
-    with no number at all is bad.
+    Booleans, strings, nulls and lists are left out; a line with no number at
+    all is bad, and so is one with a failed reading (``NaN``, ``Infinity``, a
+    number too large for a float), as in csv.
     """
 
     def parse(self, text: str) -> list[Reading] | None:
@@ -255,10 +261,12 @@ class JsonFormat:
                     try:
                         v = float(value)
                     except OverflowError:
-                        continue
-                    if math.isfinite(v):
-                        _check_key(name)
-                        found[name] = v
+                        v = math.inf
+                    if not math.isfinite(v):
+                        raise BadLine("not_numeric", f"{name[:40]!r}: a failed reading "
+                                                     "(NaN, Infinity, or too large for a float)")
+                    _check_key(name)
+                    found[name] = v
         if not found:
             raise BadLine("not_numeric", "no numeric field in the object")
         return [(k, v, "") for k, v in found.items()]

@@ -178,6 +178,15 @@ def test_kv_bad_lines() -> None:
     assert reason(f.parse, "t/c=21.5") == "bad_name"
 
 
+def test_kv_a_failed_reading_is_a_bad_line_not_a_pair_left_out() -> None:
+    """nan, inf or a number no float holds is a sensor that failed, as in csv: left out
+    like id=A7, it went quiet unseen whenever another pair on the line was a number."""
+    f = KvFormat()
+    for text in ("t=nan h=40", "h=40 t=-inf", "t=1e400 h=40", "t=OVF h=40"):
+        assert reason(f.parse, text) == "not_numeric", text
+    assert f.parse("t=21.5C h=40 id=A7") == [("h", 40.0, "")]
+
+
 # -- json ----------------------------------------------------------------------
 def test_json_flattens_nested_objects_and_keeps_only_numbers() -> None:
     f = JsonFormat()
@@ -193,6 +202,11 @@ def test_json_bad_lines() -> None:
     assert reason(f.parse, "[1, 2]") == "malformed"
     assert reason(f.parse, '{"ok": true, "id": "x"}') == "not_numeric"
     assert reason(f.parse, '{"t": NaN}') == "not_numeric"
+    # a failed reading next to good ones: counted, as in csv, not left out unseen
+    assert reason(f.parse, '{"t": NaN, "h": 40}') == "not_numeric"
+    assert reason(f.parse, '{"h": 40, "b": {"t": -Infinity}}') == "not_numeric"
+    assert reason(f.parse, '{"t": 1e400, "h": 40}') == "not_numeric"
+    assert reason(f.parse, '{"n": ' + "9" * 400 + ', "h": 40}') == "not_numeric"
     assert reason(f.parse, '{"a b": 1}') == "bad_name"
     assert reason(f.parse, "[" * 3000 + "]" * 3000) == "malformed"
 

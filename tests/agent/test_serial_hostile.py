@@ -147,3 +147,20 @@ def test_a_polled_device_that_answers_has_no_unanswered_polls(
             for _ in range(os.read(pty.master, 100).count(b"\n")):
                 pty.write(b"400\n")
     assert sensor.counters() == {"bad_lines": 0, "unanswered_polls": 0}
+
+
+# -- failed readings ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("keys", "failed", "good"), [
+    ({"format": "kv"}, b"t=nan h=40", b"t=21.5 h=40"),
+    ({"format": "json"}, b'{"t": NaN, "h": 40}', b'{"t": 21.5, "h": 40}'),
+])
+def test_a_failed_reading_next_to_good_ones_is_counted(
+        keys: dict[str, Any], failed: bytes, good: bytes,
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    """A board with two sensors, one of which failed: its metric must not vanish unseen."""
+    sensor = make_sensor(port=pty.path, **keys)
+    sensor.open()
+    pty.write(b"\n" + failed + b"\n" + good + b"\n")
+    got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the good line")
+    assert sorted(got) == [("h", 40.0, ""), ("t", 21.5, "")]
+    assert sensor.counters() == {"bad_lines": 1, "bad_lines.not_numeric": 1}
