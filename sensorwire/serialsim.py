@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "kv", "json", "nmea")
 CSV_FIELDS = ("temperature", "humidity", "pressure")
+MAX_WAIT_S = 3600.0  # one wait between lines at most: select refuses a timeout past time_t
 
 
 class Pty:
@@ -193,8 +194,10 @@ def run(fmt: str, rate_hz: float, garbage: float, stop: StopSignal,
                     good += 1
             n += 1
             # wait on the signal pipe, not stop.event: Event.set() in a signal handler
-            # deadlocks when the signal lands while this thread holds the event's lock
-            select.select([stop.fd], [], [], max(0.0, start + n * period - clock()))
+            # deadlocks when the signal lands while this thread holds the event's lock;
+            # in steps select can take (a rate of 1e-300 Hz is a period of 1e300 s)
+            while (left := start + n * period - clock()) > 0 and not stop.is_set():
+                select.select([stop.fd], [], [], min(left, MAX_WAIT_S))
         log.info("stopped: %d good and %d corrupt lines written, %d writes dropped (nobody read)",
                  good, bad, pty.dropped_writes)
     return 0

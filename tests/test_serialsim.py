@@ -99,3 +99,29 @@ def test_serial_sim_rejects_bad_arguments() -> None:
     assert "expected a fraction from 0 to 1, got 1.5" in r.stderr
     r = run_cli("serial-sim", "--format", "xml")
     assert r.returncode == 2
+
+
+def test_serial_sim_at_a_rate_slower_than_the_clock_can_wait_still_runs_and_stops() -> None:
+    """--rate 1e-300 passes the argument check (> 0); its period is no timeout select takes,
+    which ended the simulator with an OverflowError right after its first line."""
+    with serial_sim("--format", "csv", "--rate", "1e-300") as (proc, path):
+        # read the pty's input queue as it is (a serial sensor's open would flush it): the
+        # header and the first line, which the simulator writes just before its first wait
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            got = b""
+
+            def first_line() -> bool:
+                nonlocal got
+                if select.select([fd], [], [], 0.2)[0]:
+                    got += os.read(fd, 4096)
+                assert got.count(b"\n") >= 2 or proc.poll() is None, "serial-sim ended"
+                return got.count(b"\n") >= 2
+
+            wait_until(first_line, timeout_s=15, what="the header and the first line")
+        finally:
+            os.close(fd)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
