@@ -174,7 +174,9 @@ class CsvFormat:
     reading's ``nan`` or ``inf`` (what Arduino code prints when a sensor does
     not answer) or a number too large for a float (``1e400``): that is a bad
     line (``not_numeric``), counted, so a failing sensor does not go quiet unseen.
-    A whitespace delimiter splits on runs of whitespace.
+    With one column, where any text has a header's shape, the header is one
+    word (a valid metric name): a device's messages are bad lines, as they are
+    with more columns.  A whitespace delimiter splits on runs of whitespace.
     """
 
     def __init__(self, fields: Sequence[str], delimiter: str = ",") -> None:
@@ -186,7 +188,8 @@ class CsvFormat:
         if len(cells) != len(self.fields):
             raise BadLine("columns", f"{len(cells)} columns, expected {len(self.fields)}")
         values = [number(c) for c in cells]
-        if all(v is None for v in values) and not any(_reading_like(c) for c in cells):
+        if (all(v is None for v in values) and not any(_reading_like(c) for c in cells)
+                and (len(cells) > 1 or metric_problem(cells[0].strip()) is None)):
             return None  # a header
         out: list[Reading] = []
         for i, (name, value) in enumerate(zip(self.fields, values, strict=True)):

@@ -152,6 +152,17 @@ def test_csv_a_number_too_large_for_a_float_is_a_bad_value_not_a_header() -> Non
     assert reason(f.parse, "temp,-1e999") == "not_numeric"
 
 
+def test_csv_one_column_header_is_one_word_so_messages_are_bad_lines() -> None:
+    """With one column any text has the header's shape: a device's messages were skipped as
+    headers, unseen, where with two columns the same line is counted (columns)."""
+    f = CsvFormat(["temperature"])
+    assert f.parse("temperature") is None
+    assert f.parse("Temp_C") is None
+    assert reason(f.parse, "Failed to read from DHT sensor!") == "not_numeric"
+    assert reason(f.parse, "Starting sensor v1.2") == "not_numeric"
+    assert reason(CsvFormat(["t", "h"]).parse, "Starting sensor v1.2") == "columns"
+
+
 def test_csv_other_delimiters() -> None:
     assert CsvFormat(["a", "b"], ";").parse("1;2") == [("a", 1.0, ""), ("b", 2.0, "")]
     assert CsvFormat(["a", "b"], " ").parse("1    2") == [("a", 1.0, ""), ("b", 2.0, "")]

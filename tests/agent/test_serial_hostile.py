@@ -164,3 +164,13 @@ def test_a_failed_reading_next_to_good_ones_is_counted(
     got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the good line")
     assert sorted(got) == [("h", 40.0, ""), ("t", 21.5, "")]
     assert sensor.counters() == {"bad_lines": 1, "bad_lines.not_numeric": 1}
+
+
+def test_a_one_column_device_s_messages_are_counted_its_header_skipped(
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, format="csv", fields=["lux"])
+    sensor.open()
+    pty.write(b"\nlux\nFailed to read from BH1750 sensor!\nlux\n312\n")
+    got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the reading")
+    assert list(got) == [("lux", 312.0, "")]
+    assert sensor.counters() == {"bad_lines": 1, "bad_lines.not_numeric": 1}
