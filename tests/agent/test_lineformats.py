@@ -112,6 +112,8 @@ def test_decode_rejects_non_utf8_and_control_characters() -> None:
 @pytest.mark.parametrize(("text", "value"), [
     ("21.5", 21.5), ("-3", -3.0), ("+.5", 0.5), ("1e3", 1000.0), (" 7. ", 7.0),
     ("nan", None), ("inf", None), ("1_000", None), ("0x1f", None), ("", None), ("21.5C", None),
+    # digits of other scripts (float() takes them): not what a device prints, but noise
+    ("\u0662\u0661.\u0665", None), ("\uff12\uff11", None), ("\u00b2", None),
 ])
 def test_number_accepts_only_finite_decimal_numbers(text: str, value: float | None) -> None:
     assert number(text) == value
