@@ -331,7 +331,10 @@ class SerialSensor:
                 if got is None:
                     return None
                 line = got
-                parsed = self._format.parse(decode(line))
+                text = decode(line)
+                if not text:
+                    continue  # blank: nothing but whitespace
+                parsed = self._format.parse(text)
             except BadLine as exc:
                 self._count(exc, line)
                 continue

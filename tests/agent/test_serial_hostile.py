@@ -174,3 +174,18 @@ def test_a_one_column_device_s_messages_are_counted_its_header_skipped(
     got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the reading")
     assert list(got) == [("lux", 312.0, "")]
     assert sensor.counters() == {"bad_lines": 1, "bad_lines.not_numeric": 1}
+
+
+@pytest.mark.parametrize("keys", [
+    {"format": "csv", "fields": ["a"]}, {"format": "csv", "fields": ["a", "b"]},
+    {"format": "kv"}, {"format": "json"}, {"format": "nmea"},
+])
+def test_a_line_of_only_whitespace_is_blank_and_ignored(
+        keys: dict[str, Any], pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    """docs/serial.md: blank lines are ignored, surrounding whitespace trimmed; a line of
+    spaces and tabs is blank in every format, not a bad line in some and a header in one."""
+    sensor = make_sensor(port=pty.path, **keys)
+    sensor.open()
+    pty.write(b"\n \t \r\n\t\n   \n")
+    assert sensor.read_next(0.2) is None
+    assert sensor.counters() == {"bad_lines": 0}
