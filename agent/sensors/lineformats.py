@@ -16,7 +16,7 @@ asked for), or raises :class:`BadLine`.
                  or a kv/json line has no numeric value at all
 ``checksum``     nmea: the checksum is missing or wrong
 ``malformed``    not the shape of the format (bad JSON, a kv pair without its
-                 separator, an NMEA sentence with missing fields)
+                 separator, a key given twice, an NMEA sentence with missing fields)
 ``no_match``     regex: the pattern does not match
 ``bad_name``     kv/json: a key that cannot be a metric name
 """
@@ -206,8 +206,9 @@ class KvFormat:
 
     Pairs with other values (``id=A7``, ``t=21.5C``) are left out; a line
     with no numeric value at all is bad, and so is one with a failed reading
-    (``nan``, ``inf``, a number too large for a float), as in csv.  A whitespace ``pair_separator``
-    splits on runs of whitespace.
+    (``nan``, ``inf``, a number too large for a float), as in csv, or with a
+    key given twice.  A whitespace ``pair_separator`` splits on runs of
+    whitespace.
     """
 
     def __init__(self, pair_separator: str = " ", kv_separator: str = "=") -> None:
@@ -231,6 +232,8 @@ class KvFormat:
                 continue
             key = key.strip()
             _check_key(key)
+            if key in found:
+                raise BadLine("malformed", f"key {key[:40]!r} given twice")
             found[key] = value
         if not found:
             raise BadLine("not_numeric", "no numeric value in the line")
@@ -242,12 +245,12 @@ class JsonFormat:
 
     Booleans, strings, nulls and lists are left out; a line with no number at
     all is bad, and so is one with a failed reading (``NaN``, ``Infinity``, a
-    number too large for a float), as in csv.
+    number too large for a float), as in csv, or with a metric given twice.
     """
 
     def parse(self, text: str) -> list[Reading] | None:
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_json_object)
         except (ValueError, RecursionError) as exc:
             raise BadLine("malformed", f"not JSON: {str(exc)[:60]}") from None
         if not isinstance(obj, dict):
@@ -269,10 +272,22 @@ class JsonFormat:
                         raise BadLine("not_numeric", f"{name[:40]!r}: a failed reading "
                                                      "(NaN, Infinity, or too large for a float)")
                     _check_key(name)
+                    if name in found:  # {"b.v": 1, "b": {"v": 2}}
+                        raise BadLine("malformed", f"key {name[:40]!r} given twice")
                     found[name] = v
         if not found:
             raise BadLine("not_numeric", "no numeric field in the object")
         return [(k, v, "") for k, v in found.items()]
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object's pairs as a dict; a key given twice is a bad line, not one value lost."""
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BadLine("malformed", f"key {key[:40]!r} given twice")
+        obj[key] = value
+    return obj
 
 
 class RegexFormat:

@@ -200,6 +200,11 @@ def test_kv_a_failed_reading_is_a_bad_line_not_a_pair_left_out() -> None:
     assert f.parse("t=21.5C h=40 id=A7") == [("h", 40.0, "")]
 
 
+def test_kv_a_key_given_twice_is_a_bad_line_not_one_value_kept() -> None:
+    assert reason(KvFormat().parse, "t=21.5 h=40 t=22.5") == "malformed"
+    assert reason(KvFormat().parse, "t=21.5 t =22.5") == "malformed"
+
+
 # -- json ----------------------------------------------------------------------
 def test_json_flattens_nested_objects_and_keeps_only_numbers() -> None:
     f = JsonFormat()
@@ -221,6 +226,11 @@ def test_json_bad_lines() -> None:
     assert reason(f.parse, '{"t": 1e400, "h": 40}') == "not_numeric"
     assert reason(f.parse, '{"n": ' + "9" * 400 + ', "h": 40}') == "not_numeric"
     assert reason(f.parse, '{"a b": 1}') == "bad_name"
+    # one of two values for a name was kept, the other dropped unseen
+    assert reason(f.parse, '{"t": 21.5, "t": 22.5}') == "malformed"
+    assert reason(f.parse, '{"b": {"v": 1}, "b.v": 2}') == "malformed"
+    assert reason(f.parse, '{"b.v": 2, "b": {"v": 1}}') == "malformed"
+    assert reason(f.parse, '{"b": {"v": 1, "v": 2}}') == "malformed"
     assert reason(f.parse, "[" * 3000 + "]" * 3000) == "malformed"
 
 

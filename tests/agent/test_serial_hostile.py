@@ -189,3 +189,18 @@ def test_a_line_of_only_whitespace_is_blank_and_ignored(
     pty.write(b"\n \t \r\n\t\n   \n")
     assert sensor.read_next(0.2) is None
     assert sensor.counters() == {"bad_lines": 0}
+
+
+@pytest.mark.parametrize(("keys", "twice", "good"), [
+    ({"format": "kv"}, b"t=21.5 h=40 t=-5", b"t=1"),
+    ({"format": "json"}, b'{"t": 21.5, "h": 40, "t": -5}', b'{"t": 1}'),
+])
+def test_a_metric_given_twice_on_a_line_is_counted_not_half_kept(
+        keys: dict[str, Any], twice: bytes, good: bytes,
+        pty: Pty, make_sensor: Callable[..., SerialSensor]) -> None:
+    sensor = make_sensor(port=pty.path, **keys)
+    sensor.open()
+    pty.write(b"\n" + twice + b"\n" + good + b"\n")
+    got = wait_until(lambda: sensor.read_next(0.2), timeout_s=5, what="the good line")
+    assert list(got) == [("t", 1.0, "")]
+    assert sensor.counters() == {"bad_lines": 1, "bad_lines.malformed": 1}
