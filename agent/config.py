@@ -96,12 +96,23 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
     top = configload.convert(raw, AgentFile, source)
     parsed = [sensors.parse(s, i, source) for i, s in enumerate(top.sensors)]
     seen: dict[str, int] = {}
+    ports: dict[str, int] = {}
     for i, (_, cfg) in enumerate(parsed):
         if cfg.name in seen:
             raise ConfigError(
                 f"{source}: sensors[{i}].name: {cfg.name!r} is already the name of sensors[{seen[cfg.name]}]"
             )
         seen[cfg.name] = i
+        port = getattr(cfg, "port", None)
+        if isinstance(port, str) and not port.startswith("loop://"):  # each loop:// is its own
+            # one reader a port: a second one would wait for its lock for ever (a symlink
+            # such as /dev/serial/by-id/... and the device it points to are the same port)
+            key = port.strip() if "://" in port else os.path.realpath(port.strip())
+            if key in ports:
+                raise ConfigError(f"{source}: sensors[{i}].port: {port!r} is already the port of "
+                                  f"sensors[{ports[key]}]; a port is read by one sensor (give the "
+                                  "other one's metrics to that sensor)")
+            ports[key] = i
     return AgentConfig(
         site=top.site,
         device_id=top.device_id or default_device_id(),

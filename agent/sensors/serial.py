@@ -79,6 +79,27 @@ class SerialPortError(Exception):
     """The port cannot be opened or was lost; retryable (the host reopens it with backoff)."""
 
 
+# pyserial's URL handlers (serial.serial_for_url); a path has no "://"
+URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "hwgrep", "alt", "cp2110")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:/?#\s]+):(\d{1,5})(?:[/?#].*)?$")
+
+
+def url_problem(port: str) -> str | None:
+    """What is wrong with ``port`` as a pyserial URL (None for a path or a good URL): a
+    mistake here would otherwise be retried for ever at run time."""
+    scheme, sep, rest = port.partition("://")
+    if not sep:
+        return None
+    if scheme not in URL_SCHEMES:
+        return (f"{port!r}: unknown URL scheme {scheme!r} (pyserial knows "
+                f"{', '.join(s + '://' for s in URL_SCHEMES)}; a device is a path such as /dev/ttyUSB0)")
+    if scheme in ("socket", "rfc2217"):
+        m = _HOST_PORT.match(rest)
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            return f"{port!r}: expected {scheme}://HOST:PORT, e.g. {scheme}://192.0.2.7:4000"
+    return None
+
+
 class SerialConfig(SensorConfig, kw_only=True):
     port: str
     format: str
@@ -100,6 +121,9 @@ class SerialConfig(SensorConfig, kw_only=True):
         if not self.port.strip():
             raise ValueError("port: must not be empty (a device path such as /dev/ttyUSB0, "
                              "or a pyserial URL)")
+        problem = url_problem(self.port)
+        if problem:
+            raise ValueError(f"port: {problem}")
         if self.format not in FORMATS:
             raise ValueError(f"format: {self.format!r} is not one of {', '.join(FORMATS)}")
         if self.bytesize not in BYTESIZES:

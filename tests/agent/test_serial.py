@@ -388,6 +388,11 @@ def parse_error(**keys: Any) -> str:
     ({"format": "json", "max_line_bytes": 0}, "sensors[2].max_line_bytes: expected an integer"),
     ({"format": "json", "port": ""}, "sensors[2].port: must not be empty"),
     ({"format": "json", "baud": 9600}, "sensors[2].baud: unknown key (a typo?)"),
+    ({"format": "json", "port": "sockt://10.0.0.5:4000"},
+     "sensors[2].port: 'sockt://10.0.0.5:4000': unknown URL scheme 'sockt' (pyserial knows socket://"),
+    ({"format": "json", "port": "socket://10.0.0.5"},
+     "sensors[2].port: 'socket://10.0.0.5': expected socket://HOST:PORT"),
+    ({"format": "json", "port": "rfc2217://host:99999"}, "expected rfc2217://HOST:PORT"),
 ])
 def test_config_errors_name_the_key_and_the_fix(keys: dict[str, Any], message: str) -> None:
     assert message in parse_error(**keys)
@@ -397,6 +402,29 @@ def test_a_port_that_does_not_exist_is_still_a_valid_config() -> None:
     _, cfg = sensors.parse({"name": "gps", "kind": "serial", "port": "/dev/nonexistent",
                             "format": "nmea", "stopbits": 1.5, "parity": "E"}, 0, "agent.toml")
     assert cfg.port == "/dev/nonexistent"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("port", ["socket://192.0.2.7:4000", "socket://[::1]:4000",
+                                  "rfc2217://dev.example:2217?logging=debug", "loop://", "spy:///dev/ttyUSB0"])
+def test_the_pyserial_urls_pass(port: str) -> None:
+    _, cfg = sensors.parse({"name": "d", "kind": "serial", "port": port, "format": "json"}, 0, "x")
+    assert cfg.port == port  # type: ignore[attr-defined]
+
+
+def test_two_sensors_on_one_port_are_refused_naming_both(tmp_path: Path) -> None:
+    """The second reader would wait for the port's lock for ever; a by-id symlink and the
+    device it points to are one port."""
+    dev = tmp_path / "ttyUSB0"
+    dev.touch()
+    link = tmp_path / "usb-Arduino-if00"
+    link.symlink_to(dev)
+    raw = {"site": "gh", "publish": {"connect": ["tcp://127.0.0.1:5556"]}, "sensors": [
+        {"name": "a", "kind": "serial", "port": str(dev), "format": "json"},
+        {"name": "b", "kind": "serial", "port": str(link), "format": "json"}]}
+    with pytest.raises(ConfigError, match=r"sensors\[1\]\.port: .* is already the port of sensors\[0\]"):
+        agent_config.from_raw(raw, "agent.toml")
+    raw["sensors"] = [{"name": n, "kind": "serial", "port": "loop://", "format": "json"} for n in "ab"]
+    assert len(agent_config.from_raw(raw, "agent.toml").sensors) == 2  # each loop:// is its own
 
 
 def test_the_example_agent_toml_shows_a_serial_sensor() -> None:
