@@ -13,6 +13,9 @@ What every unit does:
   is killed and restarted; ``ExecReload`` sends SIGHUP (``systemctl reload``);
 - ``Restart=on-failure`` after 5 s, except after exit status 2 (a bad
   configuration: restarting would not fix it);
+- the journal: log records carry their own priority (``<3>``, :mod:`sensorwire.logs`);
+  ``SyslogLevel=err`` is for the rest, what is printed when a configuration does not
+  load or a traceback, so that ``journalctl -p warning`` shows why a service stopped;
 - hardening: a dynamic user (or ``--user NAME``), a read-only system, no
   home, a private /tmp, no privileges, no capabilities, system calls limited
   to ``@system-service``, sockets limited to AF_UNIX/AF_INET/AF_INET6;
@@ -184,6 +187,9 @@ Restart=on-failure
 RestartSec=5s
 # exit status 2 is a bad configuration: restarting would not fix it
 RestartPreventExitStatus=2
+# log records carry their own level (<N>); anything else printed (why a configuration does
+# not load, a traceback) is an error, or `journalctl -p warning` would not show it
+SyslogLevel=err
 {_FILES.get(role, "")}{identity}StateDirectory={state}
 WorkingDirectory=%S/{state}
 ConfigurationDirectory=sensorwire
