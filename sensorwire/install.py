@@ -12,6 +12,11 @@ output, everything else to standard error, so that
 ``--root DIR`` writes under ``DIR`` as if it were ``/`` (for tests and image
 builds); the paths inside the unit stay the real ones.
 
+Run again, it writes the unit anew (the configuration is kept) and lists the
+lines of the unit it replaces that change: ``--user`` and ``--config`` are not
+remembered from the first run, and an edit of the unit itself (rather than a
+``systemctl edit`` drop-in) is lost.
+
 CURVE: the service's user may not read a secret key that is root's (mode
 0600).  When the configuration has ``[security] mode = "curve"``, the unit
 gets ``LoadCredential=NAME:PATH`` for its ``secret_key`` (read with
@@ -71,12 +76,18 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
     credentials = _credentials(role, config_path, root, notes) if config_path.exists() else []
     unit = units.render(role, exe, config, user, credentials)
 
+    changed = _changes(unit_path, unit)
     if dry_run:
         out.write(unit)
         out.flush()
     else:
         _write(unit_path, unit)
-    print(f"{would}write {unit_path}", file=info)
+    if changed:
+        print(f"{would}write {unit_path}, replacing one that differs in these lines (to keep "
+              "one, give the same --user and --config as when it was written):", file=info)
+        print("\n".join(changed), file=info)
+    else:
+        print(f"{would}write {unit_path}", file=info)
 
     if config_path.exists():
         print(f"{would}keep the configuration {config_path} (it exists)", file=info)
@@ -96,6 +107,22 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
                 f"systemctl status {name}", f"journalctl -u {name} -f"):
         print(f"  sudo {cmd}", file=info)
     return 0
+
+
+def _changes(unit_path: Path, unit: str) -> list[str]:
+    """The settings (not comments) an existing unit at ``unit_path`` has and ``unit`` has not
+    (``  - ``), then those ``unit`` adds (``  + ``); none when there is no unit there yet."""
+    try:
+        old = unit_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+
+    def settings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    before, after = settings(old), settings(unit)
+    return ([f"  - {line}" for line in before if line not in after]
+            + [f"  + {line}" for line in after if line not in before])
 
 
 def _write(path: Path, text: str) -> None:
