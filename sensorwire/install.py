@@ -30,7 +30,9 @@ Run it again after turning CURVE on or changing the key.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
@@ -92,6 +94,11 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
     if config_path.exists():
         print(f"{would}keep the configuration {config_path} (it exists)", file=info)
         _check(config_path, role, info)
+        if user is None and _hidden_from_others(config_path, root):
+            print(f"warning: the service may not read {config_path}: its user is a dynamic "
+                  "one (neither root nor the owner), so the file must be readable by others "
+                  f"and its folders open to them: sudo chmod o+r {shlex.quote(config)}",
+                  file=info)
     else:
         if not dry_run:
             _write(config_path, default_config_text(role))
@@ -125,14 +132,42 @@ def _changes(unit_path: Path, unit: str) -> list[str]:
             + [f"  + {line}" for line in after if line not in before])
 
 
+def _mkdirs(folder: Path) -> None:
+    """``folder`` and its missing parents, each 0755 whatever the umask: a dynamic user reads
+    the configuration in them (systemd leaves ``ConfigurationDirectory=``'s mode alone)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        made.chmod(0o755)
+
+
 def _write(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdirs(path.parent)
         path.write_text(text, encoding="utf-8")
         path.chmod(0o644)
     except OSError as exc:
         hint = " (run it with sudo)" if isinstance(exc, PermissionError) else ""
         raise InstallError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
+
+
+def _hidden_from_others(path: Path, root: str | None) -> bool:
+    """May a user who is neither root nor the owner not read ``path`` (up to ``root``)?"""
+    top = Path(root or "/").absolute()
+    try:
+        if not path.stat().st_mode & stat.S_IROTH:
+            return True
+        for folder in path.absolute().parents:
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return True
+            if folder == top:
+                break
+    except OSError:
+        return False  # _check has said what is wrong
+    return False
 
 
 def _check(path: Path, role: str, info: TextIO) -> None:
