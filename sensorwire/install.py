@@ -103,9 +103,9 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
         if not dry_run:
             _write(config_path, default_config_text(role))
         print(f"{would}install the default configuration at {config_path}; edit it, then check "
-              f"it with: {exe} check-config {config}", file=info)
+              f"it with: {shlex.quote(exe)} check-config {shlex.quote(config)}", file=info)
 
-    for note in notes:
+    for note in notes + _unreachable(exe, config):
         print(note, file=info)
 
     name = units.unit_name(role)
@@ -114,6 +114,34 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
                 f"systemctl status {name}", f"journalctl -u {name} -f"):
         print(f"  sudo {cmd}", file=info)
     return 0
+
+
+# what the unit's sandbox hides from the service, and the setting that does
+_HIDDEN = ((("/home", "/root", "/run/user"), "ProtectHome=yes hides /home, /root and /run/user"),
+           (("/tmp", "/var/tmp"), "PrivateTmp=yes gives it a /tmp and /var/tmp of its own"))
+
+
+def _hidden(path: str) -> str | None:
+    for tops, why in _HIDDEN:
+        if any(path == top or path.startswith(top + "/") for top in tops):
+            return why
+    return None
+
+
+def _unreachable(exe: str, config: str) -> list[str]:
+    """Warnings for the paths the service needs that its unit hides: the ``sensorwire``
+    script, the Python it runs (a venv made with pyenv's Python links to /root or /home)
+    and the configuration. systemd would fail the start with status=203/EXEC or exit 2."""
+    notes = []
+    programs = (exe, os.path.realpath(exe), os.path.realpath(sys.executable))
+    for path in dict.fromkeys(programs):
+        if why := _hidden(path):
+            notes.append(f"warning: the service cannot run {path}: {why}; install sensorwire in "
+                         "a venv under /opt made with the system's python3 (docs/install.md)")
+    if why := _hidden(config):
+        notes.append(f"warning: the service cannot read {config}: {why}; keep the "
+                     "configuration under /etc/sensorwire")
+    return notes
 
 
 def _changes(unit_path: Path, unit: str) -> list[str]:

@@ -4,11 +4,15 @@ unit's sandbox cannot reach."""
 
 from __future__ import annotations
 
+import io
 import stat
+import sys
 from pathlib import Path
 
+import pytest
 from support import run_cli, write
 
+from sensorwire import install
 from sensorwire.install import default_config_text
 
 
@@ -63,3 +67,31 @@ def test_it_warns_when_the_dynamic_user_cannot_read_the_configuration(tmp_path: 
     cfg.chmod(0o600)  # with --user NAME, that user may well be the owner: nothing said
     r = run_cli("install-service", "agent", "--root", str(root), "--user", "pi")
     assert "may not read" not in r.stdout
+
+
+def test_it_warns_when_the_unit_hides_sensorwire_or_its_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProtectHome=yes hides /home, /root and /run/user, PrivateTmp=yes /tmp and /var/tmp:
+    an ExecStart there fails (status=203/EXEC), a configuration there does not load."""
+    venv = tmp_path / "opt sw"  # under /tmp, as pytest's tmp_path is
+    (venv / "bin").mkdir(parents=True)
+    exe = venv / "bin/sensorwire"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (venv / "bin/python").symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(venv / "bin/python"))
+    out, err = io.StringIO(), io.StringIO()
+    assert install.run("agent", config="/home/pi/agent.toml", dry_run=True,
+                       root=str(tmp_path / "root"), out=out, err=err) == 0
+    text = err.getvalue()
+    if str(tmp_path).startswith(("/tmp/", "/var/tmp/")):
+        assert f"warning: the service cannot run {exe}: PrivateTmp=yes" in text, text
+    assert "warning: the service cannot read /home/pi/agent.toml: ProtectHome=yes" in text, text
+    assert "a venv under /opt" in text and "under /etc/sensorwire" in text
+    assert 'ExecStart="' + str(exe) + '" agent' in out.getvalue()  # written all the same
+    # the hint is a command to paste into a shell
+    assert f"check it with: '{exe}' check-config /home/pi/agent.toml" in text
+    out, err = io.StringIO(), io.StringIO()
+    install.run("agent", config="/etc/sensorwire/agent.toml", dry_run=True,
+                root=str(tmp_path / "root"), out=out, err=err)
+    assert "cannot read" not in err.getvalue()

@@ -176,7 +176,9 @@ def test_install_service_hands_the_curve_secret_key_over_as_a_credential(
     assert r.stdout == units.render("proxy", installed_executable(),
                                     credentials=[("proxy.key_secret", key)])
     assert f"LoadCredential=proxy.key_secret:{key}" in r.stdout.splitlines()
-    assert "warning" not in r.stderr, r.stderr
+    # nothing to say about the key (the test's own venv may be where a unit cannot run it)
+    assert [x for x in r.stderr.splitlines()
+            if "warning" in x and "the service cannot run" not in x] == [], r.stderr
     unit = tmp_path / units.unit_name("proxy")
     unit.write_text(r.stdout)
     verify(unit)
