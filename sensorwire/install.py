@@ -110,8 +110,11 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
 
     name = units.unit_name(role)
     print("\nthen:" if dry_run else "\nnow:", file=info)
-    for cmd in ("systemctl daemon-reload", f"systemctl enable --now {name}",
-                f"systemctl status {name}", f"journalctl -u {name} -f"):
+    # a running service keeps the unit it was started with: enable --now would not change it
+    start = ([f"systemctl enable {name}", f"systemctl restart {name}"] if changed
+             else [f"systemctl enable --now {name}"])
+    for cmd in ("systemctl daemon-reload", *start, f"systemctl status {name}",
+                f"journalctl -u {name} -f"):
         print(f"  sudo {cmd}", file=info)
     return 0
 

@@ -30,6 +30,7 @@ def test_a_second_run_shows_the_unit_lines_it_replaces(tmp_path: Path) -> None:
     again = run_cli(*first)
     assert again.returncode == 0, again.stderr
     assert "replacing" not in again.stdout  # the same unit: nothing to say
+    assert "sudo systemctl enable --now sensorwire-agent.service" in again.stdout
     # docs/install.md's "run install-service again" (CURVE), without the first run's options
     r = run_cli("install-service", "agent", "--root", str(root), "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -38,6 +39,9 @@ def test_a_second_run_shows_the_unit_lines_it_replaces(tmp_path: Path) -> None:
     assert "  - User=pi" in lines and "  + DynamicUser=yes" in lines
     assert any(x.startswith("  - ExecStart=") and x.endswith(" -c /srv/agent.toml") for x in lines)
     assert not any(x.startswith(("  - #", "  + #")) for x in lines)  # settings, not comments
+    # the running service keeps its old unit until it is restarted: enable --now would not
+    assert "  sudo systemctl restart sensorwire-agent.service" in lines
+    assert "  sudo systemctl enable --now sensorwire-agent.service" not in lines
 
 
 def test_folders_it_makes_are_readable_by_the_service_whatever_the_umask(tmp_path: Path) -> None:
