@@ -18,7 +18,8 @@ What every unit does:
   load or a traceback, so that ``journalctl -p warning`` shows why a service stopped;
 - hardening: a dynamic user (or ``--user NAME``), a read-only system, no
   home, a private /tmp, no privileges, no capabilities, system calls limited
-  to ``@system-service``, sockets limited to AF_UNIX/AF_INET/AF_INET6;
+  to ``@system-service`` (with ``sched_setscheduler``, below), sockets limited to
+  AF_UNIX/AF_INET/AF_INET6 and AF_NETLINK (below);
   writable only ``StateDirectory`` (``/var/lib/sensorwire-<role>``, also the
   working directory, so a relative ``path = "telemetry.db"`` lands there);
   configuration read from ``ConfigurationDirectory`` (``/etc/sensorwire``);
@@ -37,6 +38,13 @@ What every unit does:
   ever hold (empty ``CapabilityBoundingSet=``, ``NoNewPrivileges=yes``), and
   ``DevicePolicy=closed`` keeps ``/dev/rtc`` out, so the clock stays as
   protected as ``ProtectClock=yes`` would keep it;
+- libzmq aborts the process (an assertion) where these rules refuse it something:
+  each of its threads calls ``pthread_setschedparam`` with the policy it already has
+  (``sched_setscheduler``, which ``@resources`` holds), and binding to an address
+  or interface name lists the interfaces with ``getifaddrs`` (a netlink socket).  Both
+  are allowed; ``RestrictRealtime=yes`` and the empty capability set still keep
+  real-time scheduling out.  ``tests/test_install_sandbox.py`` starts each role under
+  its unit's seccomp filter;
 - CURVE secret keys: the service's user may not read a key that is root's
   with mode 0600, and should not.  systemd reads it at start and hands it
   over in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=NAME:PATH``, one per
@@ -85,10 +93,15 @@ RemoveIPC=yes
 UMask=0077
 CapabilityBoundingSet=
 AmbientCapabilities=
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+# AF_NETLINK: to bind to an address or an interface's name, libzmq lists the interfaces
+# (getifaddrs), and aborts when it cannot
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+# libzmq's threads set their scheduling policy (the one they have) and abort when that
+# fails; real-time policies stay refused (RestrictRealtime=yes, no capabilities)
+SystemCallFilter=sched_setscheduler
 SystemCallErrorNumber=EPERM
 """
 
