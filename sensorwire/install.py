@@ -76,6 +76,8 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
     would = "would " if dry_run else ""
     notes: list[str] = []
     credentials = _credentials(role, config_path, root, notes) if config_path.exists() else []
+    if config_path.exists():
+        notes += _read_only(role, config_path)
     unit = units.render(role, exe, config, user, credentials)
 
     changed = _changes(unit_path, unit)
@@ -144,6 +146,34 @@ def _unreachable(exe: str, config: str) -> list[str]:
     if why := _hidden(config):
         notes.append(f"warning: the service cannot read {config}: {why}; keep the "
                      "configuration under /etc/sensorwire")
+    return notes
+
+
+# what a role writes, by key: the unit leaves it only its state directory (ProtectSystem=strict)
+_WRITES = {"agent": (("spool", "dir"),),
+           "collector": (("storage", "path"), ("storage", "spool_dir"))}
+
+
+def _read_only(role: str, config_path: Path) -> list[str]:
+    """Warnings for the paths the configuration has the service write where it cannot: the
+    unit makes all but ``/var/lib/sensorwire-<role>`` read-only, and /tmp its own (emptied at
+    every start). Relative paths are relative to that directory (``WorkingDirectory=``)."""
+    try:
+        raw = read_toml(config_path)
+    except ConfigError:
+        return []
+    state = f"/var/lib/sensorwire-{role}"
+    notes = []
+    for table, key in _WRITES.get(role, ()):
+        section = raw.get(table)
+        value = section.get(key) if isinstance(section, dict) else None
+        if not isinstance(value, str) or not value.startswith(("/", "~")):
+            continue
+        path = os.path.normpath(value)
+        if path != state and not path.startswith(state + "/"):
+            notes.append(f"warning: [{table}] {key} = {value!r} in {config_path}: the service "
+                         f"may write only under {state} (ProtectSystem=strict, PrivateTmp=yes); "
+                         "give a path relative to it, or none")
     return notes
 
 

@@ -99,3 +99,29 @@ def test_it_warns_when_the_unit_hides_sensorwire_or_its_configuration(
     install.run("agent", config="/etc/sensorwire/agent.toml", dry_run=True,
                 root=str(tmp_path / "root"), out=out, err=err)
     assert "cannot read" not in err.getvalue()
+
+
+@pytest.mark.parametrize(("role", "table", "key", "value"), [
+    ("collector", "storage", "path", "/var/lib/sensorwire/telemetry.db"),
+    ("collector", "storage", "path", "/home/pi/telemetry.db"),
+    ("agent", "spool", "dir", "/var/spool/sensorwire"),
+    ("agent", "spool", "dir", "/tmp/spool"),  # writable, but the unit's own, and emptied
+    ("agent", "spool", "dir", "~/spool"),  # a dynamic user's home is /
+])
+def test_it_warns_when_the_service_would_write_where_its_unit_forbids(
+        role: str, table: str, key: str, value: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    cfg = put(root / f"etc/sensorwire/{role}.toml", default_config_text(role))
+    text = cfg.read_text()
+    cfg.write_text(text.replace('path = "telemetry.db"', f'path = "{value}"') if key == "path"
+                   else text + f'\n[{table}]\n{key} = "{value}"\n')
+    r = run_cli("install-service", role, "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert f"warning: [{table}] {key} = {value!r}" in r.stdout, r.stdout
+    assert f"may write only under /var/lib/sensorwire-{role}" in r.stdout
+    state = f"/var/lib/sensorwire-{role}/data"  # inside the state directory, or relative: fine
+    for ok in (state, "data"):
+        cfg.write_text(text.replace('path = "telemetry.db"', f'path = "{ok}/t.db"')
+                       if key == "path" else text + f'\n[{table}]\n{key} = "{ok}"\n')
+        r = run_cli("install-service", role, "--root", str(root))
+        assert "may write only" not in r.stdout, r.stdout
