@@ -10,7 +10,8 @@ What every unit does:
 
 - ``Type=notify``: systemd waits for ``READY=1`` (sockets bound or connected,
   sinks open); ``WatchdogSec=30s``: the main loop pings every 15 s, a hung loop
-  is killed and restarted; ``ExecReload`` sends SIGHUP (``systemctl reload``);
+  is killed (SIGABRT, on which ``PYTHONFAULTHANDLER=1`` has Python write every
+  thread's stack to the journal) and restarted; ``ExecReload`` sends SIGHUP (``systemctl reload``);
 - ``Restart=on-failure`` after 5 s, except after exit status 2 (a bad
   configuration: restarting would not fix it);
 - the journal: log records carry their own priority (``<3>``, :mod:`sensorwire.logs`);
@@ -195,6 +196,8 @@ Type=notify
 ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
 WatchdogSec=30s
+# a hung loop is killed with SIGABRT: Python then writes where each thread was (the journal)
+Environment=PYTHONFAULTHANDLER=1
 TimeoutStopSec={_STOP_TIMEOUT[role]}
 Restart=on-failure
 RestartSec=5s

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,11 @@ from support import free_port, write
 
 from sensorwire import units
 from sensorwire.install import default_config_text
+
+
+def proxy_config(tmp_path: Path) -> Path:
+    return write(tmp_path / "p.toml", f'frontend = "tcp://127.0.0.1:{free_port()}"\n'
+                 f'backend = "tcp://127.0.0.1:{free_port()}"\n[metrics]\nlisten = ""\n')
 
 
 def journal_lines(log: Path) -> list[str]:
@@ -41,8 +47,7 @@ def test_what_a_role_prints_outside_its_log_records_is_an_error_in_the_journal(
     assert [x for x in journal_lines(log) if not re.match(r"<[0-7]>", x)], log.read_text()
     # a role at work: every line it writes is a log record with its priority
     if role == "proxy":
-        argv = ["proxy", "--frontend", f"tcp://127.0.0.1:{free_port()}",
-                "--backend", f"tcp://127.0.0.1:{free_port()}"]
+        argv = ["proxy", "-c", str(proxy_config(tmp_path))]
     elif role == "collector":
         cfg = write(tmp_path / "c.toml", f'[subscribe]\nconnect = ["tcp://127.0.0.1:'
                     f'{free_port()}"]\n[storage]\npath = "{tmp_path}/t.db"\n'
@@ -59,3 +64,18 @@ def test_what_a_role_prints_outside_its_log_records_is_an_error_in_the_journal(
     assert p.terminate() == 0, p.log()
     lines = journal_lines(log)
     assert lines and all(re.match(r"<[0-7]>", x) for x in lines), lines
+
+
+def test_a_watchdog_kill_leaves_where_each_thread_was_in_the_journal(
+        tmp_path: Path, procs: Any) -> None:
+    """systemd kills a role whose loop stopped pinging with SIGABRT (WatchdogSignal=): the
+    journal should say where it hung, not only that it was killed."""
+    unit = units.render("proxy").splitlines()
+    env = dict(line.removeprefix("Environment=").split("=", 1) for line in unit
+               if line.startswith("Environment="))
+    p = procs("proxy", "proxy", "-c", str(proxy_config(tmp_path)), env=env)
+    p.popen.send_signal(signal.SIGABRT)
+    assert p.popen.wait(10) == -signal.SIGABRT
+    log = p.log()
+    assert "Fatal Python error: Aborted" in log, log
+    assert "Current thread" in log and 'File "' in log and "sensorwire" in log, log
