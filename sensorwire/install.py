@@ -15,7 +15,9 @@ builds); the paths inside the unit stay the real ones.
 Run again, it writes the unit anew (the configuration is kept) and lists the
 lines of the unit it replaces that change: ``--user`` and ``--config`` are not
 remembered from the first run, and an edit of the unit itself (rather than a
-``systemctl edit`` drop-in) is lost.
+``systemctl edit`` drop-in) is lost.  Files are replaced whole (written beside,
+then renamed), so a link where the unit goes is replaced, not written through;
+a masked unit (a link to ``/dev/null``) is refused until it is unmasked.
 
 CURVE: the service's user may not read a secret key that is root's (mode
 0600).  When the configuration has ``[security] mode = "curve"``, the unit
@@ -29,6 +31,7 @@ Run it again after turning CURVE on or changing the key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -80,6 +83,10 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
         notes += _read_only(role, config_path)
     unit = units.render(role, exe, config, user, credentials)
 
+    if unit_path.is_symlink() and os.readlink(unit_path) == "/dev/null":
+        name = units.unit_name(role)
+        raise InstallError(f"{name} is masked ({unit_path} is a link to /dev/null); unmask "
+                           f"it first: sudo systemctl unmask {name}")
     changed = _changes(unit_path, unit)
     if dry_run:
         out.write(unit)
@@ -206,11 +213,17 @@ def _mkdirs(folder: Path) -> None:
 
 
 def _write(path: Path, text: str) -> None:
+    """``path`` replaced whole (a file beside it, renamed): a link there is replaced, never
+    followed, and an interrupted write leaves the old file."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         _mkdirs(path.parent)
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o644)
+        temp.write_text(text, encoding="utf-8")
+        temp.chmod(0o644)
+        os.replace(temp, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
         hint = " (run it with sudo)" if isinstance(exc, PermissionError) else ""
         raise InstallError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
 

@@ -15,6 +15,8 @@ from support import run_cli, write
 from sensorwire import install
 from sensorwire.install import default_config_text
 
+UNIT = "etc/systemd/system/sensorwire-agent.service"
+
 
 def put(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,3 +127,30 @@ def test_it_warns_when_the_service_would_write_where_its_unit_forbids(
                        if key == "path" else text + f'\n[{table}]\n{key} = "{ok}"\n')
         r = run_cli("install-service", role, "--root", str(root))
         assert "may write only" not in r.stdout, r.stdout
+
+
+def test_a_link_where_the_unit_goes_is_replaced_not_written_through(tmp_path: Path) -> None:
+    """``systemctl link`` and ``mask`` leave links in /etc/systemd/system: writing through one
+    wrote into its target and chmod-ed it (a masked unit's: /dev/null, to 0644)."""
+    root = tmp_path / "root"
+    target = tmp_path / "elsewhere.service"
+    target.write_text("someone else's\n")
+    target.chmod(0o666)
+    unit = root / UNIT
+    unit.parent.mkdir(parents=True)
+    unit.symlink_to(target)
+    r = run_cli("install-service", "agent", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert target.read_text() == "someone else's\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666
+    assert not unit.is_symlink() and "ExecStart=" in unit.read_text()
+    assert not list(unit.parent.glob(".*.tmp"))
+    # masked: said so, and nothing written (tried with --dry-run only: written through, the
+    # link would chmod this machine's own /dev/null)
+    unit.unlink()
+    unit.symlink_to("/dev/null")
+    r = run_cli("install-service", "agent", "--root", str(root), "--dry-run")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "sensorwire-agent.service is masked" in r.stderr
+    assert "sudo systemctl unmask sensorwire-agent.service" in r.stderr
+    assert r.stdout == ""
