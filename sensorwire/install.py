@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import shutil
 import stat
@@ -114,6 +115,10 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
         print(f"{would}install the default configuration at {config_path}; edit it, then check "
               f"it with: {shlex.quote(exe)} check-config {shlex.quote(config)}", file=info)
 
+    if user is not None and root is None and not _user_exists(user):
+        notes.append(f"warning: there is no user {user!r} here: the service will not start "
+                     "(systemd: status=217/USER); create it (sudo adduser --system --group "
+                     f"{shlex.quote(user)}), or leave out --user for a user systemd makes")
     for note in notes + _unreachable(exe, config):
         print(note, file=info)
 
@@ -138,6 +143,14 @@ def _hidden(path: str) -> str | None:
         if any(path == top or path.startswith(top + "/") for top in tops):
             return why
     return None
+
+
+def _user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return user.isdigit()  # a number: systemd takes it as the user id
+    return True
 
 
 def _unreachable(exe: str, config: str) -> list[str]:

@@ -154,3 +154,14 @@ def test_a_link_where_the_unit_goes_is_replaced_not_written_through(tmp_path: Pa
     assert "sensorwire-agent.service is masked" in r.stderr
     assert "sudo systemctl unmask sensorwire-agent.service" in r.stderr
     assert r.stdout == ""
+
+
+def test_it_warns_about_a_user_this_machine_does_not_have(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    install.run("agent", user="no-such-user-sw", dry_run=True, out=out, err=err)
+    assert "warning: there is no user 'no-such-user-sw' here" in err.getvalue()
+    assert "status=217/USER" in err.getvalue()
+    for known in ("root", "0"):
+        out, err = io.StringIO(), io.StringIO()
+        install.run("agent", user=known, dry_run=True, out=out, err=err)
+        assert "there is no user" not in err.getvalue()
