@@ -187,6 +187,8 @@ def _read_only(role: str, config_path: Path) -> list[str]:
     for table, key in _WRITES.get(role, ()):
         section = raw.get(table)
         value = section.get(key) if isinstance(section, dict) else None
+        if key == "path" and isinstance(section, dict) and section.get("kind", "sqlite") != "sqlite":
+            continue  # a SQLite file's path, unused by the other kinds
         if not isinstance(value, str) or not value.startswith(("/", "~")):
             continue
         path = os.path.normpath(value)

@@ -165,3 +165,13 @@ def test_it_warns_about_a_user_this_machine_does_not_have(tmp_path: Path) -> Non
         out, err = io.StringIO(), io.StringIO()
         install.run("agent", user=known, dry_run=True, out=out, err=err)
         assert "there is no user" not in err.getvalue()
+
+
+def test_a_sqlite_path_left_in_a_postgres_configuration_is_not_warned_about(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(root / "etc/sensorwire/collector.toml", '[storage]\nkind = "postgres"\n'
+        'dsn = "postgresql://db/telemetry"\npath = "/srv/unused.db"\n')
+    r = run_cli("install-service", "collector", "--root", str(root), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "may write only" not in r.stderr
