@@ -5,7 +5,8 @@ sections is carried out in order, in a fresh venv (for ``/opt/sensorwire``)
 and a scratch root (for ``/etc`` and ``/var/lib``).  What needs the machine's
 package manager (``apt``) is skipped; what needs a running systemd is done the
 way systemd would: ``daemon-reload`` verifies the units, ``enable --now``
-starts each unit's ``ExecStart`` with a notify socket and waits for
+starts each unit's ``ExecStart`` with a notify socket (inside the unit's
+system-call filter, when ``test_install_sandbox`` can build it) and waits for
 ``READY=1``, ``reload`` sends SIGHUP.  The editor steps are where the test,
 as the operator, moves the ports to free ones.  A command this test does not
 know fails it, so the document and the test cannot drift apart.
@@ -32,6 +33,13 @@ from sensorwire.sdnotify import NotifyListener
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "install.md"
+SANDBOX = Path(__file__).with_name("test_install_sandbox.py")  # run as a script: UNIT ARGV...
+
+
+def sandbox_ready() -> bool:
+    r = subprocess.run([sys.executable, str(SANDBOX), "--check"], capture_output=True,
+                       timeout=60)
+    return r.returncode == 0
 
 
 def section_commands(title: str) -> list[str]:
@@ -165,6 +173,9 @@ class Machine:
             assert m, f"{name}.service has no line matching {pattern}"
             return m[1]
         argv = [self.path(a) for a in shlex.split(setting(r"^ExecStart=(.*)$"))]
+        if sandbox_ready():  # inside the unit's system-call filter, as systemd would run it
+            unit_file = self.root / "etc/systemd/system" / f"{name}.service"
+            argv = [sys.executable, str(SANDBOX), str(unit_file), *argv]
         state = setting(r"^StateDirectory=(.*)$")
         usec = int(setting(r"^WatchdogSec=(\d+)s$")) * 1_000_000
         cwd = self.root / "var/lib" / state

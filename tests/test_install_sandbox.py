@@ -6,7 +6,8 @@ applied in their order with libseccomp (``SystemCallErrorNumber=``), its
 ``MemoryDenyWriteExecute=yes`` (the kernel's own ``PR_SET_MDWE``, Linux 6.3 and later).
 libzmq asserts when a system call fails in a way it does not expect, and an abort
 there is a service that never starts: every test elsewhere runs the roles without the
-sandbox. This module is also the wrapper that builds it: ``python THIS UNIT ARGV...``.
+sandbox. This module is also the wrapper that builds it: ``python THIS UNIT ARGV...``
+(``python THIS --check``: can it be built here?), which tests/test_install_docs.py uses.
 """
 
 from __future__ import annotations
@@ -156,4 +157,6 @@ def test_each_role_starts_works_and_stops_inside_its_units_sandbox(
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--check"]:  # can the sandbox be built here? (else: why not)
+        sys.exit((missing := sandbox_missing()) and f"no sandbox: {missing}")
     sandbox_main(sys.argv[1], sys.argv[2:])
