@@ -82,7 +82,10 @@ def run(role: str, user: str | None = None, config: str | None = None, dry_run: 
     credentials = _credentials(role, config_path, root, notes) if config_path.exists() else []
     if config_path.exists():
         notes += _read_only(role, config_path)
-    unit = units.render(role, exe, config, user, credentials)
+    try:
+        unit = units.render(role, exe, config, user, credentials)
+    except ValueError as exc:
+        raise InstallError(str(exc)) from None
 
     if unit_path.is_symlink() and os.readlink(unit_path) == "/dev/null":
         name = units.unit_name(role)

@@ -145,8 +145,11 @@ def default_config(role: str) -> str:
 
 
 def _quote(arg: str) -> str:
-    """An ExecStart= argument: quoted when it holds spaces or quotes; % doubled."""
-    arg = arg.replace("%", "%%")
+    """An ExecStart= argument: quoted when it holds spaces or quotes; % and $ doubled (else
+    systemd expands them: specifiers, environment variables)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in arg):
+        raise ValueError(f"{arg!r}: a control character cannot be written into a unit")
+    arg = arg.replace("%", "%%").replace("$", "$$")
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -175,3 +175,15 @@ def test_a_sqlite_path_left_in_a_postgres_configuration_is_not_warned_about(
     r = run_cli("install-service", "collector", "--root", str(root), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "may write only" not in r.stderr
+
+
+def test_a_path_systemd_would_expand_or_split_is_written_as_it_is(tmp_path: Path) -> None:
+    """ExecStart= expands $VAR and %x; a newline would end the line (and start another)."""
+    out, err = io.StringIO(), io.StringIO()
+    install.run("agent", config="/srv/$HOME/a%i.toml", dry_run=True, out=out, err=err)
+    [start] = [x for x in out.getvalue().splitlines() if x.startswith("ExecStart=")]
+    assert start.endswith(' agent -c "/srv/$$HOME/a%%i.toml"'), start
+    r = run_cli("install-service", "agent", "--dry-run", "--config",
+                "/srv/a.toml\nExecStartPre=/bin/true")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "a control character cannot be written into a unit" in r.stderr
