@@ -39,6 +39,17 @@ class ExecConfig(NotifierConfig, tag="exec", kw_only=True):
                 raise ValueError(f"command: [{i}] {exc}") from None
 
 
+# systemd's hand-over to the collector itself: a script must not answer for it (a stray
+# READY=1 or WATCHDOG=1 from a script would speak for the collector, or keep a hung one alive)
+_SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                 "LISTEN_FDNAMES")
+
+
+def script_env() -> dict[str, str]:
+    """The collector's environment without what systemd handed to the collector alone."""
+    return {k: v for k, v in os.environ.items() if k not in _SERVICE_ONLY}
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the command's process group (its children too), then reap it."""
     try:
@@ -68,7 +79,7 @@ class ExecNotifier:
         try:
             # a session of its own: on timeout the whole group goes, not only the first process
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+                                    stderr=subprocess.PIPE, start_new_session=True, env=script_env())
         except FileNotFoundError:
             raise NotifyError(f"{argv[0]}: no such program", retryable=False) from None
         except PermissionError:

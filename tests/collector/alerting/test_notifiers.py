@@ -7,6 +7,7 @@ import dataclasses
 import email.header
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,20 @@ def test_exec_gets_the_json_on_stdin_and_placeholders_in_argv(tmp_path: Path) ->
     args, stdin = out.read_text().split("|", 1)
     assert args == "greenhouse-hot:firing"
     assert json.loads(stdin) == FIRING.to_dict()
+
+
+def test_exec_scripts_do_not_get_the_collectors_systemd_hand_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that found NOTIFY_SOCKET could send WATCHDOG=1 for a hung collector."""
+    for key, value in {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "20000000",
+                       "WATCHDOG_PID": str(os.getpid()), "SW_SCRIPT_VAR": "kept"}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "env"
+    script = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    build(notifier(name="e", kind="exec", command=[sys.executable, "-c", script, str(out)])).send(FIRING)
+    env = json.loads(out.read_text())
+    assert env["SW_SCRIPT_VAR"] == "kept" and env["PATH"] == os.environ["PATH"]
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(env)
 
 
 def test_exec_failures_are_classified() -> None:
