@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STREAM_QUEUE_MAX = 1000
+READERS_JOIN_S = 2.0  # at stop and reload: for the reader threads of streaming sensors, all of them
 TRIM_AFTER_S = 3.0  # after start and reloads: sensors are open and read, the heap is trimmed
 
 
@@ -153,9 +154,10 @@ class Agent:
             self._shutdown()
         finally:
             self._stop_streams(self.states)
+            until = time.monotonic() + READERS_JOIN_S  # one wait for them all, not one each
             for st in self.states:
                 if st.thread is not None:
-                    st.thread.join(timeout=2.0)
+                    st.thread.join(timeout=max(0.0, until - time.monotonic()))
                 _close_quietly(st)
             self.publisher.close()
             self._waker.close()
@@ -419,12 +421,13 @@ class Agent:
         publish = msgspec.structs.replace(self.config.publish,
                                           heartbeat_s=config.publish.heartbeat_s)
         self._stop_streams(plan.retired)
+        until = time.monotonic() + READERS_JOIN_S
         for st in plan.retired:
             if st.thread is not None:
-                st.thread.join(timeout=2.0)
+                st.thread.join(timeout=max(0.0, until - time.monotonic()))
                 if st.thread.is_alive():
-                    log.warning("sensor %s: its reader did not stop within 2 s; left to finish",
-                                st.name)
+                    log.warning("sensor %s: its reader did not stop within %g s; left to finish",
+                                st.name, READERS_JOIN_S)
                     continue
             _close_quietly(st)
         self.states = plan.states
