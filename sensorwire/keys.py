@@ -37,10 +37,19 @@ log = logging.getLogger(__name__)
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
+MAX_KEY_FILE_BYTES = 4096  # a certificate is about 300 bytes: never read a big file whole
 
 
 class KeyFileError(ConfigError):
     """A key file or allow-list folder is missing, unreadable or not a CURVE key."""
+
+
+class UnreadableKeyFile(KeyFileError):
+    """A key file that could not be read: permissions, out of file descriptors, gone.
+
+    Unlike a file that holds no key, it may be read the next time; an
+    allow-list tries it again.
+    """
 
 
 class KeyExists(Exception):
@@ -135,22 +144,47 @@ def _load(p: Path, what: str, role: str = "",
     try:
         st = p.stat()
     except PermissionError:
-        raise KeyFileError(_unreadable(p, what, role, is_secret)) from None
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(_missing(p, what, role))
-    import zmq.auth
-
+        raise UnreadableKeyFile(_unreadable(p, what, role, is_secret)) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise UnreadableKeyFile(_missing(p, what, role)) from None
+    except OSError as exc:  # a symlink loop, out of memory, I/O
+        raise UnreadableKeyFile(f"[security] {what}: {p}: cannot be read ({exc.strerror or exc})"
+                                ) from None
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a fifo: opening one may block or never end
+        raise KeyFileError(f"[security] {what}: {p}: not a regular file, so not a key file")
     try:
-        public, secret = zmq.auth.load_certificate(p)
+        with open(os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
+                raise KeyFileError(f"[security] {what}: {p}: not a regular file, so not a key "
+                                   "file")
+            text = f.read(MAX_KEY_FILE_BYTES + 1)
     except PermissionError:
-        raise KeyFileError(_unreadable(p, what, role, is_secret)) from None
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"[security] {what}: {p}: not a CURVE key file ({exc})") from None
+        raise UnreadableKeyFile(_unreadable(p, what, role, is_secret)) from None
+    except OSError as exc:  # out of file descriptors, gone since the stat, I/O
+        raise UnreadableKeyFile(f"[security] {what}: {p}: cannot be read ({exc.strerror or exc})"
+                                ) from None
+    if len(text) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"[security] {what}: {p}: not a CURVE key file (more than "
+                           f"{MAX_KEY_FILE_BYTES} bytes; a key file has about 300)")
+    public, secret = _parse(text)
+    if public is None:
+        raise KeyFileError(f"[security] {what}: {p}: not a CURVE key file (no public-key line)")
     for key in (public, secret):
         if key is not None and not _valid_z85_key(key):
             raise KeyFileError(f"[security] {what}: {p}: the key is not 40 Z85 characters")
+    return public, secret
+
+
+def _parse(text: bytes) -> tuple[bytes | None, bytes | None]:
+    """The keys in a certificate, read as ``zmq.auth.load_certificate`` reads them."""
+    public: bytes | None = None
+    secret: bytes | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(b"public-key") and b"=" in line and public is None:
+            public = line.split(b"=", 1)[1].strip(b" \t'\"")
+        elif line.startswith(b"secret-key") and b"=" in line and secret is None:
+            secret = line.split(b"=", 1)[1].strip(b" \t'\"")
     return public, secret
 
 
