@@ -139,6 +139,11 @@ def load_public(path: str | Path, what: str = "server_key") -> bytes:
     return public
 
 
+def load_keys(path: str | Path, what: str = "authorized_keys") -> tuple[bytes, bytes | None]:
+    """The public key (Z85) in a key file, and its secret key if it holds one."""
+    return _load(Path(path).expanduser(), what)
+
+
 def _load(p: Path, what: str, role: str = "",
           is_secret: bool = False) -> tuple[bytes, bytes | None]:
     try:

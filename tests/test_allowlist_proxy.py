@@ -1,0 +1,97 @@
+"""A real CURVE proxy whose allow-list folder is changed under it, with real agents.
+
+As root the proxy runs without the capabilities that get round file
+permissions (as a service's own user would), so a key file made unreadable
+with chmod is unreadable to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from securestack import KeyRing, agent_toml, proxy_toml, security_block
+from support import tcp, wait_until, write
+
+pytestmark = pytest.mark.slow
+
+
+class Proxy:
+    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.popen, self.log_path = popen, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Callable[[Path], Proxy]]:
+    """Start ``sensorwire proxy -c CONFIG`` with no way around file permissions."""
+    started: list[Proxy] = []
+
+    def start(config: Path) -> Proxy:
+        prefix: list[str] = []
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv (util-linux): root reads any file")
+            prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+        log_path = tmp_path / f"proxy-{len(started)}.log"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen([*prefix, sys.executable, "-m", "sensorwire", "proxy", "-c",
+                                      str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        p = Proxy(popen, log_path)
+        started.append(p)
+        wait_until(lambda: "CURVE on" in p.log() or popen.poll() is not None, timeout_s=15,
+                   what="the proxy started")
+        assert popen.poll() is None, p.log()
+        return p
+
+    yield start
+    for p in started:
+        p.popen.kill()
+        p.popen.wait()
+
+
+def start_agent(procs: Any, tmp: Path, keys: KeyRing, device: str, front: str) -> Any:
+    sec = security_block(secret_key=keys.secret(device), server_key=keys.public("proxy"))
+    cfg = write(tmp / f"agent-{device}.toml",
+                agent_toml(device, front, tmp / f"spool-{device}", sec, interval_s=0.5))
+    return procs(f"agent-{device}", "agent", "-c", str(cfg))
+
+
+def proxy_config(tmp: Path, keys: KeyRing, agents: Path, front: str) -> Path:
+    return write(tmp / "proxy.toml", proxy_toml(front, tcp(), security_block(
+        secret_key=keys.secret("proxy"), authorized_keys=agents,
+        authorized_collectors=keys.collectors)))
+
+
+def test_a_key_file_unreadable_when_it_arrived_is_taken_once_it_can_be_read(
+        tmp_path: Path, procs: Any, proxy: Callable[[Path], Proxy]) -> None:
+    keys = KeyRing(tmp_path)
+    keys.make("proxy", "pi-1")
+    front = tcp()
+    p = proxy(proxy_config(tmp_path, keys, keys.agents, front))
+    start_agent(procs, tmp_path, keys, "pi-1", front)
+    pi1 = keys.z85("pi-1")
+    wait_until(lambda: f"unknown public key {pi1}" in p.log(), what="pi-1 refused")
+
+    # copied in as an unreadable file (a copy made under a strict umask, a half-done install)
+    tmp = keys.agents / ".pi-1.key.part"
+    shutil.copy(keys.public("pi-1"), tmp)
+    tmp.chmod(0)
+    tmp.rename(keys.agents / "pi-1.key")
+    wait_until(lambda: "pi-1.key: permission denied" in p.log(), what="the unreadable key noticed")
+    assert "accepted pi-1" not in p.log()
+
+    (keys.agents / "pi-1.key").chmod(0o644)  # nothing else changes: not its name, size or mtime
+    wait_until(lambda: "accepted pi-1" in p.log(), timeout_s=15,
+               what="pi-1 accepted once its key file can be read")
+    assert "added pi-1" in p.log()
