@@ -52,6 +52,7 @@ class AllowList:
         self.by_uid: dict[str, Client] = {}     # Z85 public key (the ZAP user id) -> client
         self._files: dict[str, _File] = {}      # file name -> what it held when last read
         self._listed = False                    # the last look could list the folder
+        self._secrets: set[str] = set()         # .key_secret files seen (logged once)
 
     def __repr__(self) -> str:
         return f"AllowList({str(self.folder)!r}, {len(self.by_raw)} keys)"
@@ -130,20 +131,29 @@ class AllowList:
         client = name.removesuffix(keys.PUBLIC_SUFFIX)
         raw: bytes | None = None
         again = stamp is None or 0 <= now - stamp[0] < RACY_NS
-        problem = ""
+        problem, level = "", logging.WARNING
         bad_name = names.segment_problem(client)
-        if bad_name:
-            problem = (f"[security] {self.setting}: ignored {self.folder / name}: the name "
+        if bad_name:  # the name is shown as repr: a file name may hold "\n" and escapes
+            problem = (f"[security] {self.setting}: ignored {name!r} in {self.folder}: the name "
                        f"{client!r} {bad_name}")
         else:
             try:
-                raw = keys.z85_to_raw(keys.load_keys(self.folder / name, self.setting)[0])
+                public, secret = keys.load_keys(self.folder / name, self.setting)
             except keys.UnreadableKeyFile as exc:
                 problem, again = f"{exc}; ignored until it can be read", True
             except keys.KeyFileError as exc:
                 problem = f"{exc}; ignored"
+            else:
+                if secret is None:
+                    raw = keys.z85_to_raw(public)
+                else:  # loud: a secret key lies where public keys are copied around
+                    level = logging.ERROR
+                    problem = (f"[security] {self.setting}: {self.folder / name} holds a secret "
+                               "key; refusing it: an allow-list takes public keys only (move the "
+                               "file away, put the .key file made with it here, and as the secret "
+                               "may have been seen, make a new pair for this client)")
         if problem and (was is None or was.problem != problem):
-            log.warning("%s", problem)
+            log.log(level, "%s", problem)
         return _File(stamp, raw, problem, again)
 
     def _install(self, by_raw: dict[bytes, str], diff: str) -> None:
@@ -169,11 +179,11 @@ class AllowList:
         """File name -> (mtime, ctime, size, inode) of every ``.key`` file; None when its stat
         fails (a dangling symlink, a loop): that file is refused, the others are read."""
         out: dict[str, tuple[int, int, int, int] | None] = {}
-        secrets = 0
+        secrets = []
         with os.scandir(self.folder) as it:
             for e in it:
                 if e.name.endswith(keys.SECRET_SUFFIX):
-                    secrets += 1
+                    secrets.append(e.name)
                 if not e.name.endswith(keys.PUBLIC_SUFFIX) or e.name.startswith("."):
                     continue
                 if len(out) >= MAX_KEYS:
@@ -187,9 +197,13 @@ class AllowList:
                     out[e.name] = None
                 else:
                     out[e.name] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-        if secrets and not self._listed and not self._files:
-            log.warning("[security] %s: %s holds %d secret keys (.key_secret); only public keys "
-                        "belong in an allow-list", self.setting, self.folder, secrets)
+        new = sorted(set(secrets) - self._secrets)
+        if new:
+            log.error("[security] %s: %s holds secret keys (%s); only public keys belong in an "
+                      "allow-list: move them away, and as they may have been seen, make new "
+                      "pairs for these clients", self.setting, self.folder,
+                      ", ".join(repr(n) for n in new[:_SHOWN]))
+        self._secrets = set(secrets)
         return out
 
     def name_of(self, raw: bytes) -> str | None:

@@ -143,6 +143,39 @@ def test_a_link_to_a_huge_file_a_device_or_a_fifo_refuses_that_file_only(
     assert names(allow) == ["outside", "pi-1"]
 
 
+def test_a_secret_key_in_the_folder_is_refused_loudly(
+        folder: Path, made: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.copy(made / "pi-1.key_secret", folder / "pi-1.key")  # the wrong file of the pair
+    shutil.copy(made / "pi-2.key", folder)
+    allow = AllowList(folder)
+    with caplog.at_level(logging.WARNING):
+        allow.load()
+    assert names(allow) == ["pi-2"]
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "pi-1.key holds a secret key; refusing it" in error.getMessage()
+
+    caplog.clear()
+    shutil.copy(made / "pi-3.key_secret", folder)  # later, beside the public keys
+    with caplog.at_level(logging.WARNING):
+        allow.refresh()
+        allow.refresh()
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "holds secret keys ('pi-3.key_secret'); only public keys belong" in error.getMessage()
+
+
+def test_file_names_with_control_characters_cannot_forge_log_lines(
+        folder: Path, made: Path, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "x\n2026-01-01T00:00:00Z INFO    accepted pi-9\x1b[2K.key"
+    shutil.copy(made / "pi-1.key", folder / forged)
+    shutil.copy(made / "pi-2.key_secret", folder / "y\nz.key_secret")
+    allow = AllowList(folder)
+    with caplog.at_level(logging.WARNING):
+        allow.load()
+    assert names(allow) == []
+    for r in caplog.records:
+        assert "\n" not in r.getMessage() and "\x1b" not in r.getMessage(), r.getMessage()
+
+
 def test_a_key_replaced_by_rename_or_rewritten_in_place_is_read_again(
         folder: Path, made: Path) -> None:
     shutil.copy(made / "pi-1.key", folder / "pi-1.key")
