@@ -218,9 +218,12 @@ class Security:
         made: dict[Path, AllowList] = {}
 
         def allow(folder: str, setting: str) -> AllowList:
-            p = Path(folder).expanduser().resolve()
+            # one list per folder, but watched by the name given: a symlink to the folder may
+            # be switched to another one (a new deployment) and must be followed
+            given = Path(folder).expanduser().absolute()
+            p = given.resolve()
             if p not in made:
-                made[p] = AllowList(p, setting)
+                made[p] = AllowList(given, setting)
                 made[p].load()
             return made[p]
 

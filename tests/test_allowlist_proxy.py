@@ -95,3 +95,28 @@ def test_a_key_file_unreadable_when_it_arrived_is_taken_once_it_can_be_read(
     wait_until(lambda: "accepted pi-1" in p.log(), timeout_s=15,
                what="pi-1 accepted once its key file can be read")
     assert "added pi-1" in p.log()
+
+
+def test_an_allow_list_folder_that_is_a_symlink_follows_the_link_when_it_is_swapped(
+        tmp_path: Path, procs: Any, proxy: Callable[[Path], Proxy]) -> None:
+    keys = KeyRing(tmp_path)
+    keys.make("proxy", "pi-1", "pi-2")
+    v1, v2 = tmp_path / "agents-v1", tmp_path / "agents-v2"
+    v1.mkdir()
+    shutil.copy(keys.public("pi-1"), v1)
+    link = tmp_path / "agents"
+    link.symlink_to(v1)
+    front = tcp()
+    p = proxy(proxy_config(tmp_path, keys, link, front))
+    start_agent(procs, tmp_path, keys, "pi-2", front)
+    pi2 = keys.z85("pi-2")
+    wait_until(lambda: f"unknown public key {pi2}" in p.log(), what="pi-2 refused")
+
+    # a deployment made beside the old one and switched to at once: pi-1 retired, pi-2 added
+    v2.mkdir()
+    shutil.copy(keys.public("pi-2"), v2)
+    (tmp_path / "agents.new").symlink_to(v2)
+    os.replace(tmp_path / "agents.new", link)
+    wait_until(lambda: "accepted pi-2" in p.log(), timeout_s=15,
+               what="pi-2 accepted once the link names the folder that holds its key")
+    assert "removed pi-1" in p.log()
