@@ -95,7 +95,7 @@ def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, 
     public, secret = dest / f"{name}{PUBLIC_SUFFIX}", dest / f"{name}{SECRET_SUFFIX}"
     if not force:
         for p in (public, secret):
-            if p.exists():
+            if os.path.lexists(p):  # a symlink counts, even to a key not there now
                 raise KeyExists(f"{p} exists; pass --force to replace the pair (whoever uses the "
                                 "old key is then refused)")
     tmp = Path(tempfile.mkdtemp(prefix=".keygen-", dir=dest))  # mode 0700

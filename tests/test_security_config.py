@@ -183,3 +183,13 @@ def test_tail_needs_both_keys() -> None:
 def test_client_security_requires_a_secret_key() -> None:
     with pytest.raises(ValueError, match="secret_key: required"):
         ClientSecurity(mode="curve", server_key="s")
+
+
+def test_keygen_does_not_replace_a_symlink_whose_key_is_not_there_now(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    # the secret lives on a volume that is not mounted at the moment
+    (folder / "pi-07.key_secret").symlink_to(tmp_path / "unmounted" / "pi-07.key_secret")
+    r = run_cli("keygen", "pi-07", "--dir", str(folder))
+    assert r.returncode == 1 and "pi-07.key_secret exists; pass --force" in r.stderr
+    assert (folder / "pi-07.key_secret").is_symlink() and not (folder / "pi-07.key").exists()
