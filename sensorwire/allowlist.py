@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -63,6 +64,11 @@ class AllowList:
             raise keys.KeyFileError(
                 f"[security] {self.setting}: {self.folder}: no such folder (create it and put "
                 "the clients' public .key files in it)")
+        mode = self.folder.stat().st_mode
+        if mode & stat.S_IWOTH:
+            log.warning("[security] %s: %s can be written by other users (mode %o): anyone who "
+                        "can write there can let a key in; make it 0755: chmod 755 %s",
+                        self.setting, self.folder, stat.S_IMODE(mode), self.folder)
         self.refresh()
         if not self._listed:
             raise keys.KeyFileError(f"[security] {self.setting}: {self.folder}: cannot be listed "

@@ -228,3 +228,34 @@ def test_one_changed_file_among_thousands_is_the_one_read(
     (folder / "pi-7.key").write_text(f'curve\n    public-key = "{public.decode()}"\n')
     assert allow.refresh()
     assert read == [folder / "pi-7.key"] and len(allow.by_raw) == 2000
+
+
+def test_a_folder_deleted_and_made_again_is_read_again(folder: Path, made: Path) -> None:
+    shutil.copy(made / "pi-1.key", folder)
+    allow = AllowList(folder)
+    allow.load()
+    shutil.rmtree(folder)
+    assert not allow.refresh() and names(allow) == ["pi-1"]  # kept while it is gone
+    folder.mkdir()
+    shutil.copy(made / "pi-2.key", folder)
+    assert allow.refresh() and names(allow) == ["pi-2"]
+    shutil.rmtree(folder)
+    allow.refresh()
+    folder.mkdir()
+    shutil.copy(made / "pi-2.key", folder)  # the same again: nothing changed
+    assert not allow.refresh() and names(allow) == ["pi-2"]
+
+
+def test_a_folder_others_may_write_to_is_warned_about(
+        folder: Path, made: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.copy(made / "pi-1.key", folder)
+    folder.chmod(0o777)  # anyone on the machine could let any key in
+    with caplog.at_level(logging.WARNING):
+        AllowList(folder).load()
+    assert f"{folder} can be written by other users (mode 777): anyone who can write there " \
+           "can let a key in; make it 0755" in caplog.text
+    caplog.clear()
+    folder.chmod(0o755)
+    with caplog.at_level(logging.WARNING):
+        AllowList(folder).load()
+    assert "can be written" not in caplog.text
