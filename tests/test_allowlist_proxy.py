@@ -120,3 +120,33 @@ def test_an_allow_list_folder_that_is_a_symlink_follows_the_link_when_it_is_swap
     wait_until(lambda: "accepted pi-2" in p.log(), timeout_s=15,
                what="pi-2 accepted once the link names the folder that holds its key")
     assert "removed pi-1" in p.log()
+
+
+def test_hostile_files_in_the_folder_cost_nothing_and_stop_no_other_key(
+        tmp_path: Path, procs: Any, proxy: Callable[[Path], Proxy]) -> None:
+    keys = KeyRing(tmp_path)
+    keys.make("proxy", "pi-1", "pi-2")
+    front = tcp()
+    p = proxy(proxy_config(tmp_path, keys, keys.agents, front))
+    start_agent(procs, tmp_path, keys, "pi-1", front)
+    pi1 = keys.z85("pi-1")
+    wait_until(lambda: f"unknown public key {pi1}" in p.log(), what="pi-1 refused")
+
+    folder = keys.agents
+    with open(folder / "big.key", "wb") as f:  # sparse: 1 GB of zeros, one line
+        f.truncate(1 << 30)
+    (folder / "zero.key").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.key")
+    (folder / "gone.key").symlink_to(tmp_path / "nowhere.key")
+    (folder / "loop.key").symlink_to("loop.key")
+    shutil.copy(keys.secret("pi-2"), folder / "pi-2.key")
+    shutil.copy(keys.public("pi-2"), folder / "x\nINFO accepted pi-9.key")
+    keys.allow(folder, "pi-1")
+    wait_until(lambda: "accepted pi-1" in p.log(), timeout_s=15,
+               what="pi-1 accepted, whatever else is in the folder")
+    log = p.log()
+    assert "pi-2.key holds a secret key; refusing it" in log
+    assert "\nINFO accepted pi-9" not in log and "cannot be listed" not in log
+    status = Path(f"/proc/{p.popen.pid}/status").read_text()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kib < 200 * 1024, status  # nothing was read whole
