@@ -8,6 +8,7 @@ production file can be checked on another machine.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -193,3 +194,13 @@ def test_keygen_does_not_replace_a_symlink_whose_key_is_not_there_now(tmp_path: 
     r = run_cli("keygen", "pi-07", "--dir", str(folder))
     assert r.returncode == 1 and "pi-07.key_secret exists; pass --force" in r.stderr
     assert (folder / "pi-07.key_secret").is_symlink() and not (folder / "pi-07.key").exists()
+
+
+def test_keygen_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        public, secret = keys.generate("pi-07", tmp_path / "keys")
+    finally:
+        os.umask(old)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert public.stat().st_mode & 0o777 == 0o644
