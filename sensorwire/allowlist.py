@@ -45,6 +45,10 @@ class _File(NamedTuple):
     again: bool         # read it again at the next look (see _read)
 
 
+def _accepted(files: dict[str, _File]) -> dict[str, bytes]:
+    return {name: f.raw for name, f in files.items() if f.raw is not None}
+
+
 class AllowList:
     def __init__(self, folder: str | Path, setting: str = "authorized_keys") -> None:
         self.folder = Path(folder).expanduser()
@@ -100,8 +104,7 @@ class AllowList:
         now = time.time_ns()
         files = {name: self._read(name, stamp, self._files.get(name), now)
                  for name, stamp in listing.items()}
-        changed = files.keys() != self._files.keys() or any(
-            f.raw != self._files[n].raw for n, f in files.items())
+        changed = _accepted(files) != _accepted(self._files)  # a file refused changes nothing
         self._files = files
         if not changed and not first:
             return False
