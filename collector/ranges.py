@@ -66,21 +66,30 @@ class RangeSet:
 
     def remove(self, first: int, last: int) -> int:
         """Remove ``first..last``; returns how many numbers were there."""
-        removed = 0
+        return sum(b - a + 1 for a, b in self.take(first, last))
+
+    def take(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Remove ``first..last``; returns the ranges of the numbers that were there."""
+        taken: list[tuple[int, int]] = []
+        if last < first:
+            return taken
+        # only the ranges that overlap first..last change: those from i to j - 1
+        i = bisect.bisect_left(self._lasts, first)
+        j = bisect.bisect_right(self._firsts, last)
+        if i >= j:
+            return taken
         new_f: list[int] = []
         new_l: list[int] = []
-        for a, b in self:
-            if b < first or a > last:
-                new_f.append(a)
-                new_l.append(b)
-                continue
-            removed += min(b, last) - max(a, first) + 1
+        for a, b in zip(self._firsts[i:j], self._lasts[i:j], strict=True):
+            lo, hi = max(a, first), min(b, last)
+            taken.append((lo, hi))
+            self.count -= hi - lo + 1
             if a < first:
                 new_f.append(a)
                 new_l.append(first - 1)
             if b > last:
                 new_f.append(last + 1)
                 new_l.append(b)
-        self._firsts, self._lasts = new_f, new_l
-        self.count -= removed
-        return removed
+        self._firsts[i:j] = new_f
+        self._lasts[i:j] = new_l
+        return taken

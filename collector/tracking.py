@@ -388,13 +388,15 @@ class Tracker:
         b = dev.boots.get(r.boot_id)
         if b is None:
             return
-        n = b.missing.remove(r.first, r.last)
-        if n:
-            b.lost.add(r.first, r.last)
+        # only what is missing here: the answer may cover seqs received since they were asked
+        # for (another collector's request, a copy through another proxy)
+        for first, last in b.missing.take(r.first, r.last):
+            b.lost.add(first, last)
+            n = last - first + 1
             dev.lost += n
             log.warning("device %s: %d frames (boot %d, seq %d-%d) are lost for good: the agent "
-                        "no longer has them", dev.device, n, r.boot_id, r.first, r.last)
-            self.emit(Lost(dev.site, dev.device, r.boot_id, r.first, r.last))
+                        "no longer has them", dev.device, n, r.boot_id, first, last)
+            self.emit(Lost(dev.site, dev.device, r.boot_id, first, last))
 
     def forget(self, frame: CheckedFrame, now: float) -> None:
         """A frame accepted earlier never reached storage: treat it as missing again."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sensorwire.collector.events import Counts, Event, Presence
+from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.tracking import (
     JOIN_GRACE_S,
@@ -37,8 +37,10 @@ class Fixture:
         return self.tracker.on_frame(f, self.now, int(self.now * NS))
 
     def heartbeat(self, device: str, last_seq: int, boot_id: int = 1,
-                  stopping: bool = False) -> bool:
+                  stopping: bool = False, unavailable: tuple[tuple[int, int], ...] = ()) -> bool:
         hb = Heartbeat(interval_s=1.0, last_seq=last_seq, clock_synced=True, stopping=stopping)
+        for first, last in unavailable:
+            hb.unavailable.add(boot_id=boot_id, first=first, last=last)
         f = CheckedFrame("gh", device, boot_id, 0, int(self.now * NS), "", 0, EMPTY, (), hb)
         return self.tracker.on_frame(f, self.now, int(self.now * NS))
 
@@ -213,3 +215,25 @@ def test_presence_lines_are_bounded_and_the_rest_counted(caplog: pytest.LogCaptu
         f.wait(PRESENCE_LOG_WINDOW_S)
         assert "70 more presence changes in 10 s not logged one by one (offline 70)" in caplog.text
     assert sum(isinstance(e, Presence) for e in f.events) == 2 * n  # every change handed on
+
+
+def lost(f: Fixture) -> list[tuple[int, int]]:
+    return [(e.first, e.last) for e in f.events if isinstance(e, Lost)]
+
+
+def test_gone_counts_only_the_seqs_still_missing() -> None:
+    # the agent answers every collector's requests at once: its "gone" may cover seqs this
+    # collector received meanwhile (another collector asked, or they came by another proxy)
+    f = Fixture(max_devices=10)
+    f.frame("a", 1)
+    f.frame("a", 11)  # 2..10 missing
+    assert f.frame("a", 4) and f.frame("a", 5)  # out of order
+    f.heartbeat("a", 11, unavailable=((1, 10),))
+    dev = f.tracker.devices["a"]
+    assert lost(f) == [(2, 3), (6, 10)]
+    assert dev.lost == 7 == sum(e.count for e in f.events if isinstance(e, Lost))
+    assert dev.gaps == 7 and f.gaps("a") == []
+    assert not f.frame("a", 4)  # stored already: a duplicate, not a late frame
+    assert not f.frame("a", 1)
+    f.heartbeat("a", 11, unavailable=((1, 10),))  # the same answer again (through a second proxy)
+    assert dev.lost == 7 and len(lost(f)) == 2
