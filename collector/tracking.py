@@ -15,6 +15,11 @@ And it asks for missing frames: a :class:`RepairRequest` per device with gaps,
 first after ``repair_delay_s`` (a replay may fill them by itself), then with
 exponential backoff, up to ``repair_attempts`` times.
 
+At start (:meth:`Tracker.resume`) the seqs storage misses are asked for
+again, but an agent saying they are gone does not count them as lost: storage
+keeps how many frames were lost, not which, so the collector before this one
+may have counted them already.  They stay gaps (``sensorwire status``).
+
 Per-frame work is a few dictionary and attribute reads; everything else
 happens in :meth:`Tracker.tick`, about once a second.
 
@@ -85,6 +90,9 @@ class BootTrack:
     floor: int = 0          # seqs below this came before we listened: accepted, never gaps
     missing: RangeSet = field(default_factory=RangeSet)
     lost: RangeSet = field(default_factory=RangeSet)
+    # seqs storage had not at start: asked for again, but not counted lost again when the agent
+    # says they are gone (the collector before us may have counted them; storage cannot tell)
+    resumed: RangeSet = field(default_factory=RangeSet)
     last_seen: float = 0.0
 
 
@@ -180,6 +188,7 @@ class Tracker:
             b.max_seq = max(b.max_seq, rb.max_seq)
             for first, last in rb.missing:
                 b.missing.add(first, last)
+                b.resumed.add(first, last)
             seen = now - max(0, now_ns - rb.last_seen_ns) / 1e9
             b.last_seen = seen
             if rb.last_seen_ns >= dev.last_seen_ns:
@@ -262,6 +271,8 @@ class Tracker:
             b.max_seq = seq
         elif b.missing.discard(seq) or b.lost.discard(seq) or seq < b.floor:
             dev.out_of_order += 1
+            if b.resumed:
+                b.resumed.discard(seq)
         else:
             dev.duplicates += 1
             return False
@@ -390,13 +401,27 @@ class Tracker:
             return
         # only what is missing here: the answer may cover seqs received since they were asked
         # for (another collector's request, a copy through another proxy)
-        for first, last in b.missing.take(r.first, r.last):
-            b.lost.add(first, last)
+        for first, last in self._new_losses(b, b.missing.take(r.first, r.last)):
             n = last - first + 1
             dev.lost += n
             log.warning("device %s: %d frames (boot %d, seq %d-%d) are lost for good: the agent "
                         "no longer has them", dev.device, n, r.boot_id, first, last)
             self.emit(Lost(dev.site, dev.device, r.boot_id, first, last))
+
+    @staticmethod
+    def _new_losses(b: BootTrack, gone: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Move ``gone`` (seqs that were missing) to the boot's lost; returns the part not
+        missing already at start (the rest may have been counted lost before a restart)."""
+        for first, last in gone:
+            b.lost.add(first, last)
+        if not b.resumed:
+            return gone
+        new = RangeSet()
+        for first, last in gone:
+            new.add(first, last)
+            for a, z in b.resumed.take(first, last):
+                new.remove(a, z)
+        return list(new)
 
     def forget(self, frame: CheckedFrame, now: float) -> None:
         """A frame accepted earlier never reached storage: treat it as missing again."""

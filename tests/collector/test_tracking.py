@@ -237,3 +237,20 @@ def test_gone_counts_only_the_seqs_still_missing() -> None:
     assert not f.frame("a", 1)
     f.heartbeat("a", 11, unavailable=((1, 10),))  # the same answer again (through a second proxy)
     assert dev.lost == 7 and len(lost(f)) == 2
+
+
+def test_gone_is_not_counted_again_for_what_storage_missed_at_start() -> None:
+    # storage keeps how many frames were lost, not which: what it misses at start may have been
+    # counted lost by the collector before this one; it is asked for again all the same
+    f = Fixture(max_devices=10)
+    f.tracker.resume([ResumeBoot("gh", "a", 1, 40, [(13, 37)], int(f.now * NS), "online")])
+    f.wait(1)
+    assert f.requests  # asked for again: the agent may still have them
+    assert f.frame("a", 20)  # one of them came after all
+    f.frame("a", 45)  # 41..44 missing now, in this collector's time
+    f.heartbeat("a", 45, unavailable=((10, 44),))
+    dev = f.tracker.devices["a"]
+    assert lost(f) == [(41, 44)] and dev.lost == 4
+    assert f.gaps("a") == [] and dev.gaps == 24 + 4  # 13..37 but 20 are still gaps
+    assert f.frame("a", 30)  # a late one is still taken, as out of order
+    assert dev.gaps == 27
