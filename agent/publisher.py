@@ -459,12 +459,12 @@ class Publisher:
                 if mine:
                     hit = self._recent(seq, oldest)
                     if hit is not None:
-                        if resent >= frames:
+                        # a full queue is no answer: the rest is left to the next request
+                        if resent >= frames or not self._send_on(on, hit):
                             cut = True
                             break
-                        if self._send_on(on, hit):
-                            resent += 1
-                            have = True
+                        resent += 1
+                        have = True
                 if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):
                     have = True  # the replay will bring it
                 if have:
