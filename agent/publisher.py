@@ -465,7 +465,8 @@ class Publisher:
                             break
                         resent += 1
                         have = True
-                if not have and self.spool is not None and self.spool.holds(r.boot_id, seq):
+                if not have and self.spool is not None and (
+                        self.spool.holds(r.boot_id, seq) or self._holding(r.boot_id, seq)):
                     have = True  # the replay will bring it
                 if have:
                     if run_start is not None:
@@ -494,6 +495,12 @@ class Publisher:
         self._log_repair(len(req.ranges), resent, n_gone)
         if unavailable:
             self._unavailable.extend(unavailable)
+
+    def _holding(self, boot_id: int, seq: int) -> bool:
+        """Is ``seq`` of ``boot_id`` the replayed frame ZeroMQ refused, out of the spool and
+        waiting to be sent again?"""
+        held = self._held
+        return held is not None and held[0] == boot_id and held[1] == seq
 
     def _log_repair(self, ranges: int, resent: int, gone: int) -> None:
         """The repair INFO line, at most one every REPAIR_LOG_S (summing the requests between)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -17,6 +18,7 @@ from support import tcp, wait_until
 
 from sensorwire.agent.config import PublishConfig
 from sensorwire.agent.publisher import Publisher
+from sensorwire.agent.spool import Spool
 from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
@@ -71,6 +73,27 @@ class Upstream:
 def publish(p: Publisher, n: int) -> None:
     for _ in range(n):
         p.publish(*p.build_data("env", READINGS, time.time_ns()))
+
+
+def test_the_replayed_frame_a_full_queue_refused_is_not_called_gone(
+        ctx: zmq.Context[zmq.Socket[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    up = Upstream(ctx)
+    p = Publisher("gh", "pi-07", PublishConfig(connect=[up.endpoint]),
+                  spool=Spool(tmp_path, max_bytes=1 << 20))
+    p.open(ctx)
+    try:
+        publish(p, 1)  # nobody listens: spooled
+        up.subscribe(p)
+        with monkeypatch.context() as m:
+            m.setattr(p, "_send", lambda msg: False)  # the queue is full
+            p.replay()  # seq 1 leaves the spool, is refused, and waits to be sent again
+        assert p.replaying
+        up.ask(p, 1, 1)
+        assert p.take_unavailable() == []
+        wait_until(lambda: p.replay() is None, what="the replay")
+        assert up.seqs() == [1]
+    finally:
+        p.close()
 
 
 def test_a_frame_a_full_queue_kept_from_being_resent_is_left_to_the_next_request(
