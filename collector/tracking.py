@@ -281,7 +281,9 @@ class Tracker:
             frame.time_unix_nano = now_ns  # never store 1970 as if it were true
             frame.flags |= FLAG_TIME_REPLACED
             self.times_replaced += 1
-        elif dev.skewed:
+        elif dev.skewed or frame.time_unix_nano - now_ns > self.max_skew_s * 1e9:
+            # (a time in the future is a wrong clock even before a heartbeat says so; one in
+            # the past may be an old frame: a replay, a repair)
             frame.flags |= FLAG_SKEWED
             self.frames_skewed += 1
         return True
