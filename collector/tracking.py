@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +75,7 @@ PRESENCE_LOG_WINDOW_S = 10.0  # (a fleet starting at once, or made-up devices, n
 JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
 MAX_RANGES_PER_REQUEST = 256
+MAX_GAP_RANGES = 4096      # ranges of missing and lost seqs kept per boot; then the oldest half go
 DEFAULT_HEARTBEAT_S = 5.0
 MAX_DEVICES = 100_000      # the default of [limits] max_devices
 _TOTALS = ("frames", "gaps", "duplicates", "out_of_order", "restarts", "lost")
@@ -191,6 +193,7 @@ class Tracker:
                 b.resumed.add(first, last)
             seen = now - max(0, now_ns - rb.last_seen_ns) / 1e9
             b.last_seen = seen
+            self._bound_gaps(dev, b)
             if rb.last_seen_ns >= dev.last_seen_ns:
                 dev.current_boot = rb.boot_id
                 dev.last_seen_ns = rb.last_seen_ns
@@ -273,6 +276,8 @@ class Tracker:
             dev.out_of_order += 1
             if b.resumed:
                 b.resumed.discard(seq)
+            if len(b.missing) + len(b.lost) > MAX_GAP_RANGES:  # a frame into a gap splits it
+                self._bound_gaps(dev, b)
         else:
             dev.duplicates += 1
             return False
@@ -393,6 +398,7 @@ class Tracker:
 
     def _gap(self, dev: DeviceTrack, b: BootTrack, first: int, last: int, now: float) -> None:
         b.missing.add(first, last)
+        self._bound_gaps(dev, b)
         if self.repair and dev.repair_due is None:
             dev.repair_due = now + self.repair_delay_s
             dev.repair_attempt = 0
@@ -409,6 +415,25 @@ class Tracker:
             log.warning("device %s: %d frames (boot %d, seq %d-%d) are lost for good: the agent "
                         "no longer has them", dev.device, n, r.boot_id, first, last)
             self.emit(Lost(dev.site, dev.device, r.boot_id, first, last))
+        self._bound_gaps(dev, b)
+
+    def _bound_gaps(self, dev: DeviceTrack, b: BootTrack) -> None:
+        """Keep at most MAX_GAP_RANGES ranges of missing and lost seqs in a boot (a lossy link
+        over months, or a device skipping every other seq, would grow them without end).  The
+        oldest half go: counted on as gaps, no longer asked for, and a seq below them is then
+        taken as out of order, never a duplicate (which of them came is no longer known;
+        storage stores each frame once)."""
+        if len(b.missing) + len(b.lost) <= MAX_GAP_RANGES:
+            return
+        lasts = sorted(last for _, last in itertools.chain(b.missing, b.lost))
+        below = lasts[len(lasts) // 2] + 1
+        n = b.missing.remove(0, below - 1) + b.lost.remove(0, below - 1)
+        b.resumed.remove(0, below - 1)
+        b.floor = max(b.floor, below)
+        dev.gaps_retired += n
+        _full.warning(f"gaps:{dev.device}", "device %s: more than %d ranges of missing frames in "
+                      "a boot: %d frames missing below seq %d are no longer asked for (still "
+                      "counted as gaps)", dev.device, MAX_GAP_RANGES, n, below)
 
     @staticmethod
     def _new_losses(b: BootTrack, gone: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -433,6 +458,7 @@ class Tracker:
         b = dev.boots.get(frame.boot_id)
         if b is not None:
             b.missing.add(frame.seq, frame.seq)
+            self._bound_gaps(dev, b)
             dev.frames -= 1
             if self.repair and dev.repair_due is None:
                 dev.repair_due = now + self.repair_delay_s

@@ -9,6 +9,7 @@ from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.tracking import (
     JOIN_GRACE_S,
+    MAX_GAP_RANGES,
     PRESENCE_LOG_BURST,
     PRESENCE_LOG_WINDOW_S,
     DeviceTableFull,
@@ -254,3 +255,21 @@ def test_gone_is_not_counted_again_for_what_storage_missed_at_start() -> None:
     assert f.gaps("a") == [] and dev.gaps == 24 + 4  # 13..37 but 20 are still gaps
     assert f.frame("a", 30)  # a late one is still taken, as out of order
     assert dev.gaps == 27
+
+
+def test_the_gaps_of_a_boot_are_kept_in_bounded_memory() -> None:
+    # a device skipping every other seq (or a lossy link over months): a range per hole
+    f = Fixture(max_devices=10)
+    holes = 3 * MAX_GAP_RANGES
+    for seq in range(1, 2 * holes + 2, 2):
+        f.frame("a", seq)
+    f.heartbeat("a", 2 * holes + 1, unavailable=((2, 2 * MAX_GAP_RANGES),))  # some said gone
+    dev = f.tracker.devices["a"]
+    b = dev.boots[1]
+    assert len(b.missing) + len(b.lost) <= MAX_GAP_RANGES
+    assert dev.gaps == holes  # every hole still counted
+    assert 2 * holes in b.missing  # the newest are still asked for
+    assert f.frame("a", 2)  # the oldest are no longer known: a late one is taken, out of order
+    assert dev.out_of_order == 1
+    f.wait(1)
+    assert f.requests
