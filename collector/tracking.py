@@ -517,11 +517,9 @@ class Tracker:
         req = RepairRequest(device_id=dev.device)
         n = 0
         for boot_id, b in dev.boots.items():
-            for first, last in b.missing:
+            for first, last in itertools.islice(b.missing, MAX_RANGES_PER_REQUEST - len(req.ranges)):
                 req.ranges.add(boot_id=boot_id, first=first, last=last)
                 n += last - first + 1
-                if len(req.ranges) >= MAX_RANGES_PER_REQUEST:
-                    break
         if not req.ranges:
             dev.repair_due = None
             dev.repair_attempt = 0

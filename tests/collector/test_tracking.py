@@ -10,13 +10,14 @@ from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.tracking import (
     JOIN_GRACE_S,
     MAX_GAP_RANGES,
+    MAX_RANGES_PER_REQUEST,
     PRESENCE_LOG_BURST,
     PRESENCE_LOG_WINDOW_S,
     DeviceTableFull,
     ResumeBoot,
     Tracker,
 )
-from sensorwire.proto.v1.telemetry_pb2 import Heartbeat
+from sensorwire.proto.v1.telemetry_pb2 import Heartbeat, RepairRequest
 
 NS = 1_000_000_000
 OFFLINE_S = 10.0
@@ -273,3 +274,14 @@ def test_the_gaps_of_a_boot_are_kept_in_bounded_memory() -> None:
     assert dev.out_of_order == 1
     f.wait(1)
     assert f.requests
+
+
+def test_a_repair_request_holds_at_most_max_ranges_per_request_ranges_whatever_the_boots() -> None:
+    f = Fixture(max_devices=10)
+    for boot in (1, 2, 3):
+        for seq in range(1, 2 * MAX_RANGES_PER_REQUEST + 2, 2):
+            f.frame("a", seq, boot_id=boot)
+    f.wait(1)
+    req = RepairRequest.FromString(f.requests[-1][1:])
+    assert len(req.ranges) == MAX_RANGES_PER_REQUEST
+    assert {r.boot_id for r in req.ranges} == {1}
