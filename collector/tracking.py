@@ -245,12 +245,15 @@ class Tracker:
             dev = self._admit(frame, now)
         boot_id = frame.boot_id
         b = dev.boots.get(boot_id)
+        fresh = b is None
         if b is None:
             b = self._new_boot(dev, boot_id, frame, now)
         dev.last_seen = b.last_seen = now
         dev.last_seen_ns = now_ns
         dev.changed = True
-        if dev.state != "online":
+        if dev.state != "online" and (fresh or dev.state != "stopped"):
+            # a boot that stopped sends nothing new: a frame of it now is a late copy (through
+            # a slower proxy, a repair), and only a new boot brings the device back
             self._transition(dev, "online", now_ns)
         seq = frame.seq
         if seq == 0:
@@ -263,7 +266,7 @@ class Tracker:
                 b.max_seq = hb.last_seq
             for r in hb.unavailable:
                 self._unavailable(dev, r)
-            if hb.stopping and boot_id == dev.current_boot:
+            if hb.stopping and boot_id == dev.current_boot and dev.state != "stopped":
                 self._transition(dev, "stopped", now_ns)
             return True
         if seq == b.max_seq + 1:

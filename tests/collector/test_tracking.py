@@ -285,3 +285,21 @@ def test_a_repair_request_holds_at_most_max_ranges_per_request_ranges_whatever_t
     req = RepairRequest.FromString(f.requests[-1][1:])
     assert len(req.ranges) == MAX_RANGES_PER_REQUEST
     assert {r.boot_id for r in req.ranges} == {1}
+
+
+def presence(f: Fixture) -> list[str]:
+    return [e.state for e in f.events if isinstance(e, Presence)]
+
+
+def test_late_copies_after_a_clean_stop_leave_the_device_stopped() -> None:
+    # two proxies: the stopping heartbeat through one, the last frames and a second copy of it
+    # through the other, later
+    f = Fixture(max_devices=10)
+    f.frame("a", 1)
+    f.heartbeat("a", 2, stopping=True)
+    f.frame("a", 2)
+    f.frame("a", 2)
+    f.heartbeat("a", 2, stopping=True)
+    assert presence(f) == ["online", "stopped"]
+    f.frame("a", 1, boot_id=2)  # the agent starts again
+    assert presence(f) == ["online", "stopped", "online"]
