@@ -89,7 +89,10 @@ class DeviceTableFull(Exception):
 @dataclass(slots=True)
 class BootTrack:
     max_seq: int = 0
-    floor: int = 0          # seqs below this came before we listened: accepted, never gaps
+    floor: int = 0          # seqs below this may have come already: accepted, never gaps
+    # seqs sent before we joined this boot's stream: never gaps; the first copy of each that
+    # comes (a replay) is taken, out of order, and any other copy is a duplicate
+    before: RangeSet = field(default_factory=RangeSet)
     missing: RangeSet = field(default_factory=RangeSet)
     lost: RangeSet = field(default_factory=RangeSet)
     # seqs storage had not at start: asked for again, but not counted lost again when the agent
@@ -275,11 +278,11 @@ class Tracker:
             if dev.tracked:
                 self._gap(dev, b, b.max_seq + 1, seq - 1, now)
             b.max_seq = seq
-        elif b.missing.discard(seq) or b.lost.discard(seq) or seq < b.floor:
+        elif b.missing.discard(seq) or b.lost.discard(seq) or b.before.discard(seq) or seq < b.floor:
             dev.out_of_order += 1
             if b.resumed:
                 b.resumed.discard(seq)
-            if len(b.missing) + len(b.lost) > MAX_GAP_RANGES:  # a frame into a gap splits it
+            if len(b.missing) + len(b.lost) + len(b.before) > MAX_GAP_RANGES:  # a frame splits one
                 self._bound_gaps(dev, b)
         else:
             dev.duplicates += 1
@@ -388,7 +391,7 @@ class Tracker:
                 first = frame.heartbeat.last_seq + 1
             else:
                 first = frame.seq
-            b.floor = first
+            b.before.add(1, first - 1)
             b.max_seq = first - 1
         if dev.current_boot and dev.current_boot != boot_id:
             dev.restarts += 1
@@ -426,12 +429,13 @@ class Tracker:
         oldest half go: counted on as gaps, no longer asked for, and a seq below them is then
         taken as out of order, never a duplicate (which of them came is no longer known;
         storage stores each frame once)."""
-        if len(b.missing) + len(b.lost) <= MAX_GAP_RANGES:
+        if len(b.missing) + len(b.lost) + len(b.before) <= MAX_GAP_RANGES:
             return
-        lasts = sorted(last for _, last in itertools.chain(b.missing, b.lost))
+        lasts = sorted(last for _, last in itertools.chain(b.missing, b.lost, b.before))
         below = lasts[len(lasts) // 2] + 1
         n = b.missing.remove(0, below - 1) + b.lost.remove(0, below - 1)
         b.resumed.remove(0, below - 1)
+        b.before.remove(0, below - 1)
         b.floor = max(b.floor, below)
         dev.gaps_retired += n
         _full.warning(f"gaps:{dev.device}", "device %s: more than %d ranges of missing frames in "

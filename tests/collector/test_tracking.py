@@ -303,3 +303,17 @@ def test_late_copies_after_a_clean_stop_leave_the_device_stopped() -> None:
     assert presence(f) == ["online", "stopped"]
     f.frame("a", 1, boot_id=2)  # the agent starts again
     assert presence(f) == ["online", "stopped", "online"]
+
+
+def test_frames_from_before_a_late_join_are_taken_once() -> None:
+    # a collector joins a boot's stream at seq 5; the agent's spool replays 1..4 through two
+    # proxies: the first copy of each is taken, the second is a duplicate
+    f = Fixture(max_devices=10)
+    f.now = f.tracker.started + 1  # within the start-up grace
+    f.frame("a", 5)
+    assert [f.frame("a", s) for s in (1, 1, 2, 3, 2, 4, 4)] == [
+        True, False, True, True, False, True, False]
+    dev = f.tracker.devices["a"]
+    assert (dev.out_of_order, dev.duplicates, dev.gaps) == (4, 3, 0)
+    f.wait(1)
+    assert f.requests == []  # never asked for: not ours to miss
