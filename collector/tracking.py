@@ -19,6 +19,9 @@ At start (:meth:`Tracker.resume`) the seqs storage misses are asked for
 again, but an agent saying they are gone does not count them as lost: storage
 keeps how many frames were lost, not which, so the collector before this one
 may have counted them already.  They stay gaps (``sensorwire status``).
+A frame the agent said is gone that comes all the same (a copy held up past
+the agent's ``ring_s``, in a stopped proxy) is taken, out of order; it stays
+counted as lost, as storage has no way to take a count back.
 
 Per-frame work is a few dictionary and attribute reads; everything else
 happens in :meth:`Tracker.tick`, about once a second.
