@@ -78,7 +78,7 @@ PRESENCE_LOG_WINDOW_S = 10.0  # (a fleet starting at once, or made-up devices, n
 JOIN_GRACE_S = 10.0        # boots first seen this soon after start may have begun before us
 MIN_VALID_NS = 1_577_836_800_000_000_000   # 2020-01-01: anything earlier is a clock that never set
 MAX_RANGES_PER_REQUEST = 256
-MAX_GAP_RANGES = 4096      # ranges of missing and lost seqs kept per boot; then the oldest half go
+MAX_GAP_RANGES = 4096      # ranges of seqs not received kept per boot; then the oldest half go
 DEFAULT_HEARTBEAT_S = 5.0
 MAX_DEVICES = 100_000      # the default of [limits] max_devices
 _TOTALS = ("frames", "gaps", "duplicates", "out_of_order", "restarts", "lost")
@@ -94,13 +94,13 @@ class BootTrack:
     max_seq: int = 0
     floor: int = 0          # seqs below this may have come already: accepted, never gaps
     # seqs sent before we joined this boot's stream: never gaps; the first copy of each that
-    # comes (a replay) is taken, out of order, and any other copy is a duplicate
-    before: RangeSet = field(default_factory=RangeSet)
+    # comes (a replay) is taken, out of order, and any other copy is a duplicate (None: none)
+    before: RangeSet | None = None
     missing: RangeSet = field(default_factory=RangeSet)
     lost: RangeSet = field(default_factory=RangeSet)
     # seqs storage had not at start: asked for again, but not counted lost again when the agent
     # says they are gone (the collector before us may have counted them; storage cannot tell)
-    resumed: RangeSet = field(default_factory=RangeSet)
+    resumed: RangeSet | None = None
     last_seen: float = 0.0
 
 
@@ -161,6 +161,7 @@ class Tracker:
         self.repair_delay_s = repair_delay_s
         self.repair_attempts = repair_attempts
         self.max_skew_s = max_skew_s
+        self._ahead_ns = int(max_skew_s * 1e9)  # a frame stamped this far in the future: skewed
         self.max_devices = max_devices
         self.devices: dict[str, DeviceTrack] = {}
         self.started = time.monotonic()
@@ -196,6 +197,8 @@ class Tracker:
             b.max_seq = max(b.max_seq, rb.max_seq)
             for first, last in rb.missing:
                 b.missing.add(first, last)
+                if b.resumed is None:
+                    b.resumed = RangeSet()
                 b.resumed.add(first, last)
             seen = now - max(0, now_ns - rb.last_seen_ns) / 1e9
             b.last_seen = seen
@@ -281,21 +284,22 @@ class Tracker:
             if dev.tracked:
                 self._gap(dev, b, b.max_seq + 1, seq - 1, now)
             b.max_seq = seq
-        elif b.missing.discard(seq) or b.lost.discard(seq) or b.before.discard(seq) or seq < b.floor:
+        elif (b.missing.discard(seq) or b.lost.discard(seq) or seq < b.floor
+              or (b.before is not None and b.before.discard(seq))):
             dev.out_of_order += 1
             if b.resumed:
                 b.resumed.discard(seq)
-            if len(b.missing) + len(b.lost) + len(b.before) > MAX_GAP_RANGES:  # a frame splits one
-                self._bound_gaps(dev, b)
+            self._bound_gaps(dev, b)  # a frame into a gap splits it
         else:
             dev.duplicates += 1
             return False
         dev.frames += 1
-        if frame.time_unix_nano < MIN_VALID_NS:
+        t = frame.time_unix_nano
+        if t < MIN_VALID_NS:
             frame.time_unix_nano = now_ns  # never store 1970 as if it were true
             frame.flags |= FLAG_TIME_REPLACED
             self.times_replaced += 1
-        elif dev.skewed or frame.time_unix_nano - now_ns > self.max_skew_s * 1e9:
+        elif dev.skewed or t > now_ns + self._ahead_ns:
             # (a time in the future is a wrong clock even before a heartbeat says so; one in
             # the past may be an old frame: a replay, a repair)
             frame.flags |= FLAG_SKEWED
@@ -394,7 +398,9 @@ class Tracker:
                 first = frame.heartbeat.last_seq + 1
             else:
                 first = frame.seq
-            b.before.add(1, first - 1)
+            if first > 1:
+                b.before = RangeSet()
+                b.before.add(1, first - 1)
             b.max_seq = first - 1
         if dev.current_boot and dev.current_boot != boot_id:
             dev.restarts += 1
@@ -427,18 +433,20 @@ class Tracker:
         self._bound_gaps(dev, b)
 
     def _bound_gaps(self, dev: DeviceTrack, b: BootTrack) -> None:
-        """Keep at most MAX_GAP_RANGES ranges of missing and lost seqs in a boot (a lossy link
-        over months, or a device skipping every other seq, would grow them without end).  The
-        oldest half go: counted on as gaps, no longer asked for, and a seq below them is then
-        taken as out of order, never a duplicate (which of them came is no longer known;
-        storage stores each frame once)."""
-        if len(b.missing) + len(b.lost) + len(b.before) <= MAX_GAP_RANGES:
+        """Keep at most MAX_GAP_RANGES ranges of seqs not received in a boot (missing, lost,
+        from before we joined): a lossy link over months, or a device skipping every other seq,
+        would grow them without end.  The oldest half go: counted on as gaps, no longer asked
+        for, and a seq below them is then taken as out of order, never a duplicate (which of
+        them came is no longer known; storage stores each frame once)."""
+        before = b.before or ()
+        if len(b.missing) + len(b.lost) + len(before) <= MAX_GAP_RANGES:
             return
-        lasts = sorted(last for _, last in itertools.chain(b.missing, b.lost, b.before))
+        lasts = sorted(last for _, last in itertools.chain(b.missing, b.lost, before))
         below = lasts[len(lasts) // 2] + 1
         n = b.missing.remove(0, below - 1) + b.lost.remove(0, below - 1)
-        b.resumed.remove(0, below - 1)
-        b.before.remove(0, below - 1)
+        for gone in (b.resumed, b.before):
+            if gone is not None:
+                gone.remove(0, below - 1)
         b.floor = max(b.floor, below)
         dev.gaps_retired += n
         _full.warning(f"gaps:{dev.device}", "device %s: more than %d ranges of missing frames in "
