@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,9 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         if not p.exists():
             raise StoreError(f"{p}: no such database (is the path right? the collector creates it)")
-        uri = f"file:{p.resolve()}?mode=ro"
+        # quoted: a '#', '?' or '%' in the name would end or change the path, opening (and
+        # creating) another file, read-write
+        uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=10.0)
     else:
         if p.parent and not p.parent.exists():
