@@ -163,6 +163,11 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         # creating) another file, read-write
         uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        try:
+            _check_version(p, _schema_version(p, conn))
+        except BaseException:
+            conn.close()
+            raise
     else:
         if p.parent and not p.parent.exists():
             raise StoreError(f"{p}: the folder {p.parent} does not exist")
@@ -181,13 +186,41 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
                              "a new one when the file does not exist)") from None
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            conn.close()
-            raise StoreError(
-                f"{p}: schema version {row[0]} is newer than this sensorwire understands "
-                f"({SCHEMA_VERSION}); upgrade sensorwire"
-            )
+        else:
+            try:
+                _check_version(p, row[0])
+            except StoreError:
+                conn.close()
+                raise
     return conn
+
+
+def _schema_version(p: Path, conn: sqlite3.Connection) -> str:
+    """A reader's first read: ``meta.schema_version``, or :class:`StoreError` saying why the
+    file cannot be read."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise StoreError(f"{p}: not a sensorwire database (it has no meta table)") from None
+        if "readonly" in str(exc) or "unable to open" in str(exc):
+            # a WAL database with no -shm beside it (the collector is not running): SQLite
+            # must create it, in a folder this user may not write to
+            raise StoreError(f"{p}: cannot be read ({exc}): while the collector is stopped, "
+                             f"reading it takes write access to {p.parent} (for SQLite's "
+                             f"{p.name}-shm); run this as the collector's user") from None
+        raise StoreError(f"{p}: {exc}") from None  # locked past the timeout, I/O error
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        raise StoreError(f"{p}: {exc} (is it a sensorwire database?)") from None
+    if row is None:
+        raise StoreError(f"{p}: not a sensorwire database (no schema_version in its meta table)")
+    return str(row[0])
+
+
+def _check_version(p: Path, version: str) -> None:
+    if int(version) > SCHEMA_VERSION:
+        raise StoreError(f"{p}: schema version {version} is newer than this sensorwire "
+                         f"understands ({SCHEMA_VERSION}); upgrade sensorwire")
 
 
 class SqliteWriter:

@@ -5,6 +5,7 @@ slowly (a pager, a pipe nobody empties) neither holds the collector's WAL nor ke
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -42,3 +43,20 @@ def test_the_file_read_is_the_one_named_whatever_its_name(tmp_path: Path, name: 
     assert run_cli("status", "--db", str(db), "--format", "json").stdout.count('"frames": 3') == 1
     # nothing beside it but its own -wal and -shm
     assert {n for n in os.listdir(tmp_path) if not n.startswith(db.name)} == set()
+
+
+def test_a_database_of_a_newer_schema_or_no_sensorwire_tables_is_refused(tmp_path: Path) -> None:
+    db = database(tmp_path / "new.db")
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    for cmd in ("query", "status", "alerts"):
+        r = run_cli(cmd, "--db", str(db))
+        assert r.returncode == 1 and "schema version 2 is newer" in r.stderr, (cmd, r.stderr)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for cmd in ("query", "status", "alerts"):
+        r = run_cli(cmd, "--db", str(empty))
+        assert r.returncode == 1 and "not a sensorwire database" in r.stderr, (cmd, r.stderr)
+        assert "Traceback" not in r.stderr
