@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sensorwire")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+_I64 = 1 << 63
 
 
 # -- roles ------------------------------------------------------------------
@@ -168,7 +169,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         until = parse_time_ns(args.until) if args.until else None
     except ValueError as exc:
         raise _Usage(f"query: {exc}") from None
-    f = QueryFilter(args.device, args.sensor, args.metric, since, until, args.limit)
+    # a store's times and limits are 64-bit: a time before 1678 or after 2262, or a limit past
+    # 2^63, bounds nothing (and would not fit in a query)
+    since, until, limit = (None if v is None else max(-_I64, min(v, _I64 - 1))
+                           for v in (since, until, args.limit))
+    f = QueryFilter(args.device, args.sensor, args.metric, since, until, limit)
     return query.run(args.db, f, args.format)
 
 
