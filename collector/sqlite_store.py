@@ -307,7 +307,7 @@ class SqliteWriter:
         ``devices.lost``, ...) keep counting what was stored, so ``status`` does not change."""
         conn = self.conn
         assert conn is not None and self.retention_ns is not None
-        cutoff = now_ns - self.retention_ns
+        cutoff = max(now_ns - self.retention_ns, -_I64_MAX - 1)  # a retention of a million days
         deadline = time.monotonic() + budget_s
         cur = conn.cursor()
         alerts = cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "

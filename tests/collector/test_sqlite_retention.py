@@ -108,3 +108,17 @@ def test_retention_days_is_a_sqlite_key_too(tmp_path: Path) -> None:
     bad = write(tmp_path / "b.toml", head + '[storage]\nkind = "sqlite"\nretention_days = 0\n')
     r = run_cli("check-config", str(bad))
     assert r.returncode == 2 and "retention_days" in r.stderr
+
+
+def test_a_retention_longer_than_any_stored_time_deletes_nothing_and_fails_nothing(
+        tmp_path: Path) -> None:
+    """retention_days = 1e6 (for "keep it all") put the cutoff before -2^63 ns: every tick of
+    the running collector ended in an OverflowError traceback."""
+    sink = SqliteSink(str(tmp_path / "t.db"), retention_days=1e6)
+    sink.open()
+    try:
+        sink.write([item(1, 5.0)])
+        assert sink.writer.trim(time.time_ns()) is False
+    finally:
+        sink.close()
+    assert counts(tmp_path / "t.db")[2] == [1]
