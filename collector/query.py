@@ -38,10 +38,11 @@ def run(db: str, f: QueryFilter, fmt: str, out: TextIO = sys.stdout) -> int:
                 w.writerow([iso_from_ns(t), dev, sensor, metric, repr(value),
                             render.printable(unit or "")])
         else:
-            out.write(render.table(
-                ["time", "device", "sensor", "metric", "value", "unit"],
-                ((iso_from_ns(t), d, s, m, f"{v:.6g}", u) for t, d, s, m, v, u, _b, _q in rows),
-            ) + "\n")
+            # written as the rows come (widths from the first rows): any number in bounded memory
+            for line in render.table_lines(
+                    ["time", "device", "sensor", "metric", "value", "unit"],
+                    ((iso_from_ns(t), d, s, m, f"{v:.6g}", u) for t, d, s, m, v, u, _b, _q in rows)):
+                out.write(line + "\n")
         out.flush()
     finally:
         reader.close()

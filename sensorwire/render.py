@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sensorwire.proto.v1.telemetry_pb2 import Frame
@@ -82,13 +83,31 @@ def json_line(obj: dict[str, Any]) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain aligned text table; cells are shown with :func:`printable`."""
-    cells = [[("" if c is None else printable(str(c))) for c in r] for r in rows]
+    return "\n".join(table_lines(headers, rows, measure=None))
+
+
+def table_lines(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+                measure: int | None = 1000) -> Iterator[str]:
+    """:func:`table`'s lines, given as the rows come: the columns are as wide as their cells
+    in the first ``measure`` rows (all of them for None), and a wider cell after those widens
+    its column from its row on.  A table of any length in bounded memory."""
+    it = iter(rows)
+    first = [_cells(r) for r in (it if measure is None else itertools.islice(it, measure))]
     widths = [len(h) for h in headers]
-    for r in cells:
+    for r in first:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    yield "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    yield "  ".join("-" * w for w in widths)
+    for r in first:
+        yield "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    del first
+    for row in it:
+        r = _cells(row)
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+        yield "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+
+def _cells(row: Sequence[Any]) -> list[str]:
+    return [("" if c is None else printable(str(c))) for c in row]
