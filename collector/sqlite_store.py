@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 _CACHE_MAX = 100_000
+WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept after a checkpoint (PRAGMA journal_size_limit)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -177,6 +178,10 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
                                    check_same_thread=False, cached_statements=512)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # a reader that holds a snapshot long (a query into a pager) lets the WAL grow past
+            # the checkpoints; once it is gone, the WAL is cut back to this at the next one
+            # instead of keeping its largest size for ever
+            conn.execute(f"PRAGMA journal_size_limit={int(WAL_SIZE_LIMIT)}")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.OperationalError as exc:  # cannot open or write: permissions, disk, locks

@@ -60,3 +60,32 @@ def test_a_database_of_a_newer_schema_or_no_sensorwire_tables_is_refused(tmp_pat
         r = run_cli(cmd, "--db", str(empty))
         assert r.returncode == 1 and "not a sensorwire database" in r.stderr, (cmd, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_the_wal_shrinks_back_once_a_long_reader_is_gone(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that held the WAL let it grow; once it is gone, the WAL goes back to a bounded
+    size at the next checkpoint instead of keeping its largest size for ever."""
+    from sensorwire.collector import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 1 << 20)
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    t0 = time.time_ns()
+    w.write(items(1, 10, t0))
+    reader = sqlite3.connect(db)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM frames").fetchone()  # a snapshot, held
+    seq = 11
+    while os.path.getsize(f"{db}-wal") < 16 << 20:
+        w.write(items(seq, 2000, t0))
+        seq += 2000
+    reader.close()
+    for _ in range(20):  # more than enough for a checkpoint and a restart of the WAL
+        w.write(items(seq, 2000, t0))
+        seq += 2000
+        if os.path.getsize(f"{db}-wal") < 8 << 20:
+            break
+    assert os.path.getsize(f"{db}-wal") < 8 << 20
+    w.close()
