@@ -620,8 +620,16 @@ class QueryFilter:
     limit: int | None = None
 
 
+QUERY_PAGE = 10_000  # rows read in one transaction by query()
+
+
 def query(conn: sqlite3.Connection, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
-    """Rows ``(time_ns, device, sensor, metric, value, unit, boot_id, seq)`` by time."""
+    """Rows ``(time_ns, device, sensor, metric, value, unit, boot_id, seq)`` by time.
+
+    Read QUERY_PAGE rows a transaction, each page after the last row of the one before: a
+    caller that takes its time (output into a pager) holds no snapshot meanwhile, which
+    would keep every frame written since in the WAL.  A frame stored while this runs is in
+    the result if it sorts after the rows read by then."""
     where: list[str] = []
     args: list[Any] = []
     if f.device is not None:
@@ -639,16 +647,31 @@ def query(conn: sqlite3.Connection, f: QueryFilter) -> Iterator[tuple[Any, ...]]
     if f.until_ns is not None:
         where.append("f.time_ns < ?")
         args.append(f.until_ns)
-    sql = (
-        "SELECT f.time_ns, d.device, f.sensor, s.metric, v.value, NULLIF(s.unit, ''), f.boot_id, f.seq "
+    select = (
+        "SELECT f.time_ns, d.device, f.sensor, s.metric, v.value, NULLIF(s.unit, ''), f.boot_id, "
+        "f.seq, f.id, v.series_id "
         "FROM frames f JOIN devices d ON d.id = f.device_key "
         "JOIN samples v ON v.frame_id = f.id JOIN series s ON s.id = v.series_id"
     )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY f.time_ns, f.id, s.metric"
-    if f.limit is not None:
-        sql += " LIMIT ?"
-        args.append(f.limit)
-    for row in conn.execute(sql, args):
-        yield row[:6] + (to_u64(row[6]), row[7])
+    order = " ORDER BY f.time_ns, f.id, s.metric, v.series_id LIMIT ?"
+    first = select + (" WHERE " + " AND ".join(where) if where else "") + order
+    # f.time_ns >= ? lets the page start in the time index; the row value says where exactly
+    after = " AND ".join([*where, "f.time_ns >= ?",
+                          "(f.time_ns, f.id, s.metric, v.series_id) > (?, ?, ?, ?)"])
+    nxt = select + " WHERE " + after + order
+    left = f.limit
+    key: tuple[Any, ...] | None = None
+    while left is None or left > 0:
+        n = QUERY_PAGE if left is None else min(QUERY_PAGE, left)
+        if key is None:
+            rows = conn.execute(first, [*args, n]).fetchall()
+        else:
+            rows = conn.execute(nxt, [*args, key[0], *key, n]).fetchall()
+        for row in rows:
+            yield row[:6] + (to_u64(row[6]), row[7])
+        if len(rows) < n:
+            return
+        if left is not None:
+            left -= n
+        last = rows[-1]
+        key = (last[0], last[8], last[3], last[9])

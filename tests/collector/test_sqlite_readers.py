@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import run_cli, wait_until
 
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter
@@ -89,3 +91,59 @@ def test_the_wal_shrinks_back_once_a_long_reader_is_gone(tmp_path: Path,
             break
     assert os.path.getsize(f"{db}-wal") < 8 << 20
     w.close()
+
+
+def test_a_query_into_a_pipe_nobody_reads_does_not_hold_the_wal(tmp_path: Path) -> None:
+    """A query held up by its reader (``| less``) once kept its read transaction, and with it
+    every frame written meanwhile in the WAL: the WAL grew as long as the pager stayed open."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    t0 = time.time_ns()
+    w.write(items(1, 3000, t0))  # 24,000 rows: far more than a pipe holds
+    p = subprocess.Popen([sys.executable, "-m", "sensorwire", "query", "--db", str(db),
+                          "--format", "csv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().startswith(b"time,")  # it reads; nobody reads what it writes
+        w.write(items(3001, 10, t0))
+        assert w.conn is not None
+        conn = w.conn
+
+        def checkpointed() -> bool:  # every frame of the WAL copied back: no reader holds it
+            _busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return bool(log == done)
+
+        wait_until(checkpointed, timeout_s=5, what="a checkpoint that no reader holds back")
+    finally:
+        p.kill()
+        p.wait()
+        w.close()
+
+
+def test_pages_of_a_query_end_anywhere_and_lose_or_repeat_no_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames of the same time, samples of one frame split across pages, a limit that ends
+    inside a page: the rows are those of one statement read at once."""
+    from sensorwire.collector import sqlite_store
+
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    t = time.time_ns()
+    w.write([(CheckedFrame("gh", dev, 1, seq, t + seq // 4, "env", 0, LAYOUT,
+                           tuple(float(seq * 10 + i) for i in range(8))), t)
+             for seq in range(1, 40) for dev in ("pi-1", "pi-2")])
+    w.close()
+    conn = sqlite_store.connect(db, readonly=True)
+    try:
+        filters = [sqlite_store.QueryFilter(), sqlite_store.QueryFilter(limit=123),
+                   sqlite_store.QueryFilter(device="pi-2", metric="m3", limit=7),
+                   sqlite_store.QueryFilter(since_ns=t + 3, until_ns=t + 6)]
+        whole = [list(sqlite_store.query(conn, f)) for f in filters]
+        assert [len(rows) for rows in whole] == [624, 123, 7, 192]
+        for page in (1, 3, 8, 10):
+            monkeypatch.setattr(sqlite_store, "QUERY_PAGE", page)
+            assert [list(sqlite_store.query(conn, f)) for f in filters] == whole, page
+    finally:
+        conn.close()
