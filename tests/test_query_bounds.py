@@ -38,6 +38,13 @@ def test_times_and_limits_past_64_bits_mean_no_bound(tmp_path: Path, args: tuple
     assert len(r.stdout.splitlines()) == 3, r.stdout  # the header and both rows
 
 
+def test_alerts_since_a_time_after_2262_lists_nothing(tmp_path: Path) -> None:
+    """It was refused as a time "before 1678"."""
+    db = database(tmp_path / "t.db")
+    r = run_cli("alerts", "--db", str(db), "--since", "9999-12-31", "--format", "json")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stderr
+
+
 class Counting:
     """A reader of ``n`` rows that notes how much had been written when the last was read."""
 
