@@ -571,10 +571,12 @@ class SqliteWriter:
             missing: list[tuple[int, int]] = []
             if top > stored:
                 expect = 1
-                # with a retention, the seqs below a boot's oldest frame kept may have been
-                # deleted by trim(), not lost: they are not asked for again (a loss there was
-                # counted when it happened)
-                trimmed = self.retention_ns is not None
+                # once trim() deleted some of a boot's frames (fewer kept than stored), the seqs
+                # below its oldest frame kept may be those, not lost: they are not asked for
+                # again (a loss there was counted when it happened)
+                trimmed = self.retention_ns is not None and self.conn.execute(
+                    "SELECT count(*) FROM frames WHERE device_key=? AND boot_id=?",
+                    (key, boot)).fetchone()[0] < stored
                 for (seq,) in self.conn.execute(
                         "SELECT seq FROM frames WHERE device_key=? AND boot_id=? ORDER BY seq",
                         (key, boot)):

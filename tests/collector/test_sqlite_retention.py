@@ -122,3 +122,20 @@ def test_a_retention_longer_than_any_stored_time_deletes_nothing_and_fails_nothi
     finally:
         sink.close()
     assert counts(tmp_path / "t.db")[2] == [1]
+
+
+def test_with_a_retention_the_gaps_of_a_boot_nothing_was_deleted_from_are_still_asked_for(
+        tmp_path: Path) -> None:
+    """Seqs below a boot's oldest frame kept were never asked for again once retention_days
+    was set, even for a boot none of whose frames was deleted: a collector restarted after
+    missing the first frames of a new boot left them missing."""
+    w = SqliteWriter(tmp_path / "t.db", retention_ns=30 * DAY_NS)
+    w.open()
+    w.write([item(s, 0.0) for s in (3, 4, 6)])  # 1, 2 and 5 never arrived
+    hb = Frame(site="gh", device_id="pi-2", boot_id=BOOT, seq=0, time_unix_nano=time.time_ns())
+    hb.heartbeat.last_seq = 4  # a boot none of whose frames arrived
+    w.write([(CheckedFrame.from_pb(hb), time.time_ns())])
+    assert w.trim(time.time_ns()) is False and w.trimmed == 0
+    missing = {b.device: b.missing for b in w.resume(0)}
+    assert missing == {"pi-1": [(1, 2), (5, 5)], "pi-2": [(1, 4)]}
+    w.close()
