@@ -17,6 +17,17 @@ def _num(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
 
 
+def _finite(v: Any) -> Any:
+    """``v`` with every float that is not finite, however deep, as its string."""
+    if isinstance(v, float):
+        return _num(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
 def frame_dict(frame: Frame, topic: str | None = None) -> dict[str, Any]:
     """The JSON object ``tail`` prints for one frame."""
     is_hb = frame.seq == 0
@@ -74,7 +85,10 @@ def _json_escape(c: str) -> str:
 def json_line(obj: dict[str, Any]) -> str:
     """One JSON object on one line, UTF-8 as it is, but every character that is not printable
     escaped (``\\u009b``): valid JSON that decodes to the same strings."""
-    text = json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+    try:
+        text = json.dumps(obj, separators=(", ", ": "), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or ±inf (an alert's value, a reading): JSON has none, see _num
+        text = json.dumps(_finite(obj), separators=(", ", ": "), ensure_ascii=False)
     if text.isprintable():
         return text
     # outside strings JSON is ASCII: what is not printable is inside a string, where \u escapes are
