@@ -128,7 +128,8 @@ _UPDATE_LAST_SEEN_WHERE = ") AS v WHERE devices.id=v.column2"
 
 
 # retention: the oldest frames first, a slice a transaction (the writer's batches wait meanwhile)
-TRIM_SLICE = 5000
+TRIM_SLICE = 5000  # frames a transaction at most; fewer where that takes long (trim_slice)
+TRIM_SLICE_MIN = 100
 TRIM_BUDGET_S = 0.2
 _OLDEST = "(SELECT id FROM frames WHERE time_ns < ? ORDER BY time_ns, id LIMIT ?)"  # by frames_time
 _TRIM_SAMPLES = "DELETE FROM samples WHERE frame_id IN " + _OLDEST
@@ -243,6 +244,7 @@ class SqliteWriter:
         self.max_params = max_params  # per statement; None: as many as this SQLite allows
         self.retention_ns = retention_ns  # frames older than this are deleted by trim()
         self.trimmed = 0  # frames deleted by trim()
+        self.trim_slice = TRIM_SLICE  # frames a trim() transaction, fitted to this machine
         self.conn: sqlite3.Connection | None = None
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
@@ -307,27 +309,38 @@ class SqliteWriter:
 
     def trim(self, now_ns: int, budget_s: float = TRIM_BUDGET_S) -> bool:
         """Delete frames (with their samples), presence changes and alert history older than
-        the retention, in transactions of TRIM_SLICE frames, for about ``budget_s`` at most;
-        True when more is left for the next call.  The counters (``boots.stored``,
-        ``devices.lost``, ...) keep counting what was stored, so ``status`` does not change."""
+        the retention, in transactions of :attr:`trim_slice` frames, for ``budget_s`` at most
+        (one slice for 0); True when more is left for the next call.  A slice is kept at a
+        quarter of the budget or so, halved when it takes more than half, doubled (up to
+        TRIM_SLICE) when less than an eighth: on a slow machine too, the writer's batches
+        wait ``budget_s`` at most.  The counters (``boots.stored``, ``devices.lost``, ...) keep
+        counting what was stored, so ``status`` does not change."""
         conn = self.conn
         assert conn is not None and self.retention_ns is not None
         cutoff = max(now_ns - self.retention_ns, -_I64_MAX - 1)  # a retention of a million days
-        deadline = time.monotonic() + budget_s
         cur = conn.cursor()
         alerts = cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                              "name = 'alert_history'").fetchone() is not None
+        t0 = start = time.monotonic()
         while True:
+            size = self.trim_slice
             with self._transaction(conn, cur):
-                cur.execute(_TRIM_SAMPLES, (cutoff, TRIM_SLICE))
-                n = cur.execute(_TRIM_FRAMES, (cutoff, TRIM_SLICE)).rowcount
-                cur.execute(_TRIM_PRESENCE, (cutoff, TRIM_SLICE))
+                cur.execute(_TRIM_SAMPLES, (cutoff, size))
+                n = cur.execute(_TRIM_FRAMES, (cutoff, size)).rowcount
+                cur.execute(_TRIM_PRESENCE, (cutoff, size))
                 if alerts:
-                    cur.execute(_TRIM_ALERTS, (cutoff, TRIM_SLICE))
+                    cur.execute(_TRIM_ALERTS, (cutoff, size))
+            now = time.monotonic()
+            took, t0 = now - t0, now
             self.trimmed += n
-            if n < TRIM_SLICE:
+            if budget_s > 0:
+                if took > budget_s / 2:
+                    self.trim_slice = max(TRIM_SLICE_MIN, size // 2)
+                elif took < budget_s / 8:
+                    self.trim_slice = min(TRIM_SLICE, size * 2)
+            if n < size:
                 return False
-            if time.monotonic() >= deadline:
+            if now - start + took > budget_s:  # another slice like this one would end past it
                 return True
 
     def _forget(self) -> None:

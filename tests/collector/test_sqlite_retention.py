@@ -139,3 +139,37 @@ def test_with_a_retention_the_gaps_of_a_boot_nothing_was_deleted_from_are_still_
     missing = {b.device: b.missing for b in w.resume(0)}
     assert missing == {"pi-1": [(1, 2), (5, 5)], "pi-2": [(1, 4)]}
     w.close()
+
+
+class SlowClock:
+    """time.monotonic as on a machine where every statement takes ``step_s``."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now, self.step_s = 1000.0, step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_on_a_slow_machine_slices_shrink_so_that_writes_never_wait_past_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slice of 5,000 frames of 8 samples took 0.1 s here; a machine several times slower
+    held the writer's batches for more than the budget at every slice, and a pass went a
+    whole slice past its budget."""
+    w = SqliteWriter(tmp_path / "t.db", retention_ns=DAY_NS)
+    w.open()
+    w.write([item(s, 3.0) for s in range(1, 201)])
+    monkeypatch.setattr(sqlite_store, "TRIM_SLICE", 64)
+    monkeypatch.setattr(sqlite_store, "TRIM_SLICE_MIN", 4)
+    w.trim_slice = 64
+    clock = SlowClock(0.15)  # each slice "takes" more than half of the 0.2 s budget
+    monkeypatch.setattr(time, "monotonic", clock)  # the module sqlite_store uses too
+    start = clock.now
+    assert w.trim(time.time_ns(), budget_s=0.2) is True
+    assert clock.now - start <= 0.2 + 2 * clock.step_s  # one slice, not two or more
+    assert w.trimmed == 64 and w.trim_slice == 32
+    while w.trim(time.time_ns(), budget_s=0.2):
+        pass
+    assert w.trim_slice == 4 and counts(tmp_path / "t.db")[0] == 0
+    w.close()
