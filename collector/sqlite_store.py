@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 _CACHE_MAX = 100_000
+READ_TIMEOUT_S = 10.0  # a reader waits this long for a lock (a WAL database has few)
 WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept after a checkpoint (PRAGMA journal_size_limit)
 
 _SCHEMA = """
@@ -164,7 +165,7 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         # quoted: a '#', '?' or '%' in the name would end or change the path, opening (and
         # creating) another file, read-write
         uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        conn = sqlite3.connect(uri, uri=True, timeout=READ_TIMEOUT_S)
         try:
             _check_version(p, _schema_version(p, conn))
         except BaseException:
@@ -215,12 +216,33 @@ def _schema_version(p: Path, conn: sqlite3.Connection) -> str:
             raise StoreError(f"{p}: cannot be read ({exc}): while the collector is stopped, "
                              f"reading it takes write access to {p.parent} (for SQLite's "
                              f"{p.name}-shm); run this as the collector's user") from None
-        raise StoreError(f"{p}: {exc}") from None  # locked past the timeout, I/O error
+        raise StoreError(f"{p}: {exc}{_busy(exc)}") from None
     except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
         raise StoreError(f"{p}: {exc} (is it a sensorwire database?)") from None
     if row is None:
         raise StoreError(f"{p}: not a sensorwire database (no schema_version in its meta table)")
     return str(row[0])
+
+
+def _busy(exc: sqlite3.Error) -> str:
+    locked = "locked" in str(exc)
+    return f" (another process kept it locked for more than {READ_TIMEOUT_S:g} s)" if locked else ""
+
+
+def reading(p: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Translates what a read of ``p`` may meet (a lock kept past the timeout, an I/O error,
+    a damaged page) into :class:`StoreError`."""
+    return _reading(Path(p))
+
+
+@contextlib.contextmanager
+def _reading(p: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"{p}: {exc}{_busy(exc)}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{p}: {exc} (is it a sensorwire database?)") from None
 
 
 def _check_version(p: Path, version: str) -> None:

@@ -27,13 +27,16 @@ class Reader(Protocol):
 
 class SqliteReader:
     def __init__(self, path: str) -> None:
+        self.path = path
         self.conn: sqlite3.Connection = sqlite_store.connect(path, readonly=True)
 
     def status(self) -> list[dict[str, Any]]:
-        return sqlite_store.status(self.conn)
+        with sqlite_store.reading(self.path):
+            return sqlite_store.status(self.conn)
 
     def query(self, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
-        return sqlite_store.query(self.conn, f)
+        with sqlite_store.reading(self.path):
+            yield from sqlite_store.query(self.conn, f)
 
     def close(self) -> None:
         self.conn.close()

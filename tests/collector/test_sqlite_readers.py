@@ -147,3 +147,27 @@ def test_pages_of_a_query_end_anywhere_and_lose_or_repeat_no_row(
             assert [list(sqlite_store.query(conn, f)) for f in filters] == whole, page
     finally:
         conn.close()
+
+
+def test_a_lock_kept_past_the_timeout_is_said_plainly(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database left in rollback-journal mode (by hand, or a tool) whose writer keeps its
+    lock: the read waits, then says so, not "is it a sensorwire database?"."""
+    from sensorwire.collector import sqlite_store, storage
+
+    db = database(tmp_path / "t.db")
+    monkeypatch.setattr(sqlite_store, "READ_TIMEOUT_S", 0.1)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    reader = storage.SqliteReader(str(db))
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite_store.StoreError,
+                           match="database is locked .another process kept it locked for more "
+                                 "than 0.1 s"):
+            list(reader.query(sqlite_store.QueryFilter()))
+        with pytest.raises(sqlite_store.StoreError, match="locked for more than 0.1 s"):
+            reader.status()
+    finally:
+        reader.close()
+        holder.close()
