@@ -287,7 +287,10 @@ def _fraction(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text}")
     return v

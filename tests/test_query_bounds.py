@@ -38,6 +38,13 @@ def test_times_and_limits_past_64_bits_mean_no_bound(tmp_path: Path, args: tuple
     assert len(r.stdout.splitlines()) == 3, r.stdout  # the header and both rows
 
 
+@pytest.mark.parametrize("limit", ["abc", "1.5", "0", "-3"])
+def test_a_limit_that_is_no_whole_number_above_zero_is_refused_in_words(limit: str) -> None:
+    r = run_cli("query", "--db", "t.db", "--limit", limit)
+    assert r.returncode == 2, r.stderr
+    assert f"--limit: expected a whole number > 0, got {limit}" in r.stderr, r.stderr
+
+
 def test_alerts_since_a_time_after_2262_lists_nothing(tmp_path: Path) -> None:
     """It was refused as a time "before 1678"."""
     db = database(tmp_path / "t.db")
