@@ -173,3 +173,25 @@ def test_on_a_slow_machine_slices_shrink_so_that_writes_never_wait_past_the_budg
         pass
     assert w.trim_slice == 4 and counts(tmp_path / "t.db")[0] == 0
     w.close()
+
+
+def test_frames_of_one_time_across_slices_go_each_with_all_its_samples(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices end inside a run of frames stamped alike: after every slice each frame kept has
+    all its samples and no sample is left without its frame."""
+    monkeypatch.setattr(sqlite_store, "TRIM_SLICE", 7)
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db, retention_ns=DAY_NS)
+    w.open()
+    old = time.time_ns() - 3 * DAY_NS
+    w.write([item(s, 3.0) for s in range(1, 31)])
+    assert w.conn is not None
+    w.conn.execute("UPDATE frames SET time_ns = ?", (old,))  # all thirty at the same nanosecond
+    while w.trim(time.time_ns(), budget_s=0.0):
+        frames, samples, _ = counts(db)
+        assert samples == 2 * frames and frames % 7 == 30 % 7
+        orphans = w.conn.execute("SELECT count(*) FROM samples WHERE frame_id NOT IN "
+                                 "(SELECT id FROM frames)").fetchone()[0]
+        assert orphans == 0
+    assert counts(db)[:2] == (0, 0) and w.trimmed == 30
+    w.close()
