@@ -135,7 +135,10 @@ TRIM_BUDGET_S = 0.2
 _OLDEST = "(SELECT id FROM frames WHERE time_ns < ? ORDER BY time_ns, id LIMIT ?)"  # by frames_time
 _TRIM_SAMPLES = "DELETE FROM samples WHERE frame_id IN " + _OLDEST
 _TRIM_FRAMES = "DELETE FROM frames WHERE id IN " + _OLDEST
-_TRIM_PRESENCE = "DELETE FROM presence WHERE rowid IN (SELECT rowid FROM presence WHERE time_ns < ? LIMIT ?)"
+# each device's old changes by presence_device_time (CROSS JOIN: devices outer); a plain
+# "WHERE time_ns < ?" read the whole table, in the write transaction, at every slice
+_TRIM_PRESENCE = ("DELETE FROM presence WHERE rowid IN (SELECT p.rowid FROM devices d CROSS JOIN "
+                  "presence p ON p.device_key = d.id AND p.time_ns < ? LIMIT ?)")
 _TRIM_ALERTS = ("DELETE FROM alert_history WHERE rowid IN (SELECT rowid FROM alert_history "
                 "WHERE time_ns < ? LIMIT ?)")  # the alert store's table, when alerting is on
 
