@@ -162,6 +162,8 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     p = Path(path)
     if p.is_dir():
         raise StoreError(f"{p}: a folder, not a database file (name a file, e.g. {p / 'sensorwire.db'})")
+    if p.exists() and not p.is_file():  # a FIFO would wait for a writer for ever
+        raise StoreError(f"{p}: not a regular file (a FIFO, a device?); a database is a file")
     if readonly:
         if not p.exists():
             raise StoreError(f"{p}: no such database (is the path right? the collector creates it)")

@@ -171,3 +171,13 @@ def test_a_lock_kept_past_the_timeout_is_said_plainly(tmp_path: Path,
     finally:
         reader.close()
         holder.close()
+
+
+def test_a_fifo_or_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named by --db (or [storage] path) made the command wait for ever for a writer."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/null")):
+        for cmd in ("query", "status", "alerts"):
+            r = run_cli(cmd, "--db", str(path), timeout=20)
+            assert r.returncode == 1 and "not a regular file" in r.stderr, (cmd, r.stderr)
