@@ -20,6 +20,8 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -273,6 +275,7 @@ class SqliteWriter:
         self.trimmed = 0  # frames deleted by trim()
         self.trim_slice = TRIM_SLICE  # frames a trim() transaction, fitted to this machine
         self.conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None  # flock on <file>.lock while open
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
         self._layouts: dict[tuple[int, str, Layout], tuple[int, ...]] = {}
@@ -286,7 +289,13 @@ class SqliteWriter:
         self.duplicates = 0
 
     def open(self) -> None:
-        self.conn = connect(self.path)
+        conn = connect(self.path)  # first: its messages for a path that cannot be a database
+        try:
+            self._lock()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
         limit = param_limit(self.conn)
         if self.max_params is not None:
             limit = min(limit, self.max_params)
@@ -333,6 +342,32 @@ class SqliteWriter:
                 self._seen_pending.clear()
                 self.conn.close()
                 self.conn = None
+                self._unlock()
+
+    def _lock(self) -> None:
+        """One writer a file: a second collector on it would count every frame of the first
+        as a duplicate of its own and every loss twice (``status`` would show both).  The lock
+        is ``flock`` on ``<file>.lock`` beside it (not on the database, whose POSIX locks are
+        SQLite's), released by the kernel however the process ends."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{lock}: cannot create the writer's lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"{self.path}: another collector is writing this database (it holds "
+                             f"{lock.name}); give each collector a file of its own, or use "
+                             "PostgreSQL for several collectors on one store (docs/postgres.md)"
+                             ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def trim(self, now_ns: int, budget_s: float = TRIM_BUDGET_S) -> bool:
         """Delete frames (with their samples), presence changes and alert history older than

@@ -12,9 +12,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+from support import run_cli, tcp, write
+
 from sensorwire.collector.events import Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
-from sensorwire.collector.sqlite_store import SqliteWriter, status
+from sensorwire.collector.sqlite_store import SqliteWriter, StoreError, status
 
 LAYOUT = Layout([("t", "C"), ("h", "%"), ("t", "C")])  # "t" twice: the first value counts
 T0 = 1_800_000_000_000_000_000
@@ -161,3 +164,34 @@ def test_status_of_boots_at_the_top_of_the_seq_range(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert row["frames"] == 2 and row["gaps"] == 2 * (top - 1)
+
+
+def test_one_collector_a_file(tmp_path: Path) -> None:
+    """A second writer would count the first one's frames as its duplicates and every loss
+    twice; it is refused, saying what to do, and the file is free again once the first is
+    closed."""
+    db = tmp_path / "t.db"
+    first = SqliteWriter(db)
+    first.open()
+    second = SqliteWriter(db)
+    with pytest.raises(StoreError, match=r"another collector is writing this database .*"
+                                         r"give each collector a file of its own"):
+        second.open()
+    assert second.conn is None
+    first.close()
+    second.open()
+    second.close()
+
+
+def test_a_second_collector_process_on_the_file_stops_at_start(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    cfg = write(tmp_path / "c.toml", f'[subscribe]\nconnect = ["{tcp()}"]\n[storage]\npath = "{db}"\n'
+                '[metrics]\nlisten = ""\n')
+    holder = SqliteWriter(db)  # stands for the first collector
+    holder.open()
+    try:
+        r = run_cli("collector", "-c", str(cfg), timeout=30)
+    finally:
+        holder.close()
+    assert r.returncode == 1, r.stderr
+    assert "another collector is writing this database" in r.stderr
