@@ -48,7 +48,8 @@ def write(notes: Iterable[Notification], fmt: str, out: TextIO) -> None:
         for n in notes:
             out.write(render.json_line(n.to_dict()) + "\n")
     else:
-        out.write(render.table(HEADERS, (row(n) for n in notes)) + "\n")
+        for line in render.table_lines(HEADERS, (row(n) for n in notes)):
+            out.write(line + "\n")
     out.flush()
 
 

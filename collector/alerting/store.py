@@ -165,7 +165,7 @@ def history(conn: sqlite3.Connection, since_ns: int | None = None) -> Iterator[N
         args.append(since_ns)
     sql += " ORDER BY time_ns, id"
     try:
-        rows = conn.execute(sql, args).fetchall()
+        rows = conn.execute(sql, args)  # read as they are written out: any number in little memory
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return  # the collector never ran with [[alerts]]
@@ -184,7 +184,7 @@ def active(conn: sqlite3.Connection, since_ns: int | None = None) -> Iterator[No
         args.append(since_ns)
     sql += " ORDER BY started_ns, rule, site, device, sensor, metric"
     try:
-        rows = conn.execute(sql, args).fetchall()
+        rows = conn.execute(sql, args)
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return

@@ -101,3 +101,41 @@ to = ["ops@example.org"]
     assert "0 notifications would have been sent" in r.stdout, r.stdout
     r = run_cli("check-config", str(config))
     assert r.returncode == 2 and "SENSORWIRE_TEST_UNSET_SECRET is not set" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_long_alert_history_is_listed_in_little_memory(tmp_path: Path) -> None:
+    """A year of a flapping alert: 300,000 notifications.  Listed as they are read, in either
+    format; the whole history in memory took over 300 MB."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from sensorwire.collector.alerting.store import SCHEMA
+
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.close()
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)
+    conn.executemany(
+        "INSERT INTO alert_history(time_ns, rule, severity, state, site, device, sensor, metric, "
+        "value, threshold, started_ns, resolved_ns, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        ((10**18 + i, "greenhouse-hot", "critical", "firing" if i % 2 == 0 else "resolved", "gh",
+          "pi-1", "env", "temperature", 31.5, 30.0, 10**18 + i, None, "temperature above 30 C " * 4)
+         for i in range(300_000)))
+    conn.commit()
+    conn.close()
+    # the CLI in a child that reports its own peak memory as it ends: VmHWM, of its own memory
+    # since exec (ru_maxrss would carry over the parent's, which vfork shares until the exec)
+    child = ("import re, sys\nfrom sensorwire.cli import main\nrc = main(sys.argv[1:])\n"
+             "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())\n"
+             "sys.stderr.write(f'maxrss {hwm.group(1)}')\nsys.exit(rc)")
+    for fmt in ("table", "json"):
+        p = subprocess.run([sys.executable, "-c", child, "alerts", "--db", str(db), "--format", fmt],
+                           capture_output=True)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.count(b"\n") >= 300_000
+        peak_mib = int(p.stderr.decode().rsplit("maxrss ", 1)[1]) // 1024
+        assert peak_mib < 120, f"--format {fmt}: {peak_mib} MiB at peak"
