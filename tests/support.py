@@ -6,6 +6,8 @@ a poll with a deadline, never a bare sleep used as synchronisation.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import shutil
 import signal
@@ -17,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
+
 from sensorwire.demo import free_port as free_port  # re-exported: the tests import it from here
 from sensorwire.sdnotify import NotifyListener
 
@@ -27,6 +31,41 @@ if TYPE_CHECKING:
     from sensorwire.collector.sinks import Item, Sink
 
 T = TypeVar("T")
+
+LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+needs_faketime = pytest.mark.skipif(
+    LIBFAKETIME is None and not os.environ.get("SENSORWIRE_REQUIRE_ALL"),
+    reason="needs libfaketime (Debian package faketime; `make test` installs it when run as root)",
+)
+
+
+def simulated_agent_toml(device: str, front: str, tmp: Path, interval_s: float = 0.1,
+                         heartbeat_s: float = 0.3, publish: str = "", spool: str = "") -> str:
+    """An agent of one simulated sensor (a constant ``t``), spooling under ``tmp``; extra
+    lines for ``[publish]`` and ``[spool]`` in ``publish`` and ``spool``."""
+    return f"""\
+site = "gh"
+device_id = "{device}"
+[publish]
+connect = ["{front}"]
+heartbeat_s = {heartbeat_s}
+{publish}
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = {interval_s}
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
+[spool]
+{spool}
+dir = "{tmp / ('spool-' + device)}"
+"""
+
+
+def status_by_device(db: Path) -> dict[str, Any]:
+    """``sensorwire status --format json``, by device."""
+    r = run_cli("status", "--db", str(db), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
 
 
 

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, run_cli, wait_until, write
-
-pytestmark = pytest.mark.slow
-
-LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
-needs_faketime = pytest.mark.skipif(
-    LIBFAKETIME is None and not os.environ.get("SENSORWIRE_REQUIRE_ALL"),
-    reason="needs libfaketime (Debian package faketime; `make test` installs it when run as root)",
+from support import (
+    LIBFAKETIME,
+    free_port,
+    needs_faketime,
+    simulated_agent_toml,
+    status_by_device,
+    wait_until,
+    write,
 )
 
-
-def agent_toml(device: str, front: str, tmp: Path) -> str:
-    return f"""\
-site = "gh"
-device_id = "{device}"
-[publish]
-connect = ["{front}"]
-heartbeat_s = 0.3
-[[sensors]]
-name = "env"
-kind = "simulated"
-interval_s = 0.05
-metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
-[spool]
-dir = "{tmp / ('spool-' + device)}"
-"""
-
+pytestmark = pytest.mark.slow
 
 @needs_faketime
 def test_a_clock_jumping_a_year_ahead_then_an_hour_behind_loses_and_doubles_nothing(
@@ -52,7 +33,7 @@ def test_a_clock_jumping_a_year_ahead_then_an_hour_behind_loses_and_doubles_noth
     clock = write(tmp_path / "clock", "+0\n")
     env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock),
            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
-    cfg = write(tmp_path / "pi-1.toml", agent_toml("pi-1", front, tmp_path))
+    cfg = write(tmp_path / "pi-1.toml", simulated_agent_toml("pi-1", front, tmp_path, interval_s=0.05))
     agent = procs("pi-1", "agent", "-c", str(cfg), env=env)
 
     def rows() -> list[tuple[int, int, int, int]]:
@@ -65,9 +46,6 @@ def test_a_clock_jumping_a_year_ahead_then_an_hour_behind_loses_and_doubles_noth
         finally:
             conn.close()
 
-    def status() -> dict[str, Any]:
-        r = run_cli("status", "--db", str(db), "--format", "json")
-        return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
     # the clock jumps a year ahead, back to an hour behind, then right again; each phase lasts
     # a few heartbeats (0.3 s): a phase is over when its frames are stored
     phases = ["+0", "+365d", "-1h", "+0"]
@@ -79,10 +57,10 @@ def test_a_clock_jumping_a_year_ahead_then_an_hour_behind_loses_and_doubles_noth
         wait_until(stored, timeout_s=20, what=f"flow at {fake}")
     assert agent.terminate() == 0
     last = int(re.search(r"last seq (\d+);", agent.log()).group(1))  # type: ignore[union-attr]
-    wait_until(lambda: len(rows()) == last and status()["pi-1"]["state"] == "stopped",
+    wait_until(lambda: len(rows()) == last and status_by_device(db)["pi-1"]["state"] == "stopped",
                timeout_s=10, what="every frame stored")
     assert [r[0] for r in rows()] == list(range(1, last + 1))  # each once, whatever the clock
-    s = status()["pi-1"]
+    s = status_by_device(db)["pi-1"]
     assert (s["gaps"], s["duplicates"], s["lost"], s["out_of_order"], s["restarts"]) == (0, 0, 0, 0, 0)
     assert abs(s["clock_offset_s"]) < 5  # right again at the end
     offsets = [(t - r) / 1e9 for _, t, r, _ in rows()]

@@ -4,22 +4,15 @@ slower proxy."""
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, run_cli, wait_until, write
+from support import free_port, status_by_device, wait_until, write
 
 pytestmark = pytest.mark.slow
-
-
-def status(db: Path) -> dict[str, Any]:
-    r = run_cli("status", "--db", str(db), "--format", "json")
-    assert r.returncode == 0, r.stderr
-    return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
 
 
 def seqs(db: Path) -> list[tuple[int, int]]:
@@ -68,11 +61,11 @@ replay_rate = 100
     last = int(re.search(r"last seq (\d+);", agent.log()).group(1))  # type: ignore[union-attr]
     wait_until(lambda: [s for _, s in seqs(db)] == list(range(1, last + 1)), timeout_s=20,
                what="every seq stored once")
-    wait_until(lambda: status(db)["pi-1"]["state"] == "stopped", timeout_s=10, what="stopped")
+    wait_until(lambda: status_by_device(db)["pi-1"]["state"] == "stopped", timeout_s=10, what="stopped")
     assert collector.terminate() == 0
     # each frame went to the sinks once: every copy after the first is a duplicate, also of the
     # frames replayed from before the collector joined the stream
-    s = status(db)["pi-1"]
+    s = status_by_device(db)["pi-1"]
     assert (s["gaps"], s["lost"], s["restarts"]) == (0, 0, 0), s
     replayed = int(re.search(r"(\d+) replayed,", agent.log()).group(1))  # type: ignore[union-attr]
     assert 0 < s["out_of_order"] <= replayed, s

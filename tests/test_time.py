@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, run_cli, wait_until, write
-
-pytestmark = pytest.mark.slow
-
-LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
-needs_faketime = pytest.mark.skipif(
-    LIBFAKETIME is None and not os.environ.get("SENSORWIRE_REQUIRE_ALL"),
-    reason="needs libfaketime (Debian package faketime; `make test` installs it when run as root)",
+from support import (
+    LIBFAKETIME,
+    free_port,
+    needs_faketime,
+    simulated_agent_toml,
+    status_by_device,
+    wait_until,
+    write,
 )
 
-
-def agent_toml(device: str, front: str, tmp: Path) -> str:
-    return f"""\
-site = "gh"
-device_id = "{device}"
-[publish]
-connect = ["{front}"]
-heartbeat_s = 0.3
-[[sensors]]
-name = "env"
-kind = "simulated"
-interval_s = 0.1
-metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
-[spool]
-dir = "{tmp / ('spool-' + device)}"
-"""
-
+pytestmark = pytest.mark.slow
 
 @needs_faketime
 def test_wrong_clocks_are_flagged_and_a_clock_before_2020_is_replaced(tmp_path: Path, procs: Any) -> None:
@@ -53,7 +35,7 @@ def test_wrong_clocks_are_flagged_and_a_clock_before_2020_is_replaced(tmp_path: 
         env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": fake, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
                "FAKETIME_NO_CACHE": "1"} if fake else {}
         procs(device, "agent", "-c",
-              str(write(tmp_path / f"{device}.toml", agent_toml(device, front, tmp_path))), env=env)
+              str(write(tmp_path / f"{device}.toml", simulated_agent_toml(device, front, tmp_path))), env=env)
 
     def rows(device: str) -> list[tuple[int, int, int]]:
         conn = sqlite3.connect(db)
@@ -68,11 +50,7 @@ def test_wrong_clocks_are_flagged_and_a_clock_before_2020_is_replaced(tmp_path: 
     wait_until(lambda: all(len(rows(d)) >= 20 for d in ("pi-late", "pi-1999", "pi-ok")), timeout_s=30,
                what="frames from all three")
 
-    def status() -> dict[str, Any]:
-        import json
-        r = run_cli("status", "--db", str(db), "--format", "json")
-        return {o["device"]: o for o in map(json.loads, r.stdout.splitlines())}
-    s = status()
+    s = status_by_device(db)
     assert -7300 < s["pi-late"]["clock_offset_s"] < -7100
     assert abs(s["pi-ok"]["clock_offset_s"]) < 5
     assert s["pi-1999"]["clock_offset_s"] < -600_000_000
