@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +26,6 @@ from sensorwire.configload import ConfigError
 from sensorwire.serialsim import Pty, nmea, point
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def pty() -> Iterator[Pty]:
-    with Pty() as p:
-        yield p
-
-
-@pytest.fixture
-def make_sensor() -> Iterator[Callable[..., SerialSensor]]:
-    """``make_sensor(port=..., format=..., ...)``: a serial sensor, closed after the test."""
-    made: list[SerialSensor] = []
-
-    def make(**keys: Any) -> SerialSensor:
-        _, cfg = sensors.parse({"name": "dev", "kind": "serial", **keys}, 0, "test.toml")
-        s = SerialSensor(cfg)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def collect(sensor: SerialSensor, n: int, timeout_s: float = 10.0) -> list[Sequence[Reading]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,28 +17,6 @@ from sensorwire.agent.sensors import serial as serial_sensor
 from sensorwire.agent.sensors.serial import SerialSensor
 from sensorwire.configload import ConfigError
 from sensorwire.serialsim import Pty, nmea
-
-
-@pytest.fixture
-def pty() -> Iterator[Pty]:
-    with Pty() as p:
-        yield p
-
-
-@pytest.fixture
-def make_sensor() -> Iterator[Callable[..., SerialSensor]]:
-    """``make_sensor(port=..., format=..., ...)``: a serial sensor, closed after the test."""
-    made: list[SerialSensor] = []
-
-    def make(**keys: Any) -> SerialSensor:
-        _, cfg = sensors.parse({"name": "dev", "kind": "serial", **keys}, 0, "test.toml")
-        s = SerialSensor(cfg)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def test_a_device_that_never_ends_a_line_from_the_open_on_is_counted(
