@@ -105,8 +105,8 @@ to = ["ops@example.org"]
 
 @pytest.mark.slow
 def test_a_long_alert_history_is_listed_in_little_memory(tmp_path: Path) -> None:
-    """A year of a flapping alert: 300,000 notifications.  Listed as they are read, in either
-    format; the whole history in memory took over 300 MB."""
+    """A flapping alert's months: 100,000 notifications.  Listed as they are read, in either
+    format; the whole history in memory took about 150 MiB (434 MiB at 300,000)."""
     import sqlite3
     import subprocess
     import sys
@@ -124,7 +124,7 @@ def test_a_long_alert_history_is_listed_in_little_memory(tmp_path: Path) -> None
         "value, threshold, started_ns, resolved_ns, summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         ((10**18 + i, "greenhouse-hot", "critical", "firing" if i % 2 == 0 else "resolved", "gh",
           "pi-1", "env", "temperature", 31.5, 30.0, 10**18 + i, None, "temperature above 30 C " * 4)
-         for i in range(300_000)))
+         for i in range(100_000)))
     conn.commit()
     conn.close()
     # the CLI in a child that reports its own peak memory as it ends: VmHWM, of its own memory
@@ -136,6 +136,6 @@ def test_a_long_alert_history_is_listed_in_little_memory(tmp_path: Path) -> None
         p = subprocess.run([sys.executable, "-c", child, "alerts", "--db", str(db), "--format", fmt],
                            capture_output=True)
         assert p.returncode == 0, p.stderr
-        assert p.stdout.count(b"\n") >= 300_000
+        assert p.stdout.count(b"\n") >= 100_000
         peak_mib = int(p.stderr.decode().rsplit("maxrss ", 1)[1]) // 1024
-        assert peak_mib < 120, f"--format {fmt}: {peak_mib} MiB at peak"
+        assert peak_mib < 70, f"--format {fmt}: {peak_mib} MiB at peak"
