@@ -14,9 +14,11 @@ needs no check.  Anything else - another layout, other flags, a heartbeat, a
 value of 0 that protobuf left out, garbage - takes the full path, and may
 become the topic's new template.
 
-Templates are bounded (``cache_size`` topics, then it starts again), and a
-topic whose frames never come out the way a template expects stops being tried
-after a few attempts.
+Templates are bounded: ``cache_size`` topics, then the cache starts again, at
+most every ``wire.REFILL_S`` (ten minutes; in between a new topic takes the full
+path, so a fleet of more topics than the bound keeps its templates instead of
+relearning one at every frame).  A topic whose frames never come out the way a
+template expects stops being tried after a few attempts.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Intake:
         self.cache_size = cache_size
         self._templates: dict[bytes, _Template] = {}
         self._failed: dict[bytes, int] = {}
+        self._refill = wire.Refill()         # for _templates
+        self._refill_failed = wire.Refill()  # for _failed
         self.matched = 0  # frames read through a template (for tests and benchmarks)
 
     def decode(self, msg: bytes) -> CheckedFrame:
@@ -96,14 +100,13 @@ class Intake:
         failed = self._failed.get(topic, 0)
         if failed >= LEARN_ATTEMPTS:
             return
+        if old is None and not self._refill.room(self._templates, self.cache_size):
+            return  # full, and not yet time to start again: the full path, no learning
         enc = DataEncoder(topic, frame.site, frame.device_id, frame.boot_id, frame.sensor,
                           frame.layout.pairs)
         if enc.encode(frame.seq, frame.time_unix_nano, frame.values, frame.flags) != msg:
-            if len(self._failed) >= self.cache_size:
-                self._failed.clear()
-            self._failed[topic] = failed + 1
+            if self._refill_failed.room(self._failed, self.cache_size):
+                self._failed[topic] = failed + 1
             return
-        if len(self._templates) >= self.cache_size:
-            self._templates.clear()
         head, fmt, consts = enc.template(frame.flags)
         self._templates[topic] = _Template(head, fmt, consts, frame)

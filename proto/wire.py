@@ -17,6 +17,7 @@ agent uses the names and constants here, and encodes without protobuf.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from sensorwire import names
@@ -137,6 +138,34 @@ def subscriptions(prefix: str) -> list[bytes]:
     return [text.rstrip("/").encode("ascii") + DELIM, heartbeat_topic(site, device) + DELIM]
 
 
+REFILL_S = 600.0  # a full cache of topics starts again at most this often (Refill)
+
+
+class Refill:
+    """The rule of a bounded cache keyed by topic: when it is full it starts again (is
+    cleared) at most every ``period_s``; in between, a new topic is not cached and takes the
+    slow path.  Clearing at every new topic once there were more topics than the bound
+    made every frame a miss: a collector at 200,000 topics took 37 µs a frame, not 2.7."""
+
+    __slots__ = ("_next", "period_s")
+
+    def __init__(self, period_s: float = REFILL_S) -> None:
+        self.period_s = period_s
+        self._next = 0.0
+
+    def room(self, cache: dict[Any, Any], size: int) -> bool:
+        """May ``cache`` take one more entry (it is cleared first when it is full and its
+        time to start again has come)?"""
+        if len(cache) < size:
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.period_s
+        cache.clear()
+        return True
+
+
 class Decoder:
     """Splits, decodes and checks messages; keeps a bounded cache of good names.
 
@@ -155,6 +184,7 @@ class Decoder:
         self._decode_error = DecodeError
         self.max_samples = max_samples
         self._cache_size = cache_size
+        self._refill = Refill()
         # topic -> (is a heartbeat topic, site, device, sensor) of the frames seen valid on it
         self._good_topics: dict[bytes, tuple[bool, str, str, str]] = {}
         self._good_metrics: set[str] = set()
@@ -238,9 +268,8 @@ class Decoder:
             problem = names.segment_problem(frame.sensor)
             if problem:
                 raise WireError("bad_name", f"topic {text!r}: sensor {frame.sensor!r} {problem}")
-        if len(self._good_topics) >= self._cache_size:
-            self._good_topics.clear()
-        self._good_topics[topic] = (frame.seq == 0, frame.site, frame.device_id, frame.sensor)
+        if self._refill.room(self._good_topics, self._cache_size):
+            self._good_topics[topic] = (frame.seq == 0, frame.site, frame.device_id, frame.sensor)
 
     def _check_sample(self, topic: bytes, metric: str, unit: str) -> None:
         problem = names.metric_problem(metric)

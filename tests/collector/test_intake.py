@@ -127,14 +127,28 @@ def test_changing_a_returned_frame_does_not_change_the_next_one() -> None:
     assert intake.matched == 2
 
 
-def test_templates_and_layouts_are_bounded() -> None:
+def test_templates_and_layouts_are_bounded_and_a_full_cache_is_not_churned() -> None:
+    """Four templates at most.  A full cache starts again once, then not before REFILL_S:
+    the topics past the bound take the full path instead of each one's frames evicting
+    everything (at 200,000 topics and a bound of 65,536, that made every frame a miss)."""
     intake = Intake(cache_size=4)
-    for d in range(20):
+
+    def two_frames(d: int) -> None:
         enc = DataEncoder(wire.data_topic("gh", f"pi-{d}", "env"), "gh", f"pi-{d}", 1, "env", LAYOUT)
         for seq in (1, 2):
             assert intake.decode(enc.encode(seq, 10**18, [1.0, 2.0, 3.0, float(d)])).values[3] == d
+
+    for d in range(20):
+        two_frames(d)
     assert len(intake._templates) <= 4 and len(intake.layouts._known) <= 4
-    assert intake.matched == 20
+    assert intake.matched == 8  # pi-0..3, then (started again once) pi-4..7; the rest: full path
+    assert set(intake._templates) == {wire.data_topic("gh", f"pi-{d}", "env") for d in range(4, 8)}
+    for d in range(4, 8):
+        two_frames(d)  # the templates kept still serve
+    assert intake.matched == 16
+    intake._refill.period_s, intake._refill._next = 0.0, 0.0  # REFILL_S later
+    two_frames(20)
+    assert intake.matched == 17 and wire.data_topic("gh", "pi-20", "env") in intake._templates
 
 
 def test_a_topic_whose_frames_never_fit_stops_being_tried() -> None:
