@@ -109,11 +109,19 @@ def run_agent(caplog: pytest.LogCaptureFixture,
 
 def test_frames_are_numbered_without_holes_and_heartbeats_take_no_seq(run_agent: Any) -> None:
     agent, listener, _ = run_agent
-    wait_until(lambda: sum(1 for f in listener.pump() if f.seq == 0) >= 2, what="two heartbeats")
-    frames = listener.pump()
-    data = [f for f in frames if f.seq]
-    seqs = [f.seq for f in data]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+    def whole() -> bool:
+        """Two heartbeats, and the data frames so far without a hole.  Not in order: frames
+        sent before the listener's subscription reached the agent were spooled, and are
+        replayed among the live ones."""
+        frames = listener.pump()  # every frame received so far
+        seqs = sorted(f.seq for f in frames if f.seq)
+        return (sum(1 for f in frames if f.seq == 0) >= 2 and bool(seqs)
+                and seqs == list(range(seqs[0], seqs[0] + len(seqs))))
+    wait_until(whole, what="two heartbeats and the data frames without a hole")
+    frames = listener.frames
+    seqs = [f.seq for f in frames if f.seq]
+    assert len(set(seqs)) == len(seqs)  # none twice
     hb = [f for f in frames if f.seq == 0][-1]
     assert hb.heartbeat.interval_s == 0.2
     assert 0 < hb.heartbeat.last_seq <= agent.publisher.seq
