@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+import zmq
 
 from sensorwire.demo import free_port as free_port  # re-exported: the tests import it from here
+from sensorwire.proto import wire
+from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 from sensorwire.sdnotify import NotifyListener
 
 if TYPE_CHECKING:
-    import zmq
-
+    from sensorwire.agent.publisher import Publisher
     from sensorwire.collector.config import CollectorConfig
     from sensorwire.collector.sinks import Item, Sink
 
@@ -217,3 +219,47 @@ class Nowhere:
 
     def close(self) -> None:
         pass
+
+
+class Upstream:
+    """The proxy's side of an agent's connection, for tests of a publisher in the test's own
+    process: an XSUB it connects to, that subscribes, asks for repairs and reads what comes."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.endpoint = tcp()
+        self.sock = ctx.socket(zmq.XSUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+
+    def subscribe_and_wait(self, p: Publisher) -> None:
+        assert p.sock is not None
+
+        def subscribed() -> bool:
+            # sent again until it arrives: one sent before the connection is up is lost
+            self.sock.send(b"\x01")  # everything
+            p.sock.poll(50)  # type: ignore[union-attr]
+            p.handle_incoming()
+            return bool(p.subscriptions)
+
+        wait_until(subscribed, what="the publisher to see the subscription")
+
+    def ask_repair(self, p: Publisher, boot_id: int, first: int, last: int) -> None:
+        req = RepairRequest(device_id=p.device_id, ranges=[SeqRange(boot_id=boot_id, first=first, last=last)])
+        self.sock.send(wire.REPAIR + req.SerializeToString())
+        def arrived() -> bool:
+            assert p.sock is not None
+            if not p.sock.poll(50):
+                return False
+            p.handle_incoming()
+            return True
+        wait_until(arrived, what="the repair request to arrive")
+
+    def seqs(self, expect: int) -> list[int]:
+        """The ``seq`` of the next ``expect`` data frames, then checks that none follows."""
+        out: list[int] = []
+        for _ in range(expect):
+            assert self.sock.poll(5000), f"only {len(out)} of {expect} frames arrived"
+            msg = self.sock.recv()
+            out.append(Frame.FromString(msg[msg.index(wire.DELIM) + 1:]).seq)
+        assert not self.sock.poll(200), "more frames than expected"
+        return out

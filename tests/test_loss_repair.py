@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support import tcp, wait_until
+from support import Upstream, wait_until
 
 from sensorwire.agent.config import PublishConfig
 from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.spool import Spool
-from sensorwire.proto import wire
-from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 READINGS = [("t", 21.5, "C")]
 
@@ -30,44 +28,6 @@ def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield c
     c.destroy(linger=0)
-
-
-class Upstream:
-    """The proxy's side of the agent's connection: an XSUB the publisher connects to."""
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-        self.endpoint = tcp()
-        self.sock = ctx.socket(zmq.XSUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(self.endpoint)
-
-    def subscribe(self, p: Publisher) -> None:
-        def subscribed() -> bool:
-            self.sock.send(b"\x01")  # sent again until it arrives
-            assert p.sock is not None
-            p.sock.poll(50)
-            p.handle_incoming()
-            return bool(p.subscriptions)
-        wait_until(subscribed, what="the publisher to see the subscription")
-
-    def ask(self, p: Publisher, first: int, last: int) -> None:
-        req = RepairRequest(device_id=p.device_id,
-                            ranges=[SeqRange(boot_id=p.boot_id, first=first, last=last)])
-        self.sock.send(wire.REPAIR + req.SerializeToString())
-        def arrived() -> bool:
-            assert p.sock is not None
-            if not p.sock.poll(50):
-                return False
-            p.handle_incoming()
-            return True
-        wait_until(arrived, what="the repair request to arrive")
-
-    def seqs(self) -> list[int]:
-        out: list[int] = []
-        while self.sock.poll(300):
-            msg = self.sock.recv()
-            out.append(Frame.FromString(msg[msg.index(wire.DELIM) + 1:]).seq)
-        return out
 
 
 def publish(p: Publisher, n: int) -> None:
@@ -83,15 +43,15 @@ def test_the_replayed_frame_a_full_queue_refused_is_not_called_gone(
     p.open(ctx)
     try:
         publish(p, 1)  # nobody listens: spooled
-        up.subscribe(p)
+        up.subscribe_and_wait(p)
         with monkeypatch.context() as m:
             m.setattr(p, "_send", lambda msg: False)  # the queue is full
             p.replay()  # seq 1 leaves the spool, is refused, and waits to be sent again
         assert p.replaying
-        up.ask(p, 1, 1)
+        up.ask_repair(p, p.boot_id, 1, 1)
         assert p.take_unavailable() == []
         wait_until(lambda: p.replay() is None, what="the replay")
-        assert up.seqs() == [1]
+        assert up.seqs(1) == [1]
     finally:
         p.close()
 
@@ -102,16 +62,16 @@ def test_a_frame_a_full_queue_kept_from_being_resent_is_left_to_the_next_request
     p = Publisher("gh", "pi-07", PublishConfig(connect=[up.endpoint]))
     p.open(ctx)
     try:
-        up.subscribe(p)
+        up.subscribe_and_wait(p)
         publish(p, 3)
-        assert up.seqs() == [1, 2, 3]
+        assert up.seqs(3) == [1, 2, 3]
         with monkeypatch.context() as m:
             m.setattr(p, "_send_on", lambda i, msg: False)  # the queue is full
-            up.ask(p, 1, 3)
+            up.ask_repair(p, p.boot_id, 1, 3)
         assert p.take_unavailable() == []  # in the ring: not gone
         assert p.counters["repairs_cut"] == 1
-        up.ask(p, 1, 3)  # the collector asks again
-        assert up.seqs() == [1, 2, 3]
+        up.ask_repair(p, p.boot_id, 1, 3)  # the collector asks again
+        assert up.seqs(3) == [1, 2, 3]
         assert p.take_unavailable() == []
     finally:
         p.close()
