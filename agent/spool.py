@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import fcntl
 import io
 import logging
 import os
@@ -49,6 +48,7 @@ from typing import BinaryIO, Literal
 
 import msgspec
 
+from sensorwire import filelock
 from sensorwire.logs import RateLimited
 
 log = logging.getLogger(__name__)
@@ -123,17 +123,13 @@ class Spool:
     def open(self) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = filelock.take(self.folder / "lock")
+        except filelock.Held:
+            raise SpoolError(f"spool folder {self.folder} is in use by another agent; give each "
+                             "agent its own [spool] dir") from None
         except OSError as exc:
             raise SpoolError(f"spool folder {self.folder}: {exc.strerror}; set [spool] dir "
                              "to a writable folder") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SpoolError(f"spool folder {self.folder} is in use by another agent; give each "
-                             "agent its own [spool] dir") from None
-        self._lock_fd = fd
         cursor = self._take_cursor()
         for path in sorted(self.folder.glob("seg-*.spool")):
             try:

@@ -20,7 +20,6 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sensorwire import filelock
 from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.multirow import MultiRow, fan_out, param_limit, plain
@@ -351,18 +351,14 @@ class SqliteWriter:
         SQLite's), released by the kernel however the process ends."""
         lock = self.path.with_name(self.path.name + ".lock")
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StoreError(f"{lock}: cannot create the writer's lock file: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            self._lock_fd = filelock.take(lock, 0o644)
+        except filelock.Held:
             raise StoreError(f"{self.path}: another collector is writing this database (it holds "
                              f"{lock.name}); give each collector a file of its own, or use "
                              "PostgreSQL for several collectors on one store (docs/postgres.md)"
                              ) from None
-        self._lock_fd = fd
+        except OSError as exc:
+            raise StoreError(f"{lock}: cannot create the writer's lock file: {exc.strerror}") from None
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
