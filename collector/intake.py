@@ -14,7 +14,10 @@ needs no check.  Anything else - another layout, other flags, a heartbeat, a
 value of 0 that protobuf left out, garbage - takes the full path, and may
 become the topic's new template.
 
-Templates are bounded: ``cache_size`` topics, then the cache starts again, at
+Templates are bounded: ``cache_size`` topics (131,072 by default: 10,000
+devices of 8 sensors and more; devices with the same sensor share its
+template's ``Struct`` and constants, and names are interned, so a topic costs
+about 500 bytes), then the cache starts again, at
 most every ``wire.REFILL_S`` (ten minutes; in between a new topic takes the full
 path, so a fleet of more topics than the bound keeps its templates instead of
 relearning one at every frame).  A topic whose frames never come out the way a
@@ -24,12 +27,16 @@ template expects stops being tried after a few attempts.
 from __future__ import annotations
 
 import struct
+from sys import intern
 
 from sensorwire.collector.frames import CheckedFrame, Layouts
 from sensorwire.proto import wire
 from sensorwire.proto.encoder import DataEncoder
 
 LEARN_ATTEMPTS = 8   # failed attempts to make a template for a topic before giving up on it
+CACHE_TOPICS = 131_072  # topics with a template (and names checked): ~500 bytes each for a fleet
+#                         of a few sensor kinds, ~4.4 KB each for made-up layouts (570 MB at most)
+SHAPES_MAX = 4096    # distinct frame shapes (sensor name, metrics, units, flags) shared by templates
 _MAX_VARINT_BYTES = 10
 
 
@@ -37,22 +44,22 @@ class _Template:
     __slots__ = ("head", "seq_at", "struct", "size", "consts", "site", "device_id", "boot_id",
                  "sensor", "flags", "layout")
 
-    def __init__(self, head: bytes, fmt: str, consts: tuple[bytes, ...],
+    def __init__(self, head: bytes, shape: tuple[struct.Struct, tuple[bytes, ...]],
                  frame: CheckedFrame) -> None:
         self.head = head
         self.seq_at = len(head)
-        self.struct = struct.Struct(fmt)
+        self.struct, self.consts = shape
         self.size = self.struct.size
-        self.consts = consts
-        # what every matching frame has (copied: the tracker may change a frame's flags)
-        self.site, self.device_id, self.boot_id = frame.site, frame.device_id, frame.boot_id
-        self.sensor, self.flags, self.layout = frame.sensor, frame.flags, frame.layout
+        # what every matching frame has (copied: the tracker may change a frame's flags); names
+        # interned, so that a device's topics and the decoder's cache share one string of each
+        self.site, self.device_id, self.boot_id = intern(frame.site), intern(frame.device_id), frame.boot_id
+        self.sensor, self.flags, self.layout = intern(frame.sensor), frame.flags, frame.layout
 
 
 class Intake:
     """``decode(msg)`` returns a :class:`CheckedFrame` or raises :class:`wire.WireError`."""
 
-    def __init__(self, max_samples: int = 1024, cache_size: int = 65536) -> None:
+    def __init__(self, max_samples: int = 1024, cache_size: int = CACHE_TOPICS) -> None:
         self.decoder = wire.Decoder(max_samples=max_samples, cache_size=cache_size)
         self.layouts = Layouts(cache_size)
         self.cache_size = cache_size
@@ -60,6 +67,9 @@ class Intake:
         self._failed: dict[bytes, int] = {}
         self._refill = wire.Refill()         # for _templates
         self._refill_failed = wire.Refill()  # for _failed
+        # (fmt, consts) -> (Struct, consts): one per shape, shared by the templates of every device
+        # whose sensor sends it (a Struct and its constants cost ~1.2 KB a topic unshared)
+        self._shapes: dict[tuple[str, tuple[bytes, ...]], tuple[struct.Struct, tuple[bytes, ...]]] = {}
         self.matched = 0  # frames read through a template (for tests and benchmarks)
 
     def decode(self, msg: bytes) -> CheckedFrame:
@@ -109,4 +119,9 @@ class Intake:
                 self._failed[topic] = failed + 1
             return
         head, fmt, consts = enc.template(frame.flags)
-        self._templates[topic] = _Template(head, fmt, consts, frame)
+        shape = self._shapes.get((fmt, consts))
+        if shape is None:
+            if len(self._shapes) >= SHAPES_MAX:
+                self._shapes.clear()  # templates keep theirs; new ones share anew
+            shape = self._shapes[(fmt, consts)] = (struct.Struct(fmt), consts)
+        self._templates[topic] = _Template(head, shape, frame)

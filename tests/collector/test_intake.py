@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensorwire.collector import intake as intake_module
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.intake import LEARN_ATTEMPTS, Intake
 from sensorwire.proto import wire
@@ -238,3 +239,45 @@ def test_struct_layout_of_the_template_covers_the_whole_message() -> None:
     assert msg.startswith(head) and msg[len(head)] == 5
     parts = struct.unpack(fmt, msg[len(head) + 1:])
     assert parts[0::2] == consts and parts[1::2] == (7, 1.0, 2.0, 3.0, 4.0)
+
+
+def test_a_fleet_of_one_sensor_kind_costs_well_under_a_kilobyte_a_topic() -> None:
+    """Devices running the same sensor share one Struct and one set of constants, and their
+    names are interned: 2,000 topics keep under 800 bytes each (2.1 KB each before)."""
+    import gc
+    import tracemalloc
+
+    n = 2_000
+    msgs = [DataEncoder(wire.data_topic("gh", f"pi-{d:05d}", "env"), "gh", f"pi-{d:05d}", 1, "env",
+                        LAYOUT).encode(1, 10**18, [1.0, 2.0, 3.0, 4.0]) for d in range(n)]
+    intake = Intake(cache_size=n)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for msg in msgs:
+            intake.decode(msg)
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(intake._templates) == n
+    assert kept / n < 800, f"{kept / n:.0f} bytes a topic"
+    assert len({id(t.struct) for t in intake._templates.values()}) == 1
+
+
+def test_shared_shapes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of made-up layouts cannot grow the table of shared shapes past SHAPES_MAX, and
+    the templates made before it started again keep working."""
+    monkeypatch.setattr(intake_module, "SHAPES_MAX", 8)
+    intake = Intake(cache_size=100)
+    for d in range(30):
+        enc = DataEncoder(wire.data_topic("gh", f"pi-{d}", "env"), "gh", f"pi-{d}", 1, "env",
+                          [(f"m{d}", "C")])
+        intake.decode(enc.encode(1, 10**18, [1.0]))
+        assert len(intake._shapes) <= 8
+    assert len(intake._templates) == 30
+    for d in range(30):
+        enc = DataEncoder(wire.data_topic("gh", f"pi-{d}", "env"), "gh", f"pi-{d}", 1, "env",
+                          [(f"m{d}", "C")])
+        assert intake.decode(enc.encode(2, 10**18, [float(d)])).values == (float(d),)
+    assert intake.matched == 30
