@@ -31,6 +31,23 @@ and looks at most at REPAIR_SEQS_PER_S requested seqs a second: a request
 beyond that budget is answered in part (``repairs_cut``), the rest left to
 the collector's next request.
 
+Subscriptions cost memory: libzmq keeps every one a socket's peers hold in a
+trie (15 to 85 bytes per subscribed byte), and ``ZMQ_XPUB_MANUAL`` does not
+change that (libzmq 4.3.5 keeps a second trie of them in manual mode, to
+unsubscribe a peer that leaves).  What bounds them here: ``ZMQ_MAXMSGSIZE``
+(UPSTREAM_MAX_BYTES) disconnects a peer that sends a longer message, and a
+socket whose peers hold more than MAX_SUBSCRIPTIONS distinct subscriptions,
+or MAX_SUBSCRIPTION_BYTES of them, drops its connections (disconnects from
+its proxy, or unbinds), which frees them, and connects (binds) again after
+RESET_MIN_S, doubling to RESET_MAX_S while it goes on: the collectors
+subscribe again by themselves, and what is built meanwhile is spooled (nobody
+listens).  Each reset is an ERROR and counted (``subscription_resets``, and
+``subscriptions_refused`` for the subscriptions past the budget).  The
+agent's own view (:attr:`Publisher.subscriptions`) mirrors libzmq's trie
+exactly (a non-manual XPUB reports a prefix's first subscription and its
+last unsubscription, and unsubscribes a peer that leaves), so it is bounded
+by the same budget.
+
 Frames and heartbeats are encoded by hand (:mod:`sensorwire.proto.encoder`);
 protobuf is imported only when the first repair request arrives, to parse it.
 """
@@ -41,7 +58,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, KeysView, Sequence
 
 import zmq
 
@@ -67,6 +84,23 @@ REPAIR_LOG_S = 10.0         # at most one INFO line about repairs this often
 INCOMING_MAX = 1000         # messages read from a socket per handle_incoming call
 MAX_ENCODERS = 1024         # one per sensor; bounded all the same
 RING_AGE_CHECK_S = 1.0      # how often the ring drops frames older than ring_s
+# What a socket's peers may hold (libzmq's trie costs 15 to 85 bytes per subscribed byte:
+# 256 KiB of subscriptions is at most about 21 MiB).  10,000 leaves room for a collector
+# subscribing per device in a fleet of thousands (each agent receives every subscription
+# its proxy forwards, its own device's or not: 10,000 such prefixes are about 210 KiB).
+MAX_SUBSCRIPTIONS = 10_000
+MAX_SUBSCRIPTION_BYTES = 256 * 1024
+# ZMQ_MAXMSGSIZE: collectors send subscriptions (at most 196 bytes), pings (65) and repair
+# requests (at most 8,515 bytes); a peer sending a longer message is disconnected
+UPSTREAM_MAX_BYTES = 16 * 1024
+# ZMQ_RCVHWM: messages from a peer queued at once; libzmq stores a subscription in its trie
+# when it takes it off this queue, so this bounds how far past the budget a flood gets
+# before the socket drops its peers (100 of 16 KiB: about 130 MiB at worst)
+UPSTREAM_HWM = 100
+RESET_MIN_S = 1.0    # a socket that dropped its peers connects again after this, doubling
+RESET_MAX_S = 60.0   # up to this while resets follow one another
+RESET_CALM_S = 600.0  # a reset this long after the last starts again at RESET_MIN_S
+MAX_TOPICS_KNOWN = 4096  # topics whose "listened?" answer is cached (own sensors, spooled ones)
 # what became of a message a full socket refused, for its WARNING
 OTHERS = "sending through the others"
 SPOOLING = "nothing takes frames: spooling them"
@@ -96,10 +130,15 @@ class Publisher:
         self.counters: dict[str, int] = collections.Counter(
             frames_sent=0, heartbeats_sent=0, bytes_sent=0, dropped_hwm=0, spooled=0,
             replayed=0, repaired=0, unavailable=0, sent_unsubscribed=0, repairs_cut=0,
-            send_refused=0,
+            send_refused=0, subscription_resets=0, subscriptions_refused=0,
         )
-        self.subscriptions: set[bytes] = set()
+        self._holders: dict[bytes, int] = {}     # prefix -> sockets whose peers subscribed it
         self._subs: list[set[bytes]] = []        # per socket, as its peers subscribed
+        self._sub_bytes: list[int] = []          # per socket: bytes of its subscriptions
+        self._attach: list[tuple[list[str], list[str]]] = []  # per socket: bound (resolved), connected
+        self._reset_at: list[float] = []         # per socket: monotonic time it is to attach again; 0.0
+        self._reset_wait: list[float] = []       # per socket: the wait after its next reset
+        self._last_reset: list[float] = []
         self._listened: dict[bytes, bool] = {}
         self._listening: dict[bytes, frozenset[int]] = {}  # topic -> sockets listened on
         self._topics: dict[str, bytes] = {}
@@ -151,17 +190,27 @@ class Publisher:
                 sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
                 sock.setsockopt(zmq.XPUB_NODROP, 1)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for absent peers: their subscriptions go
+                sock.setsockopt(zmq.MAXMSGSIZE, UPSTREAM_MAX_BYTES)
+                sock.setsockopt(zmq.RCVHWM, UPSTREAM_HWM)
+                bound: list[str] = []
                 for ep in binds:
                     self.security.bind(sock, ep, "publish", domain=COLLECTORS)
+                    bound.append(_last_endpoint(sock))  # the port libzmq chose, to bind it again
                 for ep in connects:
                     self.security.connect(sock, ep, "publish")
                 self._peers.append(("proxy", connects[0]) if connects
                                    else ("subscribers on", ", ".join(binds)))
                 self._subs.append(set())
+                self._sub_bytes.append(0)
+                self._attach.append((bound, list(connects)))
+                self._reset_at.append(0.0)
+                self._reset_wait.append(RESET_MIN_S)
+                self._last_reset.append(-RESET_CALM_S)
         except (zmqutil.EndpointError, ConfigError):
             for sock in self.socks:
                 sock.close(linger=0)
-            self.socks, self._peers, self._subs = [], [], []
+            self.socks, self._peers = [], []
+            self._forget_sockets()
             self.security.close()
             raise
         self.sock = self.socks[0]
@@ -176,11 +225,24 @@ class Publisher:
             self._held = None
         for sock in self.socks:
             sock.close()
-        self.socks, self._peers, self._subs = [], [], []
+        self.socks, self._peers = [], []
+        self._forget_sockets()
         self.sock = None
         self.security.close()
         if self.spool is not None:
             self.spool.close()
+
+    def _forget_sockets(self) -> None:
+        self._subs, self._sub_bytes, self._attach = [], [], []
+        self._reset_at, self._reset_wait, self._last_reset = [], [], []
+        self._holders.clear()
+        self._listened.clear()
+        self._listening.clear()
+
+    @property
+    def subscriptions(self) -> KeysView[bytes]:
+        """The subscriptions the sockets' peers hold, all sockets together."""
+        return self._holders.keys()
 
     # -- what arrives on the socket: subscriptions and repair requests ----------
     def handle_incoming(self) -> None:
@@ -199,31 +261,105 @@ class Publisher:
                     continue
                 kind = msg[0]
                 if kind == 1:
-                    subs.add(msg[1:])
-                    changed = True
+                    prefix = msg[1:]
+                    if prefix not in subs:
+                        subs.add(prefix)
+                        self._sub_bytes[i] += len(prefix)
+                        self._holders[prefix] = self._holders.get(prefix, 0) + 1
+                        changed = True
+                        if self._reset_at[i]:  # its peers are being dropped: so is this
+                            self.counters["subscriptions_refused"] += 1
+                        elif len(subs) > MAX_SUBSCRIPTIONS or self._sub_bytes[i] > MAX_SUBSCRIPTION_BYTES:
+                            self.counters["subscriptions_refused"] += 1
+                            self._reset(i)
                 elif kind == 0:
-                    subs.discard(msg[1:])
-                    changed = True
+                    prefix = msg[1:]
+                    if prefix in subs:
+                        subs.remove(prefix)
+                        self._sub_bytes[i] -= len(prefix)
+                        n = self._holders[prefix] - 1
+                        if n:
+                            self._holders[prefix] = n
+                        else:
+                            del self._holders[prefix]
+                        changed = True
                 elif kind == 2:
                     self._repair(msg[1:], i)
                 elif kind == 3:  # a subscriber asks whether it is subscribed: answered where it is
                     self._send_on(i, wire.ACK + msg[1:65])
         if changed:
-            self.subscriptions = set().union(*self._subs)
             self._listened.clear()
             self._listening.clear()
-            log.debug("subscriptions now %r", sorted(self.subscriptions))
-            if self.spool is not None and self.spool.pending and self.subscriptions:
+            log.debug("subscriptions now: %d", len(self._holders))
+            if self.spool is not None and self.spool.pending and self._holders:
                 self._pass_left = self.spool.pending  # look at every spooled frame once more
                 log.info("subscriber present: replaying %d spooled frames at up to %.0f/s",
                          self._pass_left, self.replay_rate)
+
+    def _reset(self, i: int) -> None:
+        """Socket ``i``'s peers hold more subscriptions than the budget: drop its connections
+        (libzmq then forgets their subscriptions and reports each as unsubscribed), and attach
+        it again after a wait (:meth:`_reattach`)."""
+        now = time.monotonic()
+        if now - self._last_reset[i] >= RESET_CALM_S:
+            self._reset_wait[i] = RESET_MIN_S
+        wait = self._reset_wait[i]
+        self._reset_wait[i] = min(RESET_MAX_S, wait * 2)
+        self._last_reset[i] = now
+        self._reset_at[i] = now + wait
+        self.counters["subscription_resets"] += 1
+        sock = self.socks[i]
+        bound, connects = self._attach[i]
+        for ep in connects:
+            _quietly(sock.disconnect, ep)
+        for ep in bound:
+            _quietly(sock.unbind, ep)
+        what, endpoint = self._peers[i]
+        _limited.error(f"reset:{endpoint}", "%s %s hold more than %d subscriptions or %d KiB "
+                       "of them (%d, %d bytes): dropping the connections, which frees them, "
+                       "and connecting again in %g s (%d times so far). Each costs memory "
+                       "here and in the proxy; without CURVE anyone who reaches the proxy's "
+                       "backend can subscribe: set the proxy's [security] "
+                       "authorized_collectors", what, endpoint, MAX_SUBSCRIPTIONS,
+                       MAX_SUBSCRIPTION_BYTES // 1024, len(self._subs[i]), self._sub_bytes[i],
+                       wait, self.counters["subscription_resets"])
+
+    def _reattach(self) -> float | None:
+        """Connect (bind) again the sockets whose reset wait is over; seconds until the next
+        one is due, or None."""
+        nxt: float | None = None
+        now = time.monotonic()
+        for i, at in enumerate(self._reset_at):
+            if not at:
+                continue
+            if now < at:
+                nxt = at - now if nxt is None else min(nxt, at - now)
+                continue
+            sock = self.socks[i]
+            bound, connects = self._attach[i]
+            try:
+                for ep in bound:
+                    sock.bind(ep)
+                for ep in connects:
+                    sock.connect(ep)
+            except zmq.ZMQError as exc:  # e.g. the port taken meanwhile: tried again
+                self._reset_at[i] = now + self._reset_wait[i]
+                _limited.error(f"reattach:{i}", "could not attach the socket of %s %s again "
+                               "(%s); trying again in %.0f s", *self._peers[i], exc,
+                               self._reset_wait[i])
+                nxt = self._reset_wait[i] if nxt is None else min(nxt, self._reset_wait[i])
+                continue
+            self._reset_at[i] = 0.0
+            log.info("%s %s: connected again after dropping its subscriptions", *self._peers[i])
+        return nxt
 
     def listened(self, topic: bytes) -> bool:
         """Is at least one subscriber listening for ``topic``?"""
         known = self._listened.get(topic)
         if known is None:
-            msg = topic + wire.DELIM
-            known = any(msg.startswith(s) for s in self.subscriptions)
+            known = _matches(topic + wire.DELIM, self._holders)
+            if len(self._listened) >= MAX_TOPICS_KNOWN:
+                self._listened.clear()
             self._listened[topic] = known
         return known
 
@@ -295,9 +431,10 @@ class Publisher:
         topic = msg[: msg.find(wire.DELIM)]
         listening = self._listening.get(topic)
         if listening is None:
+            if len(self._listening) >= MAX_TOPICS_KNOWN:
+                self._listening.clear()
             listening = self._listening[topic] = frozenset(
-                i for i, subs in enumerate(self._subs)
-                if any((topic + wire.DELIM).startswith(s) for s in subs))
+                i for i, subs in enumerate(self._subs) if _matches(topic + wire.DELIM, subs))
         taken = False
         refused: list[int] = []
         for i, sock in enumerate(self.socks):
@@ -366,7 +503,13 @@ class Publisher:
         return self._pass_left > 0 or self._held is not None
 
     def replay(self) -> float | None:
-        """Send what the pace allows; returns seconds until the next step, or None."""
+        """Send what the pace allows, and attach again the sockets whose reset wait is over
+        (:meth:`_reset`); returns seconds until the next step of either, or None."""
+        reattach = self._reattach() if any(self._reset_at) else None
+        step = self._replay()
+        return step if reattach is None else reattach if step is None else min(step, reattach)
+
+    def _replay(self) -> float | None:
         spool = self.spool
         if spool is None or not self.replaying:
             return None
@@ -559,3 +702,25 @@ class Publisher:
         """Once per loop iteration: what was spooled reaches the OS."""
         if self.spool is not None:
             self.spool.flush()
+
+
+def _matches(msg: bytes, prefixes: Collection[bytes]) -> bool:
+    """Does one of ``prefixes`` start ``msg``?  Looks up each start of ``msg`` when there are
+    fewer of those than prefixes: the cost stays that of the topic's length however many
+    subscriptions a flood brings."""
+    if len(prefixes) <= len(msg):
+        return any(msg.startswith(p) for p in prefixes)
+    return any(msg[:n] in prefixes for n in range(len(msg) + 1))
+
+
+def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) else str(last)
+
+
+def _quietly(detach: Callable[[str], None], endpoint: str) -> None:
+    """Disconnect or unbind; an endpoint libzmq no longer knows is no error here."""
+    try:
+        detach(endpoint)
+    except zmq.ZMQError as exc:
+        log.debug("detaching %s: %s", endpoint, exc)
