@@ -19,10 +19,20 @@ about half the CPU per frame of the Python loop.
   closed safely and ``zmq_ctx_term`` would wait for them forever.
 - :class:`Upstream` is the proxy's own peer on its frontend, in the main
   thread's poller: an XPUB connected over ``inproc://``, as an agent is. It
-  sees what collectors send upstream (subscriptions, counted; pings, answered
+  sees what collectors send upstream (subscriptions, counted and, as far as
+  MAX_SUBSCRIPTIONS goes, held: see below; pings, answered
   with ``$ack/<nonce>``, which libzmq then forwards to the backend like an
   agent's message, and which the frame and byte counters leave out, as the
   Python loop does).  It never sees a data frame.
+
+Subscriptions are not bounded here: libzmq stores every distinct one a
+collector sends, in the backend's trie, the frontend's (to send them again to
+an agent that reconnects) and the Upstream's, and forwards them to every
+agent.  The Upstream mirrors them (what the backend forwards is each prefix's
+first subscription and its last unsubscription) up to MAX_SUBSCRIPTIONS or
+MAX_SUBSCRIPTION_BYTES, the agents' own budget (:mod:`sensorwire.agent.publisher`),
+and past it logs an ERROR (at most once a minute) that says what to do; the
+count is in the summary line.
 
 What changes against the Python loop:
 
@@ -44,6 +54,7 @@ import itertools
 import logging
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -57,6 +68,11 @@ STATS_WAIT_S = 0.5  # how long statistics() waits for an answer before saying "n
 _ids = itertools.count(1)
 ACK_MAX_BYTES = len(wire.ACK) + 64  # an answer to a ping: $ack/ + the ping's nonce (<= 64)
 MAX_LIVE = 10_000  # ping-answer subscriptions tracked at once (one or two per subscriber)
+# distinct subscriptions collectors may hold: the agents' budget, past which each agent drops its
+# connection to the proxy (sensorwire.agent.publisher), so the proxy forwards no more than it
+MAX_SUBSCRIPTIONS = 10_000
+MAX_SUBSCRIPTION_BYTES = 256 * 1024
+OVER_BUDGET_LOG_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,11 @@ class Upstream:
         # match, at most MAX_LIVE: the others never decide whether an answer is forwarded
         self._live: set[bytes] = set()
         self.untracked = 0           # such subscriptions not kept: MAX_LIVE reached
+        # the distinct subscriptions in force upstream, as far as the budget goes
+        self.held: set[bytes] = set()
+        self.held_bytes = 0
+        self.over_budget = 0         # subscriptions that came with the budget full (not held)
+        self._over_log_at = 0.0
 
     def open(self) -> None:
         sock = self.sock = self._ctx.socket(zmq.XPUB)
@@ -193,11 +214,33 @@ class Upstream:
             kind = msg[:1]
             if kind == b"\x01":
                 self.subscriptions += 1
+                self._hold(msg[1:])
                 self._track(msg[1:])
             elif kind == b"\x00":
                 self._live.discard(msg[1:])
+                if msg[1:] in self.held:
+                    self.held.remove(msg[1:])
+                    self.held_bytes -= len(msg) - 1
             elif kind == wire.PING:
                 self._ack(sock, wire.ACK + msg[1:65])
+
+    def _hold(self, prefix: bytes) -> None:
+        if prefix in self.held:
+            return
+        if len(self.held) < MAX_SUBSCRIPTIONS and self.held_bytes + len(prefix) <= MAX_SUBSCRIPTION_BYTES:
+            self.held.add(prefix)
+            self.held_bytes += len(prefix)
+            return
+        self.over_budget += 1
+        now = time.monotonic()
+        if now >= self._over_log_at:
+            self._over_log_at = now + OVER_BUDGET_LOG_S
+            log.error("proxy: collectors hold more than %d distinct subscriptions or %d KiB of "
+                      "them (%d past it so far). libzmq keeps each one here (three times, about a "
+                      "hundred bytes per subscribed byte) and forwards it to every agent, which "
+                      "drops its connection past the same budget; without CURVE anyone who "
+                      "reaches the backend can subscribe: set [security] authorized_collectors",
+                      MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTION_BYTES // 1024, self.over_budget)
 
     def _track(self, prefix: bytes) -> None:
         if len(prefix) > ACK_MAX_BYTES or not (prefix.startswith(wire.ACK)

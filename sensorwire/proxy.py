@@ -175,6 +175,10 @@ class Proxy:
         self.subscriptions = 0
         # messages from collectors not passed on to agents (in Python only), by reason
         self.upstream_dropped: collections.Counter[str] = collections.Counter()
+        # distinct subscriptions forwarded to the agents (in Python: at most the agents' budget)
+        self._forwarded: set[bytes] = set()
+        self._forwarded_bytes = 0
+        self._upstream_view: libzmqproxy.Upstream | None = None  # in C: what it saw
         self.in_libzmq = False  # forwarding in C (set in run(), see sensorwire.libzmqproxy)
         self._rate = Rate()
         self._stats_at = time.monotonic()  # when libzmq last answered STATISTICS
@@ -240,7 +244,13 @@ class Proxy:
         cache = (f"; last-value cache: {len(c)} topics, {c.bytes} bytes, {c.evicted} evicted, "
                  f"{c.refused} refused, {c.replays} replays ({c.sent} frames), "
                  f"{c.replays_skipped} skipped" if c is not None else "")
-        return "".join([f"; dropped: {dropped}" if dropped else "", cache,
+        up = self._upstream_view
+        if up is not None:
+            subs = (f"; subscriptions: {len(up.held)} held ({up.held_bytes} bytes)"
+                    + (f", {up.over_budget} past the budget" if up.over_budget else ""))
+        else:
+            subs = f"; subscriptions: {len(self._forwarded)} held ({self._forwarded_bytes} bytes)"
+        return "".join([f"; dropped: {dropped}" if dropped else "", subs, cache,
                         f"; dropped from collectors: {upstream}" if upstream else "",
                         f"; connections: {guard}" if guard else ""])
 
@@ -280,7 +290,7 @@ class Proxy:
                     ready: Callable[[], None] | None, svc: Service) -> None:
         inproc = libzmqproxy.endpoint()
         front.bind(inproc)
-        upstream = libzmqproxy.Upstream(ctx, inproc)
+        upstream = self._upstream_view = libzmqproxy.Upstream(ctx, inproc)
         forwarder = libzmqproxy.Forwarder(ctx, front, back)
         try:
             upstream.open()
@@ -378,11 +388,31 @@ class Proxy:
                 self._drop_upstream("subscription_too_long", f"a subscription of {len(msg) - 1} "
                                     f"bytes (a topic has at most {wire.MAX_TOPIC_BYTES})")
                 continue
-            front.send(msg)
             if kind == b"\x01":
+                prefix = msg[1:]
+                if prefix not in self._forwarded:
+                    if (len(self._forwarded) >= libzmqproxy.MAX_SUBSCRIPTIONS or self._forwarded_bytes
+                            + len(prefix) > libzmqproxy.MAX_SUBSCRIPTION_BYTES):
+                        self._drop_upstream("too_many_subscriptions", "collectors hold "
+                                            f"{len(self._forwarded)} distinct subscriptions "
+                                            f"({self._forwarded_bytes} bytes), the most the agents "
+                                            "take; without CURVE anyone who reaches the backend "
+                                            "can subscribe: set [security] authorized_collectors")
+                        continue
+                    self._forwarded.add(prefix)
+                    self._forwarded_bytes += len(prefix)
                 self.subscriptions += 1
+                front.send(msg)
                 if self.cache is not None:
-                    self._send_cached(back, msg[1:])
+                    self._send_cached(back, prefix)
+                continue
+            if kind == b"\x00":
+                prefix = msg[1:]
+                if prefix not in self._forwarded:
+                    continue  # never forwarded: nothing to take back
+                self._forwarded.remove(prefix)
+                self._forwarded_bytes -= len(prefix)
+            front.send(msg)
 
     def _drop_upstream(self, reason: str, detail: str) -> None:
         self.upstream_dropped[reason] += 1

@@ -1,0 +1,96 @@
+"""The distinct subscriptions a real proxy forwards to its agents, and what it says of them.
+
+Forwarding in Python (here: the last-value cache on), the proxy forwards at most the
+agents' budget of distinct subscriptions and drops and counts the rest; forwarding in
+libzmq (the default) it cannot drop one, and says so loudly once past the budget.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from support import Proc, tcp, wait_until, write
+
+from sensorwire import libzmqproxy
+
+BUDGET_KIB = libzmqproxy.MAX_SUBSCRIPTION_BYTES // 1024
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def start(procs: Callable[..., Proc], tmp_path: Path, extra: str) -> tuple[Proc, str, str]:
+    front, back = tcp(), tcp()
+    cfg = write(tmp_path / "proxy.toml", f'frontend = "{front}"\nbackend = "{back}"\n'
+                f'summary_s = 0.5\n{extra}\n[metrics]\nlisten = ""\n')
+    return procs("proxy", "proxy", "-c", str(cfg)), front, back
+
+
+def socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    s = ctx.socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
+def read_subscriptions(agent: zmq.Socket[bytes], quiet_ms: int = 1000) -> list[bytes]:
+    out = []
+    while agent.poll(quiet_ms):
+        out.append(agent.recv())
+    return out
+
+
+def test_in_python_the_proxy_forwards_at_most_the_agents_budget(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    proxy, front, back = start(procs, tmp_path, "last_value_cache = true")
+    agent = socket(ctx, zmq.XPUB, front)
+    flood = socket(ctx, zmq.XSUB, back)
+    first = socket(ctx, zmq.XSUB, back)
+    first.send(b"\x01gh/")
+    assert agent.poll(10_000) and agent.recv() == b"\x01gh/"
+    n = libzmqproxy.MAX_SUBSCRIPTION_BYTES // 190 + 20  # each as long as a topic may be
+    for i in range(n):
+        flood.send(b"\x01%04d" % i + os.urandom(186))
+    got = read_subscriptions(agent)
+    held = len(b"gh/")
+    for m in got:
+        held += len(m) - 1
+    assert held <= libzmqproxy.MAX_SUBSCRIPTION_BYTES
+    assert len(got) < n + 1  # some dropped
+    wait_until(lambda: "too_many_subscriptions" in proxy.log(), timeout_s=10,
+               what="the drops in the summary line")
+    assert "set [security] authorized_collectors" in proxy.log()
+    # the flood leaves: what it held is taken back from the agents, room for others again
+    flood.close()
+    gone = read_subscriptions(agent)
+    assert len(gone) == len(got) and all(m[:1] == b"\x00" for m in gone)
+    second = socket(ctx, zmq.XSUB, back)
+    second.send(b"\x01gh/pi-3/")
+    assert agent.poll(10_000) and agent.recv() == b"\x01gh/pi-3/"
+    first.close()
+    second.close()
+
+
+def test_in_libzmq_past_the_budget_the_proxy_says_so(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    proxy, front, back = start(procs, tmp_path, "")
+    agent = socket(ctx, zmq.XPUB, front)
+    flood = socket(ctx, zmq.XSUB, back)
+    flood.send(b"\x01gh/")
+    assert agent.poll(10_000)
+    for i in range(BUDGET_KIB + 20):
+        flood.send(b"\x01%04d" % i + os.urandom(1020))
+    wait_until(lambda: "collectors hold more than 10000 distinct subscriptions or "
+               f"{BUDGET_KIB} KiB" in proxy.log(), timeout_s=10, what="the ERROR")
+    wait_until(lambda: "past the budget" in proxy.log(), timeout_s=10, what="the summary line")
+    flood.close()
+    wait_until(lambda: "subscriptions: 0 held (0 bytes)" in proxy.log().rsplit("\n", 3)[-2],
+               timeout_s=10, what="the subscriptions gone with the flood")
