@@ -24,9 +24,8 @@ from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 # distinct subscriptions of 1 KiB: 2.5 MB; without a bound the agent's RSS grew by 120 MB (by 47
-# for 1,000, 144 for 3,000: at this rate 1 GB is 21 MB of subscriptions); with it, by 47 MB
-# whatever the flood (the budget, 256 KiB, what libzmq takes in before the reset, and free
-# memory malloc keeps)
+# for 1,000, 144 for 3,000: at this rate 1 GB is 21 MB of subscriptions); with it, by 14 MB
+# whatever the flood (30 with two busy processes on the machine's two cores)
 FLOOD = 2500
 GROWTH_MAX_MB = 80
 
