@@ -163,3 +163,39 @@ def test_listened_costs_the_topic_not_the_subscriptions(ctx: zmq.Context[zmq.Soc
     p._holders[b"gh/pi-07/"] = 1
     p._listened.clear()
     assert p.listened(topic)
+
+
+def test_with_two_proxies_only_the_flooded_ones_connection_is_dropped(
+        ctx: zmq.Context[zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publisher_mod, "RESET_MIN_S", 30.0)  # stays dropped for the test
+    monkeypatch.setattr(publisher_mod, "MAX_SUBSCRIPTIONS", 50)
+    eps = [tcp(), tcp()]
+    proxies = []
+    for ep in eps:
+        s = ctx.socket(zmq.XSUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.bind(ep)
+        proxies.append(s)
+    a, b = proxies
+    p = Publisher("gh", "pi-07", PublishConfig(connect=eps))
+    p.open(ctx)
+    try:
+        def subscribed() -> bool:
+            a.send(b"\x01gh/")
+            b.send(b"\x01gh/")
+            pump(p)
+            return all(b"gh/" in subs for subs in p._subs)
+        wait_until(subscribed, what="both subscriptions")
+        for i in range(60):
+            a.send(b"\x01gh/x%d" % i)
+        wait_until(lambda: pump(p).counters["subscription_resets"], what="the reset")
+        wait_until(lambda: not pump(p)._subs[0], what="proxy a's subscriptions to go")
+        assert p._subs[1] == {b"gh/"} and p.subscriptions == {b"gh/"}
+        p.publish(*p.build_data("env", READINGS, time.time_ns()))
+        assert b.poll(2000) and b.recv().startswith(b"gh/pi-07/env" + wire.DELIM)
+        assert p.counters["frames_sent"] == 1 and p.counters["subscription_resets"] == 1
+        assert not a.poll(200)
+    finally:
+        p.close()
+        a.close()
+        b.close()
