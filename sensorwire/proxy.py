@@ -401,8 +401,13 @@ class Proxy:
                         continue
                     self._forwarded.add(prefix)
                     self._forwarded_bytes += len(prefix)
+                    # once only: with the cache on the backend passes every collector's
+                    # subscription (XPUB_VERBOSE) but only the last unsubscription, and the
+                    # frontend (XSUB) counts what it is sent: a repeat sent on would keep the
+                    # prefix at the agents after its last collector left, and they would send
+                    # frames nobody takes instead of spooling them
+                    front.send(msg)
                 self.subscriptions += 1
-                front.send(msg)
                 if self.cache is not None:
                     self._send_cached(back, prefix)
                 continue

@@ -94,3 +94,23 @@ def test_in_libzmq_past_the_budget_the_proxy_says_so(
     flood.close()
     wait_until(lambda: "subscriptions: 0 held (0 bytes)" in proxy.log().rsplit("\n", 3)[-2],
                timeout_s=10, what="the subscriptions gone with the flood")
+
+
+def test_in_python_the_agents_lose_a_prefix_when_its_last_collector_leaves(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """With the last-value cache on the backend sees every subscription (XPUB_VERBOSE), two
+    collectors' of one prefix included, but only the last unsubscription: the agents must get
+    the prefix once, and lose it when both have left (or they would go on sending frames that
+    nobody takes, instead of spooling them)."""
+    proxy, front, back = start(procs, tmp_path, "last_value_cache = true")
+    agent = socket(ctx, zmq.XPUB, front)
+    agent.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription that reaches it, repeats too
+    one, two = socket(ctx, zmq.XSUB, back), socket(ctx, zmq.XSUB, back)
+    one.send(b"\x01gh/")
+    assert agent.poll(10_000) and agent.recv() == b"\x01gh/"
+    two.send(b"\x01gh/")
+    wait_until(lambda: "subscriptions: 1 held" in proxy.log(), timeout_s=10,
+               what="the proxy's summary")
+    one.close()
+    two.close()
+    assert read_subscriptions(agent, 3000) == [b"\x00gh/"]
