@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -139,7 +140,13 @@ Describe = Callable[[], Iterable[Family]]
 
 
 class MetricsServer:
-    """Serves ``/metrics`` from a thread of prometheus_client's own; ``close()`` stops it."""
+    """Serves ``/metrics`` from a thread of its own; ``close()`` stops it.
+
+    What a scrape gets is prometheus_client's own answer (its WSGI app: the
+    text or OpenMetrics format by ``Accept``, gzip by ``Accept-Encoding``,
+    ``name[]`` to pick families); the server around it is bounded
+    (:mod:`sensorwire.metricsserver`).
+    """
 
     def __init__(self, listen: str, describe: Sequence[Describe], explicit: bool = True) -> None:
         self.listen = listen
@@ -152,15 +159,18 @@ class MetricsServer:
         """Start serving; False when off or (for a default address) when the port is taken."""
         if not self.listen:
             return False
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
         from prometheus_client.process_collector import ProcessCollector
 
+        from sensorwire.metricsserver import REFUSED_REASONS, BoundedServer, refused_families
+
+        refused = dict.fromkeys(REFUSED_REASONS, 0)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Adapter(self.describe))
+        registry.register(_Adapter([*self.describe, lambda: refused_families(refused)]))
         ProcessCollector(registry=registry)
         host, port = split_listen(self.listen)
         try:
-            self._httpd, _ = start_http_server(port, addr=host, registry=registry)
+            httpd = BoundedServer(host, port, refused)
         except OSError as exc:
             message = f"cannot serve metrics on {self.listen}: {exc.strerror or exc}"
             if self.explicit:
@@ -168,7 +178,12 @@ class MetricsServer:
             log.warning("%s; running without metrics (set [metrics] listen to another "
                         "address, or \"\" to turn them off)", message)
             return False
-        self.port = int(self._httpd.server_address[1])
+        from prometheus_client import make_wsgi_app
+
+        httpd.set_app(make_wsgi_app(registry))
+        threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+        self._httpd = httpd
+        self.port = int(httpd.server_address[1])
         log.info("metrics at http://%s/metrics", self.listen)
         return True
 
@@ -176,6 +191,7 @@ class MetricsServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.close_connections()
             self._httpd = None
 
     def __enter__(self) -> MetricsServer:

@@ -8,7 +8,8 @@ To export a new counter, add one ``Family`` line where the role's others are
 Names, by role:
 
 - every role: ``sensorwire_build_info``, ``sensorwire_config_reloads_total{result}``,
-  ``sensorwire_config_last_reload_successful``, and the process's own
+  ``sensorwire_config_last_reload_successful``, ``sensorwire_metrics_refused_total{reason}``
+  (from the endpoint itself, :mod:`sensorwire.metricsserver`), and the process's own
   (``process_resident_memory_bytes``, ...);
 - agent: ``sensorwire_frames_sent_total``, ``sensorwire_heartbeats_sent_total``,
   ``sensorwire_bytes_sent_total``, ``sensorwire_frames_dropped_total{reason}``,
