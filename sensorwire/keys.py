@@ -21,6 +21,7 @@ that cannot be read for its permissions says so, and how to hand it over.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
 import zmq.utils.z85
 
 from sensorwire import names
@@ -56,6 +58,10 @@ class KeyExists(Exception):
     """``keygen`` would overwrite a key; the message says how to replace it on purpose."""
 
 
+class KeyWriteError(OSError):
+    """The folder refused a new key file (full, read-only); the message says what is left."""
+
+
 @dataclass(frozen=True)
 class KeyPair:
     public: bytes        # Z85, 40 bytes, as the socket options take it
@@ -78,14 +84,23 @@ def raw_to_z85(key: bytes) -> str:
 def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` (mode 0600) in ``folder``.
 
-    The pair is written in a private temporary folder beside the result and
-    moved into place, so the secret key is never readable by others, not
-    even for a moment.  Raises :class:`KeyExists` unless ``force``.
-    """
-    import shutil
-    import tempfile
+    Raises :class:`KeyExists` unless ``force``; :class:`KeyWriteError` when the
+    folder refuses the new files (full, read-only), with the old pair as it was.
 
-    import zmq.auth  # here, not at import: it costs an agent without CURVE 1 MiB
+    Each file is written whole to a temporary file beside it (``.NAME.key.tmp``,
+    ``.NAME.key_secret.tmp``) with its final mode from the start, flushed to
+    disk, and renamed over the old one: a file is always either the old one or
+    the new one, never half of one, and the secret never readable by others.
+    Both are on disk before either is renamed, so a full disk leaves the old
+    pair.  The secret is renamed first: the secret file holds the public key
+    too, and is what a role reads, so it is the pair.  An interruption between
+    the two renames (a crash, a power cut) leaves the new secret beside the old
+    public key: never a public key whose secret is gone (handed out, it could
+    never be used again).  ``keygen`` without ``--force`` then says the two do
+    not match; run it again with ``--force``.  A crash before the renames
+    leaves the old pair and temporary files, which the next ``keygen`` removes.
+    """
+    import datetime
 
     problem = names.segment_problem(name)
     if problem:
@@ -93,21 +108,94 @@ def generate(name: str, folder: str | Path, force: bool = False) -> tuple[Path, 
     dest = Path(folder)
     dest.mkdir(parents=True, exist_ok=True)
     public, secret = dest / f"{name}{PUBLIC_SUFFIX}", dest / f"{name}{SECRET_SUFFIX}"
+    temporary = [dest / f".{p.name}.tmp" for p in (secret, public)]
+    for tmp in temporary:  # left by a run that was interrupted
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     if not force:
         for p in (public, secret):
             if os.path.lexists(p):  # a symlink counts, even to a key not there now
-                raise KeyExists(f"{p} exists; pass --force to replace the pair (whoever uses the "
-                                "old key is then refused)")
-    tmp = Path(tempfile.mkdtemp(prefix=".keygen-", dir=dest))  # mode 0700
+                raise KeyExists(f"{p} exists{_mismatch(public, secret)}; pass --force to replace "
+                                "the pair (whoever uses the old key is then refused)")
+    public_key, secret_key = (k.decode("ascii") for k in zmq.curve_keypair())
+    now = datetime.datetime.now()
+    left = "the old pair as it was"
     try:
-        made_public, made_secret = zmq.auth.create_certificates(tmp, name)
-        os.chmod(made_secret, 0o600)
-        os.chmod(made_public, 0o644)
-        os.replace(made_secret, secret)
-        os.replace(made_public, public)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp, mode, text in zip(temporary, (0o600, 0o644), (
+                _certificate(_SECRET_BANNER, now, public_key, secret_key),
+                _certificate(_PUBLIC_BANNER, now, public_key)), strict=True):
+            _write_whole(tmp, text.encode("utf-8"), mode)
+        os.replace(temporary[0], secret)
+        left = "the new secret key beside the old public key: run keygen --force again"
+        _fsync_folder(dest)  # the secret's rename on disk before the public key's
+        os.replace(temporary[1], public)
+        left = "the new pair, perhaps not yet on disk"
+        _fsync_folder(dest)
+    except OSError as exc:
+        for tmp in temporary:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise KeyWriteError(f"cannot write the new pair in {dest}: {exc.strerror or exc} "
+                            f"({left})") from None
     return public, secret
+
+
+# ZeroMQ's certificate format, as zmq.auth writes it
+_SECRET_BANNER = """#   ****  Generated on {0} by pyzmq  ****
+#   ZeroMQ CURVE **Secret** Certificate
+#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
+
+"""
+_PUBLIC_BANNER = """#   ****  Generated on {0} by pyzmq  ****
+#   ZeroMQ CURVE Public Certificate
+#   Exchange securely, or use a secure mechanism to verify the contents
+#   of this file after exchange. Store public certificates in your home
+#   directory, in the .curve subdirectory.
+
+"""
+
+
+def _certificate(banner: str, now: object, public_key: str, secret_key: str | None = None) -> str:
+    text = banner.format(now) + "metadata\ncurve\n" + f'    public-key = "{public_key}"\n'
+    return text + (f'    secret-key = "{secret_key}"\n' if secret_key else "")
+
+
+def _write_whole(path: Path, data: bytes, mode: int) -> None:
+    """``data`` in a new file ``path`` of ``mode`` (whatever the umask), on disk when it returns;
+    a file left there by an interrupted run is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mismatch(public: Path, secret: Path) -> str:
+    """Why ``public`` is not the public key of ``secret`` ("" when it is, or either is not
+    there to say): what an interrupted ``keygen --force`` can leave."""
+    try:
+        theirs, _ = _load(public, "key")
+        ours, secret_key = _load(secret, "secret_key")
+    except KeyFileError:
+        return ""
+    if secret_key is None or theirs == ours:
+        return ""
+    return (f", and {public.name} is not the public key of {secret.name} (a keygen --force "
+            "interrupted between writing the two?)")
 
 
 def load_secret(path: str | Path, what: str = "secret_key", role: str = "") -> KeyPair:
