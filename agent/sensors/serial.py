@@ -97,6 +97,30 @@ def url_problem(port: str) -> str | None:
         m = _HOST_PORT.match(rest)
         if m is None or not 0 < int(m.group(2)) < 65536:
             return f"{port!r}: expected {scheme}://HOST:PORT, e.g. {scheme}://192.0.2.7:4000"
+    if scheme == "rfc2217":
+        return _rfc2217_options_problem(port, rest.partition("?")[2])
+    return None
+
+
+def _rfc2217_options_problem(port: str, query: str) -> str | None:
+    """pyserial's rfc2217:// options: ``timeout=S`` (for each answer of the server, 3 s unless
+    given), ``logging=LEVEL``, ``ign_set_control``, ``poll_modem``."""
+    from urllib.parse import parse_qs
+
+    for option, values in parse_qs(query, keep_blank_values=True).items():
+        if option == "timeout":
+            try:
+                ok = 0 < float(values[0]) < 3600
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"{port!r}: timeout={values[0]!r}: expected seconds, e.g. timeout=0.5"
+        elif option == "logging":
+            if values[0] not in ("debug", "info", "warning", "error"):
+                return f"{port!r}: logging={values[0]!r}: expected debug, info, warning or error"
+        elif option not in ("ign_set_control", "poll_modem"):
+            return (f"{port!r}: unknown rfc2217 option {option!r} (pyserial knows timeout, "
+                    "logging, ign_set_control, poll_modem)")
     return None
 
 
@@ -256,11 +280,14 @@ class SerialSensor:
 
         self.close()
         c = self.config
+        # pyserial's rfc2217:// refuses any write timeout (NotImplementedError, after the
+        # negotiation): its writes wait at most its socket's timeout, 5 s
+        write_timeout = None if c.port.startswith("rfc2217://") else WRITE_TIMEOUT_S
         try:
             self._port = serial.serial_for_url(
                 c.port, baudrate=c.baudrate, bytesize=c.bytesize, parity=c.parity,
                 stopbits=int(c.stopbits) if c.stopbits.is_integer() else c.stopbits,
-                timeout=0.5, write_timeout=WRITE_TIMEOUT_S, exclusive=True,
+                timeout=0.5, write_timeout=write_timeout, exclusive=True,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise SerialPortError(f"cannot open {c.port}: {exc}") from exc

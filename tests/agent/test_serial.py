@@ -371,6 +371,10 @@ def parse_error(**keys: Any) -> str:
     ({"format": "json", "port": "socket://10.0.0.5"},
      "sensors[2].port: 'socket://10.0.0.5': expected socket://HOST:PORT"),
     ({"format": "json", "port": "rfc2217://host:99999"}, "expected rfc2217://HOST:PORT"),
+    ({"format": "json", "port": "rfc2217://host:2217?timeout=abc"},
+     "'rfc2217://host:2217?timeout=abc': timeout='abc': expected seconds, e.g. timeout=0.5"),
+    ({"format": "json", "port": "rfc2217://host:2217?timout=1"},
+     "unknown rfc2217 option 'timout' (pyserial knows timeout, logging, ign_set_control, poll_modem)"),
 ])
 def test_config_errors_name_the_key_and_the_fix(keys: dict[str, Any], message: str) -> None:
     assert message in parse_error(**keys)
@@ -383,7 +387,8 @@ def test_a_port_that_does_not_exist_is_still_a_valid_config() -> None:
 
 
 @pytest.mark.parametrize("port", ["socket://192.0.2.7:4000", "socket://[::1]:4000",
-                                  "rfc2217://dev.example:2217?logging=debug", "loop://", "spy:///dev/ttyUSB0"])
+                                  "rfc2217://dev.example:2217?logging=debug",
+                                  "rfc2217://192.0.2.7:2217?timeout=0.5&poll_modem", "loop://", "spy:///dev/ttyUSB0"])
 def test_the_pyserial_urls_pass(port: str) -> None:
     _, cfg = sensors.parse({"name": "d", "kind": "serial", "port": port, "format": "json"}, 0, "x")
     assert cfg.port == port  # type: ignore[attr-defined]
