@@ -156,9 +156,10 @@ class Agent:
             self._stop_streams(self.states)
             until = time.monotonic() + READERS_JOIN_S  # one wait for them all, not one each
             for st in self.states:
-                if st.thread is not None:
+                if st.thread is not None:  # it closes its sensor as it ends (_stream_reader)
                     st.thread.join(timeout=max(0.0, until - time.monotonic()))
-                _close_quietly(st)
+                else:
+                    _close_quietly(st)
             self.publisher.close()
             self._waker.close()
             ctx.term()
@@ -395,6 +396,10 @@ class Agent:
                         self.stream_dropped += 1
                     self._stream_q.append((st, t, readings))
                 self._waker.wake()
+        # stopped: the thread closes its sensor, whether the stopper waited for it or gave up (a
+        # reload whose READERS_JOIN_S an open outlasted: the port it brings is closed here, not left
+        # open until the agent stops); the loop no longer reads it (_stop_streams)
+        _close_quietly(st)
 
     def _publish_stream_readings(self) -> None:
         while True:
@@ -423,13 +428,14 @@ class Agent:
         self._stop_streams(plan.retired)
         until = time.monotonic() + READERS_JOIN_S
         for st in plan.retired:
-            if st.thread is not None:
-                st.thread.join(timeout=max(0.0, until - time.monotonic()))
-                if st.thread.is_alive():
-                    log.warning("sensor %s: its reader did not stop within %g s; left to finish",
-                                st.name, READERS_JOIN_S)
-                    continue
-            _close_quietly(st)
+            if st.thread is None:
+                _close_quietly(st)
+                continue
+            # a reader thread closes its sensor as it ends (_stream_reader)
+            st.thread.join(timeout=max(0.0, until - time.monotonic()))
+            if st.thread.is_alive():
+                log.warning("sensor %s: its reader did not stop within %g s; left to finish "
+                            "(it closes the port when it does)", st.name, READERS_JOIN_S)
         self.states = plan.states
         self.config = msgspec.structs.replace(self.config, sensors=config.sensors, publish=publish,
                                              log_level=config.log_level)

@@ -144,3 +144,59 @@ def test_an_agent_opening_a_silent_rfc2217_port_stops_within_its_wait_for_reader
         took = time.monotonic() - started
     assert took < READERS_JOIN_S + 1.0, agent.log()
     assert "agent stopping" in agent.log()
+
+
+@pytest.mark.slow
+def test_a_port_that_opens_after_a_reload_gave_up_on_its_reader_is_closed(
+        tmp_path: Path, procs: Any) -> None:
+    """A reload removes a sensor whose thread is inside an rfc2217:// open that outlasts the
+    reload's wait for it (READERS_JOIN_S): when the server answers after all, the port that
+    opens in that thread is closed, not left open until the agent stops."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted, answer, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def serve() -> None:  # accepts, answers only once told to, then watches for the close
+        conn, _ = listener.accept()
+        accepted.set()
+        with conn, serial.serial_for_url("loop://", timeout=0) as port:
+
+            class Out:
+                def write(self, data: bytes) -> None:
+                    conn.sendall(data)
+
+            answer.wait(30)
+            manager = serial.rfc2217.PortManager(cast(Any, port), cast(Any, Out()))
+            conn.settimeout(0.05)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    data = conn.recv(1024)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if data == b"":
+                    closed.set()
+                    return
+                conn.sendall(b"".join(manager.filter(data)))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    cfg = tmp_path / "agent.toml"
+    # the URL's negotiation timeout (10 s) outlasts the reload's wait for the reader
+    write(cfg, agent_toml(port).replace(f':{port}"', f':{port}?timeout=10"'))
+    agent: Proc = procs("agent", "agent", "-c", str(cfg))
+    assert accepted.wait(10), agent.log()
+    write(cfg, agent_toml(port).split("[[sensors]]")[0] + """[[sensors]]
+name = "sim"
+kind = "simulated"
+metrics = [{ name = "t", signal = "constant", value = 1.0 }]
+""")
+    agent.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: "left to finish" in agent.log(), timeout_s=10, what="the reload giving up")
+    answer.set()
+    try:
+        assert closed.wait(15), "the port that opened after the reload stayed open"
+    finally:
+        listener.close()
