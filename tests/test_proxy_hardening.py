@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from sensorwire.proto.v1.telemetry_pb2 import RepairRequest
 
 pytestmark = pytest.mark.slow
 
-# keeps the libzmq proxy thread busy for about a minute, no STATISTICS answered (the old code
-# gave up after 5 s): each (un)subscription of a long prefix walks libzmq's tries byte by byte
+# would keep the libzmq proxy thread busy for about a minute, no STATISTICS answered (the old
+# code gave up after 5 s): each (un)subscription of a long prefix walks libzmq's tries byte by
+# byte (the sender's too, so the flood is sent for as long as the test needs, see Flood)
 FLOOD_PAIRS = 2000
 FLOOD_PREFIX = b"x" * 60_000
 
@@ -80,19 +82,42 @@ class Pair:
         return False
 
 
-def flood(ctx: zmq.Context[zmq.Socket[bytes]], back: str) -> zmq.Socket[bytes]:
-    """Subscribe and unsubscribe one long prefix FLOOD_PAIRS times, as fast as it goes."""
-    atk = ctx.socket(zmq.XSUB)
-    atk.setsockopt(zmq.LINGER, 0)
-    atk.setsockopt(zmq.SNDHWM, 0)
-    atk.connect(back)
-    for _ in range(FLOOD_PAIRS):
-        atk.send(b"\x01" + FLOOD_PREFIX)
-        atk.send(b"\x00" + FLOOD_PREFIX)
-    return atk
+class Flood:
+    """Subscribe and unsubscribe one long prefix, up to FLOOD_PAIRS times, as fast as it goes,
+    from a thread that owns the socket, until :meth:`stop`: the proxy thread stays busy for
+    as long as the test needs, not for the minute all the pairs would take."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], back: str) -> None:
+        self.pairs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ctx, back), daemon=True)
+        self._thread.start()
+
+    def _run(self, ctx: zmq.Context[zmq.Socket[bytes]], back: str) -> None:
+        atk = ctx.socket(zmq.XSUB)
+        try:
+            atk.setsockopt(zmq.LINGER, 0)
+            atk.setsockopt(zmq.SNDHWM, 0)
+            atk.connect(back)
+            while self.pairs < FLOOD_PAIRS and not self._stop.is_set():
+                atk.send(b"\x01" + FLOOD_PREFIX)
+                atk.send(b"\x00" + FLOOD_PREFIX)
+                self.pairs += 1
+        finally:
+            atk.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the flood did not stop"
 
 
 SLOW_STATS = "has not answered STATISTICS"
+
+
+def summaries_after(log: str, line: str) -> int:
+    """How many of the proxy's periodic summaries it logged after ``line``."""
+    return log.count("forwarded in all", log.index(line)) if line in log else 0
 
 
 def test_a_busy_proxy_thread_is_waited_for_and_sigterm_still_ends_the_process(
@@ -105,12 +130,20 @@ def test_a_busy_proxy_thread_is_waited_for_and_sigterm_still_ends_the_process(
     ends = start_proxy(procs, tmp_path, "[limits]\nmax_upstream_bytes = 65536")
     pair = Pair(ctx, ends)
     assert pair.delivers()
-    flood(ctx, ends.back)
-    wait_until(lambda: SLOW_STATS in ends.proc.log(), timeout_s=60,
-               what="the WARNING that libzmq's counters are late")
-    assert ends.proc.popen.poll() is None, ends.proc.log()
-    ends.proc.popen.send_signal(signal.SIGTERM)
-    rc = ends.proc.popen.wait(15)
+    flood = Flood(ctx, ends.back)  # goes on until the proxy has exited
+    try:
+        wait_until(lambda: SLOW_STATS in ends.proc.log(), timeout_s=60,
+                   what="the WARNING that libzmq's counters are late")
+        # and the proxy goes on: its summaries follow (code that gave up on late counters
+        # stopped there, and took JOIN_S to exit)
+        wait_until(lambda: summaries_after(ends.proc.log(), SLOW_STATS) >= 2, timeout_s=10,
+                   what="the proxy's summaries after the WARNING")
+        assert ends.proc.popen.poll() is None, ends.proc.log()
+        assert flood.pairs < FLOOD_PAIRS, "the flood ended before the proxy was stopped"
+        ends.proc.popen.send_signal(signal.SIGTERM)
+        rc = ends.proc.popen.wait(15)
+    finally:
+        flood.stop()
     log = ends.proc.log()
     assert rc == 0 or (rc == 1 and "exiting without closing its sockets" in log), log
     assert "Traceback" not in log
