@@ -40,11 +40,11 @@ site = "gh"
 device_id = "pi-1"
 [publish]
 connect = ["{ep}"]
-heartbeat_s = 0.5
+heartbeat_s = 0.25
 [[sensors]]
 name = "env"
 kind = "simulated"
-interval_s = 0.005
+interval_s = 0.002
 metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
 [spool]
 dir = "{tmp_path / 'spool'}"
@@ -80,7 +80,7 @@ replay_rate = {RATE}
         ask = wire.REPAIR + RepairRequest(device_id="pi-1", ranges=[
             SeqRange(boot_id=boot_id, first=1, last=100_000)]).SerializeToString()
         flood_started = len(heartbeats)
-        end = time.monotonic() + 5.0
+        end = time.monotonic() + 3.0  # a dozen heartbeats
         sent = 0
         while time.monotonic() < end:
             for _ in range(20):
