@@ -60,12 +60,15 @@ dir = "{tmp_path / 'spool'}"
     wait_until(lambda: all(frames_stored(db) >= 50 for db in dbs), timeout_s=30, what="flow through both")
     proxies[0].popen.send_signal(signal.SIGSTOP)
     try:
-        # 2,000 frames (10 s) of 1.6 kB: far more than the stopped proxy's queue and buffers hold
+        # frames of 1.6 kB: the stopped proxy's queue and buffers are full within a second or two
+        wait_until(lambda: (f"proxy {pairs[0][0]} is not taking frames: its queue of 100 is full; "
+                            "sending through the others") in agent.log(), timeout_s=30,
+                   what="the agent to say the stopped proxy's queue is full")
+        # and from then on frames go on through the healthy one: 500 (2.5 s of them), more
+        # than the stopped proxy's queue and buffers hold
         n0 = frames_stored(dbs[1])
-        wait_until(lambda: frames_stored(dbs[1]) >= n0 + 2000, timeout_s=45,
+        wait_until(lambda: frames_stored(dbs[1]) >= n0 + 500, timeout_s=30,
                    what="frames through the healthy proxy while the other is stopped")
-        assert (f"proxy {pairs[0][0]} is not taking frames: its queue of 100 is full; "
-                "sending through the others") in agent.log()
         # and the heartbeats say so: a sensor no one has, to receive the device's heartbeats only
         tail = run_cli("tail", "--connect", pairs[1][1], "--count", "1", "gh/pi-1/none", timeout=30)
         assert json.loads(tail.stdout)["heartbeat"]["counters"]["send_refused"] > 0, tail.stderr
