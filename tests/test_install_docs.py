@@ -14,6 +14,7 @@ know fails it, so the document and the test cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -36,6 +37,7 @@ DOC = ROOT / "docs" / "install.md"
 SANDBOX = Path(__file__).with_name("test_install_sandbox.py")  # run as a script: UNIT ARGV...
 
 
+@functools.cache
 def sandbox_ready() -> bool:
     r = subprocess.run([sys.executable, str(SANDBOX), "--check"], capture_output=True,
                        timeout=60)
