@@ -411,11 +411,16 @@ class SqliteWriter:
 
     def _write_last_seen(self, cur: sqlite3.Cursor, last_seen: dict[int, int]) -> None:
         """The ``devices.last_seen_ns`` updates due: at most one per device per LAST_SEEN_EVERY_NS
-        (``boots.last_seen_ns`` is exact; the rest is written at close)."""
+        (``boots.last_seen_ns`` is exact; the rest is written at close, or when more than
+        _CACHE_MAX devices wait)."""
         written, pending = self._seen_written, self._seen_pending
         if len(written) >= _CACHE_MAX:
             written.clear()
         rows = []
+        if len(pending) >= _CACHE_MAX:
+            # devices that came and went (made-up ids too) must not grow memory: write them now
+            rows = [(t, d) for d, t in pending.items() if d not in last_seen]
+            pending.clear()
         for d, t in last_seen.items():
             if t - written.get(d, 0) >= LAST_SEEN_EVERY_NS:
                 rows.append((t, d))

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support import run_cli, tcp, write
 
+from sensorwire.collector import sqlite_store
 from sensorwire.collector.events import Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter, StoreError, status
@@ -89,6 +90,26 @@ def test_last_seen_of_a_device_is_written_at_close_when_it_was_held_back(tmp_pat
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT last_seen_ns FROM devices").fetchone() == (T0 + 3,)
     conn.close()
+
+
+def test_last_seen_held_back_is_bounded_for_devices_that_come_and_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each device sends twice and is never heard from again (new ids all the time, or made-up
+    ones): the held-back last_seen of each waited for a close that may be a year away."""
+    monkeypatch.setattr(sqlite_store, "_CACHE_MAX", 50)
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    for n in range(200):
+        w.write([frame(f"pi-{n}", 1)])
+        w.write([frame(f"pi-{n}", 2)])  # 1 ns later: devices.last_seen_ns held back
+        assert len(w._seen_pending) <= 50
+    # a device's last_seen is either written (the held-back ones when there were too many) or
+    # still held: none lost
+    assert fetch(db, f"SELECT count(*) FROM devices WHERE last_seen_ns = {T0 + 3}") == [
+        (200 - len(w._seen_pending),)]
+    w.close()
+    assert fetch(db, f"SELECT count(*) FROM devices WHERE last_seen_ns = {T0 + 3}") == [(200,)]
 
 
 def test_batches_of_every_size_go_in_whole(tmp_path: Path) -> None:
