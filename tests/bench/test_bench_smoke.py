@@ -166,3 +166,33 @@ def test_the_targets_say_when_they_cannot_be_judged() -> None:
     text = report.targets([_row("sensorwire", 1.0, [1.0]), skipped], QUICK)
     assert "Throughput**: not judged" in text
     assert "p99 latency at 5k/s**: not judged (no peer row with a latency)" in text
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_the_soak_writes_files_every_role_accepts(tmp_path: Path, curve: bool) -> None:
+    from bench import soak
+    from sensorwire.checkconfig import load_any
+
+    keys = soak.make_keys(tmp_path) if curve else None
+    files = {
+        "agent": soak.agent_toml("pi-a", ["tcp://127.0.0.1:1"], tmp_path / "spool", ["env0-g1", "env1"], 0.05,
+                                 str(tmp_path / "tty"), 9999, keys),
+        "collector": soak.collector_toml(["tcp://127.0.0.1:2"], f'kind = "sqlite"\npath = "{tmp_path}/a.db"',
+                                         9998, 300, True, keys),
+        "proxy": soak.proxy_toml("tcp://*:1", "tcp://*:2", 9997, True, keys),
+    }
+    for role, text in files.items():
+        (tmp_path / f"{role}.toml").write_text(text)
+        assert load_any(tmp_path / f"{role}.toml")[0] == role
+
+
+def test_the_soak_flags_steady_growth_not_a_step_or_noise() -> None:
+    from bench.soak import grows, slope_per_hour
+
+    ts = [60.0 * i for i in range(20)]
+    steady = [1000.0 + 10 * i for i in range(20)]
+    step = [1000.0] * 3 + [1600.0] * 17       # caches filled during the first minutes
+    noise = [1000.0 + (7 if i % 2 else -7) for i in range(20)]
+    assert grows(steady, slope_per_hour(ts, steady), 100)
+    assert not grows(step, slope_per_hour(ts, step), 100)
+    assert not grows(noise, slope_per_hour(ts, noise), 100)
