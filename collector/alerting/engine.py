@@ -312,6 +312,16 @@ class Engine:
         self.now_ns = max(self.now_ns, now_ns)
         return out
 
+    def discard(self) -> None:
+        """Forget everything (this engine is replaced): an instance and its rule's ``idle``
+        refer to each other, and a cycle waits for a full collection, which the collector
+        makes rare (``sensorwire/gcpolicy.py``): each reload would leave the whole engine."""
+        for r in self.rules:
+            r.idle.clear()
+        self._instances.clear()
+        self._heap.clear()
+        self._topics.clear()
+
     def next_deadline(self) -> int | None:
         """The earliest time :meth:`tick` may have something to do."""
         return self._heap[0][0] if self._heap else None

@@ -45,8 +45,14 @@ class Pattern:
             if p == "**" and out and out[-1] == "**":
                 continue
             out.append(p)
-        self._parts = tuple(out)
-        self._match = lru_cache(maxsize=65536)(self._match_uncached)
+        self._parts = parts_ = tuple(out)
+
+        def match(site: str, device: str, sensor: str | None) -> bool:
+            return _match(parts_, (site, device, sensor))
+
+        # a cached closure over the parts, not over self: a bound method would make a reference
+        # cycle, and a reload's replaced patterns would wait for a full collection
+        self._match = lru_cache(maxsize=65536)(match)
 
     def __repr__(self) -> str:
         return f"Pattern({self.text!r})"
@@ -58,9 +64,6 @@ class Pattern:
     def matches_device(self, site: str, device: str) -> bool:
         """Whether some sensor of ``site/device`` could match."""
         return self._match(site, device, _ANY)
-
-    def _match_uncached(self, site: str, device: str, sensor: str | None) -> bool:
-        return _match(self._parts, (site, device, sensor))
 
 
 def _match(pat: tuple[str, ...], topic: tuple[str | None, ...]) -> bool:

@@ -98,6 +98,7 @@ class AlertSink:
         self._refused_before.update(self.engine.refused)
         self._limited_before = self.limited()
         firing = _firing(self.engine)  # without a store, the old engine is the only record
+        self.engine.discard()
         self.rules, self._notify = fresh.rules, fresh._notify
         self.notifier_configs, self.engine = fresh.notifier_configs, fresh.engine
         carried = self._restore(firing)

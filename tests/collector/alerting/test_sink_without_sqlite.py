@@ -3,6 +3,7 @@ memory: the sink says so, naming the storage kind, and a restart fires a firing 
 
 from __future__ import annotations
 
+import gc
 import logging
 from types import SimpleNamespace
 
@@ -57,6 +58,26 @@ def test_a_reload_carries_firing_alerts_over_in_memory() -> None:
         sink.close()
     assert sink.notified == {("hot", "firing"): 1, ("hot", "resolved"): 1}
     assert sink.engine.firing() == []
+
+
+def test_a_reload_leaves_no_garbage_for_the_cyclic_collector() -> None:
+    """The collector makes full collections rare (gcpolicy): a replaced engine left in reference
+    cycles (an instance and its rule's idle list, a pattern's cache of its own method) stayed
+    in memory, about 130 KiB a reload at 1,000 series (bench.soak, a reload every 10 s)."""
+    stale = rule(name="stale", match="**", stale_s=60.0)
+    sink = AlertSink([HOT, stale], [], None, storage_kind="none")
+    sink.open()
+    try:
+        sink.write([(checked({"temperature": 36.0 if i % 2 else 20.0}, 0, device=f"pi-{i}"), at(0))
+                    for i in range(200)])
+        gc.collect()
+        sink.reload(SimpleNamespace(alerts=[HOT, stale], notifiers=[]))  # SIGHUP
+        left = gc.collect()
+        sink.write([(checked({"temperature": 30.0}, 20, device="pi-1"), at(20))])  # still works
+    finally:
+        sink.close()
+    assert left < 20  # 320 before: the replaced engine's instances, rules, windows and patterns
+    assert sink.notified[("hot", "firing")] == 100 and sink.notified[("hot", "resolved")] == 1
 
 
 def test_a_frame_the_engine_fails_on_costs_that_frame_not_the_batch(
