@@ -42,11 +42,13 @@ its proxy, or unbinds), which frees them, and connects (binds) again after
 RESET_MIN_S, doubling to RESET_MAX_S while it goes on: the collectors
 subscribe again by themselves, and what is built meanwhile is spooled (nobody
 listens).  Each reset is an ERROR and counted (``subscription_resets``, and
-``subscriptions_refused`` for the subscriptions past the budget).  The
-agent's own view (:attr:`Publisher.subscriptions`) mirrors libzmq's trie
-exactly (a non-manual XPUB reports a prefix's first subscription and its
-last unsubscription, and unsubscribes a peer that leaves), so it is bounded
-by the same budget.
+``subscriptions_refused`` for the subscriptions past the budget, and for
+those that arrive while the connections are being dropped).  The agent's own
+view (:attr:`Publisher.subscriptions`) mirrors libzmq's trie (a non-manual
+XPUB reports a prefix's first subscription and its last unsubscription, and
+unsubscribes a peer that leaves), but for what arrives during a reset, which
+it leaves out: so it is bounded by the same budget, however many messages
+libzmq took in before the drop.
 
 Frames and heartbeats are encoded by hand (:mod:`sensorwire.proto.encoder`);
 protobuf is imported only when the first repair request arrives, to parse it.
@@ -264,14 +266,16 @@ class Publisher:
                 kind = msg[0]
                 if kind == 1:
                     prefix = msg[1:]
-                    if prefix not in subs:
+                    if self._reset_at[i]:
+                        # its peers are being dropped, and with them what libzmq took in before
+                        # the drop (it reports each as gone then): not counted as listening meanwhile
+                        self.counters["subscriptions_refused"] += 1
+                    elif prefix not in subs:
                         subs.add(prefix)
                         self._sub_bytes[i] += len(prefix)
                         self._holders[prefix] = self._holders.get(prefix, 0) + 1
                         changed = True
-                        if self._reset_at[i]:  # its peers are being dropped: so is this
-                            self.counters["subscriptions_refused"] += 1
-                        elif len(subs) > MAX_SUBSCRIPTIONS or self._sub_bytes[i] > MAX_SUBSCRIPTION_BYTES:
+                        if len(subs) > MAX_SUBSCRIPTIONS or self._sub_bytes[i] > MAX_SUBSCRIPTION_BYTES:
                             self.counters["subscriptions_refused"] += 1
                             self._reset(i)
                 elif kind == 0:

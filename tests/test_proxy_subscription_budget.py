@@ -52,7 +52,10 @@ def test_in_python_the_proxy_forwards_at_most_the_agents_budget(
         procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     proxy, front, back = start(procs, tmp_path, "last_value_cache = true")
     agent = socket(ctx, zmq.XPUB, front)
-    flood = socket(ctx, zmq.XSUB, back)
+    flood = ctx.socket(zmq.XSUB)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.setsockopt(zmq.SNDHWM, 0)  # libzmq's 1,000 would drop part of the flood here, under load
+    flood.connect(back)
     first = socket(ctx, zmq.XSUB, back)
     first.send(b"\x01gh/")
     assert agent.poll(10_000) and agent.recv() == b"\x01gh/"
@@ -64,7 +67,7 @@ def test_in_python_the_proxy_forwards_at_most_the_agents_budget(
     for m in got:
         held += len(m) - 1
     assert held <= libzmqproxy.MAX_SUBSCRIPTION_BYTES
-    assert len(got) < n + 1  # some dropped
+    assert len(got) < n  # some dropped
     wait_until(lambda: "too_many_subscriptions" in proxy.log(), timeout_s=10,
                what="the drops in the summary line")
     assert "set [security] authorized_collectors" in proxy.log()
