@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from pgsupport import pg, pg_server  # noqa: F401 - PostgreSQL fixtures (tests/pgsupport.py)
 from support import Proc
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A ZeroMQ context of the test's own, destroyed (linger 0) after it."""
+    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield c
+    c.destroy(linger=0)
 
 
 @pytest.fixture(autouse=True)

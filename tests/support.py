@@ -6,6 +6,7 @@ a poll with a deadline, never a bare sleep used as synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -159,6 +160,21 @@ def frames_stored(db: Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``where`` (made here), for a real full disk; skips
+    the test, saying why, where mounting is not allowed (it needs root)."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def write(path: Path, text: str) -> Path:

@@ -75,13 +75,6 @@ class Starved:
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture
 def starved(tmp_path: Path, procs: Any, ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Starved]:
     s = Starved(tmp_path, procs, ctx)
     yield s

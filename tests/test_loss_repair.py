@@ -9,7 +9,6 @@ A real XSUB socket stands in for the proxy; a full ZeroMQ queue is made by refus
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from sensorwire.agent.publisher import Publisher
 from sensorwire.agent.spool import Spool
 
 READINGS = [("t", 21.5, "C")]
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def publish(p: Publisher, n: int) -> None:

@@ -38,13 +38,6 @@ def running() -> Iterator[Running]:
     stop.close()
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 def recv(sock: zmq.Socket[bytes], timeout_ms: int = 10_000) -> bytes:
     assert sock.poll(timeout_ms), "nothing arrived"
     return sock.recv()

@@ -35,13 +35,6 @@ FLOOD_PAIRS = 2000
 FLOOD_PREFIX = b"x" * 60_000
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 class Ends:
     """A started proxy and its two endpoints."""
 

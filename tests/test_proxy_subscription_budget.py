@@ -8,23 +8,15 @@ libzmq (the default) it cannot drop one, and says so loudly once past the budget
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import zmq
 from support import Proc, tcp, wait_until, write
 
 from sensorwire import libzmqproxy
 
 BUDGET_KIB = libzmqproxy.MAX_SUBSCRIPTION_BYTES // 1024
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def start(procs: Callable[..., Proc], tmp_path: Path, extra: str) -> tuple[Proc, str, str]:

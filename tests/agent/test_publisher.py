@@ -7,9 +7,7 @@ frames and sends repair requests upstream, as the proxy does.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import zmq
 from support import Upstream, wait_until
 
@@ -19,13 +17,6 @@ from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 READINGS = [("t", 21.5, "C"), ("h", 40.0, "%")]
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def started(ctx: zmq.Context[zmq.Socket[bytes]], up: Upstream, **ring: float) -> Publisher:

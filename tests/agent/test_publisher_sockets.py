@@ -7,9 +7,7 @@ connects to both, as an agent with two ``[publish] connect`` endpoints does.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import zmq
 from support import tcp, wait_until
 
@@ -19,13 +17,6 @@ from sensorwire.proto import wire
 from sensorwire.proto.v1.telemetry_pb2 import Frame, RepairRequest, SeqRange
 
 READINGS = [("t", 21.5, "C")]
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def proxy(ctx: zmq.Context[zmq.Socket[bytes]]) -> tuple[str, zmq.Socket[bytes]]:

@@ -8,12 +8,11 @@ once there is room.  Mounting needs root; elsewhere these tests skip and say so.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Proc, tcp, wait_until, write
+from support import Proc, small_tmpfs, tcp, wait_until, write
 
 from sensorwire.agent.spool import Record, Spool
 from sensorwire.collector.backlog import Backlog
@@ -26,16 +25,8 @@ SIZE = 256 * 1024
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of SIZE bytes mounted at a folder of this test's own."""
-    where = tmp_path / "fs"
-    where.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "fs", SIZE) as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def fill(fs: Path, leave: int = 0) -> Path:

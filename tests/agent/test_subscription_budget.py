@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 import zmq
@@ -22,13 +21,6 @@ from sensorwire.agent.publisher import Publisher
 from sensorwire.proto import wire
 
 READINGS = [("t", 21.5, "C")]
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c
-    c.destroy(linger=0)
 
 
 def pump(p: Publisher) -> Publisher:
