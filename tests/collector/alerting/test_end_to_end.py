@@ -74,6 +74,17 @@ def last_received_ns(db: Path) -> int:
         conn.close()
 
 
+def heartbeat_s(db: Path) -> float | None:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT heartbeat_s FROM devices WHERE device = 'pi-1'").fetchone()
+        return None if row is None else row[0]
+    except sqlite3.OperationalError:  # no table yet
+        return None
+    finally:
+        conn.close()
+
+
 def history(db: Path) -> list[tuple[str, str]]:
     conn = sqlite3.connect(db)
     try:
@@ -135,7 +146,9 @@ def test_live_alerts_and_alerts_test_replay_agree(stack: Any) -> None:
 @pytest.mark.slow
 def test_an_agent_killed_with_sigkill_fires_pi_offline(stack: Any, procs: Any, tmp_path: Path) -> None:
     db, hook = stack["db"], stack["hook"]
-    wait_until(lambda: last_received_ns(db) > 0, timeout_s=20, what="frames stored")
+    # the collector knows the agent's heartbeat_s (0.5 s) once a heartbeat came: killed before,
+    # it would wait three of the default 5 s before calling the device offline
+    wait_until(lambda: heartbeat_s(db) == 0.5, timeout_s=20, what="a heartbeat stored")
     stack["agent"].kill()  # SIGKILL: no goodbye
     wait_until(lambda: any(d["rule"] == "pi-offline" and d["state"] == "firing" for d in hook.delivered()),
                timeout_s=20, what="pi-offline firing")
