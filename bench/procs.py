@@ -117,13 +117,7 @@ def command(argv: list[str], ports: list[int], ready_timeout_s: float = 15.0) ->
             raise BenchError(f"{' '.join(argv)}: {exc}; its output:\n{tail(log_path)}") from None
         yield popen.pid
     finally:
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(5.0)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        terminate(popen, 5.0)
         with contextlib.suppress(OSError):
             log_path.unlink()
             logdir.rmdir()
@@ -161,3 +155,18 @@ def other_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return total / 1e9
+
+
+def terminate(popen: subprocess.Popen[Any], timeout_s: float) -> bool:
+    """SIGTERM ``popen`` if it still runs, and SIGKILL it after ``timeout_s``; True when it
+    stopped by itself (or had already), False when it had to be killed."""
+    if popen.poll() is not None:
+        return True
+    popen.send_signal(signal.SIGTERM)
+    try:
+        popen.wait(timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+        return False

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.loadgen import wait_growth
-from bench.procs import free_port, tail, wait_port
+from bench.procs import free_port, tail, terminate, wait_port
 from sensorwire.serialsim import Pty
 
 SW = [sys.executable, "-m", "sensorwire"]
@@ -95,14 +95,8 @@ class Role:
     def stop(self) -> None:
         if self.popen is None:
             return
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(40.0)
-            except subprocess.TimeoutExpired:
-                print(f"soak: {self.name} did not stop within 40 s of SIGTERM; killed", file=sys.stderr)
-                self.popen.kill()
-                self.popen.wait()
+        if not terminate(self.popen, 40.0):
+            print(f"soak: {self.name} did not stop within 40 s of SIGTERM; killed", file=sys.stderr)
         if self.popen.returncode not in (0, -signal.SIGTERM):
             print(f"soak: {self.name} exited with status {self.popen.returncode}; its log:\n"
                   f"{tail(self.logdir / f'{self.name}.log')}", file=sys.stderr)
@@ -259,12 +253,7 @@ class Churn:
                     self.failed += 1
                 continue
             if force or time.monotonic() >= due:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15.0)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                if not terminate(p, 15.0):
                     self.failed += 1
                 if p.returncode not in (0, -signal.SIGTERM):
                     self.failed += 1
