@@ -72,6 +72,13 @@ MAX_LIVE = 10_000  # ping-answer subscriptions tracked at once (one or two per s
 # connection to the proxy (sensorwire.agent.publisher), so the proxy forwards no more than it
 MAX_SUBSCRIPTIONS = 10_000
 MAX_SUBSCRIPTION_BYTES = 256 * 1024
+# ZMQ_SNDHWM of the frontend (XSUB): what it sends each agent (subscriptions, unsubscriptions,
+# repair requests) that the agent has not yet taken in.  libzmq drops what does not fit, without a
+# word (so would a lost unsubscription keep an agent sending frames nobody takes, instead of
+# spooling them); an agent that connects is sent every subscription in force at once, at most
+# MAX_SUBSCRIPTIONS within the budget, so the queue holds that twice over.  It fills only for an
+# agent that stops reading while subscriptions keep changing: at most a few MB for that agent.
+UPSTREAM_QUEUE = 2 * MAX_SUBSCRIPTIONS
 OVER_BUDGET_LOG_S = 60.0
 
 

@@ -202,6 +202,8 @@ class Proxy:
             # a collector that falls behind for a moment gets a queue, not gaps to repair
             front.setsockopt(zmq.RCVHWM, self.config.hwm)
             back.setsockopt(zmq.SNDHWM, self.config.hwm)
+            # libzmq's 1,000 would drop (un)subscriptions to an agent in a burst, unseen
+            front.setsockopt(zmq.SNDHWM, libzmqproxy.UPSTREAM_QUEUE)
             if self.cache is not None:
                 back.setsockopt(zmq.XPUB_VERBOSE, 1)
             sec.open(ctx)

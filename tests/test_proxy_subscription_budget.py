@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import zmq
 from support import Proc, tcp, wait_until, write
 
@@ -40,6 +41,42 @@ def read_subscriptions(agent: zmq.Socket[bytes], quiet_ms: int = 1000) -> list[b
     return out
 
 
+def read_n(agent: zmq.Socket[bytes], n: int, timeout_s: float = 20) -> list[bytes]:
+    """n messages (failing after timeout_s without one), then any more within half a second."""
+    out: list[bytes] = []
+    while len(out) < n:
+        assert agent.poll(int(timeout_s * 1000)), f"{len(out)} of {n} messages, then none"
+        out.append(agent.recv())
+    return out + read_subscriptions(agent, 500)
+
+
+@pytest.mark.parametrize("extra", ["", "last_value_cache = true"], ids=["libzmq", "python"])
+def test_an_agent_slow_to_read_gets_every_subscription(
+        procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]],
+        extra: str) -> None:
+    """libzmq's default send queue of 1,000 dropped (un)subscriptions to an agent that did not
+    take them in at once, without a word: it went on sending frames nobody took, or spooled
+    those a collector waited for."""
+    proxy, front, back = start(procs, tmp_path, extra)
+    agent = ctx.socket(zmq.XPUB)
+    agent.setsockopt(zmq.LINGER, 0)
+    agent.setsockopt(zmq.RCVHWM, 1)  # as a real agent's (sensorwire.agent.publisher)
+    agent.setsockopt(zmq.RCVBUF, 4096)  # and a kernel buffer that holds little
+    agent.connect(front)
+    collector = socket(ctx, zmq.XSUB, back)
+    collector.setsockopt(zmq.SNDHWM, 0)
+    collector.send(b"\x01gh/")
+    assert agent.poll(10_000) and agent.recv() == b"\x01gh/"
+    n = 9000
+    for i in range(n):
+        collector.send(b"\x01gh/dev-%05d/" % i)
+    wait_until(lambda: f"subscriptions: {n + 1} held" in proxy.log(), timeout_s=20,
+               what="the proxy's summary")
+    assert sorted(read_n(agent, n)) == sorted(b"\x01gh/dev-%05d/" % i for i in range(n))
+    collector.close()  # and every one taken back
+    assert len(read_n(agent, n + 1)) == n + 1
+
+
 def test_in_python_the_proxy_forwards_at_most_the_agents_budget(
         procs: Callable[..., Proc], tmp_path: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     proxy, front, back = start(procs, tmp_path, "last_value_cache = true")
@@ -65,7 +102,7 @@ def test_in_python_the_proxy_forwards_at_most_the_agents_budget(
     assert "set [security] authorized_collectors" in proxy.log()
     # the flood leaves: what it held is taken back from the agents, room for others again
     flood.close()
-    gone = read_subscriptions(agent)
+    gone = read_n(agent, len(got))
     assert len(gone) == len(got) and all(m[:1] == b"\x00" for m in gone)
     second = socket(ctx, zmq.XSUB, back)
     second.send(b"\x01gh/pi-3/")
