@@ -376,6 +376,12 @@ class Publisher:
             t = self._topics[sensor] = wire.data_topic(self.site, self.device_id, sensor)
         return t
 
+    def forget(self, sensors: Iterable[str]) -> None:
+        """Drop what is kept per sensor (its topic, its encoder) for sensors a reload removed."""
+        for name in sensors:
+            self._topics.pop(name, None)
+            self._encoders.pop(name, None)
+
     def build_data(self, sensor: str, readings: Sequence[Reading], time_ns: int) -> tuple[bytes, bytes]:
         """Number the next data frame and return ``(topic, message)``.
 

@@ -437,6 +437,9 @@ class Agent:
                 log.warning("sensor %s: its reader did not stop within %g s; left to finish "
                             "(it closes the port when it does)", st.name, READERS_JOIN_S)
         self.states = plan.states
+        # what the removed sensors' readers queued goes out first, then what is kept for them
+        self._publish_stream_readings()
+        self.publisher.forget(plan.removed)
         self.config = msgspec.structs.replace(self.config, sensors=config.sensors, publish=publish,
                                              log_level=config.log_level)
         self._start_streams(plan.fresh)

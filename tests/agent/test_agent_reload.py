@@ -92,8 +92,11 @@ def test_reload_keeps_unchanged_sensors_and_retires_the_others(running: Any) -> 
     agent, stop, pending = running
     env, stream = agent.states
     wait_until(lambda: stream.readings >= 3 and env.readings >= 3, what="readings")
+    wait_until(lambda: "stream" in agent.publisher._topics, what="a frame of stream's sent")
     reload(stop, pending, cfg({"name": "other", "kind": "tick"}))
     assert agent.states[0] is env and [s.name for s in agent.states] == ["env", "other"]
+    # nothing kept for the sensor gone (an agent reloaded with renamed sensors grew for ever)
+    assert "stream" not in agent.publisher._topics and "stream" not in agent.publisher._encoders
     assert stream.thread is not None and not stream.thread.is_alive()
     assert CLOSED == ["stream"]
     n = env.readings
