@@ -71,6 +71,9 @@ from sensorwire.proto.wire import FLAG_SKEWED, FLAG_TIME_REPLACED
 
 log = logging.getLogger(__name__)
 _full = RateLimited(log, period_s=60.0)
+# one line per kind every 10 s, with a count of the rest: after a proxy restart every device of a
+# fleet asks for its frames in flight at once (10,000 lines a round otherwise)
+_repairs = RateLimited(log, period_s=10.0)
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
 PRESENCE_LOG_BURST = 50     # presence changes logged one by one per window; the rest are counted
@@ -544,15 +547,16 @@ class Tracker:
             return
         dev.repair_attempt += 1
         if dev.repair_attempt > self.repair_attempts:
-            log.warning("device %s: %d frames still missing after %d repair requests; giving up "
-                        "until new gaps appear", dev.device, n, self.repair_attempts)
+            _repairs.warning("gave_up", "device %s: %d frames still missing after %d repair "
+                             "requests; giving up until new gaps appear", dev.device, n,
+                             self.repair_attempts)
             dev.repair_due = None
             dev.repair_attempt = 0
             return
         self.send_request(wire.REPAIR + req.SerializeToString())
         self.requests_sent += 1
-        log.info("device %s: asked for %d missing frames in %d ranges (attempt %d)",
-                 dev.device, n, len(req.ranges), dev.repair_attempt)
+        _repairs.log(logging.INFO, "asked", "device %s: asked for %d missing frames in %d ranges "
+                     "(attempt %d)", dev.device, n, len(req.ranges), dev.repair_attempt)
         dev.repair_due = now + min(30.0, 2.0 ** dev.repair_attempt)
 
     def flush_counts(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from sensorwire.collector import tracking
 from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import EMPTY, CheckedFrame
 from sensorwire.collector.tracking import (
@@ -17,6 +18,7 @@ from sensorwire.collector.tracking import (
     ResumeBoot,
     Tracker,
 )
+from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Heartbeat, RepairRequest
 
 NS = 1_000_000_000
@@ -217,6 +219,26 @@ def test_presence_lines_are_bounded_and_the_rest_counted(caplog: pytest.LogCaptu
         f.wait(PRESENCE_LOG_WINDOW_S)
         assert "70 more presence changes in 10 s not logged one by one (offline 70)" in caplog.text
     assert sum(isinstance(e, Presence) for e in f.events) == 2 * n  # every change handed on
+
+
+def test_a_fleet_asking_for_its_frames_at_once_writes_one_line_and_counts_the_rest(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a proxy restart every device of a fleet has a gap: one repair request each, but
+    not one log line each."""
+    monkeypatch.setattr(tracking, "_repairs", RateLimited(tracking.log, period_s=10.0))
+    f = Fixture(max_devices=1000)
+    n = 300
+    with caplog.at_level("INFO", logger="sensorwire.collector.tracking"):
+        for i in range(n):
+            f.frame(f"d{i}", 1)
+            f.frame(f"d{i}", 3)
+        f.wait(1.0)
+        assert len(f.requests) == n  # every device asked
+        assert caplog.text.count("asked for 1 missing frames") == 1
+        tracking._repairs._last["asked"] -= 10.0  # 10 s later: the next line counts the rest
+        f.wait(2.0)
+        assert len(f.requests) == 2 * n
+    assert f"(attempt 2) (and {n - 1} more like it in the last 10 s)" in caplog.text
 
 
 def lost(f: Fixture) -> list[tuple[int, int]]:
