@@ -1,5 +1,6 @@
 """The example configurations' commented-out keys: uncommented, they still load, and a key of a
-table (not of an array of tables such as [[sensors]] or [[alerts]]) shows its default.
+table (not of an array of tables such as [[sensors]] or [[alerts]]) shows its default; and
+every key the code reads from a configuration file is documented somewhere.
 
 An operator enables a key of config/*.toml (or of the files install-service writes) by
 deleting its "# "; that must give a valid file, with the key where it belongs (a top-level key
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +100,36 @@ def test_commented_keys_uncommented_load_and_show_their_defaults(
         if default not in (None, "") and table != "security" and value != default:
             wrong.append(f"{path.name}:{line}: [{table}] {key} = {value!r}, default {default!r}")
     assert not wrong, "\n".join(wrong)
+
+
+DOCS = [ROOT / "README.md", *(p for p in (ROOT / "docs").glob("*.md") if p.name != "performance.md"),
+        *EXAMPLES]
+
+
+def config_structs() -> set[type[msgspec.Struct]]:
+    """Every struct a configuration file is decoded into: the three files' (recursively), each
+    sensor kind's (with its parts, e.g. the simulated signals) and each notifier kind's."""
+    from sensorwire.agent import sensors
+    from sensorwire.collector.alerting.notifiers import AnyNotifierConfig
+
+    todo: list[Any] = [*FILES.values(), *(sensors.kind(n).config for n in ("simulated", "system", "serial")),
+                       *typing.get_args(AnyNotifierConfig)]
+    seen: set[type[msgspec.Struct]] = set()
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            if t not in seen:
+                seen.add(t)
+                todo += [f.type for f in msgspec.structs.fields(t)]
+        else:
+            todo += typing.get_args(t)
+    return seen
+
+
+def test_every_configuration_key_is_documented() -> None:
+    text = "\n".join(p.read_text() for p in DOCS)
+    missing = sorted({f"{s.__name__}.{f.encode_name}" for s in config_structs()
+                      for f in msgspec.structs.fields(s)
+                      if not re.search(rf"`{f.encode_name}`|\b{f.encode_name} = |\[{f.encode_name}\]",
+                                       text)})
+    assert not missing, "keys in no doc nor example configuration: " + ", ".join(missing)
