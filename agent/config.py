@@ -87,9 +87,15 @@ class AgentConfig(msgspec.Struct, frozen=True):
         return base / "spool" / self.device_id
 
 
-def default_device_id() -> str:
+def default_device_id(source: str) -> str:
+    """The host name up to its first dot.  One that is no valid name is refused, not replaced by
+    a fixed one: two such devices would publish as one, and mix their frames."""
     host = socket.gethostname().split(".")[0]
-    return host if names.is_segment(host) else "device"
+    if not names.is_segment(host):
+        raise ConfigError(f"{source}: device_id is not set and the host name {host!r} is not a "
+                          "valid device id (a letter or digit, then letters, digits, '.', '_' or "
+                          f"'-', at most {names.MAX_NAME_LEN}): set device_id")
+    return host
 
 
 def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
@@ -115,7 +121,7 @@ def from_raw(raw: dict[str, Any], source: str) -> AgentConfig:
             ports[key] = i
     return AgentConfig(
         site=top.site,
-        device_id=top.device_id or default_device_id(),
+        device_id=top.device_id or default_device_id(source),
         log_level=top.log_level,
         publish=top.publish,
         spool=top.spool,

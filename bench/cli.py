@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per transport; the table shows medians (default 3, 1 with --quick)")
     p.add_argument("--duration", type=float, metavar="S",
                    help="seconds per trial (default 1.5 for max and lossless trials, "
-                   "2 for latency; 0.5 with --quick)")
+                   "4 for latency; 0.5 with --quick)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every measurement as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log every trial to stderr")
     p.add_argument("--list", action="store_true", help="list the transports and exit")

@@ -87,7 +87,7 @@ DECODE_REASONS = ("no_delimiter", "bad_topic", "decode", "topic_mismatch", "bad_
 PROXY_DROP_REASONS = ("multipart", "too_many_samples", "no_identity", "revoked_key",
                       "device_mismatch", "bad_ack")
 # Every reason the proxy does not pass a message from a collector on (sensorwire.proxy).
-PROXY_UPSTREAM_REASONS = ("subscription_too_long", "unknown_kind")
+PROXY_UPSTREAM_REASONS = ("subscription_too_long", "unknown_kind", "too_many_subscriptions")
 
 # The guard's counts (sensorwire.guard.Guard.counts) -> the reason label of
 # sensorwire_connections_refused_total; their prefix is a ZAP domain, not a socket.

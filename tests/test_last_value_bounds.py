@@ -175,4 +175,6 @@ def test_the_cache_and_its_replays_are_exported_as_metrics(running: Running) -> 
         "sensorwire_last_value_replays_skipped_total": 1,
         "sensorwire_last_value_replayed_frames_total": 2,
     }
-    assert exported[("sensorwire_upstream_dropped_total", ("subscription_too_long",))] == 0
+    # every reason from the start, at 0
+    for reason in ("subscription_too_long", "unknown_kind", "too_many_subscriptions"):
+        assert exported[("sensorwire_upstream_dropped_total", (reason,))] == 0
