@@ -89,17 +89,30 @@ period_s = 10.0
 {security}"""
 
 
-def seqs(db: Path, device: str) -> list[int]:
-    """Data seqs stored for ``device``, in order ([] before the database exists)."""
+def seqs(db: Path, device: str, boot_id: int | None = None) -> list[int]:
+    """Data seqs stored for ``device`` (of one boot, given ``boot_id``), in order ([] before the
+    database exists)."""
     if not db.exists():
         return []
     conn = sqlite3.connect(db)
     try:
         return [s for (s,) in conn.execute(
             "SELECT f.seq FROM frames f JOIN devices d ON d.id = f.device_key "
-            "WHERE d.device = ? AND f.seq > 0 ORDER BY f.boot_id, f.seq", (device,))]
+            "WHERE d.device = ? AND f.seq > 0 AND (? IS NULL OR f.boot_id = ?) "
+            "ORDER BY f.boot_id, f.seq", (device, boot_id, boot_id))]
     except sqlite3.OperationalError:
         return []
+    finally:
+        conn.close()
+
+
+def boots(db: Path, device: str) -> list[int]:
+    """The boot ids of ``device`` with frames stored."""
+    conn = sqlite3.connect(db)
+    try:
+        return [b for (b,) in conn.execute(
+            "SELECT DISTINCT f.boot_id FROM frames f JOIN devices d ON d.id = f.device_key "
+            "WHERE d.device = ?", (device,))]
     finally:
         conn.close()
 
