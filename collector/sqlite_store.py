@@ -20,6 +20,7 @@ makes a replayed or duplicated frame a no-op.  Times are Unix nanoseconds;
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -34,6 +35,8 @@ from sensorwire.collector.events import Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.multirow import MultiRow, fan_out, param_limit, plain
 from sensorwire.collector.tracking import ResumeBoot
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _U64 = 1 << 64
@@ -185,28 +188,101 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
             # the writer's statements of many rows come in a few sizes per table and sample count
             conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None,
                                    check_same_thread=False, cached_statements=512)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             # a reader that holds a snapshot long (a query into a pager) lets the WAL grow past
             # the checkpoints; once it is gone, the WAL is cut back to this at the next one
             # instead of keeping its largest size for ever
             conn.execute(f"PRAGMA journal_size_limit={int(WAL_SIZE_LIMIT)}")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            _create(p, conn)
+            conn.execute("PRAGMA journal_mode=WAL")  # after _create: not on another application's file
+        except StoreError:
+            conn.close()
+            raise
         except sqlite3.OperationalError as exc:  # cannot open or write: permissions, disk, locks
-            raise StoreError(f"{p}: {exc} (can this user create and write it, and its folder?)") from None
+            raise StoreError(f"{p}: {exc}{_open_hint(exc)}") from None
         except sqlite3.DatabaseError as exc:  # "file is not a database" and the like
             raise StoreError(f"{p}: {exc} (is it a sensorwire database? the collector creates "
                              "a new one when the file does not exist)") from None
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        else:
-            try:
-                _check_version(p, row[0])
-            except StoreError:
-                conn.close()
-                raise
     return conn
+
+
+def _open_hint(exc: sqlite3.Error) -> str:
+    """What to do about an error met opening the writer's database (a lock or a full disk is
+    not a question of permissions)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (" (another process kept a write transaction open on it for more than 10 s: "
+                "a sqlite3 shell?)")
+    if name.startswith("SQLITE_FULL"):
+        return " (the disk under it is full: make room)"
+    return " (can this user create and write it, and its folder?)"
+
+
+def _create(p: Path, conn: sqlite3.Connection) -> None:
+    """The writer's schema, in a database that is new or sensorwire's: a file of another
+    application (tables, but no ``meta.schema_version``) is refused rather than given our
+    tables; the columns an older sensorwire did not have are added; and a file this process
+    may not write (read-only, on a read-only mount) is refused now rather than at every batch.
+
+    In one transaction: a crash half-way leaves the file as it was."""
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: a read-only file says so here
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        version = _version_if_ours(conn) if "meta" in tables else None
+        if tables and version is None:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"{p}: not a sensorwire database (it has tables {shown} but no "
+                             "meta.schema_version): another application's? name a new file; the "
+                             "collector creates it")
+        if version is not None:
+            _check_version(p, version)
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        _add_columns(p, conn)
+        # a write whatever the file held: a read-only one fails here, not at every batch
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO UPDATE "
+                     "SET value=value", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _version_if_ours(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.OperationalError:  # a meta table of other columns: not ours
+        return None
+    return None if row is None else str(row[0])
+
+
+def _add_columns(p: Path, conn: sqlite3.Connection) -> None:
+    """Add the columns of :data:`_SCHEMA` that a table of an older sensorwire lacks (the clock
+    columns of ``devices``, say): without them every batch failed ("no such column"), and was
+    dropped, for as long as the collector ran."""
+    ref = sqlite3.connect(":memory:")
+    try:
+        ref.executescript(_SCHEMA)
+        tables = [r[0] for r in ref.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for _, name, decl, notnull, default, pk in ref.execute(f"PRAGMA table_info({table})"):
+                if name in have:
+                    continue
+                if pk or (notnull and default is None):
+                    raise StoreError(f"{p}: written by a much older sensorwire ({table} has no "
+                                     f"column {name}, which cannot be added); move it aside, and "
+                                     "the collector creates a new one")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}"
+                             + (" NOT NULL" if notnull else "")
+                             + (f" DEFAULT {default}" if default is not None else ""))
+                log.info("%s: column %s.%s added (the file was written by an older sensorwire)",
+                         p, table, name)
+    finally:
+        ref.close()
 
 
 def _schema_version(p: Path, conn: sqlite3.Connection) -> str:
@@ -247,9 +323,16 @@ def _reading(p: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        raise StoreError(f"{p}: {exc}{_busy(exc)}") from None
+        raise StoreError(f"{p}: {exc}{_busy(exc)}{_older(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{p}: {exc} (is it a sensorwire database?)") from None
+
+
+def _older(exc: sqlite3.Error) -> str:
+    if "no such column" not in str(exc):
+        return ""
+    return (" (the file was written by an older sensorwire: start the collector on it once, "
+            "which adds what is missing)")
 
 
 def _check_version(p: Path, version: str) -> None:

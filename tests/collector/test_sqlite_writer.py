@@ -8,12 +8,16 @@ its samples, and every repeat is counted as a duplicate.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import run_cli, tcp, write
+from support import run_cli, status_by_device, tcp, write
 
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.events import Lost, Presence
@@ -216,3 +220,80 @@ def test_a_second_collector_process_on_the_file_stops_at_start(tmp_path: Path) -
         holder.close()
     assert r.returncode == 1, r.stderr
     assert "another collector is writing this database" in r.stderr
+
+
+def collector_on(tmp_path: Path, db: Path, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    """A real collector process on ``db`` that must stop at start: with nothing to subscribe
+    to, one that starts runs until the timeout."""
+    cfg = write(tmp_path / "c.toml", f'[subscribe]\nconnect = ["{tcp()}"]\n[storage]\npath = "{db}"\n'
+                '[metrics]\nlisten = ""\n')
+    prefix: list[str] = []
+    if unprivileged and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv (util-linux): root writes any file")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    try:
+        return subprocess.run([*prefix, sys.executable, "-m", "sensorwire", "collector", "-c", str(cfg)],
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the collector started on {db}") from None
+
+
+def test_a_database_of_another_application_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """The collector once added its tables (and WAL mode) to any SQLite file it was given, a
+    user's own database too; one whose meta table had other columns got "no such column: value
+    (can this user create and write it, and its folder?)"."""
+    other = tmp_path / "crm.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("CREATE TABLE meta (k TEXT, v TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    r = collector_on(tmp_path, other)
+    assert r.returncode == 1, r.stderr
+    assert (f"{other}: not a sensorwire database (it has tables customers, meta but no "
+            "meta.schema_version): another application's? name a new file") in r.stderr
+    assert other.read_bytes() == before
+    assert not (tmp_path / "crm.db-wal").exists()
+
+
+def test_a_database_of_an_older_sensorwire_gets_its_missing_columns(tmp_path: Path) -> None:
+    """A file written before devices had its clock columns: every batch failed ("no such column:
+    clock_offset_s") and was dropped, for as long as the collector ran, and ``status`` failed."""
+    db = tmp_path / "old.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 1)])
+    w.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP VIEW readings")  # (3.35's DROP COLUMN refuses a column a view names)
+    conn.execute("ALTER TABLE devices DROP COLUMN clock_offset_s")
+    conn.execute("ALTER TABLE devices DROP COLUMN clock_synced")
+    conn.commit()
+    conn.close()
+    r = run_cli("status", "--db", str(db))
+    assert r.returncode == 1 and "start the collector on it once" in r.stderr, r.stderr
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 2), frame("pi-2", 1)])
+    w.close()
+    assert fetch(db, "SELECT device, seq FROM frames JOIN devices d ON d.id = device_key "
+                     "ORDER BY device, seq") == [("pi-1", 1), ("pi-1", 2), ("pi-2", 1)]
+    assert {row["device"]: row["frames"] for row in status_by_device(db).values()} == {
+        "pi-1": 2, "pi-2": 1}
+
+
+def test_a_read_only_database_is_refused_at_start(tmp_path: Path) -> None:
+    """A read-only file opened (SQLite opens it read-only without a word), and then every batch
+    failed and was dropped, for as long as the collector ran."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 1)])
+    w.close()
+    db.chmod(0o444)
+    r = collector_on(tmp_path, db, unprivileged=True)
+    assert r.returncode == 1, r.stderr
+    assert f"[storage] path: {db}: attempt to write a readonly database (can this user" in r.stderr
