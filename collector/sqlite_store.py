@@ -341,6 +341,28 @@ def _check_version(p: Path, version: str) -> None:
                          f"understands ({SCHEMA_VERSION}); upgrade sensorwire")
 
 
+def _identity(p: Path) -> tuple[int, int]:
+    st = os.stat(p)
+    return st.st_dev, st.st_ino
+
+
+def _copy(conn: sqlite3.Connection, target: Path) -> sqlite3.Connection:
+    """The database of ``conn`` copied to a new file ``target``, opened as the writer's; no
+    file is left there when that fails (the next write tries again)."""
+    try:
+        dest = sqlite3.connect(str(target))
+        try:
+            conn.backup(dest)
+        finally:
+            dest.close()
+        return connect(target)
+    except BaseException:
+        for name in (target.name, target.name + "-wal", target.name + "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(target.with_name(name))
+        raise
+
+
 class SqliteWriter:
     """Writes batches of frames in one transaction each. One thread only.
 
@@ -359,6 +381,7 @@ class SqliteWriter:
         self.trim_slice = TRIM_SLICE  # frames a trim() transaction, fitted to this machine
         self.conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None  # flock on <file>.lock while open
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file written
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[int, str, str, str], int] = {}
         self._layouts: dict[tuple[int, str, Layout], tuple[int, ...]] = {}
@@ -379,6 +402,7 @@ class SqliteWriter:
             conn.close()
             raise
         self.conn = conn
+        self._file = _identity(self.path)
         limit = param_limit(self.conn)
         if self.max_params is not None:
             limit = min(limit, self.max_params)
@@ -391,7 +415,10 @@ class SqliteWriter:
     def flush(self) -> None:
         """Write the events kept so far (the sink calls it when no frames come)."""
         conn = self.conn
-        if conn is None or not self._events:
+        if conn is None:
+            return
+        conn = self._same_file(conn)
+        if not self._events:
             return
         cur = conn.cursor()
         with self._transaction(conn, cur):
@@ -426,6 +453,39 @@ class SqliteWriter:
                 self.conn.close()
                 self.conn = None
                 self._unlock()
+
+    def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """The connection to write with: this one, while its file is still the one at
+        :attr:`path`.  A file deleted (``rm telemetry.db``) or replaced (``mv``) while open is
+        written on unseen, and is gone with everything in it when the collector stops: what it
+        holds is copied to a new file at the path (deleted), or beside it (replaced: the file
+        now there is not ours to write), and writing goes on there."""
+        try:
+            if _identity(self.path) == self._file:
+                return conn
+            target = self.path.with_name(f"{self.path.name}.saved-{time.strftime('%Y%m%dT%H%M%S')}")
+            what = "replaced by another file"
+            then = (f"that one is left as it is; the collector's database is saved as {target} "
+                    f"and written there until it restarts: put the file to write at {self.path}, "
+                    "then restart the collector")
+        except FileNotFoundError:
+            target = self.path
+            what, then = "deleted", "what it held is copied back to a new file there"
+        except OSError:  # the folder unreadable, say: no way to tell, and nothing to do
+            return conn
+        # the -wal and -shm beside the path are this file's still: emptied into it first, lest a
+        # new file there (ours, or the one that replaced it) be read through them, and damaged
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self.conn = _copy(conn, target)
+        except StoreError as exc:  # a write error to the sink, which tries again
+            raise sqlite3.OperationalError(str(exc)) from None
+        conn.close()
+        self._file = _identity(target)
+        log.error("%s: the database file was %s while the collector was writing it; %s",
+                  self.path, what, then)
+        self.path = target
+        return self.conn
 
     def _lock(self) -> None:
         """One writer a file: a second collector on it would count every frame of the first
@@ -566,6 +626,7 @@ class SqliteWriter:
         """
         conn = self.conn
         assert conn is not None
+        conn = self._same_file(conn)
         cur = conn.cursor()
         if self._next_id is None:
             self._next_id = int(cur.execute("SELECT coalesce(max(id), 0) + 1 FROM frames").fetchone()[0])

@@ -297,3 +297,46 @@ def test_a_read_only_database_is_refused_at_start(tmp_path: Path) -> None:
     r = collector_on(tmp_path, db, unprivileged=True)
     assert r.returncode == 1, r.stderr
     assert f"[storage] path: {db}: attempt to write a readonly database (can this user" in r.stderr
+
+
+def test_a_database_deleted_while_written_is_copied_back_with_what_came_since(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``rm telemetry.db`` while the collector ran: it went on writing the deleted file, every
+    batch "written", and all of it was gone once the collector stopped."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 1)])
+    db.unlink()
+    w.write([frame("pi-1", 2)])
+    w.event(Lost("gh", "pi-1", 7, 3, 5))
+    w.flush()
+    w.close()
+    assert fetch(db, "SELECT seq FROM frames ORDER BY seq") == [(1,), (2,)]
+    assert status_by_device(db)["pi-1"]["lost"] == 3
+    assert (f"{db}: the database file was deleted while the collector was writing it; what it "
+            "held is copied back") in caplog.text
+
+
+def test_a_database_replaced_while_written_is_left_alone_and_ours_saved_beside_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 1)])
+    db.rename(tmp_path / "moved.db")  # (its -wal and -shm stay: still named after t.db)
+    theirs = tmp_path / "theirs.db"
+    conn = sqlite3.connect(theirs)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    theirs.rename(db)
+    w.write([frame("pi-1", 2)])
+    w.close()
+    saved = list(tmp_path.glob("t.db.saved-*"))
+    assert [p.name for p in saved] == [w.path.name]
+    assert fetch(saved[0], "SELECT seq FROM frames ORDER BY seq") == [(1,), (2,)]
+    assert fetch(db, "SELECT name FROM sqlite_master") == [("notes",)]  # read through no WAL of ours
+    assert fetch(db, "PRAGMA integrity_check") == [("ok",)]
+    assert (f"{db}: the database file was replaced by another file while the collector was "
+            "writing it; that one is left as it is") in caplog.text
