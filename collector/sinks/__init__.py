@@ -25,7 +25,8 @@ heartbeats (``seq == 0``), in arrival order, each a
 bounded queue between reception and the sink (reception never waits on a
 sink), batching (a sink that falls behind gets bigger batches, and after a
 full one, what is queued at once, without waiting for the interval), retry with
-capped backoff for errors marked retryable, a batch refused for good written
+capped backoff for errors marked retryable (for as long as an outage of the
+store lasts), a batch refused for good written
 again in halves (so one frame the store cannot take costs that frame, not
 the good frames of other devices beside it), and counting of everything
 dropped, per device.  It also notes which call into the sink is running and
@@ -87,11 +88,14 @@ def count_by_device(counter: collections.Counter[str], items: Iterable[Item]) ->
 
 
 class SinkError(Exception):
-    """A sink could not write; ``retryable`` says whether trying again may help."""
+    """A sink could not write; ``retryable`` says whether trying again may help, ``outage``
+    that the store, not the batch, is at fault (locked by another process, a full disk): the
+    runner then tries again for as long as that lasts instead of dropping the batch."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, outage: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.outage = outage
 
 
 class Sink(Protocol):
@@ -393,17 +397,22 @@ class SinkRunner:
 
     def _attempt(self, batch: list[Item], retries: int) -> tuple[str, bool] | None:
         """One write of ``batch``, with up to ``retries`` retries of retryable errors: None
-        when written, else (why, whether it was retryable)."""
+        when written, else (why, whether it was retryable).  An outage is retried until it
+        ends or the runner closes: dropping the batch at the head of the queue would lose good
+        frames for good, while the bounded queue behind it takes what comes meanwhile (and what
+        overflows it is counted and asked for again by gap repair)."""
         delay = 0.1
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             t0 = time.perf_counter()
             try:
                 self._call("write", self.sink.write, batch)
             except SinkError as exc:
-                if exc.retryable and attempt < retries:
+                if exc.retryable and (attempt < retries or (exc.outage and not self._closing)):
                     log.warning("sink %s: write failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                    attempt += 1
                     continue
                 return str(exc), exc.retryable
             except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the others
@@ -419,7 +428,6 @@ class SinkRunner:
             self.written += len(batch)
             self.batches += 1
             return None
-        return "no attempt", False  # retries < 0: not reached
 
     def _event(self, ev: Event | _Reload) -> None:
         if isinstance(ev, _Reload):

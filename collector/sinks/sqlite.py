@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from sensorwire.collector.events import Event
 from sensorwire.collector.sinks import Item, SinkError
@@ -16,6 +17,22 @@ log = logging.getLogger(__name__)
 
 TRIM_EVERY_S = 60.0  # retention: a pass this often (and at once after a pass that was cut short)
 NS_PER_DAY = 86_400 * 10**9
+
+
+def _outage(exc: sqlite3.Error, path: Path) -> str:
+    """What to do, when ``exc`` says the database cannot be written now whatever the batch (the
+    runner then keeps the batch until it can); else ''."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (" (another process keeps a write transaction open on it: a sqlite3 shell, a "
+                "VACUUM?; frames are kept, in the bounded queue, until it ends)")
+    if name.startswith("SQLITE_FULL"):
+        return (f" (the disk under {path.parent} is full: make room; frames are kept, in the "
+                "bounded queue, until there is)")
+    if name.startswith(("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return (" (the file or its file system cannot be written now: a read-only remount, a "
+                "failing disk?; frames are kept, in the bounded queue, until it can)")
+    return ""
 
 
 class SqliteSink:
@@ -39,7 +56,9 @@ class SqliteSink:
         try:
             self.writer.write(batch)
         except sqlite3.OperationalError as exc:  # locked, busy, disk full, I/O error
-            raise SinkError(f"{self.writer.path}: {exc}", retryable=True) from exc
+            hint = _outage(exc, self.writer.path)
+            raise SinkError(f"{self.writer.path}: {exc}{hint}", retryable=True,
+                            outage=bool(hint)) from exc
         except sqlite3.DatabaseError as exc:
             raise SinkError(f"{self.writer.path}: {exc}", retryable=False) from exc
 
