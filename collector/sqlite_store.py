@@ -215,6 +215,9 @@ def _open_hint(exc: sqlite3.Error) -> str:
                 "a sqlite3 shell?)")
     if name.startswith("SQLITE_FULL"):
         return " (the disk under it is full: make room)"
+    if name.startswith("SQLITE_IOERR"):  # a -shm that cannot grow on a full disk, too
+        return (" (is the disk under it full, or failing? SQLite needs room for its -wal and -shm "
+                "files beside it)")
     return " (can this user create and write it, and its folder?)"
 
 

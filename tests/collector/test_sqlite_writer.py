@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import run_cli, status_by_device, tcp, write
+from support import run_cli, small_tmpfs, status_by_device, tcp, write
 
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.events import Lost, Presence
@@ -340,3 +340,25 @@ def test_a_database_replaced_while_written_is_left_alone_and_ours_saved_beside_i
     assert fetch(db, "PRAGMA integrity_check") == [("ok",)]
     assert (f"{db}: the database file was replaced by another file while the collector was "
             "writing it; that one is left as it is") in caplog.text
+
+
+def test_a_full_disk_at_start_is_named(tmp_path: Path) -> None:
+    """SQLite cannot make the -shm of a WAL database on a full disk: "disk I/O error", and the
+    collector asked whether this user may write the file."""
+    with small_tmpfs(tmp_path / "fs", 1 << 20) as fs:
+        db = fs / "t.db"
+        w = SqliteWriter(db)
+        w.open()
+        w.write([frame("pi-1", 1)])
+        w.close()
+        fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # every byte left
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        r = collector_on(tmp_path, db)
+    assert r.returncode == 1, r.stderr
+    assert f"{db}: disk I/O error (is the disk under it full, or failing?" in r.stderr
