@@ -51,6 +51,8 @@ from sensorwire.metrics import Histogram
 
 log = logging.getLogger(__name__)
 _full = RateLimited(log, period_s=10.0)  # "queue full": per sink, with the count in all
+# an outage retried for as long as it lasts: a line a minute, not one every 5 s for an hour
+_outage = RateLimited(log, period_s=60.0)
 
 Item = tuple[CheckedFrame, int]  # (frame, received at, Unix ns)
 
@@ -409,7 +411,12 @@ class SinkRunner:
                 self._call("write", self.sink.write, batch)
             except SinkError as exc:
                 if exc.retryable and (attempt < retries or (exc.outage and not self._closing)):
-                    log.warning("sink %s: write failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
+                    if exc.outage and attempt >= retries:
+                        _outage.warning(self.sink.name, "sink %s: write failed (%s); still "
+                                        "retrying, every %.1f s", self.sink.name, exc, delay)
+                    else:
+                        log.warning("sink %s: write failed (%s); retrying in %.1f s",
+                                    self.sink.name, exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     attempt += 1
@@ -427,6 +434,9 @@ class SinkRunner:
             self.write_latency.observe(took)
             self.written += len(batch)
             self.batches += 1
+            if attempt > retries:
+                log.warning("sink %s: writing again, after %d failed attempts", self.sink.name,
+                            attempt)
             return None
 
     def _event(self, ev: Event | _Reload) -> None:

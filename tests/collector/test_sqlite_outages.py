@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from support import small_tmpfs, wait_until
 
+from sensorwire.collector import sinks
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sinks import SinkRunner
 from sensorwire.collector.sinks.sqlite import SqliteSink
+from sensorwire.logs import RateLimited
 
 LAYOUT = Layout([(f"m{i}", "C") for i in range(8)])
 T0 = 1_800_000_000_000_000_000
@@ -37,6 +39,12 @@ def seqs(db: Path) -> list[int]:
         return [s for (s,) in conn.execute("SELECT seq FROM frames ORDER BY seq")]
     finally:
         conn.close()
+
+
+@pytest.fixture(autouse=True)
+def every_retry_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outage's retries are logged once a minute; here every one, to count them."""
+    monkeypatch.setattr(sinks, "_outage", RateLimited(sinks.log, period_s=0.0))
 
 
 @contextlib.contextmanager
@@ -78,6 +86,7 @@ def test_a_write_lock_kept_by_another_process_delays_frames_and_loses_none(
             holder.stdin.close()
             holder.wait(10)
         wait_until(lambda: runner.written == 110, what="the frames written once the lock is gone")
+        assert "sink sqlite: writing again, after" in caplog.text
     assert seqs(db) == list(range(1, 111))
     assert runner.dropped == 0
 
