@@ -56,6 +56,7 @@ BACKOFF_MAX_S = 30.0
 STREAM_QUEUE_MAX = 1000
 READERS_JOIN_S = 2.0  # at stop and reload: for the reader threads of streaming sensors, all of them
 TRIM_AFTER_S = 3.0  # after start and reloads: sensors are open and read, the heap is trimmed
+NOBODY_S = 10.0  # no subscriber for its frames this long after start: said once
 
 
 class SensorState(msgspec.Struct):
@@ -171,6 +172,7 @@ class Agent:
         publisher = self.publisher
         socks = publisher.socks
         replay_in: float | None = None
+        unheard = True  # nobody listening has not been said (or found untrue) yet
         while not stop.is_set():
             now = time.monotonic()
             wait = (due[0][0] - now) if due else 3600.0
@@ -211,11 +213,28 @@ class Agent:
                 if delay > 0:
                     nxt = max(nxt, now + delay)
                 heapq.heappush(due, (nxt, order, idx))
+            if unheard and now - start >= NOBODY_S:
+                unheard = self._tell_unheard()
             replay_in = publisher.replay()
             publisher.flush()
             if self._trim_at is not None and now >= self._trim_at:
                 self._trim_at = None
                 heaptrim.trim()  # what start-up (or the reload) freed goes back to the system
+
+    def _tell_unheard(self) -> bool:
+        """Warn when no subscriber listens for any of its sensors; False once looked at."""
+        pub = self.publisher
+        if not self.states or any(pub.listened(pub.topic(st.name)) for st in self.states):
+            return False
+        c = self.config
+        log.warning("no collector has subscribed to %s/%s within %g s: its frames %s until one "
+                    "does. Is a proxy running at %s, is that its frontend (agents connect to the "
+                    "proxy's frontend, collectors to its backend), and do a collector's [subscribe] "
+                    "prefixes cover %s/%s?", c.site, c.device_id, NOBODY_S,
+                    "are kept in the spool" if pub.spool is not None
+                    else "are sent to nobody and lost ([spool] is off)",
+                    ", ".join(c.publish.connect + c.publish.bind), c.site, c.device_id)
+        return False
 
     def _plan(self, start: float, now: float, fresh: set[int] | None
               ) -> tuple[list[tuple[float, int, int]], dict[int, float], dict[int, int]]:

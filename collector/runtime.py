@@ -70,6 +70,8 @@ TICK_S = 0.5      # presence, repair requests and counters are looked at this of
 STORAGE_SINKS = ("sqlite", "postgres")
 LIVE_FLUSH_S = 0.2  # the longest a frame waits before alerting and metrics see it
 STALL_LOG_S = 30.0  # a stalled sink is logged this often while it lasts
+NO_ANSWER_S = 5.0   # no answer to the ping upstream this long after start: said once
+NOTHING_S = 15.0    # nothing received this long after the subscriptions went live: said once
 
 
 def make_sinks(config: CollectorConfig) -> list[Sink]:
@@ -119,6 +121,7 @@ class Collector:
         self._started = time.monotonic()
         self._live_at: float | None = None
         self._stall_logged: float | None = None  # when a stalled sink was last logged
+        self._silence_told = 0  # 1: no answer from upstream was logged; 2: nothing received was
         self._next_ping = 0.0
         self.bytes_received = 0
         self._rate = Rate()
@@ -230,6 +233,7 @@ class Collector:
                     self.rate_limit.roll(now)  # report devices over budget even when all is quiet
                 self.tracker.flush_counts()
                 self._watch_sinks(now, svc)
+                self._watch_silence(now)
                 next_tick = now + TICK_S
             if now >= next_summary:
                 self._summary()
@@ -337,6 +341,32 @@ class Collector:
             self._live_at = time.monotonic()
             log.info("subscriptions are live upstream, %.2f s after start: every frame from now "
                      "on is received or accounted for", self._live_at - self._started)
+
+    def _watch_silence(self, now: float) -> None:
+        """Say once when nothing answers upstream (no proxy there, or its frontend), and once when
+        subscriptions are live but nothing arrives (no agent publishes under the prefixes)."""
+        sub = self.config.subscribe
+        if self._live_at is None:
+            if not self._silence_told and now - self._started >= NO_ANSWER_S:
+                self._silence_told = 1
+                if sub.connect:
+                    log.warning("no answer from upstream %s within %g s: is a proxy running there, "
+                                "and is that its backend (collectors connect to the proxy's backend, "
+                                "agents to its frontend)? Still trying; `subscriptions are live "
+                                "upstream` says when it answers", ", ".join(sub.connect), NO_ANSWER_S)
+                else:
+                    log.warning("no agent has connected to %s within %g s (agents' [publish] "
+                                "connect must name it); still waiting", ", ".join(sub.bind),
+                                NO_ANSWER_S)
+        elif self._silence_told < 2 and self.received == 0 and now - self._live_at >= NOTHING_S:
+            self._silence_told = 2
+            hint = (f" (`sensorwire tail --connect {sub.connect[0]}` shows whatever arrives)"
+                    if sub.connect else "")
+            log.warning("nothing received in %g s since subscriptions went live, filters %s: no "
+                        "agent publishes under them, or none is connected (agents connect to the "
+                        "proxy's frontend); check [subscribe] prefixes against the agents' site and "
+                        "device_id%s", NOTHING_S,
+                        [f.decode("ascii", "replace") for f in self.subscribe_filters()], hint)
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1

@@ -27,6 +27,7 @@ from sensorwire.security import ClientSecurity, Security
 log = logging.getLogger(__name__)
 
 LAG_CHECK_S = 0.5
+NO_ANSWER_S = 5.0  # no answer to the ping this long after start: said once on stderr
 
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
@@ -56,10 +57,17 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
         poller.register(sub, zmq.POLLIN)
         poller.register(stop.fd, zmq.POLLIN)
         next_ping = 0.0
+        silent_from: float | None = time.monotonic()  # None once the silence was told
         while not stop.is_set():
             if not live and time.monotonic() >= next_ping:
                 sub.send(wire.PING + nonce)
                 next_ping = time.monotonic() + 1.0
+            if not live and silent_from is not None and time.monotonic() - silent_from >= NO_ANSWER_S:
+                silent_from = None
+                log.warning("no answer from %s within %g s: is a proxy running there, and is that "
+                            "its backend (tail connects where collectors do, not to the frontend)? "
+                            "Still trying; `subscribed` says when it answers", ", ".join(endpoints),
+                            NO_ANSWER_S)
             events = dict(poller.poll(None if live else 1000))
             if sub not in events:
                 continue
