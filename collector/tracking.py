@@ -74,6 +74,7 @@ _full = RateLimited(log, period_s=60.0)
 # one line per kind every 10 s, with a count of the rest: after a proxy restart every device of a
 # fleet asks for its frames in flight at once (10,000 lines a round otherwise)
 _repairs = RateLimited(log, period_s=10.0)
+_twins = RateLimited(log, period_s=60.0)  # two agents publishing as one device: per device
 
 MAX_BOOTS = 8              # boots followed per device (the newest)
 PRESENCE_LOG_BURST = 50     # presence changes logged one by one per window; the rest are counted
@@ -105,6 +106,8 @@ class BootTrack:
     # says they are gone (the collector before us may have counted them; storage cannot tell)
     resumed: RangeSet | None = None
     last_seen: float = 0.0
+    heartbeat_at: float = 0.0   # monotonic receive time of its newest heartbeat
+    heartbeat_ns: int = 0       # the agent's time of its newest heartbeat (copies are not newer)
 
 
 @dataclass(slots=True)
@@ -280,6 +283,10 @@ class Tracker:
                 self._unavailable(dev, r)
             if hb.stopping and boot_id == dev.current_boot and dev.state != "stopped":
                 self._transition(dev, "stopped", now_ns)
+            if frame.time_unix_nano > b.heartbeat_ns and not hb.stopping:
+                self._twin(dev, boot_id, b, now)
+                b.heartbeat_ns = frame.time_unix_nano
+                b.heartbeat_at = now
             return True
         if seq == b.max_seq + 1:
             b.max_seq = seq
@@ -413,6 +420,18 @@ class Tracker:
             gone = dev.boots.pop(oldest)
             dev.gaps_retired += gone.missing.count + gone.lost.count
         return b
+
+    def _twin(self, dev: DeviceTrack, boot_id: int, b: BootTrack, now: float) -> None:
+        """A new heartbeat of a boot that is not the device's newest, while the newest sends them
+        too: two agents run with one device_id (an agent restarted sends none of its old boot)."""
+        cur = dev.boots.get(dev.current_boot)
+        if boot_id == dev.current_boot or cur is None or not b.heartbeat_ns or not cur.heartbeat_at:
+            return
+        if now - cur.heartbeat_at <= 3 * (dev.heartbeat_s or 5.0):
+            _twins.warning(dev.device, "device %s/%s: two agents publish with this device_id (boots "
+                           "%d and %d both send heartbeats); their frames are stored as one "
+                           "device's: give each agent its own device_id", dev.site, dev.device,
+                           boot_id, dev.current_boot)
 
     def _gap(self, dev: DeviceTrack, b: BootTrack, first: int, last: int, now: float) -> None:
         b.missing.add(first, last)

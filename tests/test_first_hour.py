@@ -1,16 +1,18 @@
 """A new user's wiring mistakes are said, not met with silence: a collector or tail pointed where
 no proxy answers (nothing there, or the proxy's frontend), a collector whose prefixes match no
-agent, an agent that nobody subscribes to (pointed at the proxy's backend)."""
+agent, an agent that nobody subscribes to (pointed at the proxy's backend), two agents given one
+device_id."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import simulated_agent_toml, tcp, wait_until, write
+from support import frames_stored, simulated_agent_toml, tcp, wait_until, write
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +93,34 @@ def test_tail_with_no_proxy_says_nobody_answers(tmp_path: Path) -> None:
         p.terminate()
         p.wait(5)
     assert f"no answer from {nowhere} within 5 s: is a proxy running there" in said, said
+
+
+def test_two_agents_with_one_device_id_are_named_and_a_restart_is_not(tmp_path: Path,
+                                                                       procs: Any) -> None:
+    front, back = tcp(), tcp()
+    procs("proxy", "proxy", "--frontend", front, "--backend", back)
+    collector = procs("collector", "collector", "-c", str(collector_toml(tmp_path, back)))
+    db = tmp_path / "t.db"
+
+    def agent(name: str) -> Any:
+        cfg = write(tmp_path / f"{name}.toml", simulated_agent_toml("pi-1", front, tmp_path / name))
+        return procs(name, "agent", "-c", str(cfg))
+
+    def boot_of(p: Any) -> str:
+        return str(wait_until(lambda: re.search(r"boot_id (\d+)", p.log()), what="boot_id")[1])
+
+    first = agent("first")
+    old_boot = boot_of(first)
+    wait_until(lambda: frames_stored(db) >= 5, timeout_s=20, what="frames of the first boot stored")
+    assert first.terminate() == 0
+    again = agent("again")  # a restart: the same device, a new boot, the old one silent
+    wait_until(lambda: frames_stored(db) >= 30, timeout_s=20,
+               what="frames of the restarted agent (heartbeats every 0.3 s) stored")
+    assert "two agents publish" not in collector.log()
+    twin = agent("twin")  # a copied configuration: a second device calling itself pi-1
+    wait_until(lambda: "two agents publish with this device_id" in collector.log(), timeout_s=20,
+               what="the collector naming the two agents")
+    line = next(ln for ln in collector.log().splitlines() if "two agents publish" in ln)
+    assert "device gh/pi-1:" in line and "give each agent its own device_id" in line, line
+    assert boot_of(again) in line and boot_of(twin) in line and old_boot not in line, line
+    assert collector.terminate() == 0
