@@ -127,7 +127,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _Usage(f"tail: {exc}") from None
     for endpoint in args.connect or []:  # libzmq would take a bad one and wait for ever
-        problem = zmqutil.endpoint_problem(endpoint)
+        problem = zmqutil.endpoint_problem(endpoint, connect=True)
         if problem:
             raise _Usage(f"tail: --connect {problem}")
     sec = None

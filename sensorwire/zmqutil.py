@@ -38,14 +38,21 @@ def connect(sock: zmq.Socket[bytes], endpoint: str) -> None:
 IPC_PATH_MAX = 107  # bytes in a Unix socket address, less the final NUL
 
 
-def endpoint_problem(endpoint: str) -> str | None:
+def endpoint_problem(endpoint: str, connect: bool = False) -> str | None:
     """What is wrong with a tcp:// or ipc:// endpoint that libzmq would take anyway or refuse
-    only when it is used (a port past 65535 wraps around to another port), or None."""
+    only when it is used (a port past 65535 wraps around to another port), or None.
+    ``connect``: the endpoint is connected to, so ``*`` is no host."""
+    if "://" not in endpoint:
+        return (f"{endpoint!r} names no transport: write it like tcp://127.0.0.1:5556 or "
+                "ipc:///run/sensorwire/proxy.sock")
     if endpoint.startswith("tcp://"):
         address = endpoint[6:].rsplit(";", 1)[-1]  # "source;destination" connects
         host, sep, port = address.rpartition(":")
         if not sep or not host:
             return f"{endpoint!r} needs a host and a port, like tcp://127.0.0.1:5556 or tcp://*:5556"
+        if connect and host == "*":
+            return (f"{endpoint!r}: * binds every address, it names no host to connect to: "
+                    f"write the proxy's host, like tcp://127.0.0.1:{port}")
         if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
             return f"{endpoint!r}: port {port!r} is not a number from 1 to 65535 (or * to bind any)"
     elif endpoint.startswith("ipc://"):
@@ -61,7 +68,7 @@ def endpoint_problem(endpoint: str) -> str | None:
 def check_endpoints(key: str, endpoints: list[str]) -> None:
     """ValueError for the first bad endpoint, as config checks raise it ("key: [i] what")."""
     for i, ep in enumerate(endpoints):
-        problem = endpoint_problem(ep)
+        problem = endpoint_problem(ep, connect=key == "connect")
         if problem:
             raise ValueError(f"{key}: [{i}] {problem}")
 

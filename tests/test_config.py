@@ -148,6 +148,30 @@ def test_an_endpoint_libzmq_would_misread_is_a_config_error(tmp_path: Path, endp
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize("endpoint, expected", [
+    ("127.0.0.1:5557", "'127.0.0.1:5557' names no transport: write it like tcp://127.0.0.1:5556 or "
+                       "ipc:///run/sensorwire/proxy.sock"),
+    ("tcp://*:5557", "'tcp://*:5557': * binds every address, it names no host to connect to: "
+                     "write the proxy's host, like tcp://127.0.0.1:5557"),
+])
+def test_an_endpoint_that_cannot_be_connected_to_is_a_config_error_not_a_failure_at_start(
+        tmp_path: Path, endpoint: str, expected: str) -> None:
+    # both were "valid" for check-config, then the role exited 1 at start ("Invalid argument")
+    for role, text in (("collector", f'[subscribe]\nconnect = ["{endpoint}"]\n'),
+                       ("agent", f'site = "gh"\ndevice_id = "pi-1"\n[publish]\n'
+                                 f'connect = ["{endpoint}"]\n')):
+        p = write(tmp_path / f"{role}.toml", text)
+        r = run_cli("check-config", str(p))
+        key = "subscribe" if role == "collector" else "publish"
+        assert (r.returncode, r.stderr) == (2, f"sensorwire: {role}.toml: {key}.connect[0]: {expected}\n")
+        r = run_cli(role, "-c", str(p), timeout=30, cwd=tmp_path)
+        assert r.returncode == 2 and expected in r.stderr, r.stderr
+    r = run_cli("tail", "--connect", endpoint)
+    assert r.returncode == 2 and f"sensorwire: tail: --connect {expected}" in r.stderr, r.stderr
+    bound = write(tmp_path / "collector.toml", '[subscribe]\nbind = ["tcp://*:5557"]\n')
+    assert run_cli("check-config", str(bound)).returncode == 0  # * is for binding
+
+
 def test_proxy_hwm_is_a_count_of_frames(tmp_path: Path) -> None:
     base = 'frontend = "tcp://127.0.0.1:1"\nbackend = "tcp://127.0.0.1:2"\n'
     role, cfg = checkconfig.load_any(write(tmp_path / "proxy.toml", base + "hwm = 5000\n"))
