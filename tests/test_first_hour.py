@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import frames_stored, simulated_agent_toml, tcp, wait_until, write
+from support import frames_stored, run_cli, simulated_agent_toml, tcp, wait_until, write
 
 pytestmark = pytest.mark.slow
 
@@ -123,4 +123,25 @@ def test_two_agents_with_one_device_id_are_named_and_a_restart_is_not(tmp_path: 
     line = next(ln for ln in collector.log().splitlines() if "two agents publish" in ln)
     assert "device gh/pi-1:" in line and "give each agent its own device_id" in line, line
     assert boot_of(again) in line and boot_of(twin) in line and old_boot not in line, line
+    assert collector.terminate() == 0
+
+
+def test_query_that_matches_nothing_says_why_on_stderr(tmp_path: Path, procs: Any) -> None:
+    front, back = tcp(), tcp()
+    db = tmp_path / "t.db"
+    collector = procs("collector", "collector", "-c", str(collector_toml(tmp_path, back)))
+    r = run_cli("query", "--db", str(db))  # the collector made it; nothing stored yet
+    assert (r.returncode, r.stderr) == (0, "sensorwire: query: nothing is stored yet\n")
+    procs("proxy", "proxy", "--frontend", front, "--backend", back)
+    procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
+                                             simulated_agent_toml("pi-1", front, tmp_path))))
+    wait_until(lambda: frames_stored(db) >= 3, timeout_s=20, what="frames stored")
+    r = run_cli("query", "--db", str(db), "--device", "gh/pi-1", "--format", "csv")
+    assert (r.returncode, r.stdout) == (0, "time,device,sensor,metric,value,unit\n")
+    assert r.stderr == ("sensorwire: query: no device 'gh/pi-1' is stored; devices: pi-1 (--device "
+                        "takes the device_id alone, without the site)\n")
+    r = run_cli("query", "--db", str(db), "--device", "pi-1", "--sensor", "t")  # t is a metric
+    assert r.returncode == 0 and r.stderr.startswith("sensorwire: query: no rows match"), r.stderr
+    r = run_cli("query", "--db", str(db), "--device", "pi-1", "--metric", "t", "--format", "json")
+    assert r.returncode == 0 and r.stdout and r.stderr == ""
     assert collector.terminate() == 0
