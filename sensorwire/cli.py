@@ -497,6 +497,16 @@ def _set_level(args: argparse.Namespace, config_level: str) -> None:
         logging.getLogger().setLevel(config_level.upper())
 
 
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, whose usage line says what that command takes."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices.get(command, parser)
+            return found
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # not kept: the parsers of every command are garbage once the arguments are parsed
     args = build_parser().parse_args(argv)
@@ -508,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sensorwire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except _Usage as exc:
-        build_parser().print_usage(sys.stderr)
+        _command_parser(args.command).print_usage(sys.stderr)
         print(f"sensorwire: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -145,3 +145,14 @@ def test_query_that_matches_nothing_says_why_on_stderr(tmp_path: Path, procs: An
     r = run_cli("query", "--db", str(db), "--device", "pi-1", "--metric", "t", "--format", "json")
     assert r.returncode == 0 and r.stdout and r.stderr == ""
     assert collector.terminate() == 0
+
+
+def test_a_command_given_bad_arguments_shows_its_own_usage() -> None:
+    # it showed the top-level one ("usage: sensorwire [-h] [--version] ... COMMAND ..."), which
+    # says nothing of what the command takes
+    r = run_cli("proxy", "--frontend", tcp())
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: sensorwire proxy [-h] [-c FILE] [--frontend EP] [--backend EP]\n")
+    assert r.stderr.endswith("sensorwire: proxy: give -c FILE, or both --frontend EP and --backend EP\n")
+    r = run_cli("query", "--db", "t.db", "--since", "yesterday")
+    assert r.returncode == 2 and r.stderr.startswith("usage: sensorwire query "), r.stderr
