@@ -125,8 +125,9 @@ class Spool:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._lock_fd = filelock.take(self.folder / "lock")
         except filelock.Held:
-            raise SpoolError(f"spool folder {self.folder} is in use by another agent; give each "
-                             "agent its own [spool] dir") from None
+            raise SpoolError(f"spool folder {self.folder} is in use by another agent: is this one "
+                             "running already? Two agents need each their own device_id (the "
+                             "default spool folder is named after it) or [spool] dir") from None
         except OSError as exc:
             raise SpoolError(f"spool folder {self.folder}: {exc.strerror}; set [spool] dir "
                              "to a writable folder") from None

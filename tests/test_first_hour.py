@@ -156,3 +156,25 @@ def test_a_command_given_bad_arguments_shows_its_own_usage() -> None:
     assert r.stderr.endswith("sensorwire: proxy: give -c FILE, or both --frontend EP and --backend EP\n")
     r = run_cli("query", "--db", "t.db", "--since", "yesterday")
     assert r.returncode == 2 and r.stderr.startswith("usage: sensorwire query "), r.stderr
+
+
+def test_the_same_agent_started_twice_is_told_why_it_cannot_run(tmp_path: Path, procs: Any) -> None:
+    # no [spool] dir: both take the default folder named after the device_id
+    cfg = write(tmp_path / "pi-1.toml", f"""\
+site = "gh"
+device_id = "pi-1"
+[publish]
+connect = ["{tcp()}"]
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 1.0
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
+""")
+    first = procs("first", "agent", "-c", str(cfg))
+    r = run_cli("agent", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1
+    assert "is in use by another agent: is this one running already? Two agents need each their " \
+           "own device_id (the default spool folder is named after it) or [spool] dir" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert first.terminate() == 0
