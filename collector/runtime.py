@@ -188,10 +188,12 @@ class Collector:
                 self.security.connect(sub, ep, "subscribe")
             # frames from the servers it connected to carry no User-Id: they were checked there
             self.identity = self.security.identity(AGENTS, trust_anonymous=True)
-            log.info("collector up: %s, filters %s, sinks %s",
+            st = self.config.storage
+            log.info("collector up: %s, filters %s, sinks %s%s",
                      ", ".join(self.config.subscribe.connect + self.config.subscribe.bind),
                      [f.decode("ascii", "replace") for f in self.subscribe_filters()],
-                     [s.name for s in self.sinks])
+                     [s.name for s in self.sinks],
+                     f"; storing into {os.path.abspath(st.path)}" if st.kind == "sqlite" else "")
             if ready is not None:
                 ready()
             svc = service or NO_SERVICE

@@ -40,6 +40,7 @@ def test_a_collector_pointed_at_the_proxys_frontend_says_nobody_answers(tmp_path
     assert f"no answer from upstream {front} within 5 s: is a proxy running there, and is that its " \
            "backend" in log, log
     assert "Traceback" not in log
+    assert f"; storing into {tmp_path / 't.db'}" in log  # where the data goes, said at start
     assert collector.terminate() == 0
 
 
