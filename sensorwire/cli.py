@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sensorwire import __version__, logs
 from sensorwire.configload import ConfigError
@@ -331,6 +331,12 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kw: Any) -> None:
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kw)
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:") and any(
+                w.split("=")[0] == "--log-level" for w in message.split()):
+            message += " (--log-level goes before the command: sensorwire --log-level debug agent ...)"
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

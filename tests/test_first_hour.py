@@ -179,3 +179,12 @@ metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
            "own device_id (the default spool folder is named after it) or [spool] dir" in r.stderr
     assert "Traceback" not in r.stderr
     assert first.terminate() == 0
+
+
+def test_log_level_after_the_command_says_where_it_goes() -> None:
+    for argv in (["agent", "-c", "agent.toml", "--log-level", "debug"],
+                 ["collector", "-c", "c.toml", "--log-level=debug"]):
+        r = run_cli(*argv)
+        assert r.returncode == 2
+        assert r.stderr.endswith(" (--log-level goes before the command: sensorwire --log-level "
+                                 "debug agent ...)\n"), r.stderr
