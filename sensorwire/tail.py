@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LAG_CHECK_S = 0.5
 NO_ANSWER_S = 5.0  # no answer to the ping this long after start: said once on stderr
+NOTHING_S = 15.0   # subscribed, and no frame this long after: said once on stderr
 
 
 def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO = sys.stdout,
@@ -58,6 +59,7 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
         poller.register(stop.fd, zmq.POLLIN)
         next_ping = 0.0
         silent_from: float | None = time.monotonic()  # None once the silence was told
+        live_at: float | None = None  # None once "nothing received" was told, or not live yet
         while not stop.is_set():
             if not live and time.monotonic() >= next_ping:
                 sub.send(wire.PING + nonce)
@@ -68,7 +70,13 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                             "its backend (tail connects where collectors do, not to the frontend)? "
                             "Still trying; `subscribed` says when it answers", ", ".join(endpoints),
                             NO_ANSWER_S)
-            events = dict(poller.poll(None if live else 1000))
+            if live_at is not None and not printed and time.monotonic() - live_at >= NOTHING_S:
+                live_at = None
+                log.warning("nothing received in %g s: no agent publishes under %s, or none is "
+                            "connected to the proxy's frontend (tail with no prefix shows "
+                            "everything)", NOTHING_S, ", ".join(p or "everything" for p in prefixes or [""]))
+            watching = not live or (live_at is not None and not printed)
+            events = dict(poller.poll(1000 if watching else None))
             if sub not in events:
                 continue
             while True:
@@ -87,6 +95,7 @@ def run(endpoints: list[str], prefixes: list[str], stop: StopSignal, out: TextIO
                     if msg == wire.ACK + nonce:
                         if not live:
                             live = True
+                            live_at = time.monotonic()
                             log.info("subscribed: %s", ", ".join(p or "everything" for p in prefixes or [""]))
                     elif not msg.startswith(wire.ACK):
                         log.warning("skipped a bad message: %s", exc)

@@ -188,3 +188,23 @@ def test_log_level_after_the_command_says_where_it_goes() -> None:
         assert r.returncode == 2
         assert r.stderr.endswith(" (--log-level goes before the command: sensorwire --log-level "
                                  "debug agent ...)\n"), r.stderr
+
+
+def test_tail_on_a_prefix_nobody_publishes_under_says_so(tmp_path: Path, procs: Any) -> None:
+    front, back = tcp(), tcp()
+    procs("proxy", "proxy", "--frontend", front, "--backend", back)
+    procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
+                                             simulated_agent_toml("pi-1", front, tmp_path))))
+    err = tmp_path / "tail.err"
+    with open(err, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", "--connect", back, "gx"],
+                             stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        wait_until(lambda: "nothing received" in err.read_text(), timeout_s=40,
+                   what="tail saying nothing arrives")
+    finally:
+        p.terminate()
+        p.wait(5)
+    said = err.read_text()
+    assert "subscribed: gx" in said and "no answer" not in said, said
+    assert "nothing received in 15 s: no agent publishes under gx, or none is connected" in said, said
