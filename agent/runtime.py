@@ -56,7 +56,9 @@ BACKOFF_MAX_S = 30.0
 STREAM_QUEUE_MAX = 1000
 READERS_JOIN_S = 2.0  # at stop and reload: for the reader threads of streaming sensors, all of them
 TRIM_AFTER_S = 3.0  # after start and reloads: sensors are open and read, the heap is trimmed
-NOBODY_S = 10.0  # no subscriber for its frames this long after start: said once
+# no subscriber for its frames for two heartbeats after start (10 s by default), or this if
+# longer: said once (a subscription takes a moment to come through a proxy)
+NOBODY_MIN_S = 3.0
 
 
 class SensorState(msgspec.Struct):
@@ -213,13 +215,16 @@ class Agent:
                 if delay > 0:
                     nxt = max(nxt, now + delay)
                 heapq.heappush(due, (nxt, order, idx))
-            if unheard and now - start >= NOBODY_S:
+            if unheard and now - start >= self._unheard_after():
                 unheard = self._tell_unheard()
             replay_in = publisher.replay()
             publisher.flush()
             if self._trim_at is not None and now >= self._trim_at:
                 self._trim_at = None
                 heaptrim.trim()  # what start-up (or the reload) freed goes back to the system
+
+    def _unheard_after(self) -> float:
+        return max(NOBODY_MIN_S, 2 * self.config.publish.heartbeat_s)
 
     def _tell_unheard(self) -> bool:
         """Warn when no subscriber listens for any of its sensors; False once looked at."""
@@ -230,7 +235,7 @@ class Agent:
         log.warning("no collector has subscribed to %s/%s within %g s: its frames %s until one "
                     "does. Is a proxy running at %s, is that its frontend (agents connect to the "
                     "proxy's frontend, collectors to its backend), and do a collector's [subscribe] "
-                    "prefixes cover %s/%s?", c.site, c.device_id, NOBODY_S,
+                    "prefixes cover %s/%s?", c.site, c.device_id, self._unheard_after(),
                     "are kept in the spool" if pub.spool is not None
                     else "are sent to nobody and lost ([spool] is off)",
                     ", ".join(c.publish.connect + c.publish.bind), c.site, c.device_id)

@@ -29,22 +29,55 @@ listen = ""
 """)
 
 
-def test_a_collector_pointed_at_the_proxys_frontend_says_nobody_answers(tmp_path: Path,
-                                                                         procs: Any) -> None:
-    front, back = tcp(), tcp()
+class Tail:
+    """``sensorwire tail`` in a process of its own; what it says on stderr."""
+
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        self.err = tmp / f"{name}.err"
+        with open(self.err, "wb") as f:
+            self.popen = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", *args],
+                                          stdout=subprocess.DEVNULL, stderr=f)
+
+    def said(self) -> str:
+        return self.err.read_text()
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(5)
+
+
+def test_roles_on_the_wrong_socket_say_nobody_answers(tmp_path: Path, procs: Any) -> None:
+    """At once (the warnings wait seconds): a collector on the proxy's frontend, tail where no
+    proxy is, an agent on the proxy's backend (a collector rightly on it)."""
+    front, back, nowhere = tcp(), tcp(), tcp()
     procs("proxy", "proxy", "--frontend", front, "--backend", back)
-    collector = procs("collector", "collector", "-c", str(collector_toml(tmp_path, front)))
-    wait_until(lambda: "no answer from upstream" in collector.log(), timeout_s=30,
-               what="the collector saying nobody answers")
-    log = collector.log()
+    (tmp_path / "wrong").mkdir()
+    wrong = procs("wrong", "collector", "-c", str(collector_toml(tmp_path / "wrong", front)))
+    procs("right", "collector", "-c", str(collector_toml(tmp_path, back)))
+    agent = procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
+                                                     simulated_agent_toml("pi-1", back, tmp_path))))
+    tail = Tail(tmp_path, "tail", "--connect", nowhere, "gh")
+    try:
+        wait_until(lambda: "no answer from upstream" in wrong.log(), timeout_s=30,
+                   what="the collector saying nobody answers")
+        wait_until(lambda: "no collector has subscribed" in agent.log(), timeout_s=30,
+                   what="the agent saying nobody listens")
+        wait_until(lambda: "no answer" in tail.said(), timeout_s=30, what="tail saying so")
+    finally:
+        tail.stop()
+    log = wrong.log()
     assert f"no answer from upstream {front} within 5 s: is a proxy running there, and is that its " \
            "backend" in log, log
-    assert "Traceback" not in log
-    assert f"; storing into {tmp_path / 't.db'}" in log  # where the data goes, said at start
-    assert collector.terminate() == 0
+    assert f"; storing into {tmp_path / 'wrong' / 't.db'}" in log  # where the data goes, said at start
+    assert f"Is a proxy running at {back}, is that its frontend" in agent.log(), agent.log()
+    assert "within 3 s" in agent.log()  # two heartbeats of 0.3 s, or 3 s if longer
+    assert f"no answer from {nowhere} within 5 s: is a proxy running there" in tail.said(), tail.said()
+    for p in (wrong, agent):
+        assert "Traceback" not in p.log()
+        assert p.terminate() == 0
 
 
-def test_a_collector_whose_prefixes_match_no_agent_says_so_and_so_does_the_agent(
+def test_prefixes_that_match_no_agent_are_said_by_the_collector_tail_and_the_agent(
         tmp_path: Path, procs: Any) -> None:
     front, back = tcp(), tcp()
     procs("proxy", "proxy", "--frontend", front, "--backend", back)
@@ -53,47 +86,26 @@ def test_a_collector_whose_prefixes_match_no_agent_says_so_and_so_does_the_agent
     # a typo in the site: "gx/" for "gh/"
     collector = procs("collector", "collector", "-c",
                       str(collector_toml(tmp_path, back, prefixes='["gx/"]')))
-    wait_until(lambda: "nothing received in" in collector.log(), timeout_s=40,
-               what="the collector saying it receives nothing")
+    tail = Tail(tmp_path, "tail", "--connect", back, "gx")
+    try:
+        wait_until(lambda: "nothing received in" in collector.log(), timeout_s=40,
+                   what="the collector saying it receives nothing")
+        wait_until(lambda: "nothing received" in tail.said(), timeout_s=40,
+                   what="tail saying nothing arrives")
+    finally:
+        tail.stop()
     log = collector.log()
     assert "subscriptions are live upstream" in log
     assert "filters ['gx/']: no agent publishes under them" in log, log
     assert f"sensorwire tail --connect {back}" in log
     assert "no answer from upstream" not in log  # the proxy answered: no false alarm
-    wait_until(lambda: "no collector has subscribed to gh/pi-1" in agent.log(), timeout_s=30,
-               what="the agent saying nobody listens")
+    said = tail.said()
+    assert "subscribed: gx" in said and "no answer" not in said, said
+    assert "nothing received in 15 s: no agent publishes under gx, or none is connected" in said, said
+    assert "no collector has subscribed to gh/pi-1" in agent.log()
     assert "its frames are kept in the spool until one does" in agent.log()
     assert collector.terminate() == 0
     assert agent.terminate() == 0
-
-
-def test_an_agent_pointed_at_the_proxys_backend_says_nobody_subscribes(tmp_path: Path,
-                                                                       procs: Any) -> None:
-    front, back = tcp(), tcp()
-    procs("proxy", "proxy", "--frontend", front, "--backend", back)
-    procs("collector", "collector", "-c", str(collector_toml(tmp_path, back)))
-    agent = procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
-                                                     simulated_agent_toml("pi-1", back, tmp_path))))
-    wait_until(lambda: "no collector has subscribed" in agent.log(), timeout_s=30,
-               what="the agent saying nobody listens")
-    log = agent.log()
-    assert f"Is a proxy running at {back}, is that its frontend" in log, log
-    assert "Traceback" not in log
-    assert agent.terminate() == 0
-
-
-def test_tail_with_no_proxy_says_nobody_answers(tmp_path: Path) -> None:
-    nowhere = tcp()
-    err = tmp_path / "tail.err"
-    with open(err, "wb") as f:
-        p = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", "--connect", nowhere, "gh"],
-                             stdout=subprocess.DEVNULL, stderr=f)
-    try:
-        said = wait_until(lambda: err.read_text(), timeout_s=30, what="tail saying something")
-    finally:
-        p.terminate()
-        p.wait(5)
-    assert f"no answer from {nowhere} within 5 s: is a proxy running there" in said, said
 
 
 def test_two_agents_with_one_device_id_are_named_and_a_restart_is_not(tmp_path: Path,
@@ -188,23 +200,3 @@ def test_log_level_after_the_command_says_where_it_goes() -> None:
         assert r.returncode == 2
         assert r.stderr.endswith(" (--log-level goes before the command: sensorwire --log-level "
                                  "debug agent ...)\n"), r.stderr
-
-
-def test_tail_on_a_prefix_nobody_publishes_under_says_so(tmp_path: Path, procs: Any) -> None:
-    front, back = tcp(), tcp()
-    procs("proxy", "proxy", "--frontend", front, "--backend", back)
-    procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
-                                             simulated_agent_toml("pi-1", front, tmp_path))))
-    err = tmp_path / "tail.err"
-    with open(err, "wb") as f:
-        p = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", "--connect", back, "gx"],
-                             stdout=subprocess.DEVNULL, stderr=f)
-    try:
-        wait_until(lambda: "nothing received" in err.read_text(), timeout_s=40,
-                   what="tail saying nothing arrives")
-    finally:
-        p.terminate()
-        p.wait(5)
-    said = err.read_text()
-    assert "subscribed: gx" in said and "no answer" not in said, said
-    assert "nothing received in 15 s: no agent publishes under gx, or none is connected" in said, said
