@@ -388,10 +388,11 @@ class Collector:
             lag += f" (fell behind {self.lag.fell_behind} times)"
         cached = (f", {self.cached_ignored} copies from a proxy's cache ignored"
                   if self.cached_ignored else "")
-        log.info("collector%s: %d messages received, %d accepted%s, %d rejected %s; lag %s; devices "
+        log.info("collector%s: %d messages received, %d accepted%s, %d rejected%s; lag %s; devices "
                  "%d (%d online%s), gaps %d, duplicates %d, out of order %d, lost %d, repair "
                  "requests %d; %s%s%s", " stopping" if final else "", self.received, self.accepted,
-                 cached, rejected, dict(self.rejected) if rejected else "", lag, t["devices"], t["online"],
+                 cached, rejected, f" {dict(self.rejected)}" if rejected else "", lag, t["devices"],
+                 t["online"],
                  f", {t['evicted']} evicted to stay within max_devices" if t["evicted"] else "",
                  t["gaps"],
                  t["duplicates"], t["out_of_order"], t["lost"], self.tracker.requests_sent,
