@@ -232,13 +232,15 @@ class Agent:
         if not self.states or any(pub.listened(pub.topic(st.name)) for st in self.states):
             return False
         c = self.config
+        where = (f"Is a proxy running at {', '.join(c.publish.connect)}, is that its frontend (agents "
+                 "connect to the proxy's frontend, collectors to its backend)"
+                 if c.publish.connect else
+                 f"Does a collector connect to {', '.join(c.publish.bind)} ([subscribe] connect)")
         log.warning("no collector has subscribed to %s/%s within %g s: its frames %s until one "
-                    "does. Is a proxy running at %s, is that its frontend (agents connect to the "
-                    "proxy's frontend, collectors to its backend), and do a collector's [subscribe] "
-                    "prefixes cover %s/%s?", c.site, c.device_id, self._unheard_after(),
+                    "does. %s, and do a collector's [subscribe] prefixes cover %s/%s?",
+                    c.site, c.device_id, self._unheard_after(),
                     "are kept in the spool" if pub.spool is not None
-                    else "are sent to nobody and lost ([spool] is off)",
-                    ", ".join(c.publish.connect + c.publish.bind), c.site, c.device_id)
+                    else "are sent to nobody and lost ([spool] is off)", where, c.site, c.device_id)
         return False
 
     def _plan(self, start: float, now: float, fresh: set[int] | None

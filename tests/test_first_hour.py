@@ -56,8 +56,25 @@ def test_roles_on_the_wrong_socket_say_nobody_answers(tmp_path: Path, procs: Any
     procs("right", "collector", "-c", str(collector_toml(tmp_path, back)))
     agent = procs("pi-1", "agent", "-c", str(write(tmp_path / "pi-1.toml",
                                                      simulated_agent_toml("pi-1", back, tmp_path))))
+    bound = tcp()  # an agent that binds, and no collector connects to it
+    alone = procs("pi-2", "agent", "-c", str(write(tmp_path / "pi-2.toml", f"""\
+site = "gh"
+device_id = "pi-2"
+[publish]
+bind = ["{bound}"]
+heartbeat_s = 0.3
+[[sensors]]
+name = "env"
+kind = "simulated"
+interval_s = 0.1
+metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
+[spool]
+enabled = false
+""")))
     tail = Tail(tmp_path, "tail", "--connect", nowhere, "gh")
     try:
+        wait_until(lambda: "no collector has subscribed" in alone.log(), timeout_s=30,
+                   what="the agent that binds saying nobody listens")
         wait_until(lambda: "no answer from upstream" in wrong.log(), timeout_s=30,
                    what="the collector saying nobody answers")
         wait_until(lambda: "no collector has subscribed" in agent.log(), timeout_s=30,
@@ -72,7 +89,9 @@ def test_roles_on_the_wrong_socket_say_nobody_answers(tmp_path: Path, procs: Any
     assert f"Is a proxy running at {back}, is that its frontend" in agent.log(), agent.log()
     assert "within 3 s" in agent.log()  # two heartbeats of 0.3 s, or 3 s if longer
     assert f"no answer from {nowhere} within 5 s: is a proxy running there" in tail.said(), tail.said()
-    for p in (wrong, agent):
+    assert (f"its frames are sent to nobody and lost ([spool] is off) until one does. Does a "
+            f"collector connect to {bound} ([subscribe] connect)") in alone.log(), alone.log()
+    for p in (wrong, agent, alone):
         assert "Traceback" not in p.log()
         assert p.terminate() == 0
 
