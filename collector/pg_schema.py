@@ -319,6 +319,10 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str | None, po
         if found.version < SCHEMA_VERSION:
             try:
                 with conn.transaction():  # a savepoint: the error below is about this part only
+                    # the writer's lock and statement timeouts bound the look above; DDL may
+                    # have to wait (a first start, an upgrade): the session's defaults, as ever
+                    cur.execute("SET LOCAL lock_timeout TO DEFAULT")
+                    cur.execute("SET LOCAL statement_timeout TO DEFAULT")
                     _create(cur, schema, found, policy)
             except psycopg.errors.InsufficientPrivilege as exc:
                 what = ("create schema " + schema if schema is not None and not found.schema_exists

@@ -158,6 +158,41 @@ def classify(exc: BaseException, conn: Conn | None) -> ErrorClass:
     return "permanent"
 
 
+# the other sessions' locks on the tables of the search_path's schema that block a write
+# (or, ACCESS EXCLUSIVE, a read): LOCK TABLE, ALTER TABLE, VACUUM FULL, CREATE INDEX, ...
+_LOCK_HOLDERS = """
+SELECT a.pid, a.usename, a.application_name, a.state,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::bigint,
+       string_agg(DISTINCT l.mode || ' on ' || c.relname, ', '), left(a.query, 200)
+FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+  AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+GROUP BY 1, 2, 3, 4, 5, 7 ORDER BY 1 LIMIT 3
+"""
+
+
+def lock_holders(conn: Conn | None) -> str:
+    """For the log, after a lock timeout: who holds the lock (pid, role, application, what it
+    runs), e.g. ``: pid 4242 (role admin, psql, idle in transaction for 75 s, holding
+    AccessExclusiveLock on frames: LOCK TABLE frames IN ACCESS EXCLUSIVE MODE)``; "" when no
+    such session is seen now (or pg_locks cannot be read)."""
+    if conn is None or conn.closed or conn.broken:
+        return ""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_LOCK_HOLDERS)
+            rows = cur.fetchall()
+    except psycopg.Error:
+        return ""
+    return "".join(
+        f"{': ' if i == 0 else '; '}pid {pid} (role {user}, {app or 'no application_name'}, "
+        f"{state} for {secs} s, holding {locks}: {' '.join(str(q).split())})"
+        for i, (pid, user, app, state, secs, locks, q) in enumerate(rows))
+
+
 def connect(dsn: str, schema: str | None = None, autocommit: bool = False) -> Conn:
     """A connection with keepalives and timeouts; ``search_path`` set to ``schema`` if given.
 
@@ -215,11 +250,23 @@ class PgWriter:
                 raise MigrationError(f"the database's encoding is {encoding}; sensorwire stores "
                                      "names and units as UTF-8: create the database with "
                                      "ENCODING 'UTF8' (e.g. createdb -E UTF8 -T template0 NAME)")
-            self.layout = migrate(conn, self.schema, self.policy)
+            # set before the look at the tables, not only after it: a session holding a lock
+            # on meta or schema_migrations (LOCK TABLE, VACUUM FULL, a long ALTER TABLE) once
+            # hung a reconnect, silently, until the watchdog killed the collector and what it
+            # held in memory; now the open fails, saying who holds it, and is tried again
+            # (migrate() lifts the bounds for its DDL, which may have to wait)
             for name, value in SESSION_TIMEOUTS.items():
                 if name not in self.dsn:  # a DSN's own options=-c ... wins
                     conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name),
                                                                sql.Literal(value)))
+            conn.commit()
+            try:
+                self.layout = migrate(conn, self.schema, self.policy)
+            except psycopg.errors.LockNotAvailable:
+                raise MigrationError(
+                    f"gave up waiting (lock_timeout) for a lock another session holds on the "
+                    f"tables{lock_holders(conn)}; trying again until it is released "
+                    "(end that transaction if it should not be open)") from None
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS sw_stage_frames (device_key bigint, "
                          "boot_id bigint, seq bigint, sensor text, time_ns bigint, received_ns bigint, "
                          "flags integer, sample_series bigint[], sample_values float8[]) "

@@ -45,7 +45,7 @@ from sensorwire.collector.config import StorageConfig
 from sensorwire.collector.events import Event
 from sensorwire.collector.pg_config import spool_folder
 from sensorwire.collector.pg_schema import MigrationError, Policy
-from sensorwire.collector.pg_store import PgWriter, classify, safe_dsn
+from sensorwire.collector.pg_store import PgWriter, classify, lock_holders, safe_dsn
 from sensorwire.collector.sinks import Item, SinkError
 from sensorwire.collector.sqlite_store import StoreError
 from sensorwire.collector.tracking import ResumeBoot
@@ -250,12 +250,28 @@ class PostgresSink:
             self.backlog.park_event(piece)
 
     def _lost(self, exc: BaseException) -> None:
+        # a lock timeout is not a lost database: say so, and who holds the lock, rather than
+        # "lost the database" once and then "reconnected" every few seconds as if all were well
+        locked = isinstance(exc, psycopg.errors.LockNotAvailable) and not self._interrupted
+        holders = lock_holders(self.writer.conn) if locked else ""
         self.connected = False
         self.writer.reset()
         self._delay = RECONNECT_MIN_S
         self._retry_at = time.monotonic() + self._delay
         if self._interrupted:
             log.warning("postgres: stopping: the write running was cancelled (%s)", _one_line(exc))
+        elif locked:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                self._held_in_outage = 0
+                self._refused_at_outage = self.failed
+            _retry_log.warning("locked", "postgres: a write gave up waiting (lock_timeout) for a "
+                               "lock another session holds on the tables%s; holding frames "
+                               "(memory up to %d, then %s) and trying again until it is released "
+                               "(end that transaction if it should not be open)",
+                               holders or " (released by now)", self.backlog.buffer_max,
+                               f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
+                               else "nothing more: storage.spool_dir is not set")
         elif self._outage_since is None:
             self._outage_since = time.monotonic()
             self._held_in_outage = 0

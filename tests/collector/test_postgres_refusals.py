@@ -7,10 +7,12 @@ Real PostgreSQL (a schema per test, see ``pgsupport``); an outage is a connectio
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from pgsupport import PgSchema, boots_consistent, frame, storage_config, stored
 from support import wait_until
 
@@ -187,6 +189,7 @@ def test_frame_pb_round_trip_keeps_flags() -> None:  # the helper above relies o
 CRASH_MID_WRITE = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
+import pytest
 from pgsupport import frame
 from sensorwire.collector.backlog import Backlog
 b = Backlog(buffer_max=5, spool_dir=sys.argv[1], spool_max_bytes=1 << 20)
@@ -316,3 +319,72 @@ def test_a_stop_stuck_on_a_lock_cancels_the_statement_and_spools_the_batch(
     assert isinstance(piece, list)
     assert sorted(f.seq for f, _ in piece) == list(range(2, 15))
     back.close()
+
+
+@pytest.mark.slow
+def test_a_lock_on_meta_during_a_reconnect_is_waited_out_not_a_hang(
+        pg: PgSchema, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A session holding a lock on meta (LOCK TABLE, VACUUM FULL) while the writer reconnects:
+    the look at the tables once waited on it without a bound or a word, until the watchdog
+    killed the collector (and what it held in memory); now the reconnect gives up after the
+    writer's lock_timeout, names the session, and is tried again until the lock is gone."""
+    import threading
+
+    import psycopg
+
+    sink = PostgresSink(storage_config(pg, tmp_path))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    good = cut_off(pg, sink)
+    sink.write([frame("pi-1", s) for s in range(2, 6)])  # held: the connection is gone
+    sink.writer.dsn = good
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE")
+        locker_pid = locker.info.backend_pid
+
+        def reconnect() -> None:
+            sink._retry_at = 0.0
+            sink.tick(0)
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks.postgres"):
+            t = threading.Thread(target=reconnect, daemon=True)
+            t.start()
+            try:
+                wait_until(lambda: not t.is_alive(), timeout_s=15, what="the reconnect to give up")
+            finally:
+                locker.rollback()  # the old code's reconnect waits for this
+                t.join(30)
+        assert not sink.connected and sink.held == 4
+        assert (f"cannot write yet (gave up waiting (lock_timeout) for a lock another session holds "
+                f"on the tables: pid {locker_pid} (role ") in caplog.text
+        assert "holding AccessExclusiveLock on meta: LOCK TABLE meta IN ACCESS EXCLUSIVE MODE" in caplog.text
+    write_back(sink)
+    sink.close()
+    assert [s for _, _, s in stored(pg)] == [1, 2, 3, 4, 5] and sink.lost == 0
+
+
+def test_a_write_blocked_by_a_lock_says_who_holds_it_and_stores_everything_after(
+        pg: PgSchema, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A write that gives up waiting for a lock (here the DSN's own, short lock_timeout) is
+    held, and the log names the session holding the lock instead of "lost the database"."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(pg.server, options="-c lock_timeout=200ms")
+    sink = PostgresSink(storage_config(pg, tmp_path, dsn=dsn))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE frames IN SHARE MODE")  # as CREATE INDEX takes
+        locker_pid = locker.info.backend_pid
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks.postgres"):
+            sink.write([frame("pi-1", s) for s in range(2, 12)])
+        assert sink.held == 10 and sink.lost == 0
+        locker.rollback()
+    assert "lost the database" not in caplog.text
+    assert (f"postgres: a write gave up waiting (lock_timeout) for a lock another session holds on "
+            f"the tables: pid {locker_pid} (role ") in caplog.text
+    assert "holding ShareLock on frames: LOCK TABLE frames IN SHARE MODE); holding frames" in caplog.text
+    write_back(sink)
+    sink.close()
+    assert [s for _, _, s in stored(pg)] == list(range(1, 12)) and sink.lost == 0
+    boots_consistent(pg)
