@@ -281,11 +281,12 @@ def _check_privileges(cur: psycopg.Cursor[tuple[object, ...]], where: str, user:
                       needed: dict[str, tuple[str, ...]]) -> None:
     """Refuse, naming each one, when the role lacks a privilege the writer needs."""
     missing: list[str] = []
+    gone: list[str] = []
     for table, privileges in needed.items():
         cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (where, table))
         row = cur.fetchone()
         if row is None or row[0] is None:
-            missing.append(f"the table {table} (it is gone)")
+            gone.append(table)
             continue
         for privilege in privileges:
             cur.execute("SELECT has_table_privilege(format('%%I.%%I', %s::text, %s::text), %s)",
@@ -298,6 +299,12 @@ def _check_privileges(cur: psycopg.Cursor[tuple[object, ...]], where: str, user:
         row = cur.fetchone()
         if not (row and row[0]):
             missing.append("TEMPORARY on the database (for the staging table)")
+    if gone:  # no grant brings these back: it once said "the tables' owner must grant them"
+        raise MigrationError(f"schema {where} has sensorwire's schema_migrations but not its "
+                             f"table{'s' if len(gone) > 1 else ''} {', '.join(gone)}: dropped or "
+                             "renamed by someone; restore or rename it back (or, to start afresh, "
+                             "drop the schema's sensorwire tables and schema_migrations: the "
+                             "collector creates them again)")
     if missing:
         raise MigrationError(f"role {user} cannot write the tables in schema {where}: it lacks "
                              f"{', '.join(missing)}; the tables' owner must grant them ({_SEE_DOCS})")

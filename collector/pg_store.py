@@ -136,7 +136,11 @@ def safe_dsn(dsn: str) -> str:
 # table renamed or dropped under us, a privilege revoked, a read-only transaction or standby,
 # a column missing, out of disk or memory, an admin shutdown, a statement or lock timeout):
 # what is written is held, as in an outage, until it can be written again
-_DATABASE_WIDE = ("42P01", "42501", "25006", "42703", "55P03")  # 55P03: lock_timeout
+# 42804 and 42883 are a column of another type than sensorwire gave it ("COALESCE types boolean
+# and integer cannot be matched", "operator does not exist: integer = text"): every frame was
+# refused, and dropped, until the column was put back
+_DATABASE_WIDE = ("42P01", "42501", "25006", "42703", "42804", "42883",
+                  "55P03")  # 55P03: lock_timeout
 _DATABASE_WIDE_CLASSES = ("53", "57", "58", "08")  # 57014, statement_timeout, is in 57
 
 

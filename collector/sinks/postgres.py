@@ -34,6 +34,7 @@ Events (presence, lost ranges, counts) come with the batches
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -250,36 +251,47 @@ class PostgresSink:
             self.backlog.park_event(piece)
 
     def _lost(self, exc: BaseException) -> None:
-        # a lock timeout is not a lost database: say so, and who holds the lock, rather than
-        # "lost the database" once and then "reconnected" every few seconds as if all were well
-        locked = isinstance(exc, psycopg.errors.LockNotAvailable) and not self._interrupted
-        holders = lock_holders(self.writer.conn) if locked else ""
+        # a lock timeout is not a lost database, nor is a refusal by the tables themselves (one
+        # renamed, dropped or retyped, a privilege revoked, a read-only database): the reconnect
+        # succeeds and the write fails again, so each is said with who or what to look at, and
+        # again every 10 s while it lasts, not once as "lost the database" followed by
+        # "reconnected" every few seconds as if all were well
+        state = (exc.sqlstate or "") if isinstance(exc, psycopg.Error) else ""
+        conn = self.writer.conn
+        usable = conn is not None and not conn.broken and not self._interrupted
+        locked = usable and state == "55P03"
+        refused = usable and state[:2] in ("42", "25")
+        holders = lock_holders(conn) if locked else ""
         self.connected = False
         self.writer.reset()
         self._delay = RECONNECT_MIN_S
-        self._retry_at = time.monotonic() + self._delay
-        if self._interrupted:
-            log.warning("postgres: stopping: the write running was cancelled (%s)", _one_line(exc))
-        elif locked:
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                self._held_in_outage = 0
-                self._refused_at_outage = self.failed
-            _retry_log.warning("locked", "postgres: a write gave up waiting (lock_timeout) for a "
-                               "lock another session holds on the tables%s; holding frames "
-                               "(memory up to %d, then %s) and trying again until it is released "
-                               "(end that transaction if it should not be open)",
-                               holders or " (released by now)", self.backlog.buffer_max,
-                               f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
-                               else "nothing more: storage.spool_dir is not set")
-        elif self._outage_since is None:
+        self._retry_at = time.monotonic() + (RECONNECT_MAX_S if refused else self._delay)
+        first = self._outage_since is None
+        if first and not self._interrupted:
             self._outage_since = time.monotonic()
             self._held_in_outage = 0
             self._refused_at_outage = self.failed
+        where = (f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
+                 else "nothing more: storage.spool_dir is not set")
+        if self._interrupted:
+            log.warning("postgres: stopping: the write running was cancelled (%s)", _one_line(exc))
+        elif locked or refused:
+            say = log.warning if first else functools.partial(_retry_log.warning, state)
+            if locked:
+                say("postgres: a write gave up waiting (lock_timeout) for a lock another session "
+                    "holds on the tables%s; holding frames (memory up to %d, then %s) and trying "
+                    "again until it is released (end that transaction if it should not be open)",
+                    holders or " (released by now)", self.backlog.buffer_max, where)
+            else:
+                say("postgres: the database refuses writes to the tables (%s); holding frames "
+                    "(memory up to %d, then %s) and trying again: were the tables changed under "
+                    "the collector (a table or column renamed, dropped or of another type, a "
+                    "privilege revoked) or is the database read-only? Put them back as sensorwire "
+                    "made them (docs/postgres.md, \"Schema\")", _one_line(exc),
+                    self.backlog.buffer_max, where)
+        elif first:
             log.warning("postgres: lost the database (%s); holding frames (memory up to %d, then %s) "
-                        "and reconnecting", _one_line(exc), self.backlog.buffer_max,
-                        f"the spool {self.backlog.spool_dir}" if self.backlog.spool_dir
-                        else "nothing more: storage.spool_dir is not set")
+                        "and reconnecting", _one_line(exc), self.backlog.buffer_max, where)
 
     def _reconnect(self) -> bool:
         now = time.monotonic()
