@@ -257,8 +257,8 @@ class PgWriter:
             # set before the look at the tables, not only after it: a session holding a lock
             # on meta or schema_migrations (LOCK TABLE, VACUUM FULL, a long ALTER TABLE) once
             # hung a reconnect, silently, until the watchdog killed the collector and what it
-            # held in memory; now the open fails, saying who holds it, and is tried again
-            # (migrate() lifts the bounds for its DDL, which may have to wait)
+            # held in memory; now the open fails, saying who holds it (a reconnect is tried again,
+            # a start exits 1); migrate() lifts the bounds for its DDL, which may have to wait
             for name, value in SESSION_TIMEOUTS.items():
                 if name not in self.dsn:  # a DSN's own options=-c ... wins
                     conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name),
@@ -269,8 +269,8 @@ class PgWriter:
             except psycopg.errors.LockNotAvailable:
                 raise MigrationError(
                     f"gave up waiting (lock_timeout) for a lock another session holds on the "
-                    f"tables{lock_holders(conn)}; trying again until it is released "
-                    "(end that transaction if it should not be open)") from None
+                    f"tables{lock_holders(conn)} (end that transaction if it should not be "
+                    "open)") from None
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS sw_stage_frames (device_key bigint, "
                          "boot_id bigint, seq bigint, sensor text, time_ns bigint, received_ns bigint, "
                          "flags integer, sample_series bigint[], sample_values float8[]) "
