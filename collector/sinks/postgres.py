@@ -92,6 +92,7 @@ class PostgresSink:
         self._events: list[Event] = []  # handed over, not written yet
         self._ids_forgotten_at = -FORGET_IDS_EVERY_S
         self._interrupted = False    # a stop waited too long: write nothing more, hold it all
+        self._locked = False         # the last write gave up waiting for another session's lock
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -265,7 +266,8 @@ class PostgresSink:
         self.connected = False
         self.writer.reset()
         self._delay = RECONNECT_MIN_S
-        self._retry_at = time.monotonic() + (RECONNECT_MAX_S if refused else self._delay)
+        self._retry_at = time.monotonic() + (RECONNECT_MAX_S if refused or locked else self._delay)
+        self._locked = locked
         first = self._outage_since is None
         if first and not self._interrupted:
             self._outage_since = time.monotonic()
@@ -310,6 +312,19 @@ class PostgresSink:
                                self.backlog.spool_pending, self.backlog.dropped, self._delay)
             self._delay = min(self._delay * 2, RECONNECT_MAX_S)
             return False
+        if self._locked and (holders := lock_holders(self.writer.conn)):
+            # the lock is still held: a write would only wait lock_timeout again, and each such
+            # wait once let reception's queue fill and drop frames while the spool had room
+            # (writes are held at once meanwhile; the lock is looked at every 5 s)
+            self.writer.reset()
+            self._retry_at = time.monotonic() + RECONNECT_MAX_S
+            _retry_log.warning(
+                "55P03", "postgres: the lock is still held%s; %d frames in memory, %d records in "
+                "the spool, %d dropped; looking again in %.1f s", holders,
+                self.backlog.frames_in_memory, self.backlog.spool_pending, self.backlog.dropped,
+                RECONNECT_MAX_S)
+            return False
+        self._locked = False
         self.connected = True
         self._delay = RECONNECT_MIN_S
         down = time.monotonic() - self._outage_since if self._outage_since is not None else 0.0

@@ -427,3 +427,41 @@ def test_a_table_dropped_under_the_collector_is_named_as_gone_not_as_a_missing_g
         assert "grant" not in str(exc)  # once: "the tables' owner must grant them"
     finally:
         w.close()
+
+
+def test_while_a_lock_is_still_held_writes_are_held_at_once_not_each_made_to_wait(
+        pg: PgSchema, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After a lock timeout, each reconnect wrote the held frames again and waited the whole
+    lock_timeout (5 s) each time, during which reception's queue filled and dropped frames
+    while the spool had room; now it looks whether the lock is still held, and if so holds
+    the writes at once and looks again later."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(pg.server, options="-c lock_timeout=200ms")
+    sink = PostgresSink(storage_config(pg, tmp_path, dsn=dsn))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    attempts: list[int] = []
+    write = sink.writer.write
+
+    def counted(batch: Sequence[Item]) -> None:
+        attempts.append(len(batch))
+        write(batch)
+    sink.writer.write = counted  # type: ignore[method-assign]
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE frames IN ACCESS EXCLUSIVE MODE")
+        locker_pid = locker.info.backend_pid
+        sink.write([frame("pi-1", s) for s in range(2, 7)])  # waits lock_timeout: held
+        assert attempts == [5] and sink.held == 5
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks.postgres"):
+            sink._retry_at = 0.0  # the next look is due
+            sink.write([frame("pi-1", s) for s in range(7, 12)])
+        assert attempts == [5], "a write was made to wait for the lock again"
+        assert sink.held == 10 and not sink.connected
+        assert f"postgres: the lock is still held: pid {locker_pid} (role " in caplog.text
+        locker.rollback()
+    write_back(sink)
+    sink.close()
+    assert [s for _, _, s in stored(pg)] == list(range(1, 12)) and sink.lost == 0
+    boots_consistent(pg)
