@@ -197,6 +197,13 @@ def lock_holders(conn: Conn | None) -> str:
         for i, (pid, user, app, state, secs, locks, q) in enumerate(rows))
 
 
+def set_timeouts(conn: Conn, dsn: str) -> None:
+    """:data:`SESSION_TIMEOUTS` for the session of ``conn``, but those the DSN sets itself."""
+    for name, value in SESSION_TIMEOUTS.items():
+        if name not in dsn:  # a DSN's own options=-c ... wins
+            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+
+
 def connect(dsn: str, schema: str | None = None, autocommit: bool = False) -> Conn:
     """A connection with keepalives and timeouts; ``search_path`` set to ``schema`` if given.
 
@@ -259,10 +266,7 @@ class PgWriter:
             # hung a reconnect, silently, until the watchdog killed the collector and what it
             # held in memory; now the open fails, saying who holds it (a reconnect is tried again,
             # a start exits 1); migrate() lifts the bounds for its DDL, which may have to wait
-            for name, value in SESSION_TIMEOUTS.items():
-                if name not in self.dsn:  # a DSN's own options=-c ... wins
-                    conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name),
-                                                               sql.Literal(value)))
+            set_timeouts(conn, self.dsn)
             conn.commit()
             try:
                 self.layout = migrate(conn, self.schema, self.policy)
@@ -506,18 +510,31 @@ class PgWriter:
         out: list[ResumeBoot] = []
         # a connection of its own: the collector calls this from its main thread
         with connect(self.dsn, self.schema) as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT d.site, d.device, d.id, b.boot_id, b.max_seq, b.announced_seq, b.stored, "
-                "b.last_seen_ns, d.state FROM boots b JOIN devices d ON d.id = b.device_key "
-                "WHERE b.last_seen_ns >= %s", (since_ns,))
-            for site, device, key, boot, max_seq, announced, stored, last_ns, state in cur.fetchall():
-                top = max(max_seq, announced)
-                missing: list[tuple[int, int]] = []
-                if top > stored:
-                    cur.execute(_GAPS, (key, boot, top))
-                    missing = [(int(a), int(b)) for a, b in cur.fetchall()]
-                out.append(ResumeBoot(site, device, to_u64(boot), top, missing, last_ns, state))
+            # bounded as the writer is: a lock held on boots or devices (LOCK TABLE, VACUUM FULL)
+            # once hung the collector's start, without a word, until it was released
+            set_timeouts(conn, self.dsn)
+            try:
+                self._resume(cur, since_ns, out)
+            except psycopg.errors.LockNotAvailable as exc:
+                conn.rollback()
+                exc.args = (f"{' '.join(str(exc).split())}: another session holds a lock on the "
+                            f"tables{lock_holders(conn)}",)
+                raise
         return out
+
+    def _resume(self, cur: psycopg.Cursor[tuple[Any, ...]], since_ns: int,
+                out: list[ResumeBoot]) -> None:
+        cur.execute(
+            "SELECT d.site, d.device, d.id, b.boot_id, b.max_seq, b.announced_seq, b.stored, "
+            "b.last_seen_ns, d.state FROM boots b JOIN devices d ON d.id = b.device_key "
+            "WHERE b.last_seen_ns >= %s", (since_ns,))
+        for site, device, key, boot, max_seq, announced, stored, last_ns, state in cur.fetchall():
+            top = max(max_seq, announced)
+            missing: list[tuple[int, int]] = []
+            if top > stored:
+                cur.execute(_GAPS, (key, boot, top))
+                missing = [(int(a), int(b)) for a, b in cur.fetchall()]
+            out.append(ResumeBoot(site, device, to_u64(boot), top, missing, last_ns, state))
 
 
 # the holes in one boot's seqs 1..top, computed in the server

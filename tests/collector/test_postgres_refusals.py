@@ -465,3 +465,36 @@ def test_while_a_lock_is_still_held_writes_are_held_at_once_not_each_made_to_wai
     sink.close()
     assert [s for _, _, s in stored(pg)] == list(range(1, 12)) and sink.lost == 0
     boots_consistent(pg)
+
+
+@pytest.mark.slow
+def test_a_lock_on_boots_at_start_does_not_hang_the_resume(
+        pg: PgSchema, caplog: pytest.LogCaptureFixture) -> None:
+    """The collector reads the seq state at start on a connection of its own, which had no
+    lock or statement timeout: a session holding a lock on boots hung the start, silently,
+    until it let go; now the resume gives up after lock_timeout, naming the session, and the
+    collector starts without it (as it does when the state cannot be read)."""
+    import threading
+
+    import psycopg
+
+    sink = PostgresSink(storage_config(pg))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    got: list[object] = []
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE boots IN ACCESS EXCLUSIVE MODE")
+        locker_pid = locker.info.backend_pid
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks.postgres"):
+            t = threading.Thread(target=lambda: got.append(sink.resume(0)), daemon=True)
+            t.start()
+            try:
+                wait_until(lambda: not t.is_alive(), timeout_s=15, what="the resume to give up")
+            finally:
+                locker.rollback()  # the old code's resume waits for this
+                t.join(30)
+    sink.close()
+    assert got == [[]]
+    assert "postgres: cannot read the seq state to resume from (canceling statement due to lock " \
+           "timeout" in caplog.text
+    assert f"another session holds a lock on the tables: pid {locker_pid} (role " in caplog.text
