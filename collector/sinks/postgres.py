@@ -256,17 +256,19 @@ class PostgresSink:
         # renamed, dropped or retyped, a privilege revoked, a read-only database): the reconnect
         # succeeds and the write fails again, so each is said with who or what to look at, and
         # again every 10 s while it lasts, not once as "lost the database" followed by
-        # "reconnected" every few seconds as if all were well
+        # "reconnected" every few seconds as if all were well; nor is an error from a database
+        # that still answers (out of disk or memory, a statement timeout)
         state = (exc.sqlstate or "") if isinstance(exc, psycopg.Error) else ""
         conn = self.writer.conn
         usable = conn is not None and not conn.broken and not self._interrupted
         locked = usable and state == "55P03"
         refused = usable and state[:2] in ("42", "25")
+        busy = usable and not locked and not refused
         holders = lock_holders(conn) if locked else ""
         self.connected = False
         self.writer.reset()
         self._delay = RECONNECT_MIN_S
-        self._retry_at = time.monotonic() + (RECONNECT_MAX_S if refused or locked else self._delay)
+        self._retry_at = time.monotonic() + (RECONNECT_MAX_S if usable else self._delay)
         self._locked = locked
         first = self._outage_since is None
         if first and not self._interrupted:
@@ -277,9 +279,13 @@ class PostgresSink:
                  else "nothing more: storage.spool_dir is not set")
         if self._interrupted:
             log.warning("postgres: stopping: the write running was cancelled (%s)", _one_line(exc))
-        elif locked or refused:
+        elif usable:
             say = log.warning if first else functools.partial(_retry_log.warning, state)
-            if locked:
+            if busy:
+                say("postgres: the database cannot take writes now (%s); holding frames (memory up "
+                    "to %d, then %s) and trying again every %.0f s", _one_line(exc),
+                    self.backlog.buffer_max, where, RECONNECT_MAX_S)
+            elif locked:
                 say("postgres: a write gave up waiting (lock_timeout) for a lock another session "
                     "holds on the tables%s; holding frames (memory up to %d, then %s) and trying "
                     "again until it is released (end that transaction if it should not be open)",

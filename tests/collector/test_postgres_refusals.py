@@ -498,3 +498,29 @@ def test_a_lock_on_boots_at_start_does_not_hang_the_resume(
     assert "postgres: cannot read the seq state to resume from (canceling statement due to lock " \
            "timeout" in caplog.text
     assert f"another session holds a lock on the tables: pid {locker_pid} (role " in caplog.text
+
+
+def test_a_statement_timeout_is_said_as_such_not_as_a_lost_database(
+        pg: PgSchema, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An error from a database that still answers (a statement timeout; out of disk or memory
+    alike) was logged once as "lost the database", then "reconnected" every 0.5 s."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    dsn = make_conninfo(pg.server, options="-c lock_timeout=0 -c statement_timeout=300ms")
+    sink = PostgresSink(storage_config(pg, tmp_path, dsn=dsn))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE frames IN SHARE MODE")  # makes the write run past 300 ms
+        with caplog.at_level(logging.WARNING, logger="sensorwire.collector.sinks.postgres"):
+            sink.write([frame("pi-1", s) for s in range(2, 7)])
+        locker.rollback()
+    assert sink.held == 5 and sink.lost == 0
+    assert "lost the database" not in caplog.text
+    assert ("postgres: the database cannot take writes now (canceling statement due to statement "
+            "timeout") in caplog.text and "trying again every 5 s" in caplog.text
+    assert sink._retry_at - time.monotonic() > 1.0  # not again in 0.5 s: it still answers
+    write_back(sink)
+    sink.close()
+    assert [s for _, _, s in stored(pg)] == list(range(1, 7))
