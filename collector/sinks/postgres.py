@@ -289,7 +289,8 @@ class PostgresSink:
                 say("postgres: a write gave up waiting (lock_timeout) for a lock another session "
                     "holds on the tables%s; holding frames (memory up to %d, then %s) and trying "
                     "again until it is released (end that transaction if it should not be open)",
-                    holders or " (released by now)", self.backlog.buffer_max, where)
+                    holders or " (no table lock is held now: a row lock, or released)",
+                    self.backlog.buffer_max, where)
             else:
                 say("postgres: the database refuses writes to the tables (%s); holding frames "
                     "(memory up to %d, then %s) and trying again: were the tables changed under "
