@@ -22,10 +22,19 @@ from sensorwire.collector.events import Counts, Event, Presence
 from sensorwire.collector.frames import CheckedFrame
 from sensorwire.collector.pg_schema import MigrationError
 from sensorwire.collector.sinks import Item, SinkRunner
+from sensorwire.collector.sinks import postgres as postgres_sink
 from sensorwire.collector.sinks.postgres import PostgresSink
+from sensorwire.logs import RateLimited
 from sensorwire.proto.v1.telemetry_pb2 import Frame
 
 NOWHERE = "postgresql://postgres@127.0.0.1:1/none"
+
+
+@pytest.fixture(autouse=True)
+def fresh_retry_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retries' lines are limited per kind for 10 s across the process: a test must not
+    miss its line because the test before said one of the same kind."""
+    monkeypatch.setattr(postgres_sink, "_retry_log", RateLimited(postgres_sink.log, period_s=10.0))
 
 
 def flagged(device: str, seq: int, flags: int) -> Item:
