@@ -461,21 +461,23 @@ class SqliteWriter:
         """The connection to write with: this one, while its file is still the one at
         :attr:`path`.  A file deleted (``rm telemetry.db``) or replaced (``mv``) while open is
         written on unseen, and is gone with everything in it when the collector stops: what it
-        holds is copied to a new file at the path (deleted), or beside it (replaced: the file
-        now there is not ours to write), and writing goes on there."""
+        holds is copied to a new file beside the path, and writing goes on there.  Not at the
+        path itself, even when nothing is there now: a new file there would take the old one's
+        -wal and -shm by their names while alerting's connection (sensorwire.collector.alerting
+        .store) still uses them for the old file, and each would be read through the other's
+        pages."""
         try:
             if _identity(self.path) == self._file:
                 return conn
-            target = self.path.with_name(f"{self.path.name}.saved-{time.strftime('%Y%m%dT%H%M%S')}")
-            what = "replaced by another file"
-            then = (f"that one is left as it is; the collector's database is saved as {target} "
-                    f"and written there until it restarts: put the file to write at {self.path}, "
-                    "then restart the collector")
+            what, then = "replaced by another file", "that one is left as it is; "
         except FileNotFoundError:
-            target = self.path
-            what, then = "deleted", "what it held is copied back to a new file there"
+            what, then = "deleted", ""
         except OSError:  # the folder unreadable, say: no way to tell, and nothing to do
             return conn
+        target = self.path.with_name(f"{self.path.name}.saved-{time.strftime('%Y%m%dT%H%M%S')}")
+        then += (f"the collector's database is saved as {target} and written there until it "
+                 f"restarts: to go on with it, stop the collector, move it to {self.path} and "
+                 "start it again")
         # the -wal and -shm beside the path are this file's still: emptied into it first, lest a
         # new file there (ours, or the one that replaced it) be read through them, and damaged
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

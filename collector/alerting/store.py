@@ -17,6 +17,8 @@ and resolved, in order (``sensor``/``metric`` NULL when none).
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +26,8 @@ from pathlib import Path
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.alerting.engine import ActiveAlert
 from sensorwire.collector.alerting.notification import Notification
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -79,6 +83,8 @@ class AlertStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._moved_told = False
 
     def open(self) -> None:
         if not self.path.parent.exists():
@@ -88,10 +94,12 @@ class AlertStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-        except sqlite3.Error:
+            st = os.stat(self.path)
+        except (sqlite3.Error, OSError):
             conn.close()
             raise
         self.conn = conn
+        self._file = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -119,6 +127,7 @@ class AlertStore:
         """Store notifications in one transaction: history, and what fires now."""
         conn = self.conn
         assert conn is not None
+        self._check_file()
         cur = conn.cursor()
         cur.execute("BEGIN")
         try:
@@ -138,6 +147,23 @@ class AlertStore:
             if conn.in_transaction:
                 cur.execute("ROLLBACK")
             raise
+
+    def _check_file(self) -> None:
+        """Say once when the file at the path is no longer the one open: deleted or replaced under
+        the collector, whose writer then goes on in a new file (sqlite_store); these records go
+        on to the old one until a restart."""
+        if self._moved_told:
+            return
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file
+        except OSError:
+            same = False
+        if not same:
+            self._moved_told = True
+            log.error("%s: the database file was deleted or replaced while the collector was "
+                      "writing it; alerting's state and history go on to the old file until the "
+                      "collector restarts: restart it", self.path)
 
     def known_series(self) -> Iterator[tuple[str, str, str, list[str], int]]:
         """``(site, device, sensor, metrics, device last seen)`` of every stored series."""

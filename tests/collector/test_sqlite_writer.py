@@ -20,6 +20,8 @@ import pytest
 from support import run_cli, small_tmpfs, status_by_device, tcp, write
 
 from sensorwire.collector import sqlite_store
+from sensorwire.collector.alerting.notification import Notification
+from sensorwire.collector.alerting.store import AlertStore
 from sensorwire.collector.events import Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter, StoreError, status
@@ -299,7 +301,7 @@ def test_a_read_only_database_is_refused_at_start(tmp_path: Path) -> None:
     assert f"[storage] path: {db}: attempt to write a readonly database (can this user" in r.stderr
 
 
-def test_a_database_deleted_while_written_is_copied_back_with_what_came_since(
+def test_a_database_deleted_while_written_is_saved_beside_it_with_what_came_since(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``rm telemetry.db`` while the collector ran: it went on writing the deleted file, every
     batch "written", and all of it was gone once the collector stopped."""
@@ -312,10 +314,42 @@ def test_a_database_deleted_while_written_is_copied_back_with_what_came_since(
     w.event(Lost("gh", "pi-1", 7, 3, 5))
     w.flush()
     w.close()
-    assert fetch(db, "SELECT seq FROM frames ORDER BY seq") == [(1,), (2,)]
-    assert status_by_device(db)["pi-1"]["lost"] == 3
-    assert (f"{db}: the database file was deleted while the collector was writing it; what it "
-            "held is copied back") in caplog.text
+    (saved,) = (p for p in tmp_path.glob("t.db.saved-*") if not p.name.endswith(("-wal", "-shm")))
+    assert w.path == saved and not db.exists()
+    assert fetch(saved, "SELECT seq FROM frames ORDER BY seq") == [(1,), (2,)]
+    assert status_by_device(saved)["pi-1"]["lost"] == 3
+    assert (f"{db}: the database file was deleted while the collector was writing it; the "
+            f"collector's database is saved as {saved} and written there until it restarts: to "
+            f"go on with it, stop the collector, move it to {db} and start it again") in caplog.text
+
+
+def test_alerting_says_once_that_its_records_go_to_the_deleted_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Alerting has a connection of its own to the same file: it does not follow the writer to
+    the new file, and says so (it went on writing the deleted file without a word)."""
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    store = AlertStore(db)
+    store.open()
+    note = Notification(rule="hot", severity="warning", state="firing", site="gh", device="pi-1",
+                        sensor="env", metric="t", value=31.0, threshold=30.0, started_ns=1,
+                        resolved_ns=None, summary="hot", time_ns=1)
+    w.write([frame("pi-1", 1)])
+    store.record([note])
+    assert "alerting's state and history go on to the old file" not in caplog.text
+    db.unlink()
+    w.write([frame("pi-1", 2)])  # the writer goes on in a new file beside the path
+    store.record([note])
+    store.record([note])
+    (saved,) = (p for p in tmp_path.glob("t.db.saved-*") if not p.name.endswith(("-wal", "-shm")))
+    assert fetch(saved, "PRAGMA integrity_check") == [("ok",)]
+    assert fetch(saved, "SELECT seq FROM frames ORDER BY seq") == [(1,), (2,)]
+    assert caplog.text.count(f"{db}: the database file was deleted or replaced while the collector "
+                             "was writing it; alerting's state and history go on to the old file "
+                             "until the collector restarts: restart it") == 1
+    store.close()
+    w.close()
 
 
 def test_a_database_replaced_while_written_is_left_alone_and_ours_saved_beside_it(
