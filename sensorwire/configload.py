@@ -13,6 +13,7 @@ wrong")`` and the key is joined onto the path.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -134,7 +135,12 @@ def _explain(message: str, raw: Any, source: str, prefix: str, into: Any = None)
 
     if msg.startswith("Object contains unknown field"):
         key = msg.split("`")[1]
-        return where(_join(path, key)) + "unknown key (a typo?)"
+        raw_path = m.group("path") if m else ""
+        table = _lookup(raw, raw_path)
+        given = set(table) if isinstance(table, dict) else set()
+        near = _nearest_key(into, raw_path, key, given) if into is not None else None
+        return where(_join(path, key)) + (f"unknown key (a typo of {near}?)" if near
+                                          else "unknown key (a typo?)")
     if msg.startswith("Object missing required field"):
         key = msg.split("`")[1]
         return where(_join(path, key)) + "required key is missing"
@@ -171,6 +177,21 @@ def _explain(message: str, raw: Any, source: str, prefix: str, into: Any = None)
 _MISSING = object()
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _nearest_key(into: Any, path: str, key: str, given: set[str]) -> str | None:
+    """The key of the table at ``path`` that ``key`` looks most like (``sitee``: ``site``), of
+    those not ``given`` already, or None when none is close."""
+    from msgspec import inspect as mi
+
+    node = _node(into, path)
+    while isinstance(node, mi.Metadata):
+        node = node.type
+    if not isinstance(node, mi.StructType):
+        return None
+    keys = [f.encode_name for f in node.fields if f.encode_name not in given]
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.7)
+    return near[0] if near else None
 
 
 def _choices(into: Any, path: str) -> str | None:

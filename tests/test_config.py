@@ -48,6 +48,11 @@ def test_wrong_type_names_file_key_path_and_value(tmp_path: Path) -> None:
     [
         (AGENT % "-1", "agent.toml: sensors[1].interval_s: expected a number > 0, got -1"),
         (AGENT % "1" + "bogus = 1\n", "agent.toml: sensors[1].bogus: unknown key (a typo?)"),
+        # the nearest key not given already
+        ((AGENT % "1").replace('kind = "simulated"', 'kind = "simulated"\nintervall_s = 2'),
+         "agent.toml: sensors[0].intervall_s: unknown key (a typo of interval_s?)"),
+        ((AGENT % "1").replace('site = "greenhouse"', 'sitee = "greenhouse"\nsite = "greenhouse"'),
+         "agent.toml: sitee: unknown key (a typo?)"),
         ((AGENT % "1").replace('site = "greenhouse"\n', ""), "agent.toml: site: required key is missing"),
         ((AGENT % "1").replace('kind = "system"', 'kind = "nope"'),
          "agent.toml: sensors[1].kind: unknown sensor kind 'nope'"),

@@ -54,7 +54,7 @@ def load(tmp_path: Path, role: str, text: str) -> object:
     ("agent", AGENT.format(publish='connect = ["tcp://h:1"]', security='mode = "tls"'),
      'agent.toml: security.mode: expected one of "curve", "none", got "tls"'),
     ("agent", AGENT.format(publish='connect = ["tcp://h:1"]', security='secret_kee = "x"'),
-     "agent.toml: security.secret_kee: unknown key (a typo?)"),
+     "agent.toml: security.secret_kee: unknown key (a typo of secret_key?)"),
     ("proxy", PROXY.format(security='mode = "curve"\nsecret_key = "p"'),
      "proxy.toml: security.authorized_keys: required"),
     ("proxy", PROXY.format(security='mode = "curve"\nsecret_key = "p"\nauthorized_keys = "a"\n'
