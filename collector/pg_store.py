@@ -594,12 +594,22 @@ def query(conn: Conn, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
 
 
 @contextlib.contextmanager
-def store_errors(dsn: str) -> Iterator[None]:
-    """psycopg errors inside become :class:`StoreError` naming the DSN (password masked)."""
+def store_errors(dsn: str, conn: Conn | None = None) -> Iterator[None]:
+    """psycopg errors inside become :class:`StoreError` naming the DSN (password masked); a
+    lock timeout also names who holds the lock (a reader on ``conn``)."""
     try:
         yield
     except psycopg.Error as exc:
-        raise StoreError(f"{safe_dsn(dsn)}: {' '.join(str(exc).split())}") from None
+        holders = ""
+        if isinstance(exc, psycopg.errors.LockNotAvailable) and conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            holders = (f" (another session holds a lock on the tables{lock_holders(conn)}: "
+                       "try again when it is released)")
+        raise StoreError(f"{safe_dsn(dsn)}: {' '.join(str(exc).split())}{holders}") from None
+
+
+READER_LOCK_TIMEOUT = "10s"  # status and query: a table locked by another session (VACUUM FULL)
 
 
 def connect_readonly(dsn: str) -> Conn:
@@ -607,6 +617,10 @@ def connect_readonly(dsn: str) -> Conn:
     try:
         conn = connect(dsn)
         conn.read_only = True
+        if "lock_timeout" not in dsn:  # a DSN's own options=-c ... wins
+            # not waiting for ever, without a word, on a table another session locked
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(READER_LOCK_TIMEOUT)))
+            conn.commit()
         row = conn.execute("SELECT to_regclass('devices') IS NOT NULL AND "
                            "to_regclass('schema_migrations') IS NOT NULL").fetchone()
     except psycopg.Error as exc:

@@ -54,13 +54,13 @@ class PostgresReader:
     def status(self) -> list[dict[str, Any]]:
         from sensorwire.collector import pg_store
 
-        with pg_store.store_errors(self.dsn):
+        with pg_store.store_errors(self.dsn, self.conn):
             return pg_store.status(self.conn)
 
     def query(self, f: QueryFilter) -> Iterator[tuple[Any, ...]]:
         from sensorwire.collector import pg_store
 
-        with pg_store.store_errors(self.dsn):
+        with pg_store.store_errors(self.dsn, self.conn):
             yield from pg_store.query(self.conn, f)
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from pgsupport import PgSchema, boots_consistent, frame, storage_config, stored
-from support import wait_until
+from support import run_cli, wait_until
 
 from sensorwire.collector import pg_store, storage
 from sensorwire.collector.backlog import Backlog
@@ -533,3 +533,30 @@ def test_a_statement_timeout_is_said_as_such_not_as_a_lost_database(
     write_back(sink)
     sink.close()
     assert [s for _, _, s in stored(pg)] == list(range(1, 7))
+
+
+def test_status_and_query_on_a_locked_table_give_up_and_name_the_holder(
+        pg: PgSchema, tmp_path: Path) -> None:
+    """``sensorwire status`` and ``query`` waited for ever, without a word, on a table another
+    session had locked (VACUUM FULL, LOCK TABLE); now they give up after their lock_timeout
+    (10 s; here the DSN's own, shorter) and name the session."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    sink = PostgresSink(storage_config(pg, tmp_path))
+    sink.open()
+    sink.write([frame("pi-1", 1)])
+    sink.close()
+    dsn = str(make_conninfo(pg.dsn, options=f"-csearch_path={pg.name} -clock_timeout=300"))
+    with psycopg.connect(pg.dsn) as locker:
+        locker.execute("LOCK TABLE devices, boots, frames IN ACCESS EXCLUSIVE MODE")
+        pid = locker.info.backend_pid
+        for argv in (["status", "--db", dsn], ["query", "--db", dsn]):
+            r = run_cli(*argv, timeout=30)
+            assert r.returncode == 1, (argv, r.stderr)
+            assert "canceling statement due to lock timeout" in r.stderr, r.stderr
+            assert (f"(another session holds a lock on the tables: pid {pid} (role ") in r.stderr
+            assert "holding AccessExclusiveLock on boots, AccessExclusiveLock on devices" in r.stderr
+        locker.rollback()
+    r = run_cli("status", "--db", dsn)
+    assert r.returncode == 0 and "pi-1" in r.stdout, r.stderr
