@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sensorwire import filelock
-from sensorwire.collector.events import Event, Lost, Presence
+from sensorwire.collector.events import Counts, Event, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.multirow import MultiRow, fan_out, param_limit, plain
 from sensorwire.collector.tracking import ResumeBoot
@@ -43,6 +43,11 @@ _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 _CACHE_MAX = 100_000
 READ_TIMEOUT_S = 10.0  # a reader waits this long for a lock (a WAL database has few)
+# events kept for the next transaction, at most: while the file cannot be written (a lock, a full
+# disk: the sink retries for as long as that lasts) they would grow for ever; past this, the
+# loss and duplicate counts are merged per device, and the oldest presence rows go (counted;
+# each device's last state is kept)
+EVENTS_MAX = 100_000
 WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept after a checkpoint (PRAGMA journal_size_limit)
 
 _SCHEMA = """
@@ -392,6 +397,8 @@ class SqliteWriter:
         self._seen_written: dict[int, int] = {}  # device key -> devices.last_seen_ns written
         self._seen_pending: dict[int, int] = {}  # device key -> a newer one, not yet written
         self._events: list[Event] = []  # not written yet
+        self.presence_dropped = 0  # presence rows not written: EVENTS_MAX, while it cannot write
+        self._compact_at = EVENTS_MAX
         self._samples: dict[int, MultiRow | None] = {}  # by samples per frame
         self.frames_stored = 0
         self.samples_stored = 0
@@ -442,6 +449,7 @@ class SqliteWriter:
             self._forget()
             raise
         self._events.clear()
+        self._compact_at = EVENTS_MAX
 
     def close(self) -> None:
         if self.conn is not None:
@@ -768,6 +776,47 @@ class SqliteWriter:
         """Keep a presence transition, frames lost for good, or drop counts, to be written with
         the next batch (or by :meth:`flush`)."""
         self._events.append(ev)
+        if len(self._events) > self._compact_at:
+            self._compact()
+            # (a fleet of more devices than that keeps more: not merged again at every event)
+            self._compact_at = max(EVENTS_MAX, 2 * len(self._events))
+
+    def _compact(self) -> None:
+        """Bound the events kept (:data:`EVENTS_MAX`): counts merged per device, then the oldest
+        presence rows dropped but each device's last one."""
+        lost: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        presence: list[Presence] = []
+        for ev in self._events:
+            key = (ev.site, ev.device)
+            if isinstance(ev, Presence):
+                presence.append(ev)
+            elif isinstance(ev, Lost):
+                lost[key] = lost.get(key, 0) + ev.count
+            else:
+                d, o = counts.get(key, (0, 0))
+                counts[key] = (d + ev.duplicates, o + ev.out_of_order)
+        room = EVENTS_MAX // 2 - len(lost) - len(counts)
+        if len(presence) > room:
+            last = {(p.site, p.device): i for i, p in enumerate(presence)}
+            keep = set(last.values())
+            over = len(presence) - max(room, len(keep))
+            dropped = 0
+            kept: list[Presence] = []
+            for i, p in enumerate(presence):
+                if dropped < over and i not in keep:
+                    dropped += 1
+                    continue
+                kept.append(p)
+            presence = kept
+            self.presence_dropped += dropped
+            log.warning("%s: %d presence changes not written (the file cannot be written now, and "
+                        "%d are kept at most); each device's state is kept; %d dropped in all",
+                        self.path, dropped, EVENTS_MAX, self.presence_dropped)
+        # SQLite stores a loss as a count (devices.lost): one of first..last covers the sum
+        merged: list[Event] = [Lost(site, device, 0, 1, n) for (site, device), n in lost.items()]
+        merged += [Counts(site, device, d, o) for (site, device), (d, o) in counts.items()]
+        self._events = [*presence, *merged]
 
     def _write_events(self, cur: sqlite3.Cursor) -> None:
         for ev in self._events:

@@ -22,7 +22,7 @@ from support import run_cli, small_tmpfs, status_by_device, tcp, write
 from sensorwire.collector import sqlite_store
 from sensorwire.collector.alerting.notification import Notification
 from sensorwire.collector.alerting.store import AlertStore
-from sensorwire.collector.events import Lost, Presence
+from sensorwire.collector.events import Counts, Lost, Presence
 from sensorwire.collector.frames import CheckedFrame, Layout
 from sensorwire.collector.sqlite_store import SqliteWriter, StoreError, status
 
@@ -396,3 +396,33 @@ def test_a_full_disk_at_start_is_named(tmp_path: Path) -> None:
         r = collector_on(tmp_path, db)
     assert r.returncode == 1, r.stderr
     assert f"{db}: disk I/O error (is the disk under it full, or failing?" in r.stderr
+
+
+def test_events_kept_while_the_file_cannot_be_written_are_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The sink retries a locked or full file for as long as that lasts; the events waiting for
+    the next transaction grew with it, without a bound."""
+    monkeypatch.setattr(sqlite_store, "EVENTS_MAX", 40)
+    db = tmp_path / "t.db"
+    w = SqliteWriter(db)
+    w.open()
+    w.write([frame("pi-1", 1), frame("pi-2", 1)])
+    t = 1_700_000_000 * 10**9
+    for i in range(200):  # nothing written meanwhile: as while the file cannot be
+        w.event(Lost("gh", "pi-1", 7, 10 * i + 1, 10 * i + 2))
+        w.event(Counts("gh", "pi-2", 1, 2))
+        w.event(Presence("gh", f"pi-{i % 2 + 1}", "offline" if i % 2 == 0 else "online", None,
+                         t + i, t + i))
+        assert len(w._events) <= 2 * sqlite_store.EVENTS_MAX
+    w.flush()
+    w.close()
+    assert w.presence_dropped > 0
+    assert "presence changes not written (the file cannot be written now" in caplog.text
+    by_device = status_by_device(db)
+    assert by_device["pi-1"]["lost"] == 400  # every count, merged
+    assert by_device["pi-2"]["duplicates"] == 200 and by_device["pi-2"]["out_of_order"] == 400
+    # each device's last state kept: pi-1's last change (i = 198) offline, pi-2's (199) online
+    assert fetch(db, "SELECT device, state FROM devices ORDER BY device") == [
+        ("pi-1", "offline"), ("pi-2", "online")]
+    rows = fetch(db, "SELECT count(*) FROM presence")[0][0]
+    assert rows + w.presence_dropped == 200
