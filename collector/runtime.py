@@ -175,6 +175,10 @@ class Collector:
         try:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, self.config.subscribe.rcvhwm)
+            # what goes upstream waits here: subscriptions, pings, and repair requests, one a
+            # device a round at most; libzmq's 1,000 dropped the rest of a round unseen (after a
+            # proxy restart every device of a fleet asks at once)
+            sub.setsockopt(zmq.SNDHWM, self.config.limits.max_devices + 1000)
             # libzmq drops the connection of a peer that sends more than this; the
             # precise limit is checked below, where a violation is counted.
             sub.setsockopt(zmq.MAXMSGSIZE, max(1 << 20, 4 * self.config.limits.max_message_bytes))
