@@ -349,7 +349,8 @@ def _check_version(p: Path, version: str) -> None:
                          f"understands ({SCHEMA_VERSION}); upgrade sensorwire")
 
 
-def _identity(p: Path) -> tuple[int, int]:
+def file_identity(p: Path) -> tuple[int, int]:
+    """(st_dev, st_ino) of the file at ``p``: which file it is, whatever its name."""
     st = os.stat(p)
     return st.st_dev, st.st_ino
 
@@ -412,7 +413,7 @@ class SqliteWriter:
             conn.close()
             raise
         self.conn = conn
-        self._file = _identity(self.path)
+        self._file = file_identity(self.path)
         limit = param_limit(self.conn)
         if self.max_params is not None:
             limit = min(limit, self.max_params)
@@ -475,7 +476,7 @@ class SqliteWriter:
         .store) still uses them for the old file, and each would be read through the other's
         pages."""
         try:
-            if _identity(self.path) == self._file:
+            if file_identity(self.path) == self._file:
                 return conn
             what, then = "replaced by another file", "that one is left as it is; "
         except FileNotFoundError:
@@ -494,7 +495,7 @@ class SqliteWriter:
         except StoreError as exc:  # a write error to the sink, which tries again
             raise sqlite3.OperationalError(str(exc)) from None
         conn.close()
-        self._file = _identity(target)
+        self._file = file_identity(target)
         log.error("%s: the database file was %s while the collector was writing it; %s",
                   self.path, what, then)
         self.path = target

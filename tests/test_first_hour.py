@@ -6,8 +6,6 @@ device_id."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +25,6 @@ path = "{tmp / 't.db'}"
 [metrics]
 listen = ""
 """)
-
-
-class Tail:
-    """``sensorwire tail`` in a process of its own; what it says on stderr."""
-
-    def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        self.err = tmp / f"{name}.err"
-        with open(self.err, "wb") as f:
-            self.popen = subprocess.Popen([sys.executable, "-m", "sensorwire", "tail", *args],
-                                          stdout=subprocess.DEVNULL, stderr=f)
-
-    def said(self) -> str:
-        return self.err.read_text()
-
-    def stop(self) -> None:
-        self.popen.terminate()
-        self.popen.wait(5)
 
 
 def test_roles_on_the_wrong_socket_say_nobody_answers(tmp_path: Path, procs: Any) -> None:
@@ -71,24 +52,21 @@ metrics = [{{ name = "t", signal = "constant", value = 1.0 }}]
 [spool]
 enabled = false
 """)))
-    tail = Tail(tmp_path, "tail", "--connect", nowhere, "gh")
-    try:
-        wait_until(lambda: "no collector has subscribed" in alone.log(), timeout_s=30,
-                   what="the agent that binds saying nobody listens")
-        wait_until(lambda: "no answer from upstream" in wrong.log(), timeout_s=30,
-                   what="the collector saying nobody answers")
-        wait_until(lambda: "no collector has subscribed" in agent.log(), timeout_s=30,
-                   what="the agent saying nobody listens")
-        wait_until(lambda: "no answer" in tail.said(), timeout_s=30, what="tail saying so")
-    finally:
-        tail.stop()
+    tail = procs("tail", "tail", "--connect", nowhere, "gh", ready=False)
+    wait_until(lambda: "no collector has subscribed" in alone.log(), timeout_s=30,
+               what="the agent that binds saying nobody listens")
+    wait_until(lambda: "no answer from upstream" in wrong.log(), timeout_s=30,
+               what="the collector saying nobody answers")
+    wait_until(lambda: "no collector has subscribed" in agent.log(), timeout_s=30,
+               what="the agent saying nobody listens")
+    wait_until(lambda: "no answer" in tail.log(), timeout_s=30, what="tail saying so")
     log = wrong.log()
     assert f"no answer from upstream {front} within 5 s: is a proxy running there, and is that its " \
            "backend" in log, log
     assert f"; storing into {tmp_path / 'wrong' / 't.db'}" in log  # where the data goes, said at start
     assert f"Is a proxy running at {back}, is that its frontend" in agent.log(), agent.log()
     assert "within 3 s" in agent.log()  # two heartbeats of 0.3 s, or 3 s if longer
-    assert f"no answer from {nowhere} within 5 s: is a proxy running there" in tail.said(), tail.said()
+    assert f"no answer from {nowhere} within 5 s: is a proxy running there" in tail.log(), tail.log()
     assert (f"its frames are sent to nobody and lost ([spool] is off) until one does. Does a "
             f"collector connect to {bound} ([subscribe] connect)") in alone.log(), alone.log()
     for p in (wrong, agent, alone):
@@ -105,20 +83,17 @@ def test_prefixes_that_match_no_agent_are_said_by_the_collector_tail_and_the_age
     # a typo in the site: "gx/" for "gh/"
     collector = procs("collector", "collector", "-c",
                       str(collector_toml(tmp_path, back, prefixes='["gx/"]')))
-    tail = Tail(tmp_path, "tail", "--connect", back, "gx")
-    try:
-        wait_until(lambda: "nothing received in" in collector.log(), timeout_s=40,
-                   what="the collector saying it receives nothing")
-        wait_until(lambda: "nothing received" in tail.said(), timeout_s=40,
-                   what="tail saying nothing arrives")
-    finally:
-        tail.stop()
+    tail = procs("tail", "tail", "--connect", back, "gx", ready=False)
+    wait_until(lambda: "nothing received in" in collector.log(), timeout_s=40,
+               what="the collector saying it receives nothing")
+    wait_until(lambda: "nothing received" in tail.log(), timeout_s=40,
+               what="tail saying nothing arrives")
     log = collector.log()
     assert "subscriptions are live upstream" in log
     assert "filters ['gx/']: no agent publishes under them" in log, log
     assert f"sensorwire tail --connect {back}" in log
     assert "no answer from upstream" not in log  # the proxy answered: no false alarm
-    said = tail.said()
+    said = tail.log()
     assert "subscribed: gx" in said and "no answer" not in said, said
     assert "nothing received in 15 s: no agent publishes under gx, or none is connected" in said, said
     assert "no collector has subscribed to gh/pi-1" in agent.log()

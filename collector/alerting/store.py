@@ -18,7 +18,6 @@ and resolved, in order (``sensor``/``metric`` NULL when none).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -94,12 +93,11 @@ class AlertStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-            st = os.stat(self.path)
+            self._file = sqlite_store.file_identity(self.path)
         except (sqlite3.Error, OSError):
             conn.close()
             raise
         self.conn = conn
-        self._file = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -155,8 +153,7 @@ class AlertStore:
         if self._moved_told:
             return
         try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._file
+            same = sqlite_store.file_identity(self.path) == self._file
         except OSError:
             same = False
         if not same:
