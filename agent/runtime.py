@@ -216,7 +216,8 @@ class Agent:
                     nxt = max(nxt, now + delay)
                 heapq.heappush(due, (nxt, order, idx))
             if unheard and now - start >= self._unheard_after():
-                unheard = self._tell_unheard()
+                unheard = False  # looked at once: said, or found untrue
+                self._tell_unheard()
             replay_in = publisher.replay()
             publisher.flush()
             if self._trim_at is not None and now >= self._trim_at:
@@ -226,11 +227,11 @@ class Agent:
     def _unheard_after(self) -> float:
         return max(NOBODY_MIN_S, 2 * self.config.publish.heartbeat_s)
 
-    def _tell_unheard(self) -> bool:
-        """Warn when no subscriber listens for any of its sensors; False once looked at."""
+    def _tell_unheard(self) -> None:
+        """Warn when no subscriber listens for any of its sensors."""
         pub = self.publisher
         if not self.states or any(pub.listened(pub.topic(st.name)) for st in self.states):
-            return False
+            return
         c = self.config
         where = (f"Is a proxy running at {', '.join(c.publish.connect)}, is that its frontend (agents "
                  "connect to the proxy's frontend, collectors to its backend)"
@@ -241,7 +242,6 @@ class Agent:
                     c.site, c.device_id, self._unheard_after(),
                     "are kept in the spool" if pub.spool is not None
                     else "are sent to nobody and lost ([spool] is off)", where, c.site, c.device_id)
-        return False
 
     def _plan(self, start: float, now: float, fresh: set[int] | None
               ) -> tuple[list[tuple[float, int, int]], dict[int, float], dict[int, int]]:
